@@ -1,0 +1,95 @@
+"""File and URI helpers shared by every stage: atomic writes and href resolution."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+REMOTE_SCHEMES = ("s3", "http", "https", "gs", "az")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary file lives in the same folder (so the rename is atomic on POSIX) and
+    keeps the suffix of ``path`` so writers that infer the format from it still work.
+    On an exception the temporary file is removed and ``path`` is left untouched.
+
+    Args:
+        path: final destination.
+
+    Yields:
+        The temporary path to write to.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}",
+                                    dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically and return the path."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
+    """Serialise ``obj`` as JSON (sorted keys, stable bytes) to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True,
+                                              default=str) + "\n")
+
+
+def is_remote(href: str) -> bool:
+    """Return True if ``href`` is a remote URI (``s3://``, ``https://``, ...)."""
+    return urlparse(str(href)).scheme in REMOTE_SCHEMES
+
+
+def resolve_href(href: str, base: str | os.PathLike[str] | None = None) -> str:
+    """Turn a STAC asset href into something rasterio/GDAL can open.
+
+    Relative hrefs are resolved against ``base`` (the folder of the item JSON, or the
+    item's own href); ``file://`` URIs become local paths; remote URIs (``s3://``,
+    ``https://``) are returned unchanged: rasterio opens them through GDAL's virtual
+    file systems.
+
+    Args:
+        href: the asset href as written in the item.
+        base: folder or file the href is relative to.
+
+    Returns:
+        A local path (as a string) or a remote URI.
+    """
+    href = str(href)
+    parsed = urlparse(href)
+    if parsed.scheme in REMOTE_SCHEMES:
+        return href
+    if parsed.scheme == "file":
+        return parsed.path
+    path = Path(href)
+    if not path.is_absolute() and base is not None:
+        base_path = Path(str(base).removeprefix("file://"))
+        if base_path.suffix:  # a file: resolve against its folder
+            base_path = base_path.parent
+        path = base_path / path
+    return os.path.normpath(str(path))

@@ -1,0 +1,33 @@
+"""Logging set-up for the command line (the library itself never configures logging)."""
+
+from __future__ import annotations
+
+import logging
+
+_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """Configure the ``geofm`` logger for CLI use.
+
+    Args:
+        verbosity: 0 = INFO, 1+ = DEBUG, negative = WARNING.
+    """
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    logger = logging.getLogger("geofm")
+    logger.setLevel(level)
+    if not any(getattr(h, "_geofm", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
+        handler._geofm = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def progress(iterable=None, **kwargs):  # type: ignore[no-untyped-def]
+    """Return a tqdm progress bar (on stderr; silent when ``disable=True``)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("mininterval", 0.5)
+    return tqdm(iterable, **kwargs)

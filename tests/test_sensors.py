@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from geofm.exceptions import GeofmError, SensorError
+from geofm.sensors import SENSORS, get_sensor
+
+
+def test_sentinel2_has_every_earth_search_band():
+    s2 = get_sensor("sentinel-2-l2a")
+    assert set(s2.band_names) == {
+        "coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir",
+        "nir08", "nir09", "swir16", "swir22", "scl"}
+    assert s2.band("red").resolution == 10
+    assert s2.band("swir16").resolution == 20
+    assert s2.band("nir09").resolution == 60
+    assert s2.band("scl").is_mask
+
+
+def test_clay_normalisation_values_match_reference():
+    s2 = get_sensor("sentinel-2-l2a")
+    mean, std = s2.normalisation(["blue", "nir", "swir22"])
+    np.testing.assert_array_equal(mean, np.array([1105, 2743, 1835], np.float32))
+    np.testing.assert_array_equal(std, np.array([1809, 1742, 1379], np.float32))
+    np.testing.assert_allclose(s2.wavelengths(["red", "swir16"]), [0.665, 1.61])
+    assert get_sensor("naip").normalisation(["nir"])[0][0] == pytest.approx(139.04)
+    assert get_sensor("landsat-c2-l2").gsd == 30
+    assert get_sensor("sentinel-1-rtc").band("vh").mean == pytest.approx(-18.673)
+
+
+def test_all_means_clays_ten_bands():
+    s2 = get_sensor("sentinel-2-l2a")
+    assert len(s2.resolve("all")) == 10
+    assert s2.resolve(None) == ("blue", "green", "red", "nir")
+    assert s2.resolve("red, nir") == ("red", "nir")
+
+
+def test_unknown_sensor_lists_valid_ones():
+    with pytest.raises(SensorError, match="valid sensors: landsat-c2-l2, naip"):
+        get_sensor("modis")
+
+
+def test_unknown_band_lists_valid_ones():
+    with pytest.raises(GeofmError, match=r"unknown band 'nir2'.*valid bands: coastal, blue"):
+        get_sensor("sentinel-2-l2a").resolve("red,nir2")
+
+
+def test_band_without_clay_statistics_is_refused():
+    with pytest.raises(SensorError, match="coastal.*no Clay normalisation"):
+        get_sensor("sentinel-2-l2a").normalisation(["coastal", "red"])
+
+
+def test_every_clay_band_is_usable():
+    for sensor in SENSORS.values():
+        mean, std = sensor.normalisation(sensor.clay_bands)
+        assert (std > 0).all() and len(mean) == len(sensor.clay_bands)
