@@ -32,7 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "search": ("geofm.search", "similarity search over an indexed run"),
     "run": ("geofm.pipeline", "run chip -> embed -> analyze -> index"),
     "demo": ("geofm.demo", "synth + run + example searches + report; no network, no weights"),
-    "finetune": ("geofm.finetune", "train a segmentation/classification head on the frozen encoder"),
+    "finetune": ("geofm.finetune", "train a head on the frozen encoder"),
     "predict": ("geofm.finetune.predict", "apply a trained head; write class-map GeoTIFFs"),
 }
 

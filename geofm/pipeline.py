@@ -1,0 +1,267 @@
+"""``geofm run``: chip -> embed -> analyze -> index in one process, from YAML or flags.
+
+The configuration file maps each stage to the keyword arguments of its library
+function, so the schema *is* the library API and cannot drift from it::
+
+    items: data/items          # folder of STAC items, an ItemCollection, or one item
+    root: runs/amazon-2023     # run root
+    stages: [chip, embed, analyze, index]
+    overwrite: false
+    chip:    {chip_size: 256, bands: blue,green,red,nir, max_cloud: 0.05}
+    embed:   {model: tiny, batch_size: 64}          # or checkpoint: clay-v1.5.ckpt
+    analyze: {embedding: cls, signal: pc1}
+    index:   {embedding: cls}
+
+Unknown keys and values of the wrong type are errors that list what is valid. Command
+line flags override the file (``--set embed.batch_size=32`` reaches any option).
+Re-running resumes: every stage skips work whose output is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
+from geofm.manifest import StageRecord
+
+log = logging.getLogger(__name__)
+
+#: stage name -> (module, library function); the order is the pipeline's.
+STAGES: dict[str, tuple[str, str]] = {
+    "chip": ("geofm.chip", "chip"),
+    "embed": ("geofm.embed", "embed"),
+    "analyze": ("geofm.analyze", "analyze"),
+    "index": ("geofm.index", "build_index"),
+}
+_TOP_LEVEL = ("items", "root", "stages", "overwrite", "progress")
+
+
+def stage_function(stage: str) -> Callable[..., StageRecord]:
+    """Return the library function of ``stage``."""
+    module_name, func_name = STAGES[stage]
+    func: Callable[..., StageRecord] = getattr(importlib.import_module(module_name), func_name)
+    return func
+
+
+def stage_options(stage: str) -> dict[str, inspect.Parameter]:
+    """Keyword-only options of a stage's library function, by name."""
+    params = inspect.signature(stage_function(stage)).parameters
+    return {n: p for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+@dataclass
+class PipelineConfig:
+    """A validated pipeline configuration.
+
+    Attributes:
+        items: STAC items (folder, ItemCollection or one item); needed when ``chip`` runs.
+        root: run root.
+        stages: stages to run, in pipeline order.
+        overwrite: recompute outputs that exist.
+        progress: show progress bars.
+        options: per-stage keyword arguments for the library functions.
+    """
+
+    root: Path
+    items: Path | None = None
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    overwrite: bool = False
+    progress: bool = True
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "configuration"
+                     ) -> PipelineConfig:
+        """Validate a plain mapping (from YAML or flags) against the stage signatures."""
+        unknown = set(data) - set(_TOP_LEVEL) - set(STAGES)
+        if unknown:
+            raise GeofmValueError(
+                f"{source}: unknown key(s) {', '.join(sorted(unknown))}; valid top-level keys: "
+                f"{', '.join(_TOP_LEVEL + tuple(STAGES))}")
+        if not data.get("root"):
+            raise GeofmValueError(f"{source}: 'root' (the run root folder) is required; "
+                                  "set it in the file or pass --root")
+        stages = list(data.get("stages") or STAGES)
+        bad = [s for s in stages if s not in STAGES]
+        if bad:
+            raise GeofmValueError(f"{source}: unknown stage(s) {', '.join(bad)}; "
+                                  f"valid stages: {', '.join(STAGES)}")
+        stages = [s for s in STAGES if s in stages]
+        if "chip" in stages and not data.get("items"):
+            raise GeofmValueError(f"{source}: 'items' is required when the chip stage runs; "
+                                  "set it in the file or pass --items")
+        options: dict[str, dict[str, Any]] = {}
+        for stage in stages:
+            given = data.get(stage) or {}
+            if not isinstance(given, Mapping):
+                raise GeofmValueError(f"{source}: '{stage}' must be a mapping of options, "
+                                      f"got {type(given).__name__}")
+            options[stage] = _validate_options(stage, dict(given), source=source)
+        items = Path(data["items"]) if data.get("items") else None
+        return cls(root=Path(data["root"]), items=items, stages=stages,
+                   overwrite=bool(data.get("overwrite", False)),
+                   progress=bool(data.get("progress", True)), options=options)
+
+
+def _validate_options(stage: str, given: dict[str, Any], *, source: str) -> dict[str, Any]:
+    valid = stage_options(stage)
+    reserved = {"overwrite", "progress"}
+    unknown = sorted(set(given) - set(valid) - reserved)
+    if unknown:
+        choices = ", ".join(n for n in valid if n not in reserved)
+        raise GeofmValueError(f"{source}: unknown option(s) {', '.join(unknown)} for stage "
+                              f"'{stage}'; valid options: {choices}")
+    for name, value in given.items():
+        default = valid[name].default if name in valid else None
+        if value is None or default is None or default is inspect.Parameter.empty:
+            continue
+        expected = type(default)
+        ok = isinstance(value, expected) or (expected is float and isinstance(value, int)) or (
+            expected in (tuple, list) and isinstance(value, (list, tuple, str)))
+        if isinstance(value, bool) and expected is not bool:
+            ok = False
+        if not ok:
+            raise GeofmValueError(f"{source}: option '{stage}.{name}' must be "
+                                  f"{expected.__name__}, got {value!r}")
+    return given
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a pipeline YAML file into a mapping (relative paths resolved against it)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise GeofmFileNotFoundError(f"pipeline configuration {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise GeofmValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise GeofmValueError(f"{path}: the top level must be a mapping of keys")
+    for key in ("items", "root"):
+        if data.get(key) and not Path(str(data[key])).is_absolute() and "://" not in str(data[key]):
+            data[key] = str(path.parent / str(data[key]))
+    return data
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, StageRecord]:
+    """Run the configured stages in order; return each stage's record.
+
+    A stage with failed units (a bad scene, an unreadable chip) does not stop the run:
+    later stages work on what was written, and the failures stay in ``run.json``. A
+    fatal error (bad checkpoint, empty input) stops the run with that error.
+    """
+    records: dict[str, StageRecord] = {}
+    for stage in config.stages:
+        kwargs = dict(config.options.get(stage, {}))
+        kwargs.setdefault("overwrite", config.overwrite)
+        kwargs.setdefault("progress", config.progress)
+        log.info("stage %s: %s", stage, kwargs)
+        func = stage_function(stage)
+        if stage == "chip":
+            records[stage] = func(config.items, config.root, **kwargs)
+        else:
+            records[stage] = func(config.root, **kwargs)
+        failures = records[stage].failures
+        if failures:
+            log.error("stage %s: %d unit(s) failed (see %s); continuing with the rest",
+                      stage, len(failures), Path(config.root) / "run.json")
+    return records
+
+
+def _parse_set(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        stage, dot, option = key.partition(".")
+        if not sep or not dot:
+            raise GeofmValueError(f"--set {pair!r}: expected STAGE.OPTION=VALUE, "
+                                  "e.g. --set embed.batch_size=32")
+        out.setdefault(stage, {})[option] = yaml.safe_load(value)
+    return out
+
+
+#: flag -> (stage, option) for the most used options.
+_FLAG_OPTIONS: dict[str, tuple[str, str]] = {
+    "chip_size": ("chip", "chip_size"), "bands": ("chip", "bands"), "aoi": ("chip", "aoi"),
+    "max_cloud": ("chip", "max_cloud"), "workers": ("chip", "workers"),
+    "checkpoint": ("embed", "checkpoint"), "model": ("embed", "model"),
+    "batch_size": ("embed", "batch_size"), "device": ("embed", "device"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``geofm run``."""
+    parser.add_argument("--config", type=Path, help="pipeline YAML (see `geofm.pipeline`)")
+    parser.add_argument("--items", help="STAC items: folder, ItemCollection or one item")
+    parser.add_argument("--root", help="run root folder")
+    parser.add_argument("--stages", help="comma list of stages (default: chip,embed,analyze,index)")
+    parser.add_argument("--chip-size", type=int)
+    parser.add_argument("--bands", help="comma list of asset keys, or 'all'")
+    parser.add_argument("--aoi", help="AOI GeoJSON")
+    parser.add_argument("--max-cloud", type=float)
+    parser.add_argument("--workers", type=int, help="parallel scenes in the chip stage")
+    parser.add_argument("--checkpoint", help="Clay checkpoint (.ckpt, .pt, .safetensors)")
+    parser.add_argument("--model", choices=["tiny", "small", "base", "large"],
+                        help="preset with random weights (testing only) when no checkpoint")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--embedding", choices=["cls", "mean"],
+                        help="vector used by analyze and index")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.OPTION=VALUE",
+                        help="any stage option, e.g. --set analyze.threshold=4 (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """Merge a YAML file (if any) with command-line overrides and validate."""
+    data: dict[str, Any] = load_config(args.config) if args.config else {}
+    source = str(args.config) if args.config else "command line"
+    for key in ("items", "root"):
+        if getattr(args, key):
+            data[key] = getattr(args, key)
+    if args.stages:
+        data["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if args.overwrite:
+        data["overwrite"] = True
+    if args.no_progress:
+        data["progress"] = False
+    for flag, (stage, option) in _FLAG_OPTIONS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            data.setdefault(stage, {})[option] = value
+    if args.embedding:
+        for stage in ("analyze", "index"):
+            data.setdefault(stage, {})["embedding"] = args.embedding
+    for stage, opts in _parse_set(args.set).items():
+        data.setdefault(stage, {}).update(opts)
+    return PipelineConfig.from_mapping(data, source=source)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``geofm run``: exit 0 if every stage succeeded, 1 if any unit failed."""
+    records = run_pipeline(config_from_args(args))
+    for stage, record in records.items():
+        counts = ", ".join(f"{k}={v}" for k, v in record.counts.items())
+        status = "FAILED" if record.failures else "ok"
+        print(f"{stage:8s} {status:6s} {counts}")
+    return 1 if any(r.failures for r in records.values()) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m geofm.pipeline`` = ``geofm run``."""
+    from geofm.cli import stage_main
+
+    return stage_main("run", argv)
