@@ -1,0 +1,144 @@
+"""Encode chips with the frozen encoder, once, and keep their tokens for every epoch.
+
+The encoder runs in eval mode under ``torch.inference_mode``; its weights never see a
+gradient. Tokens are stored as float16 [N, 1+L, D] in memory or in a ``.npy`` memmap
+on disk, so later epochs cost only the head. :class:`ChipEncoder` is also the
+"no cache" path (re-encode every batch), used by the benchmark and by ``predict``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from geofm.chipfile import read_chip_array
+from geofm.log import progress as progress_bar
+from geofm.sensors import get_sensor
+
+
+@dataclass
+class ChipEncoder:
+    """Read chips of a run root and run the frozen encoder on them.
+
+    Attributes:
+        encoder: module from :func:`geofm.model.load_encoder`.
+        root: run root the ``chip_path`` values are relative to.
+        samples: rows with ``chip_path``, ``date``, ``lat``, ``lon``, ``sensor``.
+        bands: band names fed to the encoder.
+        device: torch device string.
+    """
+
+    encoder: Any
+    root: Path
+    samples: pd.DataFrame
+    bands: tuple[str, ...]
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.encoder.eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+
+    def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """DN pixels float32 [B, C, H, W] (nodata filled with the band mean) and valid [B, H, W]."""
+        rows = self.samples.iloc[list(indices)]
+        sensor = get_sensor(str(rows["sensor"].iloc[0]))
+        mean, _ = sensor.normalisation(self.bands)
+        pixels, valid = [], []
+        for rel in rows["chip_path"]:
+            px, ok = read_chip_array(self.root / str(rel), self.bands)
+            if not ok.all():
+                px = np.where(ok[None], px, mean[:, None, None])
+            pixels.append(px)
+            valid.append(ok)
+        return np.stack(pixels), np.stack(valid)
+
+    def encode_pixels(self, pixels: np.ndarray, indices: Sequence[int]) -> Any:
+        """Tokens float32 [B, 1+L, D] (torch, on ``device``) of DN pixels [B, C, H, W]."""
+        import torch
+
+        from geofm.model import make_datacube
+
+        rows = self.samples.iloc[list(indices)]
+        cube = make_datacube(
+            pixels, sensor=str(rows["sensor"].iloc[0]), bands=list(self.bands),
+            dates=list(pd.to_datetime(rows["date"], utc=True)),
+            lats=rows["lat"].to_numpy(np.float64), lons=rows["lon"].to_numpy(np.float64),
+            device=self.device)
+        with torch.inference_mode():
+            return self.encoder(cube).float()
+
+    def __call__(self, indices: Sequence[int]) -> tuple[Any, np.ndarray]:
+        """Read and encode samples; returns (tokens float32 [B, 1+L, D], valid [B, H, W])."""
+        pixels, valid = self.read(indices)
+        return self.encode_pixels(pixels, indices), valid
+
+
+@dataclass
+class TokenCache:
+    """Encoder tokens of every sample, computed once.
+
+    Attributes:
+        tokens: float16 [N, 1+L, D] (array or memmap), rows in sample order.
+        valid: bool [N, H, W], False where the chip pixel was nodata.
+    """
+
+    tokens: np.ndarray
+    valid: np.ndarray
+
+    def batch(self, indices: Sequence[int], device: str = "cpu") -> Any:
+        """Tokens float32 [B, 1+L, D] of ``indices`` as a torch tensor on ``device``."""
+        import torch
+
+        idx = np.asarray(indices)
+        return torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.float32)).to(device)
+
+
+def build_cache(chip_encoder: ChipEncoder, *, batch_size: int = 16,
+                cache_dir: str | os.PathLike[str] | None = None,
+                progress: bool = True) -> TokenCache:
+    """Encode every sample of ``chip_encoder`` once.
+
+    Args:
+        chip_encoder: reads and encodes the samples.
+        batch_size: chips per encoder call.
+        cache_dir: if given, tokens go to ``cache_dir/tokens.npy`` (float16 memmap)
+            instead of memory.
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`TokenCache`.
+    """
+    n = len(chip_encoder.samples)
+    tokens: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    bar = progress_bar(total=n, desc="encode chips", unit="chip", disable=not progress)
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        out, ok = chip_encoder(idx)
+        out_np = out.cpu().numpy().astype(np.float16)
+        if tokens is None:
+            shape = (n, *out_np.shape[1:])
+            if cache_dir is not None:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                tokens = np.lib.format.open_memmap(Path(cache_dir) / "tokens.npy", mode="w+",
+                                                   dtype=np.float16, shape=shape)
+            else:
+                tokens = np.empty(shape, dtype=np.float16)
+            valid = np.empty((n, *ok.shape[1:]), dtype=bool)
+        assert tokens is not None and valid is not None
+        tokens[start:start + len(idx)] = out_np
+        valid[start:start + len(idx)] = ok
+        bar.update(len(idx))
+    bar.close()
+    if tokens is None or valid is None:
+        raise ValueError("no samples to encode")
+    if isinstance(tokens, np.memmap):
+        tokens.flush()
+    return TokenCache(tokens=tokens, valid=valid)

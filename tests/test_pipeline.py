@@ -1,0 +1,107 @@
+"""``geofm run``: configuration validation and an end-to-end run on synthetic data."""
+
+import json
+import shutil
+import warnings
+
+import pandas as pd
+import pytest
+
+from geofm.cli import main
+from geofm.exceptions import GeofmError, GeofmValueError
+from geofm.pipeline import PipelineConfig, load_config
+
+
+def test_unknown_stage_option_lists_valid_ones():
+    with pytest.raises(GeofmValueError, match=r"unknown option\(s\) chipsize for stage 'chip'; "
+                                              r"valid options: .*chip_size"):
+        PipelineConfig.from_mapping({"root": "r", "items": "i", "chip": {"chipsize": 64}})
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(GeofmValueError, match=r"'embed.batch_size' must be int, got 'big'"):
+        PipelineConfig.from_mapping({"root": "r", "stages": ["embed"],
+                                     "embed": {"batch_size": "big"}})
+
+
+def test_unknown_top_level_key_and_stage():
+    with pytest.raises(GeofmValueError, match="unknown key"):
+        PipelineConfig.from_mapping({"root": "r", "items": "i", "rooot": 1})
+    with pytest.raises(GeofmValueError, match="unknown stage"):
+        PipelineConfig.from_mapping({"root": "r", "stages": ["embed", "cluster"]})
+
+
+def test_items_required_for_chip():
+    with pytest.raises(GeofmValueError, match="'items' is required"):
+        PipelineConfig.from_mapping({"root": "r"})
+    config = PipelineConfig.from_mapping({"root": "r", "stages": ["index", "embed"]})
+    assert config.stages == ["embed", "index"]  # pipeline order, whatever the file says
+
+
+def test_yaml_paths_resolve_against_the_file(tmp_path):
+    path = tmp_path / "conf" / "pipeline.yaml"
+    path.parent.mkdir()
+    path.write_text("items: ../data/items\nroot: run\nchip: {chip_size: 64}\n")
+    data = load_config(path)
+    assert data["items"] == str(path.parent / "../data/items")
+    assert PipelineConfig.from_mapping(data).options["chip"] == {"chip_size": 64}
+
+
+def test_missing_and_broken_yaml(tmp_path, caplog):
+    assert main(["run", "--config", str(tmp_path / "none.yaml")]) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("items: [unclosed\n")
+    with pytest.raises(GeofmError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.slow
+def test_run_end_to_end_counts_agree(synth_dir, tmp_path):
+    root = tmp_path / "run"
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        f"items: {synth_dir / 'items'}\nroot: {root}\n"
+        "chip: {chip_size: 64}\nembed: {model: tiny, batch_size: 16}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["run", "--config", str(config), "--no-progress"]) == 0
+    stages = json.loads((root / "run.json").read_text())["stages"]
+    assert [stages[s]["status"] for s in ("chip", "embed", "analyze", "index")] == ["ok"] * 4
+    meta = pd.concat(pd.read_parquet(p) for p in sorted((root / "meta").glob("*.parquet")))
+    emb = pd.concat(pd.read_parquet(p) for p in sorted((root / "embeddings").glob("*.parquet")))
+    assert len(emb) == int(meta["valid"].sum()) > 0
+    assert set(emb["chip_id"]) <= set(meta["chip_id"])
+    timeseries = pd.read_parquet(root / "analysis" / "timeseries.parquet")
+    assert len(timeseries) == len(emb)
+    changes = pd.read_parquet(root / "analysis" / "changes.parquet")
+    assert set(changes["chip_id"]) == set(emb["chip_id"])
+    consolidated = pd.read_parquet(root / "consolidated.parquet")
+    assert len(consolidated) == len(emb)
+
+    # a re-run resumes: nothing is recomputed, no file changes
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()
+              and p.name != "run.json"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["run", "--config", str(config), "--no-progress"]) == 0
+    after = {p: p.stat().st_mtime_ns for p in before}
+    changed = [str(p) for p in before if before[p] != after[p]]
+    assert not changed, changed
+
+
+@pytest.mark.slow
+def test_run_with_a_bad_scene_keeps_the_rest_and_fails(synth_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    first = sorted((data / "assets").iterdir())[0]
+    (first / "red.tif").write_bytes(b"not a tiff")
+    root = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["run", "--items", str(data / "items"), "--root", str(root),
+                     "--chip-size", "64", "--model", "tiny", "--no-progress"])
+    assert code == 1
+    stages = json.loads((root / "run.json").read_text())["stages"]
+    assert stages["chip"]["status"] == "failed"
+    assert first.name in json.dumps(stages["chip"]["failures"])
+    assert stages["index"]["status"] == "ok"
