@@ -60,3 +60,81 @@ def writable_copy(tmp_path: Path):  # type: ignore[no-untyped-def]
         return dst
 
     return _copy
+
+
+@pytest.fixture(scope="session")
+def make_embedded_root():  # type: ignore[no-untyped-def]
+    """Return ``make(root, **options) -> {chip_id: class}``: a hand-made embedded run root.
+
+    Writes ``meta/<scene_id>.parquet`` and ``embeddings/<scene_id>.parquet`` following
+    docs/contracts.md without running chip/embed: ``n_classes`` classes of ``per_class``
+    chips (class = column block of a one-row-per-class grid on tile 33UUP, 64 px chips),
+    one scene per date in ``dates``; vectors (float32 [dim]) = ``offset`` * a shared unit
+    direction + a class centroid + N(0, ``noise``); cloud fraction = (row*per_class+col)
+    mod 10 / 100. One extra chip per scene is invalid (not embedded). Seeded.
+    """
+    import json as _json
+
+    import geopandas as gpd
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+    from pyproj import Transformer
+
+    def make(root: Path, *, n_classes: int = 3, per_class: int = 8,
+             dates: tuple[str, ...] = ("2021-06-01", "2021-07-01", "2021-08-01"),
+             dim: int = 16, seed: int = 0, offset: float = 0.0, noise: float = 0.3,
+             model: str = "tiny") -> dict[str, int]:
+        rng = np.random.default_rng(seed)
+        centroids = rng.normal(size=(n_classes, dim))
+        shared = rng.normal(size=dim)
+        shared /= np.linalg.norm(shared)
+        to_wgs = Transformer.from_crs(32633, 4326, always_xy=True)
+        x0, y0, size = 399960.0, 5800020.0, 640.0
+        identity = {"preset": model, "checkpoint": None, "sha256": None,
+                    "random_init": True, "dim": dim, "bands": "blue,green,red,nir"}
+        truth = {}
+        for d, date in enumerate(dates):
+            scene = f"S2A_33UUP_{date.replace('-', '')}_0_L2A"
+            rows = []
+            for r in range(n_classes):
+                for c in range(per_class + (1 if r == 0 else 0)):
+                    chip_id = f"33UUP_64_{r:04d}_{c:04d}"
+                    valid = not (r == 0 and c == per_class)
+                    minx, maxy = x0 + c * size, y0 - r * size
+                    maxx, miny = minx + size, maxy - size
+                    poly = shapely.transform(shapely.box(minx, miny, maxx, maxy),
+                                             lambda xy: np.column_stack(
+                                                 to_wgs.transform(xy[:, 0], xy[:, 1])))
+                    rows.append(dict(
+                        chip_id=chip_id, scene_id=scene, tile="33UUP", sensor="sentinel-2-l2a",
+                        date=pd.Timestamp(date, tz="UTC"), row=r, col=c, epsg=32633,
+                        minx=minx, miny=miny, maxx=maxx, maxy=maxy,
+                        cloud_fraction=np.float32(((r * per_class + c) % 10) / 100),
+                        nodata_fraction=np.float32(0), valid=valid,
+                        chip_path=f"chips/{scene}/{chip_id}.nc" if valid else None,
+                        thumbnail_path=f"thumbnails/{scene}/{chip_id}.png" if valid else None,
+                        bands="blue,green,red,nir", geometry=poly))
+                    if valid and d == 0:
+                        truth[chip_id] = r
+            meta = gpd.GeoDataFrame(rows, geometry="geometry", crs=4326)
+            (root / "meta").mkdir(parents=True, exist_ok=True)
+            meta.to_parquet(root / "meta" / f"{scene}.parquet", index=False)
+            valid = meta[meta["valid"]]
+            cls = np.array([offset * shared + centroids[r] + rng.normal(scale=noise, size=dim)
+                            for r in valid["row"]], dtype=np.float32)
+            mean = cls + rng.normal(scale=noise, size=cls.shape).astype(np.float32)
+            table = pa.table({
+                "chip_id": valid["chip_id"].tolist(), "scene_id": valid["scene_id"].tolist(),
+                "date": pa.array(valid["date"], pa.timestamp("us", tz="UTC")),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(cls.ravel()), dim),
+                "embedding_mean": pa.FixedSizeListArray.from_arrays(pa.array(mean.ravel()),
+                                                                    dim),
+            }).replace_schema_metadata({"geofm": _json.dumps(identity)})
+            (root / "embeddings").mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, root / "embeddings" / f"{scene}.parquet")
+        return truth
+
+    return make

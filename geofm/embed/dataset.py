@@ -4,11 +4,12 @@ The plan is read from ``meta/<scene_id>.parquet`` (chip stage contract): a row p
 of a scene; only rows with ``valid`` are embedded, in the meta order. Pixels are read
 in DataLoader worker processes with :func:`geofm.chipfile.read_chip_array` (DN values).
 
-Invalid pixels rule (nodata or NaN inside a chip): if the invalid fraction is at most
+Invalid pixels rule (nodata or NaN inside a chip; a pixel is invalid when any of its
+bands is nodata or not finite): if the invalid fraction of pixels is at most
 ``max_invalid`` (default 0.05, the same as the chip stage's default ``max_cloud``), the
-invalid pixels are filled with the band's Clay normalisation mean (so they are exactly 0
-after normalisation, "no information"); above it the chip is rejected and reported as a
-failure. A chip is never embedded with NaN pixels.
+invalid pixels are filled, in every band, with the band's Clay normalisation mean (so
+they are exactly 0 after normalisation, "no information"); above it the chip is
+rejected and reported as a failure. A chip is never embedded with NaN pixels.
 """
 
 from __future__ import annotations
@@ -116,12 +117,14 @@ def read_scene_plan(root: RunRoot, scene_id: str) -> ScenePlan:
         tasks.append(ChipTask(
             scene_id=str(row.scene_id), chip_id=str(row.chip_id), position=i,
             path=os.fspath(root.path / str(row.chip_path)), sensor=str(row.sensor),
-            bands=bands, date=dates.iloc[i].tz_convert("UTC").tz_localize(None).to_datetime64(),
+            bands=bands,
+            date=np.datetime64(dates.iloc[i].tz_convert("UTC").tz_localize(None), "ns"),
             lat=float(shapely.get_y(cent[i])), lon=float(shapely.get_x(cent[i])),
         ))
     scene_bands = tasks[0].bands if tasks else ()
     return ScenePlan(scene_id=scene_id, chip_ids=[t.chip_id for t in tasks],
-                     dates=dates.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(),
+                     dates=dates.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+                     .astype("datetime64[ns]"),
                      tasks=tasks, bands=scene_bands)
 
 

@@ -107,7 +107,8 @@ class LabelledChips:
         return out
 
 
-def read_chip_table(root: str | os.PathLike[str] | RunRoot, *, date_window_days: float | None = None,
+def read_chip_table(root: str | os.PathLike[str] | RunRoot, *,
+                    date_window_days: float | None = None,
                     label_date: str | pd.Timestamp | None = None) -> pd.DataFrame:
     """Valid chips of a run root, a row per chip and acquisition, sorted by chip and date.
 
@@ -217,7 +218,7 @@ def align_labels(labels: Sequence[str | os.PathLike[str]], grid: ChipGrid) -> np
                       dst_transform=grid.transform, dst_crs=f"EPSG:{grid.epsg}",
                       resampling=Resampling.nearest)
         codes = np.rint(dst).astype(np.int64)
-        codes[codes < 0] = IGNORE
+        codes[(codes < 0) | (dst == nodata)] = IGNORE
         fill = out == IGNORE
         out[fill] = codes[fill]
     return out
@@ -262,7 +263,8 @@ def load_labelled_chips(root: str | os.PathLike[str] | RunRoot,
         labels: label GeoTIFFs (class codes, 0 = no label), any CRS.
         n_classes: number of classes; default: the largest code found (or the number of
             ``class_names``).
-        class_names: a name per code ``1..n_classes``.
+        class_names: a name per code ``1..n_classes``; default: the rasters' ``class_<code>``
+            tags, else ``class_<code>``.
         date_window_days: keep acquisitions within this many days of ``label_date``.
         label_date: date the labels describe.
         bands: bands to read; default: the chips' bands.
@@ -277,9 +279,13 @@ def load_labelled_chips(root: str | os.PathLike[str] | RunRoot,
     run = RunRoot.of(root)
     paths = _check_label_files(labels)
     table = read_chip_table(run, date_window_days=date_window_days, label_date=label_date)
+    tag_names: dict[int, str] = {}
     for path in paths:
         with rasterio.open(path) as src:
             _check_overlap(path, src, table)
+            for key, value in src.tags().items():  # class_<code> tags, as predict writes
+                if key.startswith("class_") and key[6:].isdigit():
+                    tag_names.setdefault(int(key[6:]), value)
     locations = sorted(table["chip_id"].unique())
     first = table.drop_duplicates("chip_id").set_index("chip_id")
     grids = [ChipGrid.of_chip(run.path / first.loc[c, "chip_path"]) for c in locations]
@@ -303,7 +309,8 @@ def load_labelled_chips(root: str | os.PathLike[str] | RunRoot,
             f"none of their pixels (all 0/nodata on {len(grids)} chip grids); check the "
             "raster's nodata value and CRS")
     n = int(n_classes if n_classes is not None else stacked.max())
-    names = list(class_names) if class_names else [f"class_{k}" for k in range(1, n + 1)]
+    names = (list(class_names) if class_names else
+             [tag_names.get(k, f"class_{k}") for k in range(1, n + 1)])
     if len(names) != n:
         raise GeofmValueError(f"{len(names)} class names given for {n} classes; give one "
                               "name per code 1..n")

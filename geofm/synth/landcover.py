@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geofm.synth.grid import Canvas
-from geofm.synth.noise import rng_for, smooth_noise
+from geofm.synth.noise import fractal_noise, rng_for, smooth_noise
 
 CLASSES: dict[int, str] = {1: "forest", 2: "pasture", 3: "cropland", 4: "bare", 5: "water",
                            6: "urban"}
@@ -85,7 +85,7 @@ def make_landcover(canvas: Canvas, *, seed: int, n_events: int) -> LandCover:
     base = np.repeat(np.repeat(cells, size, axis=0), size, axis=1)
     rng = rng_for(seed, _KEY_INCLUSIONS)
     shape = base.shape
-    blobs = smooth_noise(rng, shape, max(2.0, size / 16))
+    blobs = fractal_noise(rng, shape, max(3.0, size / 6), octaves=3, persistence=0.6)
     mask = blobs > np.quantile(blobs, 1 - INCLUSION_SHARE)
     shift = np.clip((smooth_noise(rng, shape, size / 4) * 1.2 + 2.5).astype(np.int64), 0, 4) + 1
     other = ((base.astype(np.int64) - 1 + shift) % 6 + 1).astype(np.uint8)

@@ -1,0 +1,121 @@
+"""Per-chip timeline plots: signal, seasonal fit, threshold band, change date, thumbnails.
+
+Drawn with :class:`matplotlib.figure.Figure` and the Agg canvas directly (no pyplot),
+so nothing global (backend, rcParams, open figures) changes when plotting.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geofm.analyze.harmonic import harmonic_design
+from geofm.analyze.series import NS_PER_DAY
+from geofm.io import atomic_path
+
+
+@dataclass
+class Timeline:
+    """What one chip's plot shows.
+
+    Attributes:
+        chip_id: the chip.
+        days: float64 ``[T]`` observation dates, days since 1970-01-01 UTC.
+        signal: float ``[T]`` the monitored signal.
+        baseline: bool ``[T]`` observations used in the baseline fit.
+        anomaly: bool ``[T]`` observations beyond the threshold.
+        coef: float ``[9]`` seasonal model weights (:func:`harmonic_design` columns).
+        intercept: seasonal model intercept.
+        rmse: residual scale (signal units).
+        threshold: anomaly threshold (in units of ``rmse``).
+        status: ``change`` / ``no change`` / ``insufficient data``.
+        change_day: change date (days since epoch) or None.
+        signal_name: y-axis label, e.g. ``pc1``.
+        before: path of the "before" thumbnail PNG, or None.
+        after: path of the "after" thumbnail PNG, or None.
+    """
+
+    chip_id: str
+    days: np.ndarray
+    signal: np.ndarray
+    baseline: np.ndarray
+    anomaly: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    rmse: float
+    threshold: float
+    status: str
+    change_day: float | None
+    signal_name: str
+    before: Path | None = None
+    after: Path | None = None
+
+
+def _to_datetime(days: np.ndarray) -> np.ndarray:
+    return (np.asarray(days, dtype=np.float64) * NS_PER_DAY).astype("datetime64[ns]")
+
+
+def plot_timeline(timeline: Timeline, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Write one chip's timeline plot as a PNG (atomically).
+
+    Args:
+        timeline: the chip's series and fit.
+        path: output PNG path.
+        dpi: resolution.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tl = timeline
+    thumbs = [(label, p) for label, p in (("before", tl.before), ("after", tl.after))
+              if p is not None and Path(p).exists()]
+    fig = Figure(figsize=(10, 4.2 if not thumbs else 6.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    if thumbs:
+        grid = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.0])
+        ax = fig.add_subplot(grid[0, :])
+        for i, (label, p) in enumerate(thumbs):
+            tax = fig.add_subplot(grid[1, i])
+            from PIL import Image
+
+            with Image.open(p) as img:
+                tax.imshow(np.asarray(img.convert("RGB")))
+            tax.set_title(f"{label}: {Path(p).parent.name}", fontsize=8)
+            tax.set_axis_off()
+    else:
+        ax = fig.add_subplot(1, 1, 1)
+
+    days = np.asarray(tl.days, dtype=np.float64)
+    if days.size:
+        dense = np.linspace(days.min(), days.max(), 400)
+        curve = tl.intercept + harmonic_design(dense) @ np.asarray(tl.coef)
+        if np.isfinite(tl.rmse) and np.isfinite(curve).all():
+            band = tl.threshold * tl.rmse
+            ax.fill_between(_to_datetime(dense), curve - band, curve + band, color="tab:blue",
+                            alpha=0.15, label=f"threshold band (±{tl.threshold:g} RMSE)")
+            ax.plot(_to_datetime(dense), curve, color="tab:blue", lw=1.2,
+                    label="seasonal fit (baseline)")
+        base = np.asarray(tl.baseline, dtype=bool)
+        anom = np.asarray(tl.anomaly, dtype=bool)
+        t = _to_datetime(days)
+        ax.plot(t, tl.signal, color="0.6", lw=0.8)
+        ax.scatter(t[base], tl.signal[base], s=18, color="tab:green", label="baseline", zorder=3)
+        rest = ~base & ~anom
+        ax.scatter(t[rest], tl.signal[rest], s=18, color="k", label="monitoring", zorder=3)
+        ax.scatter(t[anom], tl.signal[anom], s=26, color="tab:red", marker="x",
+                   label="beyond threshold", zorder=4)
+    if tl.change_day is not None:
+        ax.axvline(_to_datetime(np.array([tl.change_day]))[0], color="tab:red", ls="--",
+                   label=f"change {str(_to_datetime(np.array([tl.change_day]))[0])[:10]}")
+    ax.set_ylabel(tl.signal_name)
+    ax.set_title(f"{tl.chip_id}: {tl.status}")
+    ax.legend(loc="best", fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return Path(path)

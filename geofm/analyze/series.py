@@ -1,0 +1,213 @@
+"""Reading a run's embeddings as per-chip time series, streamed file by file.
+
+:func:`index_embeddings` reads only the small columns (``chip_id``, ``scene_id``,
+``date``) of every ``embeddings/<scene_id>.parquet`` and numbers chips and
+observations. An observation is one chip on one UTC day: several acquisitions of a
+chip on the same day (duplicate items) are averaged, each with weight ``1/k``.
+:func:`iter_vectors` then streams the (large) embedding column one file at a time, so
+memory stays bounded by one file plus per-chip accumulators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
+
+NS_PER_DAY = 86_400 * 10**9
+
+#: ``--embedding`` choice -> column of the embeddings Parquet.
+EMBEDDING_COLUMNS = {"cls": "embedding", "mean": "embedding_mean"}
+
+
+@dataclass
+class ObservationIndex:
+    """Row, chip and observation numbering of a run's embedding files.
+
+    Attributes:
+        files: embedding Parquet files, sorted by scene id.
+        scene_ids: ``[F]`` scene id of each file.
+        offsets: int64 ``[F + 1]`` first global row of each file.
+        dim: embedding dimension ``D``.
+        chip_ids: str ``[C]`` sorted unique chip ids.
+        row_chip: int64 ``[N]`` chip index of each row.
+        row_obs: int64 ``[N]`` observation index of each row.
+        row_weight: float64 ``[N]`` ``1/k`` for ``k`` same-day rows of a chip.
+        row_scene: int64 ``[N]`` file index of each row.
+        obs_chip: int64 ``[M]`` chip of each observation (observations are sorted by
+            chip, then date).
+        obs_ns: int64 ``[M]`` time of each observation, ns since the epoch (UTC; the
+            earliest of same-day rows).
+        obs_scene: int64 ``[M]`` file index of the observation's first row.
+    """
+
+    files: list[Path]
+    scene_ids: list[str]
+    offsets: np.ndarray
+    dim: int
+    chip_ids: np.ndarray
+    row_chip: np.ndarray
+    row_obs: np.ndarray
+    row_weight: np.ndarray
+    row_scene: np.ndarray
+    obs_chip: np.ndarray
+    obs_ns: np.ndarray
+    obs_scene: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        """Number of embedding rows ``N``."""
+        return int(self.offsets[-1])
+
+    @property
+    def n_obs(self) -> int:
+        """Number of (chip, day) observations ``M``."""
+        return int(self.obs_chip.size)
+
+    @property
+    def obs_days(self) -> np.ndarray:
+        """float64 ``[M]`` observation times in days since 1970-01-01 UTC."""
+        return self.obs_ns / NS_PER_DAY
+
+
+def _vector_dim(path: Path, column: str) -> int:
+    schema = pq.read_schema(path)
+    if column not in schema.names:
+        raise GeofmValueError(f"{path} has no column {column!r} (columns: {schema.names}); "
+                              "re-run `geofm embed`, or choose --embedding cls|mean to match.")
+    typ = schema.field(column).type
+    if pa.types.is_fixed_size_list(typ):
+        return int(typ.list_size)
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        first = pq.read_table(path, columns=[column]).column(column)
+        for chunk in first.chunks:
+            if len(chunk):
+                return len(chunk[0])
+        return 0
+    raise GeofmValueError(f"{path}: column {column!r} has type {typ}, expected "
+                          "fixed_size_list<float32>[D]. Re-run `geofm embed`.")
+
+
+def index_embeddings(files: list[Path], scene_ids: list[str], *,
+                     column: str = "embedding") -> ObservationIndex:
+    """Number the rows, chips and (chip, day) observations of embedding files.
+
+    Args:
+        files: ``embeddings/<scene_id>.parquet`` paths.
+        scene_ids: their scene ids, same order.
+        column: the embedding column that will be streamed (checked to exist).
+
+    Returns:
+        The :class:`ObservationIndex`.
+
+    Raises:
+        GeofmFileNotFoundError: if ``files`` is empty.
+        GeofmValueError: if a file lacks the column or the dimensions differ.
+    """
+    if not files:
+        raise GeofmFileNotFoundError("no embedding files to analyse; run `geofm embed` first "
+                                     "(it writes embeddings/<scene_id>.parquet).")
+    dims = {}
+    chip_parts, ns_parts, counts = [], [], []
+    for path in files:
+        dims[path] = _vector_dim(path, column)
+        table = pq.read_table(path, columns=["chip_id", "date"])
+        chip_parts.append(table.column("chip_id").cast(pa.string()))
+        date = table.column("date")
+        if pa.types.is_timestamp(date.type) and date.type.unit != "ns":
+            date = date.cast(pa.timestamp("ns", tz=date.type.tz))
+        ns_parts.append(np.asarray(pc.cast(date, pa.int64()).to_numpy(zero_copy_only=False)))
+        counts.append(table.num_rows)
+    found = {d for d, p in ((dims[p], p) for p in files) if d}
+    if len(found) > 1:
+        raise GeofmValueError(f"embedding files disagree on dimension {column!r}: {sorted(found)}"
+                              "; they come from different models. Re-embed the run with one "
+                              "model (`geofm embed --overwrite`).")
+    dim = found.pop() if found else 0
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    chips = pa.chunked_array([c for part in chip_parts for c in part.chunks], type=pa.string())
+    encoded = chips.combine_chunks().dictionary_encode() if len(chips) else None
+    if encoded is None:
+        chip_ids = np.array([], dtype=object)
+        codes = np.array([], dtype=np.int64)
+    else:
+        dictionary = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+        order = np.argsort(dictionary)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        chip_ids = dictionary[order]
+        codes = rank[encoded.indices.to_numpy(zero_copy_only=False)].astype(np.int64)
+    ns = np.concatenate(ns_parts) if ns_parts else np.array([], dtype=np.int64)
+    row_scene = np.repeat(np.arange(len(files)), counts).astype(np.int64)
+    day = np.floor_divide(ns, NS_PER_DAY)
+    day_span = int(day.max() - day.min() + 1) if day.size else 1
+    key = codes * day_span + (day - (day.min() if day.size else 0))
+    order = np.lexsort((ns, key))
+    sorted_key = key[order]
+    first = np.concatenate([[True], sorted_key[1:] != sorted_key[:-1]]) if key.size else \
+        np.array([], dtype=bool)
+    obs_of_sorted = np.cumsum(first) - 1
+    row_obs = np.empty(key.size, dtype=np.int64)
+    row_obs[order] = obs_of_sorted
+    n_obs = int(first.sum())
+    obs_count = np.bincount(row_obs, minlength=n_obs)
+    first_rows = order[first]
+    return ObservationIndex(
+        files=list(files), scene_ids=list(scene_ids), offsets=offsets, dim=dim,
+        chip_ids=chip_ids, row_chip=codes, row_obs=row_obs,
+        row_weight=1.0 / obs_count[row_obs], row_scene=row_scene,
+        obs_chip=codes[first_rows], obs_ns=ns[first_rows], obs_scene=row_scene[first_rows])
+
+
+def read_vectors(path: Path, column: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read one file's embedding column.
+
+    Args:
+        path: an embeddings Parquet file.
+        column: ``embedding`` or ``embedding_mean``.
+        dim: expected dimension ``D``.
+
+    Returns:
+        ``(vectors float32 [n, D], ok bool [n])``; rows that are null, of another
+        length or not finite are zero in ``vectors`` and False in ``ok``.
+    """
+    col = pq.read_table(path, columns=[column]).column(column).combine_chunks()
+    n = len(col)
+    ok = np.ones(n, dtype=bool)
+    if pa.types.is_fixed_size_list(col.type) and col.null_count == 0:
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        vectors = np.asarray(flat, dtype=np.float32).reshape(n, dim)
+    else:
+        vectors = np.zeros((n, dim), dtype=np.float32)
+        for i, item in enumerate(col.to_pylist()):
+            if item is None or len(item) != dim:
+                ok[i] = False
+            else:
+                vectors[i] = item
+    finite = np.isfinite(vectors).all(axis=1)
+    vectors[~finite] = 0.0
+    return vectors, ok & finite
+
+
+def iter_vectors(index: ObservationIndex, column: str
+                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Stream the embedding column, one file at a time.
+
+    Yields:
+        ``(file_index, vectors float32 [n, D], ok bool [n])``; the file's global rows
+        are ``index.offsets[file_index]:index.offsets[file_index + 1]``.
+    """
+    for i, path in enumerate(index.files):
+        vectors, ok = read_vectors(path, column, index.dim)
+        expected = int(index.offsets[i + 1] - index.offsets[i])
+        if vectors.shape[0] != expected:
+            raise GeofmValueError(f"{path} changed while being analysed ({vectors.shape[0]} "
+                                  f"rows, {expected} before); re-run when `geofm embed` is done.")
+        yield i, vectors, ok

@@ -1,0 +1,7 @@
+"""``python -m geofm.chip``."""
+
+import sys
+
+from geofm.chip.stage import main
+
+sys.exit(main())

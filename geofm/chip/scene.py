@@ -1,0 +1,252 @@
+"""Chip one scene: read strips of chips, screen, harmonise, write chips/thumbnails/meta."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from geofm.chip.grid import Cell, ChipGrid, chip_id, footprints_wgs84, load_aoi
+from geofm.chip.items import Scene
+from geofm.chip.read import TargetGrid, read_to_grid
+from geofm.chip.screen import cloud_mask, fractions, is_valid, nodata_mask
+from geofm.chip.thumbs import rgb_indices, to_rgb8, write_png
+from geofm.chipfile import write_chip
+from geofm.exceptions import ItemError, RasterError
+from geofm.layout import RunRoot
+from geofm.sensors import S2_BOA_ADD_OFFSET, get_sensor
+
+log = logging.getLogger(__name__)
+
+#: GDAL block cache per worker process, MB: enough for a strip of 512-px COG blocks.
+GDAL_CACHE_MB = 256
+
+
+@dataclass(frozen=True)
+class ChipOptions:
+    """The run's chip options (picklable, for worker processes)."""
+
+    root: str
+    chip_size: int
+    bands: tuple[str, ...]
+    aoi: str | None
+    max_cloud: float
+    max_nodata: float
+    grid_origin: tuple[float, float] | None
+    cloud_mask: bool
+    stretch: tuple[float, float]
+    snow_is_cloud: bool = False
+
+
+@dataclass
+class SceneResult:
+    """What one scene produced (or why it failed)."""
+
+    scene_id: str
+    chips: int = 0
+    valid: int = 0
+    error: str | None = None
+    asset: str | None = None
+    path: str | None = None
+    harmonisation: str = ""
+
+
+def harmonisation_note(scene: Scene) -> str:
+    """Human-readable note of what was done to the DNs of ``scene``."""
+    if scene.remove_offset:
+        return (f"subtracted {S2_BOA_ADD_OFFSET} DN (processing baseline {scene.baseline}; "
+                "nonzero DN clipped at 1)")
+    if scene.offset_applied:
+        return "none (earthsearch:boa_offset_applied is true)"
+    return f"none (processing baseline {scene.baseline or 'unknown'})"
+
+
+def _open(scene: Scene, key: str):  # type: ignore[no-untyped-def]
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    href = scene.href(key)
+    try:
+        return rasterio.open(href)
+    except RasterioIOError as exc:
+        missing = "No such file" in str(exc) or "does not exist" in str(exc)
+        reason = ("file does not exist; download it or fix the asset href" if missing else
+                  f"cannot open ({exc}); the COG is truncated or corrupt: re-download it")
+        raise RasterError(f"item {scene.scene_id!r}, asset {key!r}: {href}: {reason}") from None
+
+
+def _check_crs(scene: Scene, key: str, src) -> int:  # type: ignore[no-untyped-def]
+    epsg = src.crs.to_epsg() if src.crs is not None else None
+    if epsg is None and scene.epsg is None:
+        raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: {src.name} has no CRS and "
+                        "the item has no proj:epsg / proj:code; add proj:code to the item "
+                        "or write the CRS into the COG")
+    if epsg is not None and scene.epsg is not None and epsg != scene.epsg:
+        raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: raster CRS EPSG:{epsg} "
+                        f"differs from the item's proj:epsg {scene.epsg}; fix the item")
+    return int(epsg if epsg is not None else scene.epsg)  # type: ignore[arg-type]
+
+
+def chip_scene(scene: Scene, opts: ChipOptions) -> SceneResult:
+    """Chip one scene; failures are returned in the result, not raised.
+
+    Writes ``chips/<scene>/<chip>.nc`` and ``thumbnails/<scene>/<chip>.png`` for valid
+    chips, then ``meta/<scene>.parquet`` (last, atomically) with every chip.
+    """
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    result = SceneResult(scene.scene_id, harmonisation=harmonisation_note(scene))
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            _chip_scene(scene, opts, result)
+    except (ItemError, RasterError) as exc:
+        result.error = str(exc)
+    except (RasterioError, OSError) as exc:
+        result.error = (f"item {scene.scene_id!r}: {type(exc).__name__}: {exc}; check the "
+                        "item's assets (truncated or corrupt COG?) and re-run")
+    if result.error and result.asset is None:
+        for key, href in scene.hrefs.items():
+            if f"asset {key!r}" in result.error:
+                result.asset, result.path = key, href
+    return result
+
+
+def _chip_scene(scene: Scene, opts: ChipOptions, result: SceneResult) -> None:
+    sensor = get_sensor(scene.sensor)
+    bands = sensor.select(opts.bands)
+    root = RunRoot.of(opts.root)
+    sources: dict[str, Any] = {}
+    try:
+        for b in bands:
+            sources[b.name] = _open(scene, b.name)
+        if opts.cloud_mask:
+            sources["scl"] = _open(scene, "scl")
+        ref_key = min(opts.bands, key=lambda k: abs(sources[k].transform.a))
+        ref = sources[ref_key]
+        epsg = _check_crs(scene, ref_key, ref)
+        for key, src in sources.items():
+            if key != ref_key and src.crs is not None and src.crs.to_epsg() != epsg:
+                raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: CRS {src.crs} differs"
+                                f" from asset {ref_key!r} (EPSG:{epsg}); fix the item")
+        res = abs(ref.transform.a)
+        origin = opts.grid_origin or (ref.transform.c, ref.transform.f)
+        grid = ChipGrid(origin=(float(origin[0]), float(origin[1])), res=res,
+                        chip_size=opts.chip_size)
+        cells = grid.cells(tuple(ref.transform), (ref.height, ref.width))
+        if opts.aoi is not None and cells:
+            from shapely import box, intersects
+
+            aoi = load_aoi(opts.aoi, epsg)
+            boxes = box(*np.array([c.bounds for c in cells]).T)
+            cells = [c for c, keep in zip(cells, intersects(boxes, aoi), strict=True) if keep]
+        rows = _process_cells(scene, opts, sources, bands, grid, cells, epsg, root, result)
+        _write_meta(root, scene, opts, rows, epsg)
+    finally:
+        for src in sources.values():
+            src.close()
+
+
+def _process_cells(scene: Scene, opts: ChipOptions, sources: dict[str, Any], bands: tuple,
+                   grid: ChipGrid, cells: list[Cell], epsg: int, root: RunRoot,
+                   result: SceneResult) -> list[dict[str, Any]]:
+    size = opts.chip_size
+    names = [b.name for b in bands]
+    nodata = bands[0].nodata
+    rgb = rgb_indices(names)
+    by_row: dict[int, list[Cell]] = {}
+    for cell in cells:
+        by_row.setdefault(cell.row, []).append(cell)
+    records: list[dict[str, Any]] = []
+    for row, row_cells in sorted(by_row.items()):
+        cmin = min(c.col for c in row_cells)
+        cmax = max(c.col for c in row_cells)
+        strip = TargetGrid(x0=grid.origin[0] + cmin * grid.cell_metres,
+                           y0=grid.origin[1] - row * grid.cell_metres, res=grid.res,
+                           height=size, width=(cmax - cmin + 1) * size)
+        pixels = np.stack([_read_band(scene, k, sources[k], strip, b.resolution > grid.res + 1e-9,
+                                      b.nodata) for k, b in zip(names, bands, strict=True)])
+        scl = (_read_band(scene, "scl", sources["scl"], strip, False, 0)
+               if opts.cloud_mask else None)
+        missing = nodata_mask(pixels, scl, nodata=nodata)
+        clouds = cloud_mask(scl, snow=opts.snow_is_cloud) if scl is not None else None
+        if scene.remove_offset:
+            pixels = _remove_offset(pixels)
+        x_all, y = strip.x_centres(), strip.y_centres()
+        for cell in row_cells:
+            sl = slice((cell.col - cmin) * size, (cell.col - cmin + 1) * size)
+            cf, nf = fractions(None if clouds is None else clouds[:, sl], missing[:, sl])
+            valid = is_valid(cf, nf, max_cloud=opts.max_cloud, max_nodata=opts.max_nodata)
+            cid = chip_id(scene.tile, size, cell.row, cell.col)
+            chip_rel = thumb_rel = None
+            if valid:
+                chip_path = root.chip_path(scene.scene_id, cid)
+                thumb_path = root.thumbnail_path(scene.scene_id, cid)
+                chip_px = pixels[:, :, sl]
+                write_chip(chip_path, chip_px, bands=names, x=x_all[sl], y=y, epsg=epsg,
+                           date=scene.date, nodata=nodata, scale=bands[0].scale, offset=0.0,
+                           attrs={"chip_id": cid, "scene_id": scene.scene_id,
+                                  "sensor": scene.sensor, "tile": scene.tile,
+                                  "harmonisation": result.harmonisation})
+                write_png(thumb_path, to_rgb8(chip_px, rgb, opts.stretch,
+                                              nodata_mask=missing[:, sl]))
+                chip_rel = chip_path.relative_to(root.path).as_posix()
+                thumb_rel = thumb_path.relative_to(root.path).as_posix()
+                result.valid += 1
+            result.chips += 1
+            records.append({"chip_id": cid, "row": cell.row, "col": cell.col,
+                            "bounds": cell.bounds, "cloud_fraction": cf,
+                            "nodata_fraction": nf, "valid": valid,
+                            "chip_path": chip_rel, "thumbnail_path": thumb_rel})
+    return records
+
+
+def _read_band(scene: Scene, key: str, src, strip: TargetGrid, coarse: bool,  # type: ignore[no-untyped-def]
+               nodata: float | None) -> np.ndarray:
+    from rasterio.errors import RasterioError
+
+    try:
+        return read_to_grid(src, strip, resampling="bilinear" if coarse else "nearest",
+                            nodata=nodata)
+    except RasterioError as exc:
+        raise RasterError(f"item {scene.scene_id!r}, asset {key!r}: {src.name}: read failed "
+                          f"({exc}); the COG is truncated or corrupt: re-download it") from None
+
+
+def _remove_offset(pixels: np.ndarray) -> np.ndarray:
+    """Subtract the +1000 BOA offset from nonzero DN, clipping at 1 (0 stays nodata)."""
+    shifted = np.maximum(pixels.astype(np.int32) - S2_BOA_ADD_OFFSET, 1)
+    return np.where(pixels > 0, shifted, 0).astype(pixels.dtype)
+
+
+def _write_meta(root: RunRoot, scene: Scene, opts: ChipOptions, records: list[dict[str, Any]],
+                epsg: int) -> None:
+    import geopandas as gpd
+    import pandas as pd
+
+    from geofm.io import atomic_path
+
+    bounds = np.array([r["bounds"] for r in records], dtype=np.float64).reshape(-1, 4)
+    frame = pd.DataFrame({
+        "chip_id": pd.Series([r["chip_id"] for r in records], dtype=object),
+        "scene_id": scene.scene_id, "tile": scene.tile, "sensor": scene.sensor,
+        "date": pd.Series([pd.Timestamp(scene.date)] * len(records),
+                          dtype="datetime64[ns, UTC]"),
+        "row": np.array([r["row"] for r in records], dtype=np.int32),
+        "col": np.array([r["col"] for r in records], dtype=np.int32),
+        "epsg": np.full(len(records), epsg, dtype=np.int32),
+        "minx": bounds[:, 0], "miny": bounds[:, 1], "maxx": bounds[:, 2], "maxy": bounds[:, 3],
+        "cloud_fraction": np.array([r["cloud_fraction"] for r in records], dtype=np.float32),
+        "nodata_fraction": np.array([r["nodata_fraction"] for r in records], dtype=np.float32),
+        "valid": np.array([r["valid"] for r in records], dtype=bool),
+        "chip_path": pd.Series([r["chip_path"] for r in records], dtype=object),
+        "thumbnail_path": pd.Series([r["thumbnail_path"] for r in records], dtype=object),
+        "bands": ",".join(opts.bands),
+    })
+    geometry = footprints_wgs84(bounds, epsg) if len(records) else []
+    gdf = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geometry, crs=4326), crs=4326)
+    with atomic_path(root.meta_path(scene.scene_id)) as tmp:
+        gdf.to_parquet(tmp, index=False)
+

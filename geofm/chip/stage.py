@@ -1,0 +1,257 @@
+"""The ``chip`` stage: STAC scenes -> stable chip grid, screening, NetCDF, thumbnails, meta."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from geofm.chip.items import Scene, load_scenes
+from geofm.chip.scene import ChipOptions, SceneResult, chip_scene
+from geofm.chip.thumbs import DEFAULT_STRETCH
+from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
+from geofm.layout import RunRoot
+from geofm.log import progress as progress_bar
+from geofm.manifest import StageRecord, read_manifest
+from geofm.sensors import get_sensor
+
+log = logging.getLogger(__name__)
+
+
+def _check_args(chip_size: int, max_cloud: float, max_nodata: float, workers: int,
+                aoi: str | os.PathLike[str] | None) -> None:
+    if chip_size < 1:
+        raise GeofmValueError(f"chip_size must be a positive number of pixels, got {chip_size}")
+    for name, value in (("max_cloud", max_cloud), ("max_nodata", max_nodata)):
+        if not 0.0 <= value <= 1.0:
+            raise GeofmValueError(f"{name} is a fraction of the chip's pixels (0..1), got "
+                                  f"{value}")
+    if workers < 1:
+        raise GeofmValueError(f"workers must be >= 1, got {workers}")
+    if aoi is not None and not Path(aoi).is_file():
+        raise GeofmFileNotFoundError(f"AOI file {aoi} does not exist; pass a GeoJSON polygon "
+                                     "file with --aoi")
+
+
+def _stretch(root: RunRoot, sensor: str) -> tuple[float, float]:
+    """The run's thumbnail stretch: the one stored in run.json, else the sensor default."""
+    stored = read_manifest(root)["stages"].get("chip", {}).get("thumbnail_stretch")
+    if stored:
+        return (float(stored[0]), float(stored[1]))
+    return DEFAULT_STRETCH.get(sensor, (0.0, 3000.0))
+
+
+def coverage_summary(root: str | os.PathLike[str] | RunRoot) -> dict[str, Any]:
+    """Valid acquisitions per chip per year, from every ``meta/*.parquet`` of the run.
+
+    Returns:
+        ``{"per_chip": {chip_id: {year: n_valid}}, "per_year": {year: {"chips": n,
+        "min": .., "median": .., "max": ..}}}``; chips with no valid acquisition in a
+        year count as 0 for that year.
+    """
+    import pandas as pd
+
+    run = RunRoot.of(root)
+    frames = [pd.read_parquet(run.meta_path(s), columns=["chip_id", "date", "valid"])
+              for s in run.scene_ids(run.meta_dir)]
+    if not frames:
+        return {"per_chip": {}, "per_year": {}}
+    meta = pd.concat(frames, ignore_index=True)
+    meta["year"] = pd.to_datetime(meta["date"], utc=True).dt.year.astype(str)
+    table = (meta.groupby(["chip_id", "year"])["valid"].sum().unstack(fill_value=0)
+             .astype(int).sort_index())
+    per_chip = {cid: {str(y): int(n) for y, n in row.items()} for cid, row in table.iterrows()}
+    per_year = {str(y): {"chips": int(len(col)), "min": int(col.min()),
+                         "median": float(col.median()), "max": int(col.max())}
+                for y, col in table.items()}
+    return {"per_chip": per_chip, "per_year": per_year}
+
+
+def chip(
+    items: str | os.PathLike[str] | Iterable[Any],
+    root: str | os.PathLike[str],
+    *,
+    chip_size: int = 256,
+    bands: str | Sequence[str] | None = None,
+    aoi: str | os.PathLike[str] | None = None,
+    max_cloud: float = 0.05,
+    max_nodata: float = 0.0,
+    grid_origin: tuple[float, float] | None = None,
+    cloud_mask: bool = True,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> StageRecord:
+    """Cut STAC scenes into a stable native-CRS chip grid.
+
+    For every scene: chips of ``chip_size`` x ``chip_size`` pixels on the grid anchored
+    at the item raster's upper-left corner (or ``grid_origin``), 20/60 m bands resampled
+    bilinear onto the finest selected band's grid (SCL nearest), the +1000 DN offset of
+    processing baseline >= 04.00 removed, screened by SCL cloud and nodata fractions.
+    Writes ``chips/<scene>/<chip>.nc`` and ``thumbnails/<scene>/<chip>.png`` for valid
+    chips and ``meta/<scene>.parquet`` (every chip) last; a scene whose meta exists is
+    skipped unless ``overwrite``. A failing scene is recorded in ``run.json`` and the
+    others go on.
+
+    Args:
+        items: folder of STAC item JSONs, an ItemCollection file, one item file, or
+            ``pystac.Item`` objects.
+        root: run root folder.
+        chip_size: chip edge in pixels of the finest selected band (10 m for S2).
+        bands: asset keys (list or comma string); ``None`` = sensor defaults
+            (``blue,green,red,nir``), ``"all"`` = the bands Clay was trained on.
+        aoi: GeoJSON with polygon(s), any CRS (WGS84 if unstated); keep chips whose
+            footprint intersects it.
+        max_cloud: largest cloud fraction (SCL 3, 8, 9, 10) of a valid chip, 0..1.
+        max_nodata: largest nodata fraction (SCL 0 or any band nodata) of a valid chip.
+        grid_origin: ``(x, y)`` upper-left corner of chip (0, 0) in the native CRS, metres.
+        cloud_mask: screen clouds with the SCL asset (an item without it then fails);
+            ``False`` skips cloud screening.
+        workers: scenes processed in parallel (processes); 1 runs inline.
+        overwrite: redo scenes that are already complete.
+        progress: show a progress bar.
+
+    Returns:
+        The stage record (counts ``scenes``, ``chips``, ``valid_chips``,
+        ``skipped_scenes``, ``failed_scenes``; ``extra["coverage"]``).
+
+    Raises:
+        GeofmError: bad arguments or no readable items (before any work).
+    """
+    _check_args(chip_size, max_cloud, max_nodata, workers, aoi)
+    run = RunRoot.of(root)
+    scenes = load_scenes(items)
+    sensor = get_sensor(scenes[0].sensor)
+    band_names = sensor.resolve(bands)
+    origin = None if grid_origin is None else (float(grid_origin[0]), float(grid_origin[1]))
+    stretch = _stretch(run, sensor.name)
+    opts = ChipOptions(root=str(run.path), chip_size=int(chip_size), bands=band_names,
+                       aoi=None if aoi is None else str(aoi), max_cloud=float(max_cloud),
+                       max_nodata=float(max_nodata), grid_origin=origin,
+                       cloud_mask=bool(cloud_mask), stretch=stretch)
+    config = {"items": str(items) if isinstance(items, str | os.PathLike) else "<items>",
+              "chip_size": chip_size, "bands": list(band_names), "aoi": opts.aoi,
+              "max_cloud": max_cloud, "max_nodata": max_nodata,
+              "grid_origin": None if origin is None else list(origin),
+              "cloud_mask": cloud_mask, "workers": workers, "overwrite": overwrite}
+    with StageRecord(run, "chip", config=config) as record:
+        record.extra["thumbnail_stretch"] = list(stretch)
+        todo: list[Scene] = []
+        skipped = 0
+        for scene in scenes:
+            if run.meta_path(scene.scene_id).exists() and not overwrite:
+                skipped += 1
+            else:
+                todo.append(scene)
+        if skipped:
+            log.info("%d of %d scenes already chipped; skipping them (overwrite=True redoes "
+                     "them)", skipped, len(scenes))
+        results = _run_scenes(todo, opts, workers=workers, progress=progress)
+        harmonisation: dict[str, str] = {}
+        for res in results:
+            if res.error is not None:
+                record.fail(res.scene_id, res.error, asset=res.asset, path=res.path)
+                log.error("scene %s failed: %s", res.scene_id, res.error)
+            else:
+                harmonisation[res.scene_id] = res.harmonisation
+        record.counts.update(
+            scenes=len(scenes), skipped_scenes=skipped,
+            failed_scenes=sum(r.error is not None for r in results),
+            chips=sum(r.chips for r in results), valid_chips=sum(r.valid for r in results))
+        record.extra["harmonisation"] = harmonisation
+        record.extra["coverage"] = coverage_summary(run)
+    return record
+
+
+def _run_scenes(scenes: list[Scene], opts: ChipOptions, *, workers: int,
+                progress: bool) -> list[SceneResult]:
+    results: list[SceneResult] = []
+    bar = progress_bar(total=len(scenes), desc="chip", unit="scene", disable=not progress)
+    with bar:
+        if workers == 1 or len(scenes) <= 1:
+            for scene in scenes:
+                results.append(chip_scene(scene, opts))
+                bar.update(1)
+        else:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(scenes)),
+                                     mp_context=ctx) as pool:
+                futures = [pool.submit(chip_scene, scene, opts) for scene in scenes]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    bar.update(1)
+    return results
+
+
+def _origin(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--grid-origin must be X,Y in the native CRS "
+                                         f"(metres), got {text!r}") from None
+    return x, y
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``geofm chip`` options to ``parser``."""
+    parser.add_argument("--items", required=True,
+                        help="folder of STAC item JSONs, an ItemCollection, or one item")
+    parser.add_argument("--out", "--root", dest="out", required=True, help="run root folder")
+    parser.add_argument("--chip-size", type=int, default=256, help="chip edge, pixels (256)")
+    parser.add_argument("--bands", default=None,
+                        help="comma list of asset keys (default blue,green,red,nir); 'all' = "
+                             "the ten bands Clay was trained on")
+    parser.add_argument("--aoi", default=None, help="GeoJSON polygon(s), any CRS (WGS84 default)")
+    parser.add_argument("--max-cloud", type=float, default=0.05,
+                        help="largest cloud fraction of a valid chip (0.05)")
+    parser.add_argument("--max-nodata", type=float, default=0.0,
+                        help="largest nodata fraction of a valid chip (0.0)")
+    parser.add_argument("--grid-origin", type=_origin, default=None, metavar="X,Y",
+                        help="upper-left corner of chip (0,0) in the native CRS, metres")
+    parser.add_argument("--no-cloud-mask", dest="cloud_mask", action="store_false",
+                        help="do not screen clouds (items without an SCL asset are then OK)")
+    parser.add_argument("--workers", type=int, default=1, help="scenes in parallel (1)")
+    parser.add_argument("--overwrite", action="store_true", help="redo completed scenes")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
+
+
+def format_coverage(coverage: dict[str, Any]) -> str:
+    """One line per year: chips and min/median/max valid acquisitions per chip."""
+    lines = ["valid acquisitions per chip:"]
+    for year, s in sorted(coverage.get("per_year", {}).items()):
+        lines.append(f"  {year}: {s['chips']} chips, min {s['min']}, median {s['median']:g}, "
+                     f"max {s['max']}")
+    if len(lines) == 1:
+        lines.append("  (no chips)")
+    return "\n".join(lines)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``geofm chip`` from parsed arguments; 1 if any scene failed."""
+    record = chip(args.items, args.out, chip_size=args.chip_size, bands=args.bands,
+                  aoi=args.aoi, max_cloud=args.max_cloud, max_nodata=args.max_nodata,
+                  grid_origin=args.grid_origin, cloud_mask=args.cloud_mask,
+                  workers=args.workers, overwrite=args.overwrite, progress=args.progress)
+    c = record.counts
+    print(f"chip: {c['scenes']} scenes ({c['skipped_scenes']} already done, "
+          f"{c['failed_scenes']} failed), {c['chips']} chips, {c['valid_chips']} valid")
+    print(format_coverage(record.extra.get("coverage", {})))
+    if record.failures:
+        for failure in record.failures:
+            print(f"FAILED {failure}")
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m geofm.chip`` / processing-job entry point."""
+    from geofm.cli import stage_main
+
+    return stage_main("chip", argv)

@@ -1,0 +1,394 @@
+"""The ``embed`` stage: valid chips of a run root -> per-scene Clay embeddings.
+
+Work plan: every scene in ``meta/`` whose ``embeddings/<scene_id>.parquet`` is missing
+(or incomplete, or ``overwrite``) is pending. All pending chips go through ONE global
+DataLoader (worker processes read the NetCDF chips), batched across chips and scenes;
+only chips with different sensors/bands are kept apart. Results are accumulated per
+scene and a scene is written as soon as its last chip is embedded.
+
+Failures: an unreadable chip, a chip with too many invalid pixels (see
+:mod:`geofm.embed.dataset`) or a chip whose vectors are not finite is recorded with
+``record.fail`` and left out; the scene's other chips are written, with the failed ids in
+the Parquet's ``geofm`` metadata (``failed_chips``), and such a scene is recomputed by the
+next run. No NaN vector is ever written.
+
+``patches``: ``"none"`` (default) and ``"mean"`` write the Parquet only (the mean of
+the patch tokens is always its ``embedding_mean`` column); ``"full"`` also writes the
+patch-token grid ``embeddings/<scene_id>_patches.npy``, float16 [N, L, D] (L = (H/8)^2
+patches in row-major order; rows in the Parquet's order). With ``full`` one scene's
+patches are held in memory until the scene is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofm.embed.dataset import (
+    DEFAULT_MAX_INVALID,
+    ChipDataset,
+    ChipTask,
+    ScenePlan,
+    batch_indices,
+    collate,
+    iter_tasks,
+    read_scene_plan,
+)
+from geofm.embed.writer import read_scene_metadata, write_scene
+from geofm.exceptions import GeofmFileExistsError, GeofmValueError
+from geofm.layout import RunRoot
+from geofm.log import progress as progress_bar
+from geofm.manifest import StageRecord
+
+log = logging.getLogger(__name__)
+
+PRESETS = ("tiny", "small", "base", "large")
+PATCHES = ("none", "mean", "full")
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: identity fields that must agree for an existing Parquet to count as "done".
+_IDENTITY_KEYS = ("sha256", "preset", "random_init", "dim", "seed")
+
+
+def default_workers() -> int:
+    """The CLI's default number of reader processes: min(4, cpus - 1)."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def resolve_device(device: str) -> str:
+    """Turn ``auto|cpu|cuda[:N]`` into a torch device string."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or device.startswith("cuda"):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise GeofmValueError(f"device {device!r} requested but CUDA is not available; "
+                                  "use --device cpu or auto")
+        return device
+    raise GeofmValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """Default precision: bf16 on CUDA, fp32 on CPU; validate an explicit choice."""
+    if precision is None:
+        return "bf16" if device.startswith("cuda") else "fp32"
+    if precision not in PRECISIONS:
+        raise GeofmValueError(f"unknown precision {precision!r}; use one of "
+                              f"{', '.join(PRECISIONS)}")
+    return precision
+
+
+def load_model(*, checkpoint: str | os.PathLike[str] | None, model: str | None, device: str,
+               seed: int = 0):  # type: ignore[no-untyped-def]
+    """Load the encoder (eval mode) and return ``(encoder, identity)``.
+
+    Without ``checkpoint`` the weights are random (seeded with ``seed``): the loader
+    emits a :class:`~geofm.exceptions.GeofmWarning`, the stage logs a warning and the
+    identity has ``random_init: true``.
+
+    Raises:
+        GeofmValueError: neither or an unknown preset given.
+        CheckpointError: the checkpoint is missing, corrupt or of another architecture.
+    """
+    from geofm.model import load_encoder
+
+    if checkpoint is None and model is None:
+        raise GeofmValueError("embed needs --checkpoint PATH (real weights) or --model "
+                              f"{'|'.join(PRESETS)} (random weights, for testing)")
+    if model is not None and model not in PRESETS:
+        raise GeofmValueError(f"unknown model preset {model!r}; use one of {', '.join(PRESETS)}")
+    encoder = load_encoder(None if checkpoint is None else os.fspath(checkpoint),
+                           preset=model, device=device, seed=seed)
+    encoder.eval()
+    identity = dict(encoder.identity)
+    if identity.get("random_init"):
+        identity.setdefault("seed", seed)
+        log.warning("embedding with RANDOM weights (preset %r, seed %d): the vectors are "
+                    "meaningless except for testing; pass --checkpoint for real ones",
+                    identity.get("preset"), seed)
+    return encoder, identity
+
+
+def _same_model(found: dict[str, Any], identity: dict[str, Any]) -> bool:
+    return all(found.get(k) == identity.get(k) for k in _IDENTITY_KEYS)
+
+
+@dataclass
+class _SceneBuffer:
+    """Results of one scene's chips while the scene is in flight."""
+
+    plan: ScenePlan
+    pending: int
+    cls: dict[int, np.ndarray] = field(default_factory=dict)
+    mean: dict[int, np.ndarray] = field(default_factory=dict)
+    patches: dict[int, np.ndarray] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+
+
+def _plan(root: RunRoot, *, identity: dict[str, Any], patches: str, overwrite: bool,
+          record: StageRecord) -> list[ScenePlan]:
+    """Pending scenes; raise before any work if an output was made by another model."""
+    plans, conflicts = [], []
+    for scene_id in root.scene_ids(root.meta_dir):
+        out = root.embeddings_path(scene_id)
+        if out.exists() and not overwrite:
+            found = read_scene_metadata(out)
+            if found is not None and not _same_model(found, identity):
+                conflicts.append(f"{out} (model {found.get('preset')!r}, sha256 "
+                                 f"{str(found.get('sha256'))[:12]})")
+                continue
+            complete = (found is not None and not found.get("failed_chips")
+                        and (patches != "full" or root.patches_path(scene_id).exists()))
+            if complete:
+                record.counts["skipped_scenes"] = record.counts.get("skipped_scenes", 0) + 1
+                continue
+        plans.append(read_scene_plan(root, scene_id))
+    if conflicts:
+        raise GeofmFileExistsError(
+            f"{len(conflicts)} embeddings file(s) were made by another model than "
+            f"{identity.get('preset')!r} (sha256 {str(identity.get('sha256'))[:12]}): "
+            f"{'; '.join(conflicts[:5])}. Pass --overwrite to recompute them with this model")
+    return plans
+
+
+def _flush(root: RunRoot, buf: _SceneBuffer, *, identity: dict[str, Any], patches: str,
+           record: StageRecord) -> None:
+    plan = buf.plan
+    keep = [i for i in range(len(plan.tasks)) if i in buf.cls]
+    if not keep:
+        log.error("scene %s: none of its %d valid chips could be embedded; nothing written",
+                  plan.scene_id, len(plan.tasks))
+        return
+    meta = {**identity, "bands": ",".join(plan.bands), "failed_chips": buf.failed}
+    write_scene(
+        root.embeddings_path(plan.scene_id), scene_id=plan.scene_id,
+        chip_ids=[plan.chip_ids[i] for i in keep], dates=plan.dates[keep],
+        embedding=np.stack([buf.cls[i] for i in keep]),
+        embedding_mean=np.stack([buf.mean[i] for i in keep]), metadata=meta,
+        patches=np.stack([buf.patches[i] for i in keep]) if patches == "full" else None,
+        patches_path=root.patches_path(plan.scene_id) if patches == "full" else None,
+    )
+    record.counts["scenes"] = record.counts.get("scenes", 0) + 1
+
+
+def embed(
+    root: str | os.PathLike[str] | RunRoot,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    patches: str = "none",
+    precision: str | None = None,
+    compile: bool = False,
+    workers: int = 0,
+    max_invalid: float = DEFAULT_MAX_INVALID,
+    overwrite: bool = False,
+    progress: bool = True,
+    seed: int = 0,
+) -> StageRecord:
+    """Embed every valid chip of a run root with a Clay encoder.
+
+    Args:
+        root: run root written by ``chip``.
+        checkpoint: Clay checkpoint (Lightning ``.ckpt``, state dict or ``.safetensors``).
+        model: preset ``tiny|small|base|large``; without ``checkpoint``: random weights
+            (testing only, loudly flagged).
+        batch_size: chips per forward pass (across chips and scenes).
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        patches: ``none``/``mean`` (Parquet only) or ``full`` (plus float16 [N, L, D] .npy).
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast; default bf16 on CUDA, fp32 on CPU.
+        compile: wrap the encoder in ``torch.compile``.
+        workers: DataLoader reader processes (0 = read in this process).
+        max_invalid: largest fraction of nodata/NaN pixels filled with the band mean;
+            chips above it are failures.
+        overwrite: recompute scenes whose embeddings exist.
+        progress: show a progress bar (chips/s).
+        seed: seed of the random weights when no checkpoint is given.
+
+    Returns:
+        The stage record (counts ``scenes``, ``skipped_scenes``, ``chips``,
+        ``failed_chips``, ``filled_chips``; ``extra["model"]`` = model identity).
+
+    Raises:
+        GeofmError: bad options, a bad checkpoint, or outputs of another model present
+            (all before any chip is read).
+    """
+    import torch
+
+    root = RunRoot.of(root)
+    if patches not in PATCHES:
+        raise GeofmValueError(f"unknown patches mode {patches!r}; use one of {', '.join(PATCHES)}")
+    if batch_size < 1 or workers < 0:
+        raise GeofmValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} "
+                              f"and {workers}")
+    if not root.meta_dir.is_dir():
+        from geofm.exceptions import GeofmFileNotFoundError
+
+        raise GeofmFileNotFoundError(f"no chip metadata in {root.meta_dir}; run `geofm chip "
+                                     f"--out {root.path}` first")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    config = {"checkpoint": None if checkpoint is None else os.fspath(checkpoint),
+              "model": model, "batch_size": batch_size, "device": dev, "patches": patches,
+              "precision": prec, "compile": compile, "workers": workers,
+              "max_invalid": max_invalid, "overwrite": overwrite, "seed": seed}
+    encoder, identity = load_model(checkpoint=checkpoint, model=model, device=dev, seed=seed)
+    with StageRecord(root, "embed", config=config) as record:
+        record.extra["model"] = identity
+        for key in ("scenes", "skipped_scenes", "chips", "failed_chips", "filled_chips"):
+            record.counts[key] = 0
+        plans = _plan(root, identity=identity, patches=patches, overwrite=overwrite,
+                      record=record)
+        tasks = list(iter_tasks(plans))
+        buffers = {p.scene_id: _SceneBuffer(plan=p, pending=len(p.tasks)) for p in plans}
+        for plan in plans:
+            if not plan.tasks:
+                log.info("scene %s has no valid chips; nothing to embed", plan.scene_id)
+        forward = torch.compile(encoder) if compile else encoder
+        runner = _Runner(forward, device=dev, precision=prec, want_patches=patches == "full")
+        loader = _loader(tasks, batch_size=batch_size, workers=workers,
+                         max_invalid=max_invalid, pin=dev.startswith("cuda"))
+        with progress_bar(total=len(tasks), unit="chip", desc="embed",
+                          disable=not progress) as bar:
+            for batch in loader:
+                done = _handle_batch(batch, tasks, runner, buffers, record)
+                for task in done:
+                    buf = buffers[task.scene_id]
+                    buf.pending -= 1
+                    if buf.pending == 0:
+                        _flush(root, buf, identity=identity, patches=patches, record=record)
+                        del buffers[task.scene_id]
+                bar.update(len(done))
+        if record.failures:
+            log.error("embed: %d chip(s) failed; see %s", len(record.failures),
+                      root.manifest_path)
+    return record
+
+
+def _loader(tasks: Sequence[ChipTask], *, batch_size: int, workers: int, max_invalid: float,
+            pin: bool):  # type: ignore[no-untyped-def]
+    from torch.utils.data import DataLoader
+
+    dataset = ChipDataset(tasks, max_invalid=max_invalid)
+    return DataLoader(dataset, batch_sampler=batch_indices(tasks, batch_size),  # type: ignore[arg-type]
+                      num_workers=workers, collate_fn=collate, pin_memory=pin,
+                      prefetch_factor=4 if workers > 0 else None,
+                      persistent_workers=False)
+
+
+class _Runner:
+    """Normalise, encode, pool: DN batches -> (CLS [B, D], mean [B, D], patches [B, L, D])."""
+
+    def __init__(self, encoder: Any, *, device: str, precision: str, want_patches: bool):
+        self.encoder = encoder
+        self.device = device
+        self.precision = precision
+        self.want_patches = want_patches
+
+    def __call__(self, pixels: Any, group: list[ChipTask]) -> tuple[np.ndarray, ...]:
+        import torch
+
+        from geofm.model import make_datacube
+
+        first = group[0]
+        cube = make_datacube(
+            pixels.to(self.device, non_blocking=True), sensor=first.sensor, bands=first.bands,
+            dates=[t.date for t in group], lats=[t.lat for t in group],
+            lons=[t.lon for t in group], device=self.device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        amp = (torch.autocast(dev_type, dtype=dtype) if dtype is not None
+               else contextlib.nullcontext())
+        with torch.inference_mode(), amp:
+            out = self.encoder(cube)
+            tokens = out.float()
+            cls = tokens[:, 0]
+            mean = tokens[:, 1:].mean(dim=1)
+            patches = tokens[:, 1:].half() if self.want_patches else None
+        result = (cls.cpu().numpy(), mean.cpu().numpy())
+        return result + ((patches.cpu().numpy(),) if patches is not None else (None,))
+
+
+def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], runner: _Runner,
+                  buffers: dict[str, _SceneBuffer], record: StageRecord) -> list[ChipTask]:
+    """Embed one batch into the scene buffers; return the tasks it finished (ok or failed)."""
+    done: list[ChipTask] = []
+    for index, reason in batch["failed"]:
+        task = tasks[index]
+        record.fail(task.chip_id, reason, path=task.path)
+        buffers[task.scene_id].failed.append(task.chip_id)
+        record.counts["failed_chips"] += 1
+        done.append(task)
+    if batch["pixels"] is None:
+        return done
+    group = [tasks[i] for i in batch["indices"]]
+    cls, mean, patches = runner(batch["pixels"], group)
+    finite = np.isfinite(cls).all(axis=1) & np.isfinite(mean).all(axis=1)
+    for j, task in enumerate(group):
+        buf = buffers[task.scene_id]
+        if not finite[j]:
+            record.fail(task.chip_id, "the encoder returned non-finite values for this chip "
+                        "(check its pixels, or use --precision fp32)", path=task.path)
+            buf.failed.append(task.chip_id)
+            record.counts["failed_chips"] += 1
+        else:
+            buf.cls[task.position] = cls[j]
+            buf.mean[task.position] = mean[j]
+            if patches is not None:
+                buf.patches[task.position] = patches[j]
+            record.counts["chips"] += 1
+            record.counts["filled_chips"] += int(batch["invalid"][j] > 0)
+        done.append(task)
+    return done
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``geofm embed`` options to ``parser``."""
+    parser.add_argument("--root", required=True, type=Path, help="run root written by chip")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="Clay checkpoint (.ckpt, state dict, "
+                     ".safetensors)")
+    src.add_argument("--model", choices=PRESETS,
+                     help="preset with RANDOM weights (testing only)")
+    parser.add_argument("--batch-size", type=int, default=64, help="chips per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--patches", choices=PATCHES, default="none",
+                        help="none/mean: Parquet only (embedding_mean is always there); "
+                             "full: also a float16 [N, L, D] patch-token .npy per scene")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="autocast precision (default bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="reader processes (default min(4, cpus-1))")
+    parser.add_argument("--max-invalid", type=float, default=DEFAULT_MAX_INVALID,
+                        help="largest nodata/NaN pixel fraction filled with the band mean; "
+                             f"more is a failure (default {DEFAULT_MAX_INVALID})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    parser.add_argument("--overwrite", action="store_true", help="recompute existing scenes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``geofm embed`` from parsed arguments; return the exit code."""
+    record = embed(args.root, checkpoint=args.checkpoint, model=args.model,
+                   batch_size=args.batch_size, device=args.device, patches=args.patches,
+                   precision=args.precision, compile=args.compile, workers=args.workers,
+                   max_invalid=args.max_invalid, overwrite=args.overwrite,
+                   progress=not args.no_progress, seed=args.seed)
+    return 1 if record.failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point ``python -m geofm.steps.embed``: same options as ``geofm embed``."""
+    from geofm.cli import stage_main
+
+    return stage_main("embed", argv)

@@ -1,0 +1,308 @@
+"""``geofm finetune``: train a segmentation or classification head on the frozen encoder.
+
+Chips of a run root are labelled from a label GeoTIFF (class codes, 0 = no label)
+resampled onto each chip's grid, split into train and validation by location, encoded
+once by the frozen encoder (tokens cached), and a light head is trained on the tokens.
+
+Outputs in ``OUT``: ``best.pt`` (head state dict + config: task, encoder identity,
+bands, classes, patch size), ``metrics.json`` (per-epoch validation scores, best
+epoch), ``curves.png`` and ``run.json`` (stage ``finetune``). The run root is only read.
+
+Example::
+
+    finetune("run", ["labels.tif"], "heads/landcover", model="tiny", epochs=10)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofm.exceptions import GeofmFileExistsError, GeofmValueError
+from geofm.layout import RunRoot
+from geofm.manifest import StageRecord
+
+log = logging.getLogger(__name__)
+
+__all__ = ["add_arguments", "finetune", "load_encoder_for", "main", "resolve_device", "run_cli"]
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; other values pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_encoder_for(*, checkpoint: str | os.PathLike[str] | None, model: str | None,
+                     device: str, encoder: Any = None) -> Any:
+    """The frozen encoder (eval mode, no gradients).
+
+    Args:
+        checkpoint: encoder checkpoint to load.
+        model: preset with seeded random weights (when no checkpoint).
+        device: torch device.
+        encoder: an already loaded encoder; used as is (moved to ``device``) if given.
+    """
+    from geofm.model import load_encoder
+
+    if encoder is not None:
+        encoder.to(device).eval()
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        return encoder
+    if checkpoint is None and model is None:
+        raise GeofmValueError("no encoder given; pass --checkpoint PATH or --model tiny|small|"
+                              "base|large")
+    encoder = load_encoder(checkpoint, preset=model, device=device)
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
+
+
+def _targets(data: Any, task: str, cache_valid: np.ndarray | None = None) -> Any:
+    """Label function for :func:`geofm.finetune.train.train_head`."""
+    locs = data.samples["loc"].to_numpy()
+    if task == "classification":
+        chip_labels = data.chip_labels()
+
+        def chip_targets(idx: Sequence[int], valid: np.ndarray) -> np.ndarray:
+            return chip_labels[locs[np.asarray(idx)]]
+
+        return chip_targets
+
+    def pixel_targets(idx: Sequence[int], valid: np.ndarray) -> np.ndarray:
+        codes = data.labels[locs[np.asarray(idx)]].astype(np.int64)
+        codes[~valid] = 0
+        return codes
+
+    return pixel_targets
+
+
+def finetune(root: str | os.PathLike[str] | RunRoot,
+             labels: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+             out: str | os.PathLike[str], *, task: str = "segmentation",
+             checkpoint: str | os.PathLike[str] | None = None, model: str | None = None,
+             epochs: int = 10, batch_size: int = 16, lr: float = 1e-3,
+             weight_decay: float = 1e-2, class_weights: str = "auto", patience: int | None = 3,
+             val_fraction: float = 0.25, date_window_days: float | None = None,
+             label_date: str | None = None, n_classes: int | None = None,
+             class_names: Sequence[str] | None = None, bands: Sequence[str] | None = None,
+             pool: str = "mean", cache: str = "memory", device: str = "auto", seed: int = 0,
+             encoder: Any = None, overwrite: bool = False,
+             progress: bool = True) -> StageRecord:
+    """Train a head on the frozen encoder and write its best checkpoint and metrics.
+
+    Args:
+        root: run root written by ``geofm chip`` (read only).
+        labels: label GeoTIFF(s) of class codes ``1..n_classes`` (0 = no label), any CRS.
+        out: output folder for ``best.pt``, ``metrics.json``, ``curves.png``, ``run.json``.
+        task: ``segmentation`` (per pixel) or ``classification`` (majority code per chip).
+        checkpoint: encoder checkpoint (Clay ``.ckpt``, state dict or ``.safetensors``).
+        model: preset with seeded random weights when no checkpoint (testing only).
+        epochs: maximum epochs.
+        batch_size: chips per step.
+        lr: peak AdamW learning rate (cosine decay).
+        weight_decay: AdamW weight decay.
+        class_weights: ``auto`` (inverse frequency on the training split) or ``none``.
+        patience: early stopping after this many epochs without a better val mean IoU.
+        val_fraction: share of chip locations held out for validation.
+        date_window_days: use only acquisitions within this many days of ``label_date``.
+        label_date: the date the labels describe (``YYYY-MM-DD``).
+        n_classes: number of classes (default: largest code in the labels).
+        class_names: a name per code.
+        bands: bands fed to the encoder (default: the chips' bands).
+        pool: classification head input, ``mean`` of the patch tokens or ``cls``.
+        cache: where encoder tokens are kept: ``memory``, ``disk`` (float16
+            ``out/cache/tokens.npy``) or ``none`` (re-encode every epoch; slow, for benchmarks).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seeds the split, the head's initialisation and the shuffling.
+        encoder: an already loaded encoder (from :func:`geofm.model.load_encoder`) to use
+            instead of ``checkpoint``/``model``; it is put in eval mode and frozen.
+        overwrite: replace an existing ``out/best.pt``.
+        progress: show progress bars.
+
+    Returns:
+        The stage record (written to ``out/run.json``); ``extra`` holds ``best_epoch``
+        and ``best`` (validation scores of the best epoch).
+
+    Raises:
+        GeofmFileNotFoundError: a label file or the chip metadata is missing.
+        GeofmValueError: labels do not overlap the chips, codes beyond ``n_classes``, bad
+            options.
+        GeofmFileExistsError: ``out/best.pt`` exists and ``overwrite`` is False.
+    """
+    import torch
+
+    from geofm.finetune.cache import ChipEncoder, build_cache
+    from geofm.finetune.data import load_labelled_chips, split_locations
+    from geofm.finetune.heads import TASKS, build_head
+    from geofm.finetune.train import (
+        class_weights_from_counts,
+        plot_curves,
+        save_head,
+        train_head,
+    )
+    from geofm.io import write_json_atomic
+
+    if task not in TASKS:
+        raise GeofmValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if class_weights not in ("auto", "none"):
+        raise GeofmValueError(f"class_weights must be 'auto' or 'none', got {class_weights!r}")
+    if cache not in ("memory", "disk", "none"):
+        raise GeofmValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}")
+    out = Path(out)
+    best_path = out / "best.pt"
+    if best_path.exists() and not overwrite:
+        raise GeofmFileExistsError(f"{best_path} exists; pass --overwrite to train again or "
+                                   "choose another --out")
+    label_list = [labels] if isinstance(labels, str | os.PathLike) else list(labels)
+    run = RunRoot.of(root)
+    device = resolve_device(device)
+    config = {"root": str(run.path), "labels": [str(p) for p in label_list], "task": task,
+              "checkpoint": None if checkpoint is None else str(checkpoint), "model": model,
+              "epochs": epochs, "batch_size": batch_size, "lr": lr,
+              "weight_decay": weight_decay, "class_weights": class_weights,
+              "patience": patience, "val_fraction": val_fraction,
+              "date_window_days": date_window_days, "label_date": label_date, "seed": seed,
+              "cache": cache, "device": device}
+    out.mkdir(parents=True, exist_ok=True)
+    with StageRecord(out, "finetune", config=config) as record:
+        data = load_labelled_chips(run, label_list, n_classes=n_classes,
+                                   class_names=class_names, date_window_days=date_window_days,
+                                   label_date=label_date, bands=bands)
+        encoder = load_encoder_for(checkpoint=checkpoint, model=model, device=device,
+                                   encoder=encoder)
+        train_ids, val_ids = split_locations(data.locations, val_fraction=val_fraction,
+                                             seed=seed)
+        chip_ids = data.samples["chip_id"]
+        train_idx = np.flatnonzero(chip_ids.isin(train_ids).to_numpy())
+        val_idx = np.flatnonzero(chip_ids.isin(val_ids).to_numpy())
+        record.counts.update(samples=len(data.samples), locations=len(data.locations),
+                             train_locations=len(train_ids), val_locations=len(val_ids),
+                             train_samples=len(train_idx), val_samples=len(val_idx))
+        log.info("finetune %s: %d samples at %d locations (%d train / %d validation "
+                 "locations), %d classes", task, len(data.samples), len(data.locations),
+                 len(train_ids), len(val_ids), data.n_classes)
+
+        chip_encoder = ChipEncoder(encoder=encoder, root=run.path, samples=data.samples,
+                                   bands=data.bands, device=device)
+        if cache == "none":
+            source = chip_encoder
+        else:
+            tokens = build_cache(chip_encoder, batch_size=batch_size, progress=progress,
+                                 cache_dir=out / "cache" if cache == "disk" else None)
+
+            def source(idx: Sequence[int]) -> tuple[Any, np.ndarray]:
+                return tokens.batch(idx, device), tokens.valid[np.asarray(idx)]
+
+        targets = _targets(data, task)
+        weights = None
+        if class_weights == "auto":
+            if task == "classification":
+                codes = data.chip_labels()[data.samples["loc"].to_numpy()[train_idx]]
+            else:
+                codes = data.labels[np.unique(data.samples["loc"].to_numpy()[train_idx])]
+            counts = np.bincount(np.asarray(codes).ravel().astype(np.int64),
+                                 minlength=data.n_classes + 1)[1:data.n_classes + 1]
+            weights = class_weights_from_counts(counts)
+
+        torch.manual_seed(seed)
+        head_options: dict[str, Any] = {"pool": pool} if task == "classification" else {}
+        head = build_head(task, dim=int(encoder.dim), patch_size=int(encoder.patch_size),
+                          n_classes=data.n_classes, **head_options)
+        result = train_head(head, source, targets, train_idx=train_idx, val_idx=val_idx,
+                            n_classes=data.n_classes, epochs=epochs, batch_size=batch_size,
+                            lr=lr, weight_decay=weight_decay, class_weights=weights,
+                            patience=patience, seed=seed, device=device, progress=progress)
+        identity = dict(getattr(encoder, "identity", {}) or {})
+        head_config = {"task": task, "dim": int(encoder.dim),
+                       "patch_size": int(encoder.patch_size), "n_classes": data.n_classes,
+                       "class_names": data.class_names, "bands": list(data.bands),
+                       "sensor": data.sensor, "encoder": identity, "head_options": head_options,
+                       "chip_size": [data.grids[0].height, data.grids[0].width],
+                       "best_epoch": result.best_epoch, "train_locations": train_ids,
+                       "val_locations": val_ids}
+        save_head(best_path, result.best_state, head_config)
+        best = {k: v for k, v in result.best.items() if k != "confusion"}
+        metrics = {"task": task, "class_names": data.class_names, "best_epoch": result.best_epoch,
+                   "stopped_early": result.stopped_early, "best": result.best,
+                   "history": result.history, "encoder": identity, "counts": record.counts,
+                   "class_weights": None if weights is None else weights.tolist()}
+        write_json_atomic(out / "metrics.json", metrics)
+        plot_curves(result.history, out / "curves.png",
+                    title=f"{task} head, {identity.get('preset') or 'encoder'}")
+        record.extra.update(best_epoch=result.best_epoch, best=best, model=identity)
+        log.info("best epoch %d: validation mean IoU %.3f, macro F1 %.3f, accuracy %.3f -> %s",
+                 result.best_epoch, best["mean_iou"], best["macro_f1"], best["pixel_accuracy"],
+                 best_path)
+    return record
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``geofm finetune`` options to ``parser``."""
+    parser.add_argument("--root", required=True, help="run root written by `geofm chip`")
+    parser.add_argument("--labels", required=True, action="append",
+                        help="label GeoTIFF of class codes (0 = no label); repeatable")
+    parser.add_argument("--out", required=True, help="output folder for best.pt, metrics.json")
+    parser.add_argument("--task", choices=("segmentation", "classification"),
+                        default="segmentation")
+    enc = parser.add_mutually_exclusive_group(required=True)
+    enc.add_argument("--checkpoint", help="encoder checkpoint (.ckpt, .pt, .safetensors)")
+    enc.add_argument("--model", help="preset with random weights (testing only): tiny|small|"
+                                     "base|large")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-2)
+    parser.add_argument("--class-weights", choices=("auto", "none"), default="auto")
+    parser.add_argument("--patience", type=int, default=3,
+                        help="early stopping after N epochs without gain (0 = never)")
+    parser.add_argument("--val-fraction", type=float, default=0.25)
+    parser.add_argument("--date-window-days", type=float, default=None)
+    parser.add_argument("--label-date", default=None, help="YYYY-MM-DD the labels describe")
+    parser.add_argument("--n-classes", type=int, default=None)
+    parser.add_argument("--class-names", default=None,
+                        help="comma list, a name per code 1..n (e.g. forest,water)")
+    parser.add_argument("--bands", default=None, help="comma list (default: the chips' bands)")
+    parser.add_argument("--pool", choices=("mean", "cls"), default="mean",
+                        help="classification head input")
+    parser.add_argument("--cache", choices=("memory", "disk", "none"), default="memory")
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _split(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``geofm finetune`` from parsed arguments; returns the exit code."""
+    record = finetune(
+        args.root, args.labels, args.out, task=args.task, checkpoint=args.checkpoint,
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, class_weights=args.class_weights,
+        patience=args.patience or None, val_fraction=args.val_fraction,
+        date_window_days=args.date_window_days, label_date=args.label_date,
+        n_classes=args.n_classes, class_names=_split(args.class_names),
+        bands=_split(args.bands), pool=args.pool, cache=args.cache, device=args.device,
+        seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
+    return 1 if record.failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m``-style entry point: ``geofm finetune`` with ``argv``."""
+    from geofm.cli import stage_main
+
+    return stage_main("finetune", argv)

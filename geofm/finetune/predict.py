@@ -1,0 +1,232 @@
+"""``geofm predict``: apply a trained head to the chips of a run root.
+
+Writes one class-map GeoTIFF per scene, ``OUT/<scene_id>.tif``: uint8 (uint16 above
+255 classes) label codes on the scene's native grid (the mosaic of its valid chips, at
+the chips' pixel size, in their CRS), nodata 0 where no chip covers a pixel. A
+classification head fills each chip footprint with its chip's class. ``OUT/run.json``
+records the stage ``predict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from geofm.exceptions import CheckpointError, GeofmError, GeofmValueError
+from geofm.layout import RunRoot
+from geofm.manifest import StageRecord
+
+log = logging.getLogger(__name__)
+
+#: identity fields that must agree between the head's encoder and the one loaded now.
+_IDENTITY_KEYS = ("dim", "preset", "sha256", "random_init", "seed")
+
+
+def check_encoder_identity(saved: dict[str, Any], current: dict[str, Any], *,
+                           head_path: str | os.PathLike[str]) -> None:
+    """Raise :class:`CheckpointError` if a head was trained on another encoder.
+
+    Args:
+        saved: the encoder identity stored in the head checkpoint.
+        current: ``identity`` of the encoder loaded for prediction.
+        head_path: the head checkpoint (for the message).
+    """
+    diffs = [f"{k}: head trained with {saved.get(k)!r}, now {current.get(k)!r}"
+             for k in _IDENTITY_KEYS
+             if (k in saved or k in current) and saved.get(k) != current.get(k)]
+    if diffs:
+        raise CheckpointError(
+            f"head {head_path} was trained on another encoder ({'; '.join(diffs)}); pass "
+            f"the encoder it was trained with (--checkpoint {saved.get('checkpoint')} or "
+            f"--model {saved.get('preset')}) or re-train the head")
+
+
+def _scene_grid(rows: pd.DataFrame, height: int, width: int) -> tuple[Any, int, int, float, float]:
+    """Mosaic grid of a scene's chips: (transform, H, W, x res, y res) from native bounds."""
+    from rasterio.transform import Affine
+
+    res_x = float((rows["maxx"] - rows["minx"]).iloc[0]) / width
+    res_y = float((rows["maxy"] - rows["miny"]).iloc[0]) / height
+    x0, y1 = float(rows["minx"].min()), float(rows["maxy"].max())
+    w = int(round((float(rows["maxx"].max()) - x0) / res_x))
+    h = int(round((y1 - float(rows["miny"].min())) / res_y))
+    return Affine(res_x, 0.0, x0, 0.0, -res_y, y1), h, w, res_x, res_y
+
+
+def write_class_map(path: str | os.PathLike[str], codes: np.ndarray, *, transform: Any,
+                    epsg: int, class_names: Sequence[str] = ()) -> Path:
+    """Write a class-code GeoTIFF atomically (nodata 0, deflate, class names as tags).
+
+    Args:
+        path: destination ``.tif``.
+        codes: int [H, W] label codes (0 = nodata).
+        transform: affine transform of the pixel corners, native CRS.
+        epsg: EPSG code of the CRS.
+        class_names: a name per code 1..n, stored as tags ``class_<code>``.
+    """
+    import rasterio
+
+    from geofm.io import atomic_path
+
+    dtype = "uint8" if int(codes.max(initial=0)) < 256 else "uint16"
+    profile = {"driver": "GTiff", "height": codes.shape[0], "width": codes.shape[1],
+               "count": 1, "dtype": dtype, "crs": f"EPSG:{epsg}", "transform": transform,
+               "nodata": 0, "compress": "deflate"}
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(codes.astype(dtype), 1)
+            dst.update_tags(**{f"class_{i + 1}": n for i, n in enumerate(class_names)})
+    return Path(path)
+
+
+def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str],
+            out: str | os.PathLike[str], *, checkpoint: str | os.PathLike[str] | None = None,
+            model: str | None = None, batch_size: int = 16, device: str = "auto",
+            scenes: Sequence[str] | None = None, encoder: Any = None,
+            overwrite: bool = False, progress: bool = True) -> StageRecord:
+    """Apply a trained head to every valid chip and write a class map per scene.
+
+    Args:
+        root: run root written by ``geofm chip`` (read only).
+        head: ``best.pt`` written by :func:`geofm.finetune.finetune`.
+        out: output folder for ``<scene_id>.tif`` and ``run.json``.
+        checkpoint: the encoder checkpoint the head was trained with.
+        model: or the random-weight preset it was trained with (testing only).
+        batch_size: chips per encoder call.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        scenes: only these scene ids (default: all).
+        encoder: an already loaded encoder to use instead of ``checkpoint``/``model``.
+        overwrite: recompute scenes whose GeoTIFF exists.
+        progress: show a progress bar.
+
+    Returns:
+        The stage record (``out/run.json``); a scene that fails is recorded, the others
+        are written.
+
+    Raises:
+        CheckpointError: the head is unreadable or was trained on another encoder.
+        GeofmValueError: the run root's chips lack the head's bands or sensor.
+    """
+    from geofm.finetune import load_encoder_for, resolve_device
+    from geofm.finetune.cache import ChipEncoder
+    from geofm.finetune.data import read_chip_table
+    from geofm.finetune.train import load_head, predict_codes
+    from geofm.log import progress as progress_bar
+
+    run, out = RunRoot.of(root), Path(out)
+    device = resolve_device(device)
+    config = {"root": str(run.path), "head": str(head), "checkpoint": checkpoint and
+              str(checkpoint), "model": model, "batch_size": batch_size, "device": device}
+    out.mkdir(parents=True, exist_ok=True)
+    with StageRecord(out, "predict", config=config) as record:
+        head_module, head_cfg = load_head(head, device=device)
+        encoder = load_encoder_for(checkpoint=checkpoint, model=model, device=device,
+                                   encoder=encoder)
+        check_encoder_identity(head_cfg.get("encoder", {}), dict(encoder.identity),
+                               head_path=head)
+        if int(encoder.dim) != head_cfg["dim"] or int(encoder.patch_size) != head_cfg[
+                "patch_size"]:
+            raise CheckpointError(
+                f"head {head} expects tokens of width {head_cfg['dim']} and patch "
+                f"{head_cfg['patch_size']}, the encoder gives {encoder.dim} / "
+                f"{encoder.patch_size}; pass the encoder the head was trained with")
+        table = read_chip_table(run)
+        sensors = set(table["sensor"])
+        if sensors != {head_cfg["sensor"]}:
+            raise GeofmValueError(f"head {head} was trained on {head_cfg['sensor']} chips, the "
+                                  f"run root {run.path} holds {', '.join(sorted(sensors))}")
+        bands = tuple(head_cfg["bands"])
+        scene_ids = sorted(table["scene_id"].unique())
+        if scenes is not None:
+            missing = sorted(set(scenes) - set(scene_ids))
+            if missing:
+                raise GeofmValueError(f"scene(s) {', '.join(missing)} have no valid chips in "
+                                      f"{run.path}; valid scenes: {', '.join(scene_ids)}")
+            scene_ids = [s for s in scene_ids if s in set(scenes)]
+        written = skipped = 0
+        for scene_id in progress_bar(scene_ids, desc="predict", unit="scene",
+                                     disable=not progress):
+            target = out / f"{scene_id}.tif"
+            if target.exists() and not overwrite:
+                skipped += 1
+                continue
+            rows = table[table["scene_id"] == scene_id].reset_index(drop=True)
+            try:
+                _predict_scene(target, rows, ChipEncoder(encoder=encoder, root=run.path,
+                                                         samples=rows, bands=bands,
+                                                         device=device),
+                               head_module, head_cfg, batch_size=batch_size,
+                               predict_codes=predict_codes)
+            except GeofmError as exc:
+                record.fail(scene_id, str(exc), path=target)
+                log.error("scene %s failed: %s", scene_id, exc)
+                continue
+            written += 1
+        record.counts.update(scenes=len(scene_ids), written=written, skipped=skipped,
+                             chips=len(table[table["scene_id"].isin(scene_ids)]))
+        record.extra.update(model=dict(encoder.identity), head=str(head))
+    return record
+
+
+def _predict_scene(target: Path, rows: pd.DataFrame, chip_encoder: Any, head: Any,
+                   head_cfg: dict[str, Any], *, batch_size: int, predict_codes: Any) -> None:
+    """Predict every chip of one scene and write the mosaic to ``target``."""
+    mosaic = None
+    transform = None
+    for start in range(0, len(rows), batch_size):
+        idx = list(range(start, min(len(rows), start + batch_size)))
+        pixels, valid = chip_encoder.read(idx)
+        tokens = chip_encoder.encode_pixels(pixels, idx)
+        codes = predict_codes(head, tokens)
+        height, width = valid.shape[1:]
+        if codes.ndim == 1:  # classification: one code per chip footprint
+            codes = np.broadcast_to(codes[:, None, None], (len(idx), height, width)).copy()
+        codes = np.where(valid, codes, 0)
+        if mosaic is None:
+            transform, h, w, res_x, res_y = _scene_grid(rows, height, width)
+            mosaic = np.zeros((h, w), dtype=np.int64)
+        for k, i in enumerate(idx):
+            r0 = int(round((transform.f - rows.at[i, "maxy"]) / res_y))
+            c0 = int(round((rows.at[i, "minx"] - transform.c) / res_x))
+            mosaic[r0:r0 + height, c0:c0 + width] = codes[k]
+    assert mosaic is not None
+    write_class_map(target, mosaic, transform=transform, epsg=int(rows["epsg"].iloc[0]),
+                    class_names=head_cfg.get("class_names", ()))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``geofm predict`` options to ``parser``."""
+    parser.add_argument("--root", required=True, help="run root written by `geofm chip`")
+    parser.add_argument("--head", required=True, help="best.pt written by `geofm finetune`")
+    parser.add_argument("--out", required=True, help="folder for <scene_id>.tif class maps")
+    enc = parser.add_mutually_exclusive_group(required=True)
+    enc.add_argument("--checkpoint", help="the encoder checkpoint the head was trained with")
+    enc.add_argument("--model", help="the random-weight preset it was trained with (testing)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    parser.add_argument("--scenes", default=None, help="comma list of scene ids (default all)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``geofm predict`` from parsed arguments; returns the exit code."""
+    scenes = None if args.scenes is None else [s for s in args.scenes.split(",") if s]
+    record = predict(args.root, args.head, args.out, checkpoint=args.checkpoint,
+                     model=args.model, batch_size=args.batch_size, device=args.device,
+                     scenes=scenes, overwrite=args.overwrite, progress=not args.no_progress)
+    return 1 if record.failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``geofm predict`` with ``argv``."""
+    from geofm.cli import stage_main
+
+    return stage_main("predict", argv)

@@ -1,0 +1,258 @@
+"""The training loop of a head on frozen-encoder tokens, its checkpoint and its curves.
+
+Only the head's parameters are optimised (AdamW, cosine learning-rate schedule per
+step). Every epoch is validated on held-out locations; the best epoch by validation
+mean IoU is kept, and training stops early after ``patience`` epochs without a gain.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofm.exceptions import CheckpointError, GeofmFileNotFoundError
+from geofm.finetune.metrics import confusion_matrix, scores
+from geofm.io import atomic_path
+from geofm.log import progress as progress_bar
+
+#: ``source(indices) -> (tokens float32 [B, 1+L, D] torch, valid bool [B, H, W])``
+TokenSource = Callable[[Sequence[int]], tuple[Any, np.ndarray]]
+#: ``targets(indices, valid) -> int64 codes [B, H, W] (segmentation) or [B] (classification)``
+TargetSource = Callable[[Sequence[int], np.ndarray], np.ndarray]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_head` found.
+
+    Attributes:
+        history: a dict per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``lr``,
+            ``seconds`` and the validation scores of :func:`geofm.finetune.metrics.scores`.
+        best_epoch: 1-based epoch with the best validation mean IoU.
+        best_state: the head's state dict at that epoch (CPU tensors).
+        stopped_early: True if patience ran out before ``epochs``.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_state: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The history entry of the best epoch."""
+        return self.history[self.best_epoch - 1]
+
+
+def class_weights_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Inverse-frequency weights [K] for code counts [K], mean 1 over present classes.
+
+    Absent classes get weight 0 (they contribute no loss anyway); weights are clipped to
+    at most 10x the mean so a handful of pixels cannot dominate.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    weights[present] /= weights[present].mean()
+    return np.minimum(weights, 10.0)
+
+
+def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
+               train_idx: Sequence[int], val_idx: Sequence[int], n_classes: int,
+               epochs: int = 10, batch_size: int = 16, lr: float = 1e-3,
+               weight_decay: float = 1e-2, class_weights: np.ndarray | None = None,
+               patience: int | None = 3, seed: int = 0, device: str = "cpu",
+               progress: bool = True) -> TrainResult:
+    """Train ``head`` on tokens of ``train_idx`` samples, validating on ``val_idx``.
+
+    Args:
+        head: a :mod:`geofm.finetune.heads` module; logits over codes ``1..n_classes``.
+        source: gives the (frozen) encoder tokens of a batch of sample indices.
+        targets: gives the label codes of a batch (0 = ignore).
+        train_idx: sample indices to train on.
+        val_idx: sample indices to validate on (other locations).
+        n_classes: number of codes.
+        epochs: maximum number of epochs.
+        batch_size: samples per step.
+        lr: peak learning rate (AdamW), decayed by a cosine to 0 over all steps.
+        weight_decay: AdamW weight decay.
+        class_weights: float [n_classes] loss weight per code, or ``None``.
+        patience: stop after this many epochs without a better validation mean IoU
+            (``None``: never).
+        seed: seeds the head's shuffling.
+        device: torch device.
+        progress: show progress bars.
+
+    Returns:
+        The :class:`TrainResult`.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    generator = torch.Generator().manual_seed(seed)
+    head.to(device)
+    train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
+    steps_per_epoch = max(1, int(np.ceil(len(train_idx) / batch_size)))
+    optimiser = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser,
+                                                          T_max=epochs * steps_per_epoch)
+    weight = None if class_weights is None else torch.as_tensor(
+        class_weights, dtype=torch.float32, device=device)
+
+    def loss_of(logits: Any, codes: np.ndarray) -> Any:
+        target = torch.from_numpy(codes.astype(np.int64) - 1).to(device)  # code 0 -> -1
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=-1)
+
+    result = TrainResult()
+    best_miou, stale = -1.0, 0
+    epoch_bar = progress_bar(range(1, epochs + 1), desc="finetune", unit="epoch",
+                             disable=not progress)
+    for epoch in epoch_bar:
+        started = time.perf_counter()
+        head.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
+        total, seen = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            if len(idx) < 2 and len(order) > 1:  # BatchNorm needs 2+ samples
+                continue
+            tokens, valid = source(idx)
+            codes = targets(idx, valid)
+            if not (codes != 0).any():
+                continue
+            loss = loss_of(head(tokens.to(device)), codes)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        val = evaluate(head, source, targets, val_idx, n_classes=n_classes,
+                       batch_size=batch_size, device=device, loss_fn=loss_of)
+        entry = {"epoch": epoch, "train_loss": total / max(seen, 1),
+                 "lr": float(optimiser.param_groups[0]["lr"]),
+                 "seconds": round(time.perf_counter() - started, 4), **val}
+        result.history.append(entry)
+        epoch_bar.set_postfix(loss=f"{entry['train_loss']:.3f}", miou=f"{val['mean_iou']:.3f}")
+        if val["mean_iou"] > best_miou:
+            best_miou, stale = val["mean_iou"], 0
+            result.best_epoch = epoch
+            result.best_state = {k: v.detach().cpu().clone()
+                                 for k, v in copy.deepcopy(head.state_dict()).items()}
+        else:
+            stale += 1
+            if patience is not None and stale >= patience and epoch < epochs:
+                result.stopped_early = True
+                break
+    epoch_bar.close()
+    return result
+
+
+def predict_codes(head: Any, tokens: Any) -> np.ndarray:
+    """Predicted codes (argmax + 1): int64 [B, H, W] or [B] from tokens [B, 1+L, D]."""
+    import torch
+
+    head.eval()
+    with torch.inference_mode():
+        return (head(tokens).argmax(dim=1) + 1).cpu().numpy()
+
+
+def evaluate(head: Any, source: TokenSource, targets: TargetSource, indices: Sequence[int], *,
+             n_classes: int, batch_size: int = 16, device: str = "cpu",
+             loss_fn: Callable[[Any, np.ndarray], Any] | None = None) -> dict[str, Any]:
+    """Validation scores (and mean loss) of ``head`` on samples ``indices``."""
+    import torch
+
+    head.eval()
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    total, seen = 0.0, 0
+    indices = np.asarray(indices)
+    with torch.inference_mode():
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start:start + batch_size]
+            tokens, valid = source(idx)
+            codes = targets(idx, valid)
+            logits = head(tokens.to(device))
+            cm += confusion_matrix((logits.argmax(dim=1) + 1).cpu().numpy(), codes, n_classes)
+            if loss_fn is not None and (codes != 0).any():
+                total += float(loss_fn(logits, codes)) * len(idx)
+                seen += len(idx)
+    out = scores(cm)
+    out["val_loss"] = total / seen if seen else None
+    out["confusion"] = cm.tolist()
+    return out
+
+
+def save_head(path: str | os.PathLike[str], state: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write a head checkpoint ``{"state_dict", "config"}`` atomically (``torch.save``)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "config": config}, tmp)
+    return Path(path)
+
+
+def load_head(path: str | os.PathLike[str], *, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Rebuild a head from a checkpoint written by :func:`save_head`.
+
+    Returns:
+        ``(head in eval mode, config)``.
+
+    Raises:
+        GeofmFileNotFoundError: no such file.
+        CheckpointError: not a geofm head checkpoint.
+    """
+    import torch
+
+    from geofm.finetune.heads import build_head
+
+    path = Path(path)
+    if not path.is_file():
+        raise GeofmFileNotFoundError(f"head checkpoint {path} does not exist; train one with "
+                                     "`geofm finetune --out DIR` (it writes DIR/best.pt)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        config, state = blob["config"], blob["state_dict"]
+        head = build_head(config["task"], dim=config["dim"], patch_size=config["patch_size"],
+                          n_classes=config["n_classes"], **config.get("head_options", {}))
+        head.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable geofm head checkpoint ({exc}); "
+                              "use the best.pt written by `geofm finetune`") from exc
+    return head.to(device).eval(), config
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
+                title: str = "") -> Path:
+    """Write the training curves (losses; validation mIoU, macro F1, accuracy) as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_score = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax_loss.plot(epochs, [np.nan if h["val_loss"] is None else h["val_loss"] for h in history],
+                 marker="o", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_loss.legend()
+    for key, label in (("mean_iou", "mean IoU"), ("macro_f1", "macro F1"),
+                       ("pixel_accuracy", "accuracy")):
+        ax_score.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    ax_score.set(xlabel="epoch", ylim=(0, 1), title="validation (held-out locations)")
+    ax_score.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    return Path(path)

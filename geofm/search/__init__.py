@@ -1,0 +1,244 @@
+"""``geofm search``: similarity search over an indexed run.
+
+Query by one chip (``--chip-id``, acquisition ``--date`` or the latest one), by several
+chips (the mean of their unit vectors: "average vector strategy"), or by a vector file;
+push results away from rejected examples with ``--negative-chip-id`` (see
+:mod:`geofm.search.query`). Similarity is the cosine between embeddings, or between
+centred embeddings (``--centre``: the run mean vector is subtracted first; use it when
+every cosine is close to 1, as with random-weight or collapsed encoders).
+
+Filters (date range, WGS84 bbox, max cloud, query chips excluded) are applied inside
+the vector search (prefilter), so ``k`` results come back whenever that many match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from geofm.exceptions import GeofmValueError, SearchIndexError
+from geofm.layout import RunRoot
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+__all__ = ["search", "add_arguments", "run_cli", "main"]
+
+_RESULT_COLUMNS = ["chip_id", "scene_id", "date", "similarity", "cloud_fraction",
+                   "thumbnail_path", "change_status", "change", "change_date", "magnitude"]
+
+
+def _utc(value: str, *, end: bool = False) -> Any:
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError as exc:
+        raise GeofmValueError(f"cannot parse date {value!r}; use YYYY-MM-DD") from exc
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    if end and ts == ts.normalize() and len(str(value)) <= 10:  # a day: include all of it
+        ts = ts + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
+    return ts
+
+
+def parse_bbox(text: str | Sequence[float]) -> tuple[float, float, float, float]:
+    """``"W,S,E,N"`` (WGS84 degrees) or a 4-sequence -> a checked tuple."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        west, south, east, north = (float(p) for p in parts)
+    except ValueError as exc:
+        raise GeofmValueError(
+            f"bbox {text!r} must be four numbers W,S,E,N in WGS84 degrees"
+        ) from exc
+    if not (west < east and south < north):
+        raise GeofmValueError(
+            f"bbox {text!r} must have W < E and S < N (WGS84 degrees; boxes across the "
+            "antimeridian are not supported)"
+        )
+    return west, south, east, north
+
+
+def build_filter(*, exclude: Sequence[str] = (), start: str | None = None,
+                 end: str | None = None, bbox: Sequence[float] | str | None = None,
+                 max_cloud: float | None = None) -> str | None:
+    """SQL ``WHERE`` clause for the ``chips`` table (None when there is no filter).
+
+    ``bbox`` keeps rows whose WGS84 bounding box overlaps it (the exact footprint test
+    is done on the results); ``start``/``end`` are inclusive UTC days.
+    """
+    from geofm.search.query import sql_str
+
+    terms = []
+    if exclude:
+        terms.append(f"chip_id NOT IN ({', '.join(sql_str(c) for c in exclude)})")
+    if start is not None:
+        terms.append(f"date >= timestamp '{_utc(start):%Y-%m-%d %H:%M:%S.%f}'")
+    if end is not None:
+        terms.append(f"date <= timestamp '{_utc(end, end=True):%Y-%m-%d %H:%M:%S.%f}'")
+    if bbox is not None:
+        west, south, east, north = parse_bbox(bbox)
+        terms.append(f"east >= {west!r} AND west <= {east!r} AND north >= {south!r} "
+                     f"AND south <= {north!r}")
+    if max_cloud is not None:
+        terms.append(f"cloud_fraction <= {float(max_cloud)!r}")
+    return " AND ".join(f"({t})" for t in terms) or None
+
+
+def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = (),
+           date: str | None = None, vector: Any = None,
+           negative_chip_ids: Sequence[str] = (), k: int = 10,
+           min_similarity: float | None = None, start: str | None = None,
+           end: str | None = None, bbox: Sequence[float] | str | None = None,
+           max_cloud: float | None = None, centre: bool = False,
+           embedding: str | None = None) -> gpd.GeoDataFrame:
+    """Find the ``k`` chips most similar to a query.
+
+    Args:
+        root: run root with an index (``geofm index``).
+        chip_ids: query chip ids; several are averaged. Every acquisition of these chips
+            is excluded from the results.
+        date: acquisition of the query chips (``YYYY-MM-DD``, UTC); default the latest.
+        vector: a query vector (array [D] or [N, D], raw embedding) or a ``.npy`` /
+            ``.json`` vector file path, alone or with ``chip_ids``.
+        negative_chip_ids: chips the results should not resemble (excluded too); see
+            :mod:`geofm.search.query` for the rule.
+        k: number of results.
+        min_similarity: drop results with a lower cosine similarity.
+        start: earliest acquisition date (inclusive, UTC).
+        end: latest acquisition date (inclusive, UTC).
+        bbox: ``(west, south, east, north)`` WGS84 degrees or ``"W,S,E,N"``; keeps chips
+            whose footprint intersects it.
+        max_cloud: keep chips with ``cloud_fraction <= max_cloud`` (0..1).
+        centre: cosine between centred vectors (run mean subtracted).
+        embedding: if given, the index must have been built with it (``cls``/``mean``).
+
+    Returns:
+        GeoDataFrame (EPSG:4326), best first: ``chip_id scene_id date similarity
+        cloud_fraction thumbnail_path change_status change change_date magnitude
+        geometry``; ``attrs["query"]`` describes the query.
+
+    Raises:
+        SearchIndexError: no/empty index, unknown chip id, or a query incompatible with
+            the index (dimension, model, embedding).
+    """
+    import geopandas as gpd
+    import numpy as np
+    import pandas as pd
+    import shapely
+
+    from geofm.index.table import IndexInfo, open_table
+    from geofm.search.query import build_query
+
+    root = RunRoot.of(root)
+    if k < 1:
+        raise GeofmValueError(f"k must be >= 1, got {k}")
+    table = open_table(root)
+    info = IndexInfo.read(root)
+    if embedding is not None and embedding != info.embedding:
+        raise SearchIndexError(
+            f"the index in {root.index_dir} was built with embedding {info.embedding!r}, "
+            f"not {embedding!r}; run `geofm index --root {root.path} --embedding {embedding} "
+            "--overwrite` or search without --embedding"
+        )
+    query = build_query(table, info, chip_ids=chip_ids, date=date, vector=vector,
+                        negative_chip_ids=negative_chip_ids, centre=centre)
+    where = build_filter(exclude=query.exclude, start=start, end=end, bbox=bbox,
+                         max_cloud=max_cloud)
+    box = shapely.box(*parse_bbox(bbox)) if bbox is not None else None
+    columns = [c for c in _RESULT_COLUMNS if c != "similarity"] + ["geometry", "_distance"]
+    if len(query.negatives):
+        columns.append(query.column)
+    fetch = k if box is None and not len(query.negatives) else 2 * k + 10
+    while True:
+        builder = (table.search(query.vector, vector_column_name=query.column)
+                   .distance_type("cosine").select(columns).limit(fetch))
+        if where:
+            builder = builder.where(where, prefilter=True)
+        if info.ann is not None:
+            builder = builder.nprobes(info.ann["nprobes"]).refine_factor(
+                info.ann["refine_factor"])
+        rows = builder.to_arrow().to_pandas()
+        got = len(rows)
+        rows["similarity"] = (1.0 - rows.pop("_distance")).astype(np.float32)
+        rows["geometry"] = shapely.from_wkb(rows["geometry"].to_numpy())
+        if box is not None:
+            rows = rows[shapely.intersects(rows["geometry"].to_numpy(), box)]
+        if len(query.negatives):
+            vecs = np.stack(rows.pop(query.column).to_numpy()) if len(rows) else \
+                np.zeros((0, info.dim), np.float32)
+            to_pos = vecs @ query.positive
+            to_neg = (vecs @ query.negatives.T).max(axis=1) if len(vecs) else to_pos
+            rows = rows[to_neg <= to_pos]
+        if len(rows) >= k or got < fetch:
+            break
+        fetch *= 4
+    rows = rows.sort_values("similarity", ascending=False, kind="stable").head(k)
+    if min_similarity is not None:
+        rows = rows[rows["similarity"] >= min_similarity]
+    rows["date"] = pd.to_datetime(rows["date"], utc=True)
+    result = gpd.GeoDataFrame(rows[_RESULT_COLUMNS + ["geometry"]].reset_index(drop=True),
+                              geometry="geometry", crs=4326)
+    result.attrs["query"] = {"sources": query.sources, "centre": centre,
+                             "embedding": info.embedding, "filter": where,
+                             "negatives": list(negative_chip_ids)}
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``geofm search`` options to ``parser``."""
+    parser.add_argument("--root", required=True, help="run root with an index")
+    parser.add_argument("--chip-id", action="append", default=[], metavar="ID",
+                        help="query chip (repeat for several: their mean vector is used)")
+    parser.add_argument("--date", help="acquisition of the query chips, YYYY-MM-DD "
+                        "(default: the latest)")
+    parser.add_argument("--vector-file", metavar="F",
+                        help="query vector: .npy ([D] or [N, D]) or .json list")
+    parser.add_argument("--negative-chip-id", action="append", default=[], metavar="ID",
+                        help="chip the results should not resemble (repeatable)")
+    parser.add_argument("--k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("--min-similarity", type=float, metavar="S",
+                        help="drop results with cosine similarity below S")
+    parser.add_argument("--start", metavar="D", help="earliest acquisition date (inclusive)")
+    parser.add_argument("--end", metavar="D", help="latest acquisition date (inclusive)")
+    parser.add_argument("--bbox", metavar="W,S,E,N",
+                        help="WGS84 box the chip footprint must intersect")
+    parser.add_argument("--max-cloud", type=float, metavar="F",
+                        help="keep chips with cloud fraction <= F (0..1)")
+    parser.add_argument("--centre", action="store_true",
+                        help="subtract the run mean vector before cosine (for random-weight "
+                        "or collapsed encoders whose vectors are all nearly parallel)")
+    parser.add_argument("--embedding", choices=("cls", "mean"),
+                        help="require the index to be built with this embedding")
+    parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",
+                        help="output format (default table)")
+    parser.add_argument("--output", metavar="PATH", help="write to PATH instead of stdout")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``geofm search`` from parsed arguments; return the exit code."""
+    from geofm.io import write_text_atomic
+    from geofm.search.output import format_results
+
+    if not args.chip_id and not args.vector_file:
+        raise GeofmValueError("give --chip-id ID (repeatable) or --vector-file F")
+    results = search(args.root, chip_ids=args.chip_id, date=args.date,
+                     vector=args.vector_file, negative_chip_ids=args.negative_chip_id,
+                     k=args.k, min_similarity=args.min_similarity, start=args.start,
+                     end=args.end, bbox=args.bbox, max_cloud=args.max_cloud,
+                     centre=args.centre, embedding=args.embedding)
+    text = format_results(results, args.format)
+    if args.output:
+        write_text_atomic(args.output, text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m geofm.search`` style entry point."""
+    from geofm.cli import stage_main
+
+    return stage_main("search", argv)

@@ -1,0 +1,13 @@
+"""Processing-job entry points: ``python -m geofm.steps.<stage>``.
+
+Thin shims around the stage command lines (``geofm chip`` ...) for containers, where
+each input arrives as its own mounted folder: they assemble a run root from those
+folders, run the stage on it and leave its products in output folders of the root.
+The layout, the sharding scheme and the manifests are described in
+:mod:`geofm.steps._mounts`. The SageMaker pipeline (``pipelines/sagemaker_pipeline.py``)
+wires the four of them as ProcessingSteps; they run just as well on a laptop.
+"""
+
+#: The entry-point modules, in pipeline order.
+STEP_MODULES = ("geofm.steps.chip", "geofm.steps.embed", "geofm.steps.analyze",
+                "geofm.steps.index")

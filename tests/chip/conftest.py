@@ -1,0 +1,80 @@
+"""Tiny hand-made Sentinel-2-like scenes for the chip tests (written with rasterio)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EPSG = 32633
+X0, Y0 = 500000.0, 5600000.0
+
+
+def write_tif(path: Path, array: np.ndarray, res: float, *, x0: float = X0, y0: float = Y0,
+              crs: str | None = f"EPSG:{EPSG}") -> None:
+    import rasterio
+    from affine import Affine
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", height=array.shape[0], width=array.shape[1],
+                       count=1, dtype=array.dtype, crs=crs, nodata=0, tiled=True,
+                       blockxsize=32, blockysize=32,
+                       transform=Affine(res, 0, x0, 0, -res, y0)) as dst:
+        dst.write(array, 1)
+
+
+def item_json(item_id: str, date: str, hrefs: dict[str, str], *, baseline: str = "02.14",
+              tile: str = "33UUP", offset_applied: bool = False) -> dict:
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id,
+        "collection": "sentinel-2-l2a",
+        "geometry": None, "bbox": None, "links": [],
+        "properties": {"datetime": date, "proj:epsg": EPSG, "grid:code": f"MGRS-{tile}",
+                       "s2:processing_baseline": baseline,
+                       "earthsearch:boa_offset_applied": offset_applied},
+        "assets": {k: {"href": h} for k, h in hrefs.items()},
+    }
+
+
+@pytest.fixture
+def make_scene(tmp_path: Path):
+    """Write one scene: 10 m blue/green/red/nir, 20 m rededge1 and SCL; return item path.
+
+    ``values`` maps a band to a [size, size] (10 m) or [size/2, size/2] (20 m) array;
+    missing bands get seeded random DN in 500..2500, SCL defaults to 4 (vegetation).
+    """
+
+    def _make(item_id: str = "S2A_33UUP_20210601_0_L2A", *, date: str = "2021-06-01T10:00:00Z",
+              size: int = 64, values: dict | None = None, baseline: str = "02.14",
+              seed: int = 0, folder: Path | None = None, **kwargs) -> Path:
+        rng = np.random.default_rng(seed)
+        folder = folder or tmp_path / "data"
+        values = dict(values or {})
+        hrefs = {}
+        for key, res in (("blue", 10), ("green", 10), ("red", 10), ("nir", 10),
+                         ("rededge1", 20), ("scl", 20)):
+            n = size * 10 // res
+            if key in values:
+                arr = values[key]
+            elif key == "scl":
+                arr = np.full((n, n), 4, np.uint8)
+            else:
+                arr = rng.integers(500, 2500, (n, n)).astype(np.uint16)
+            rel = f"assets/{item_id}/{key}.tif"
+            write_tif(folder / rel, arr, res)
+            hrefs[key] = f"../{rel}"
+        item_path = folder / "items" / f"{item_id}.json"
+        item_path.parent.mkdir(parents=True, exist_ok=True)
+        item_path.write_text(json.dumps(item_json(item_id, date, hrefs, baseline=baseline,
+                                                  **kwargs)))
+        return item_path
+
+    return _make
+
+
+@pytest.fixture
+def tif():
+    """The :func:`write_tif` helper (test modules cannot import conftest in importlib mode)."""
+    return write_tif

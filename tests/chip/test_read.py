@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import rasterio
+
+from geofm.chip.read import TargetGrid, read_to_grid
+from geofm.exceptions import GeofmValueError
+
+X0, Y0 = 500000.0, 5600000.0
+
+
+def _grid(h=16, w=16, dx=0, dy=0):
+    return TargetGrid(x0=X0 + dx * 10, y0=Y0 - dy * 10, res=10.0, height=h, width=w)
+
+
+def test_same_resolution_is_a_plain_window(tmp_path, tif):
+    arr = np.arange(1, 32 * 32 + 1, dtype=np.uint16).reshape(32, 32)
+    tif(tmp_path / "a.tif", arr, 10)
+    with rasterio.open(tmp_path / "a.tif") as src:
+        out = read_to_grid(src, _grid(8, 12, dx=5, dy=3))
+    np.testing.assert_array_equal(out, arr[3:11, 5:17])
+
+
+def test_bilinear_reproduces_a_linear_ramp_exactly(tmp_path, tif):
+    # 20 m pixel centres at x = X0 + 10 + 20 j: value = 100 + x-offset in metres
+    j = np.arange(16)
+    ramp = (1000 + 10 + 20 * j).astype(np.uint16)
+    tif(tmp_path / "ramp.tif", np.tile(ramp, (16, 1)), 20)
+    with rasterio.open(tmp_path / "ramp.tif") as src:
+        out = read_to_grid(src, _grid(16, 16, dx=4, dy=4), resampling="bilinear")
+    x_off = 40 + 5 + 10 * np.arange(16)  # 10 m centres relative to X0
+    np.testing.assert_array_equal(out, np.tile(1000 + x_off, (16, 1)))
+
+
+def test_bilinear_edges_align_with_10m_edges(tmp_path, tif):
+    # a 20 m step edge at x = X0 + 160 m must be symmetric around 10 m column 16
+    coarse = np.full((16, 16), 1000, np.uint16)
+    coarse[:, 8:] = 3000
+    tif(tmp_path / "step.tif", coarse, 20)
+    with rasterio.open(tmp_path / "step.tif") as src:
+        out = read_to_grid(src, _grid(4, 32), resampling="bilinear")[0]
+    assert out[15] == 1500 and out[16] == 2500  # 0.75/0.25 on both sides: no shift
+    assert (out[:14] == 1000).all() and (out[18:] == 3000).all()
+
+
+def test_nearest_maps_10m_pixels_into_their_20m_pixel(tmp_path, tif):
+    coarse = np.arange(1, 65, dtype=np.uint8).reshape(8, 8)
+    tif(tmp_path / "scl.tif", coarse, 20)
+    with rasterio.open(tmp_path / "scl.tif") as src:
+        out = read_to_grid(src, _grid(6, 6, dx=1, dy=1))
+    expected = np.repeat(np.repeat(coarse, 2, 0), 2, 1)[1:7, 1:7]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_bilinear_ignores_nodata_neighbours_and_keeps_nodata_pixels(tmp_path, tif):
+    coarse = np.full((8, 8), 2000, np.uint16)
+    coarse[:, :2] = 0
+    tif(tmp_path / "nd.tif", coarse, 20)
+    with rasterio.open(tmp_path / "nd.tif") as src:
+        out = read_to_grid(src, _grid(4, 16), resampling="bilinear")
+    assert (out[:, :4] == 0).all()
+    assert (out[:, 4:] == 2000).all()
+
+
+def test_outside_the_raster_is_nodata(tmp_path, tif):
+    tif(tmp_path / "a.tif", np.full((8, 8), 7, np.uint16), 10)
+    with rasterio.open(tmp_path / "a.tif") as src:
+        out = read_to_grid(src, _grid(4, 4, dx=6, dy=6))
+    np.testing.assert_array_equal(out[:2, :2], 7)
+    assert (out[2:] == 0).all() and (out[:, 2:] == 0).all()
+
+
+def test_unknown_resampling(tmp_path, tif):
+    tif(tmp_path / "a.tif", np.ones((8, 8), np.uint16), 10)
+    with rasterio.open(tmp_path / "a.tif") as src, \
+            pytest.raises(GeofmValueError, match="resampling 'cubic'"):
+        read_to_grid(src, _grid(), resampling="cubic")

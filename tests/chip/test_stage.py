@@ -1,0 +1,368 @@
+"""Stage tests on hand-made scenes (fast, exact) and acceptance tests on `geofm synth` data."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geofm.chip import chip
+from geofm.chipfile import open_chip, read_chip_array
+from geofm.exceptions import GeofmValueError
+from geofm.layout import RunRoot
+from geofm.manifest import read_manifest
+
+
+def _meta(root):
+    import geopandas as gpd
+
+    run = RunRoot.of(root)
+    return pd.concat([gpd.read_parquet(run.meta_path(s)) for s in run.scene_ids(run.meta_dir)],
+                     ignore_index=True)
+
+
+def test_harmonisation_removes_the_offset_and_keeps_nodata(make_scene, tmp_path):
+    blue = np.full((64, 64), 1500, np.uint16)
+    blue[0, 0] = 0        # nodata stays 0
+    blue[0, 1] = 1000     # would become 0: clipped to 1
+    make_scene("OLD", values={"blue": blue - np.where(blue > 1000, 1000, 0).astype(np.uint16)},
+               baseline="03.01")
+    make_scene("NEW", date="2022-03-01T10:00:00Z", values={"blue": blue}, baseline="04.00")
+    rec = chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, max_nodata=1.0,
+               progress=False)
+    old, _ = read_chip_array(tmp_path / "root/chips/OLD/33UUP_32_0000_0000.nc", ["blue"])
+    new, _ = read_chip_array(tmp_path / "root/chips/NEW/33UUP_32_0000_0000.nc", ["blue"])
+    assert new[0, 5, 5] == old[0, 5, 5] == 500
+    assert new[0, 0, 0] == 0 and new[0, 0, 1] == 1
+    assert "subtracted 1000" in rec.extra["harmonisation"]["NEW"]
+    assert rec.extra["harmonisation"]["OLD"].startswith("none")
+    ds = open_chip(tmp_path / "root/chips/NEW/33UUP_32_0000_0000.nc")
+    assert "subtracted 1000" in ds.attrs["harmonisation"]
+
+
+def test_cloud_fraction_from_scl_and_validity(make_scene, tmp_path):
+    scl = np.full((32, 32), 4, np.uint8)       # 20 m: 2 x 2 chips of 16 SCL pixels
+    scl[:16, :16] = 9                          # chip (0,0) fully cloudy
+    scl[:4, 16:] = 3                           # chip (0,1): 4/16 rows of shadow
+    scl[16:, :16][0, 0] = 0                    # chip (1,0): one 20 m nodata pixel
+    make_scene(values={"scl": scl})
+    chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, max_cloud=0.3,
+         progress=False)
+    meta = _meta(tmp_path / "root").set_index("chip_id")
+    assert meta.loc["33UUP_32_0000_0000", "cloud_fraction"] == 1.0
+    assert meta.loc["33UUP_32_0000_0001", "cloud_fraction"] == 0.25
+    assert meta.loc["33UUP_32_0001_0000", "nodata_fraction"] == pytest.approx(4 / 1024)
+    assert meta["valid"].to_dict() == {"33UUP_32_0000_0000": False, "33UUP_32_0000_0001": True,
+                                       "33UUP_32_0001_0000": False, "33UUP_32_0001_0001": True}
+    assert pd.isna(meta.loc["33UUP_32_0000_0000", "chip_path"])
+    assert (tmp_path / "root" / meta.loc["33UUP_32_0000_0001", "chip_path"]).exists()
+    assert (tmp_path / "root" / meta.loc["33UUP_32_0000_0001", "thumbnail_path"]).exists()
+
+
+def test_partial_chips_skipped_and_grid_origin(make_scene, tmp_path):
+    make_scene(size=80)
+    rec = chip(tmp_path / "data/items", tmp_path / "a", chip_size=32, progress=False)
+    assert rec.counts["chips"] == 4  # 80 px: two full chips per axis
+    # origin 16 px north-west of the raster: first full cell is (1, 1) at raster px 16
+    rec = chip(tmp_path / "data/items", tmp_path / "b", chip_size=32, progress=False,
+               grid_origin=(500000.0 - 160, 5600000.0 + 160))
+    meta = _meta(tmp_path / "b")
+    assert sorted(meta.chip_id) == ["33UUP_32_0001_0001", "33UUP_32_0001_0002",
+                                    "33UUP_32_0002_0001", "33UUP_32_0002_0002"]
+    assert meta.set_index("chip_id").loc["33UUP_32_0001_0001", "minx"] == 500000.0 + 160
+
+
+def test_aoi_in_another_crs(make_scene, tmp_path):
+    make_scene()
+    # a small box inside chip (1, 1), given in EPSG:32633 and declared as such
+    aoi = {"type": "FeatureCollection",
+           "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
+           "features": [{"type": "Feature", "properties": {}, "geometry": {
+               "type": "Polygon", "coordinates": [[[500400, 5599400], [500500, 5599400],
+                                                   [500500, 5599500], [500400, 5599400]]]}}]}
+    (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
+    chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, aoi=tmp_path / "aoi.geojson",
+         progress=False)
+    assert list(_meta(tmp_path / "root").chip_id) == ["33UUP_32_0001_0001"]
+
+
+def test_no_scl_needs_no_cloud_mask(make_scene, tmp_path):
+    item = make_scene()
+    data = json.loads(item.read_text())
+    del data["assets"]["scl"]
+    item.write_text(json.dumps(data))
+    rec = chip(item, tmp_path / "r1", chip_size=32, progress=False)
+    assert rec.failures and "no asset 'scl'" in rec.failures[0].reason
+    assert "--no-cloud-mask" in rec.failures[0].reason
+    rec = chip(item, tmp_path / "r2", chip_size=32, cloud_mask=False, progress=False)
+    assert not rec.failures and rec.counts["valid_chips"] == 4
+    assert _meta(tmp_path / "r2").cloud_fraction.isna().all()
+
+
+def test_raster_without_crs_fails_the_scene(make_scene, tmp_path, tif):
+    item = make_scene("A")
+    make_scene("B", seed=1)
+    data = json.loads(item.read_text())
+    del data["properties"]["proj:epsg"]
+    item.write_text(json.dumps(data))
+    for key, res in (("blue", 10), ("green", 10), ("red", 10), ("nir", 10)):
+        tif(tmp_path / f"data/assets/A/{key}.tif", np.ones((64, 64), np.uint16), res, crs=None)
+    rec = chip(item.parent, tmp_path / "root", chip_size=32, progress=False)
+    assert [f.unit for f in rec.failures] == ["A"]
+    assert "has no CRS" in rec.failures[0].reason
+    assert RunRoot.of(tmp_path / "root").meta_path("B").exists()
+
+
+def test_bad_arguments_fail_before_work(make_scene, tmp_path):
+    item = make_scene()
+    with pytest.raises(GeofmValueError, match="max_cloud is a fraction"):
+        chip(item, tmp_path / "r", max_cloud=5, progress=False)
+    with pytest.raises(KeyError, match="unknown band 'bogus'"):
+        chip(item, tmp_path / "r", bands="red,bogus", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_parallel_workers_match_inline(make_scene, tmp_path):
+    for i in range(3):
+        make_scene(f"S{i}", date=f"2021-0{i + 1}-01T10:00:00Z", seed=i)
+    chip(tmp_path / "data/items", tmp_path / "one", chip_size=32, bands="red,rededge1",
+         progress=False)
+    rec = chip(tmp_path / "data/items", tmp_path / "two", chip_size=32, bands="red,rededge1",
+               workers=2, progress=False)
+    assert rec.counts["valid_chips"] == 12
+    a, b = _meta(tmp_path / "one"), _meta(tmp_path / "two")
+    pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
+    x1, _ = read_chip_array(tmp_path / "one" / a.chip_path[5], ["red", "rededge1"])
+    x2, _ = read_chip_array(tmp_path / "two" / b.chip_path[5], ["red", "rededge1"])
+    np.testing.assert_array_equal(x1, x2)
+
+
+def _snapshot(root):
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if name != "run.json":
+                out[p] = (os.stat(p).st_mtime_ns, open(p, "rb").read())
+    return out
+
+
+def test_rerun_does_no_work_and_overwrite_redoes(make_scene, tmp_path):
+    make_scene()
+    chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, progress=False)
+    before = _snapshot(tmp_path / "root")
+    rec = chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, progress=False)
+    assert rec.counts["skipped_scenes"] == 1 and rec.counts["chips"] == 0
+    assert _snapshot(tmp_path / "root") == before
+    rec = chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, overwrite=True,
+               progress=False)
+    assert rec.counts["chips"] == 4
+    meta = RunRoot.of(tmp_path / "root").meta_path("S2A_33UUP_20210601_0_L2A")
+    assert os.stat(meta).st_mtime_ns != before[str(meta)][0]
+
+
+def test_thumbnail_stretch_is_fixed_for_the_run(make_scene, tmp_path):
+    from PIL import Image
+
+    red = np.full((64, 64), 1500, np.uint16)
+    make_scene(values={"red": red, "green": red, "blue": red})
+    chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, progress=False)
+    png = np.asarray(Image.open(tmp_path / "root/thumbnails/S2A_33UUP_20210601_0_L2A/"
+                                "33UUP_32_0000_0000.png"))
+    assert png.shape == (32, 32, 3) and (png == 127).all()  # 1500 of 0..3000
+    stage = read_manifest(tmp_path / "root")["stages"]["chip"]
+    assert stage["thumbnail_stretch"] == [0.0, 3000.0]
+
+
+# --- acceptance on `geofm synth` data -------------------------------------------------
+
+def _truth(synth_dir):
+    return json.loads((synth_dir / "truth.json").read_text())
+
+
+def test_ids_footprints_equal_truth_cells_in_every_acquisition(synth_dir, chipped_root):
+    truth = _truth(synth_dir)
+    meta = _meta(chipped_root)
+    assert meta.scene_id.nunique() == len(truth["items"])
+    cells = {f"{c['tile']}_64_{c['row']:04d}_{c['col']:04d}": (c["minx"], c["miny"], c["maxx"],
+                                                                c["maxy"])
+             for c in truth["cells"]}
+    for _, scene in meta.groupby("scene_id"):
+        assert set(scene.chip_id) == set(cells)
+    for row in meta.itertuples():
+        assert (row.minx, row.miny, row.maxx, row.maxy) == cells[row.chip_id]
+        assert row.epsg == truth["epsg"]
+        assert row.geometry.contains(row.geometry.centroid)  # WGS84 polygon
+        assert 0 < row.geometry.centroid.x < 30 and 30 < row.geometry.centroid.y < 70
+
+
+def test_cloud_fraction_agrees_with_scl(synth_dir, chipped_root):
+    import rasterio
+
+    meta = _meta(chipped_root)
+    assert (meta.cloud_fraction == 1.0).any()
+    for row in meta.itertuples():
+        with rasterio.open(synth_dir / "assets" / row.scene_id / "scl.tif") as src:
+            r0, c0 = src.index(row.minx + 1, row.maxy - 1)
+            scl = src.read(1)[r0:r0 + 32, c0:c0 + 32]  # 64 px of 10 m = 32 px of 20 m
+        assert row.cloud_fraction == pytest.approx(np.isin(scl, [3, 8, 9, 10]).mean())
+        assert row.nodata_fraction >= (scl == 0).mean() - 1e-6
+        assert row.valid == (row.cloud_fraction <= 0.05 and row.nodata_fraction == 0)
+        assert (chipped_root / f"chips/{row.scene_id}/{row.chip_id}.nc").exists() == row.valid
+    assert not meta[meta.cloud_fraction == 1.0].valid.any()
+
+
+def test_harmonisation_keeps_unchanging_surfaces_level(synth_dir, chipped_root):
+    truth = _truth(synth_dir)
+    switch = pd.Timestamp(truth["baseline_switch"], tz="UTC")
+    meta = _meta(chipped_root)
+    stable = [c for c in truth["cells"] if c["class"] in ("water", "urban", "bare")
+              and c["event"] is None] or [c for c in truth["cells"] if c["event"] is None]
+    checked = 0
+    for cell in stable:
+        cid = f"{cell['tile']}_64_{cell['row']:04d}_{cell['col']:04d}"
+        rows = meta[(meta.chip_id == cid) & meta.valid]
+        level = {}
+        for side, part in (("before", rows[rows.date < switch]), ("after", rows[rows.date >= switch])):
+            values = [np.median(read_chip_array(chipped_root / p, ["red"])[0]) for p in part.chip_path]
+            if values:
+                level[side] = np.median(values)
+        if len(level) == 2:
+            checked += 1
+            assert abs(level["after"] - level["before"]) < 250  # the offset is 1000
+    assert checked
+    after = [i for i in truth["items"] if i["boa_offset"]]
+    assert after and all(i["processing_baseline"] >= "04.00" for i in after)
+
+
+def test_20m_bands_are_aligned_with_the_10m_grid(synth_dir, tmp_path):
+    import rasterio
+    from scipy.ndimage import map_coordinates
+
+    item = sorted((synth_dir / "items").glob("*.json"))[0]
+    chip(item, tmp_path / "root", chip_size=64, bands="red,rededge1", max_cloud=1.0,
+         max_nodata=1.0, progress=False)
+    meta = _meta(tmp_path / "root")
+    ds = open_chip(tmp_path / "root" / meta.chip_path[3])
+    with rasterio.open(synth_dir / "assets" / meta.scene_id[0] / "rededge1.tif") as src:
+        coarse = src.read(1).astype(np.float64)
+        t = src.transform
+    # independent bilinear: fractional 20 m indices of the 10 m pixel centres
+    yy, xx = np.meshgrid(ds.y.values, ds.x.values, indexing="ij")
+    rows = (t.f - yy) / -t.e - 0.5
+    cols = (xx - t.c) / t.a - 0.5
+    expected = map_coordinates(coarse, [rows, cols], order=1, mode="nearest")
+    got = ds.rededge1.values[0].astype(np.float64)
+    inner = (slice(1, -1), slice(1, -1))
+    assert np.abs(got[inner] - expected[inner]).max() <= 1.0
+    # the same with a 10 m shift would not match
+    shifted = map_coordinates(coarse, [rows, cols + 0.5], order=1, mode="nearest")
+    assert np.abs(got[inner] - shifted[inner]).max() > 5
+
+
+def test_netcdf_round_trip_with_rioxarray(synth_dir, chipped_root):
+    import rasterio
+    import rioxarray  # noqa: F401
+    import xarray as xr
+    from rasterio.windows import from_bounds
+
+    meta = _meta(chipped_root)
+    row = meta[meta.valid & (meta.date < pd.Timestamp("2022-01-25", tz="UTC"))].iloc[0]
+    ds = xr.open_dataset(chipped_root / row.chip_path, engine="h5netcdf", decode_coords="all",
+                         mask_and_scale=False)
+    assert ds.rio.crs.to_epsg() == 32633
+    assert tuple(ds.rio.transform())[:6] == (10.0, 0.0, row.minx, 0.0, -10.0, row.maxy)
+    assert ds.red.dtype == np.uint16 and ds.red.attrs["scale_factor"] == pytest.approx(1e-4)
+    assert ds.attrs["chip_id"] == row.chip_id and ds.attrs["scene_id"] == row.scene_id
+    assert pd.Timestamp(ds.time.values[0], tz="UTC") == row.date
+    with rasterio.open(synth_dir / "assets" / row.scene_id / "red.tif") as src:
+        window = from_bounds(row.minx, row.miny, row.maxx, row.maxy, src.transform)
+        np.testing.assert_array_equal(ds.red.values[0], src.read(1, window=window))
+
+
+def test_incremental_run_keeps_earlier_ids_and_rerun_changes_nothing(synth_dir, tmp_path):
+    items = sorted((synth_dir / "items").glob("*.json"),
+                   key=lambda p: json.loads(p.read_text())["properties"]["datetime"])
+    early = tmp_path / "early"
+    early.mkdir()
+    for p in items[:5]:
+        shutil.copy(p, early / p.name)
+    root = tmp_path / "root"
+    # hrefs are relative to items/: copy next to the synth folder layout
+    (tmp_path / "assets").symlink_to(synth_dir / "assets")
+    chip(early, root, chip_size=64, progress=False)
+    first = _meta(root)
+    before = _snapshot(root)
+    rec = chip(synth_dir / "items", root, chip_size=64, progress=False)
+    assert rec.counts["skipped_scenes"] == 5
+    assert all(_snapshot(root)[p] == v for p, v in before.items())  # old files untouched
+    later = _meta(root)
+    assert later.scene_id.nunique() == len(items)
+    assert set(first.chip_id) == set(later.chip_id)
+    assert rec.extra["coverage"]["per_year"]["2021"]["chips"] == 4
+    snap = _snapshot(root)
+    rec = chip(synth_dir / "items", root, chip_size=64, progress=False)
+    assert rec.counts["chips"] == 0 and _snapshot(root) == snap
+
+
+def test_two_tiles_never_share_an_id(tmp_path):
+    from geofm.synth import synthesize
+
+    out = synthesize(tmp_path / "s2", seed=1, size=64, n_dates=2, n_events=0, n_tiles=2,
+                     chip_size=32)
+    chip(out / "items", tmp_path / "root", chip_size=32, progress=False)
+    meta = _meta(tmp_path / "root")
+    tiles = meta.groupby("tile").chip_id.apply(set)
+    assert len(tiles) == 2
+    (a, b) = tiles.values
+    assert a and b and not a & b
+    assert all(cid.startswith(tile) for tile, ids in tiles.items() for cid in ids)
+
+
+def test_aoi_and_partial_chips_on_synth(synth_dir, tmp_path):
+    from geofm.chip.grid import footprints_wgs84
+
+    truth = _truth(synth_dir)
+    cell = truth["cells"][-1]
+    (poly,) = footprints_wgs84(np.array([[cell["minx"] + 100, cell["miny"] + 100,
+                                          cell["maxx"] - 100, cell["maxy"] - 100]]),
+                               truth["epsg"])
+    aoi = {"type": "Feature", "properties": {},
+           "geometry": {"type": "Polygon", "coordinates": [list(poly.exterior.coords)]}}
+    (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
+    item = sorted((synth_dir / "items").glob("*.json"))[0]
+    chip(item, tmp_path / "a", chip_size=64, aoi=tmp_path / "aoi.geojson", progress=False)
+    assert list(_meta(tmp_path / "a").chip_id) == [
+        f"{cell['tile']}_64_{cell['row']:04d}_{cell['col']:04d}"]
+    chip(item, tmp_path / "b", chip_size=48, progress=False)  # 128 px: 2 full chips per axis
+    meta = _meta(tmp_path / "b")
+    assert sorted(zip(meta.row, meta.col)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert meta.maxx.max() - meta.minx.min() == 960.0
+
+
+def test_corrupt_cog_fails_its_scene_only(synth_dir, tmp_path, capsys):
+    import geofm.cli
+
+    data = tmp_path / "s2"
+    shutil.copytree(synth_dir, data)
+    items = sorted((data / "items").glob("*.json"))
+    bad = items[2].stem
+    red = data / "assets" / bad / "red.tif"
+    red.write_bytes(red.read_bytes()[: red.stat().st_size // 2])
+    root = tmp_path / "root"
+    code = geofm.cli.main(["chip", "--items", str(data / "items"), "--out", str(root),
+                           "--chip-size", "64", "--no-progress", "--workers", "2"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert f"FAILED {bad}" in out and "'red'" in out
+    stage = read_manifest(root)["stages"]["chip"]
+    assert stage["status"] == "failed"
+    (failure,) = stage["failures"]
+    assert failure["unit"] == bad and failure["asset"] == "red"
+    assert failure["path"] == str(red) and "corrupt" in failure["reason"]
+    assert RunRoot.of(root).scene_ids(RunRoot.of(root).meta_dir) == sorted(
+        p.stem for p in items if p.stem != bad)
+    assert "valid acquisitions per chip" in out
