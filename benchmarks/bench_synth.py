@@ -33,7 +33,7 @@ def _floor(out: Path, size: int, n_dates: int, n_tiles: int) -> float:
                 res = int(band.resolution)
                 dtype = np.uint8 if band.is_mask else np.uint16
                 write_cog(out / f"{i}" / f"{band.name}.tif",
-                          np.full(tile.shape(res), 1000, dtype), tile.transform(res))
+                          np.full(tile.shape(res), 4 if band.is_mask else 1000, dtype), tile.transform(res))
     return time.perf_counter() - t0
 
 

@@ -227,20 +227,20 @@ def build_pipeline(*, name: str = DEFAULT_NAME, region: str | None = None,
         instance_count=params["ChipInstanceCount"], sources={"items": params["ItemsUri"]},
         arguments=["--chip-size", params["ChipSize"].to_string(),
                    "--bands", params["Bands"],
-                   "--max-cloud", params["MaxCloud"].to_string()],
+                   "--max-cloud", params["MaxCloud"].to_string(), "--no-progress"],
     )
     embed = processing_step(
         "embed", image="EmbeddingImageUri", instance_type="EmbedInstanceType",
         instance_count=params["EmbedInstanceCount"],
         sources={_mounts.BUNDLES: output_of(chip, _mounts.BUNDLES),
                  "checkpoint": params["CheckpointUri"]},
-        arguments=["--batch-size", params["BatchSize"].to_string()],
+        arguments=["--batch-size", params["BatchSize"].to_string(), "--no-progress"],
     )
     analyze = processing_step(
         "analyze", image="ProcessingImageUri", instance_type="AnalyzeInstanceType",
         instance_count=1,
         sources={"meta": output_of(chip, "meta"), "embeddings": output_of(embed, "embeddings")},
-        arguments=[],
+        arguments=["--no-progress"],
     )
     index = processing_step(
         "index", image="ProcessingImageUri", instance_type="IndexInstanceType",
@@ -262,7 +262,10 @@ def entrypoint(stage: str) -> list[str]:
 
 def definition(*, name: str = DEFAULT_NAME, region: str | None = None) -> str:
     """The pipeline definition as stable JSON (sorted keys, indented); no AWS calls."""
-    with _no_instance_metadata():
+    with _no_instance_metadata(), warnings.catch_warnings():
+        # The SDK warns that a PipelineSession starts no job: that is the point here.
+        warnings.filterwarnings("ignore", message="Running within a PipelineSession",
+                                category=UserWarning)
         raw = build_pipeline(name=name, region=region).definition()
     return json.dumps(json.loads(raw), indent=2, sort_keys=True) + "\n"
 

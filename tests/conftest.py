@@ -138,3 +138,22 @@ def make_embedded_root():  # type: ignore[no-untyped-def]
         return truth
 
     return make
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """Folder with the Clay reference checkpoint, cases and manifest (``shared/reference``).
+
+    Looked up in ``$GEOFM_CLAY_REFERENCE``, then ``<repo>/../shared/reference`` (where CI
+    and the developers' checkouts have it). Missing files fail the tests that need them:
+    the encoder's exactness is not optional.
+    """
+    import os
+
+    candidates = [os.environ.get("GEOFM_CLAY_REFERENCE", ""),
+                  str(Path(__file__).resolve().parents[2] / "shared" / "reference")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "clay_tiny.ckpt").is_file():
+            return Path(candidate)
+    pytest.fail("Clay reference files (clay_tiny.ckpt, clay_tiny_cases.pt, manifest) not "
+                f"found in {candidates}; set GEOFM_CLAY_REFERENCE to the shared/reference folder")

@@ -192,7 +192,9 @@ def read_vectors(path: Path, column: str, dim: int) -> tuple[np.ndarray, np.ndar
             else:
                 vectors[i] = item
     finite = np.isfinite(vectors).all(axis=1)
-    vectors[~finite] = 0.0
+    if not finite.all():
+        vectors = vectors.copy()  # arrow buffers are read-only
+        vectors[~finite] = 0.0
     return vectors, ok & finite
 
 

@@ -429,14 +429,12 @@ def _write_changes(path: Path, rr: RunRoot, chip_ids: np.ndarray, geoms: list[An
         "magnitude": result.magnitude.astype(np.float32),
         "rmse": result.rmse.astype(np.float32),
     }, geometry=gpd.GeoSeries(geoms, crs="EPSG:4326"))
-    table = pa.Table.from_pandas(frame.to_wkb(), preserve_index=False)
-    geo_meta = frame.to_arrow(index=False).schema.metadata or {}
-    meta = dict(table.schema.metadata or {})
-    meta.update({k: v for k, v in geo_meta.items() if k == b"geo"})
-    meta[_FINGERPRINT_KEY] = fingerprint.encode()
-    table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        frame.to_parquet(tmp, index=False)
+        table = pq.read_table(tmp)  # add the inputs' fingerprint beside the "geo" metadata
+        meta = dict(table.schema.metadata or {})
+        meta[_FINGERPRINT_KEY] = fingerprint.encode()
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
 
     features = []
     for i, geom in enumerate(geoms):

@@ -1,4 +1,9 @@
-"""RGB PNG thumbnails with one fixed linear stretch for the whole run, so dates compare."""
+"""RGB PNG thumbnails with one fixed linear stretch for the whole run, so dates compare.
+
+Chips larger than :data:`THUMBNAIL_MAX_PX` are shrunk by a whole factor (block mean),
+e.g. a 256 px chip gives a 128 px thumbnail: PNG encoding is otherwise the chip stage's
+slowest step.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from geofm.io import atomic_path
+
+#: Longest thumbnail edge, pixels (chips are shrunk by a whole factor to fit).
+THUMBNAIL_MAX_PX = 128
 
 #: Harmonised Sentinel-2 L2A DN mapped to 0..255 (reflectance 0..0.3).
 DEFAULT_STRETCH: dict[str, tuple[float, float]] = {"sentinel-2-l2a": (0.0, 3000.0),
@@ -24,14 +32,27 @@ def rgb_indices(bands: Sequence[str]) -> list[int]:
 
 
 def to_rgb8(pixels: np.ndarray, indices: Sequence[int], stretch: tuple[float, float],
-            *, nodata_mask: np.ndarray | None = None) -> np.ndarray:
-    """uint8 [H, W, 3] from DN [C, H, W] with a fixed linear stretch; nodata is black."""
+            *, nodata_mask: np.ndarray | None = None,
+            max_px: int = THUMBNAIL_MAX_PX) -> np.ndarray:
+    """Thumbnail uint8 [h, w, 3] from DN [C, H, W]: fixed linear stretch, nodata black.
+
+    ``h = ceil(H / k)``, ``w = ceil(W / k)`` with ``k = ceil(max(H, W) / max_px)``: a
+    block mean over k x k pixels (edge blocks use what they have).
+    """
     lo, hi = stretch
     rgb = pixels[list(indices)].astype(np.float32)
-    rgb = np.clip((rgb - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
     if nodata_mask is not None:
-        rgb[:, nodata_mask] = 0
-    return np.ascontiguousarray(rgb.transpose(1, 2, 0))
+        rgb[:, nodata_mask] = lo
+    factor = -(-max(rgb.shape[1:]) // max_px)
+    if factor > 1:
+        _, h, w = rgb.shape
+        ph, pw = -h % factor, -w % factor
+        if ph or pw:
+            rgb = np.pad(rgb, ((0, 0), (0, ph), (0, pw)), mode="edge")
+        rgb = rgb.reshape(3, rgb.shape[1] // factor, factor, rgb.shape[2] // factor,
+                          factor).mean(axis=(2, 4))
+    rgb8 = np.clip((rgb - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb8.transpose(1, 2, 0))
 
 
 def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
@@ -39,5 +60,5 @@ def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG", compress_level=3)
+        Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG", compress_level=1)
     return Path(path)

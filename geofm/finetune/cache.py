@@ -72,7 +72,8 @@ class ChipEncoder:
             lats=rows["lat"].to_numpy(np.float64), lons=rows["lon"].to_numpy(np.float64),
             device=self.device)
         with torch.inference_mode():
-            return self.encoder(cube).float()
+            tokens = self.encoder(cube).float()
+        return tokens.clone()  # a normal tensor: heads may use it under autograd
 
     def __call__(self, indices: Sequence[int]) -> tuple[Any, np.ndarray]:
         """Read and encode samples; returns (tokens float32 [B, 1+L, D], valid [B, H, W])."""

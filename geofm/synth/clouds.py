@@ -20,7 +20,7 @@ P_OVERCAST, P_CLEAR = 0.1, 0.42
 #: Share of dates with a partial swath (a diagonal nodata edge) and with thin cirrus.
 P_SWATH, P_CIRRUS = 0.15, 0.2
 #: SCL thresholds on the 20 m mean opacity.
-HIGH_OPACITY, MEDIUM_OPACITY, CIRRUS_OPACITY, SHADOW_STRENGTH = 0.7, 0.3, 0.3, 0.45
+HIGH_OPACITY, MEDIUM_OPACITY, CIRRUS_OPACITY, SHADOW_STRENGTH = 0.7, 0.3, 0.3, 0.5
 #: Largest cloud opacity under which a shaded pixel is classed as shadow.
 SHADOW_MAX_OPACITY = 0.05
 #: Shadow darkening at full shadow strength (multiplies the surface).

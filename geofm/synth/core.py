@@ -357,7 +357,7 @@ def _truth(canvas: Canvas, landcover: LandCover, events: list[_Event], dates: li
         "classes": {str(k): v for k, v in CLASSES.items()},
         "label_date": label_date.isoformat(),
         "baseline_switch": timeline.BASELINE_SWITCH.isoformat(),
-        "monitor_start": dates[m].isoformat() if len(dates) > 1 else dates[0].isoformat(),
+        "monitor_start": dates[m].isoformat(),
         "dates": [d.isoformat() for d in dates],
         "tiles": tiles, "cells": cells, "events": planted, "items": items,
     }

@@ -102,8 +102,8 @@ class Canvas:
     """The 10 m raster all tiles are cut from.
 
     Attributes:
-        rows: canvas height, 10 m pixels (a multiple of 6 and of ``chip_size``).
-        cols: canvas width, 10 m pixels (a multiple of 6 and of ``chip_size``).
+        rows: canvas height, 10 m pixels (a multiple of 6).
+        cols: canvas width, 10 m pixels (a multiple of 6).
         chip_size: land-cover cell side, pixels.
         tiles: the tiles, first one at column 0.
     """
@@ -120,8 +120,8 @@ class Canvas:
 
     @property
     def cells(self) -> tuple[int, int]:
-        """Number of land-cover cells (rows, cols) on the canvas."""
-        return (self.rows // self.chip_size, self.cols // self.chip_size)
+        """Number of land-cover cells (rows, cols) covering the canvas (the last may be cut)."""
+        return (math.ceil(self.rows / self.chip_size), math.ceil(self.cols / self.chip_size))
 
 
 def second_tile_offset(size: int, chip_size: int) -> int:
@@ -141,7 +141,6 @@ def make_canvas(size: int, chip_size: int, n_tiles: int) -> Canvas:
     offsets = [0] if n_tiles == 1 else [0, second_tile_offset(size, chip_size)]
     tiles = tuple(Tile(f"{UTM_ZONE}{LATITUDE_BAND}{GRID_SQUARES[i]}", off, size)
                   for i, off in enumerate(offsets))
-    step = math.lcm(6, chip_size)
-    rows = math.ceil(size / step) * step
-    cols = math.ceil((offsets[-1] + size) / step) * step
+    rows = math.ceil(size / 6) * 6
+    cols = math.ceil((offsets[-1] + size) / 6) * 6
     return Canvas(rows=rows, cols=cols, chip_size=chip_size, tiles=tiles)

@@ -58,7 +58,7 @@ def monitor_index(dates: list[dt.date]) -> int:
     for i, d in enumerate(dates):
         if d >= one_year and i <= n - 4:
             return i
-    return max(1, min(n // 2, n - 4))
+    return min(max(1, min(n // 2, n - 4)), n - 1)
 
 
 def label_date(dates: list[dt.date]) -> dt.date:

@@ -226,8 +226,10 @@ def test_harmonisation_keeps_unchanging_surfaces_level(synth_dir, chipped_root):
         cid = f"{cell['tile']}_64_{cell['row']:04d}_{cell['col']:04d}"
         rows = meta[(meta.chip_id == cid) & meta.valid]
         level = {}
-        for side, part in (("before", rows[rows.date < switch]), ("after", rows[rows.date >= switch])):
-            values = [np.median(read_chip_array(chipped_root / p, ["red"])[0]) for p in part.chip_path]
+        for side, part in (("before", rows[rows.date < switch]),
+                           ("after", rows[rows.date >= switch])):
+            values = [np.median(read_chip_array(chipped_root / p, ["red"])[0])
+                      for p in part.chip_path]
             if values:
                 level[side] = np.median(values)
         if len(level) == 2:
@@ -339,7 +341,7 @@ def test_aoi_and_partial_chips_on_synth(synth_dir, tmp_path):
         f"{cell['tile']}_64_{cell['row']:04d}_{cell['col']:04d}"]
     chip(item, tmp_path / "b", chip_size=48, progress=False)  # 128 px: 2 full chips per axis
     meta = _meta(tmp_path / "b")
-    assert sorted(zip(meta.row, meta.col)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert sorted(zip(meta.row, meta.col, strict=True)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert meta.maxx.max() - meta.minx.min() == 960.0
 
 

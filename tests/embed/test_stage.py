@@ -268,3 +268,23 @@ def test_bad_options_fail_fast(tiny_root: Path, ckpt: Path, tmp_path: Path):
         embed(tiny_root, checkpoint=ckpt, patches="grid", progress=False)
     with pytest.raises(GeofmError, match="no chip metadata"):
         embed(tmp_path / "empty", checkpoint=ckpt, progress=False)
+
+
+@pytest.mark.slow
+def test_embeds_the_chip_stage_output(chipped_root: Path, writable_copy, ckpt: Path):
+    import pandas as pd
+
+    root = writable_copy(chipped_root)
+    rr = RunRoot(root)
+    record = embed(root, checkpoint=ckpt, device="cpu", batch_size=16, progress=False)
+    assert record.failures == []
+    n_valid = 0
+    for scene_id in rr.scene_ids(rr.meta_dir):
+        meta = pd.read_parquet(rr.meta_path(scene_id))
+        valid = meta.loc[meta["valid"], "chip_id"].tolist()
+        n_valid += len(valid)
+        if valid:
+            table = pq.read_table(rr.embeddings_path(scene_id))
+            assert table.column("chip_id").to_pylist() == valid
+            assert np.isfinite(_vectors(table, "embedding")).all()
+    assert n_valid > 0 and record.counts["chips"] == n_valid

@@ -10,7 +10,8 @@ def test_single_tile_canvas_covers_coarse_grids():
     assert tile.code == "33UUP" and tile.origin == (300000.0, 5400000.0)
     assert tile.shape(10) == (512, 512) and tile.shape(20) == (256, 256)
     assert tile.shape(60) == (86, 86)  # 5160 m: covers the 5120 m extent
-    assert canvas.rows % 6 == 0 and canvas.rows % 64 == 0 and canvas.rows >= 516
+    assert canvas.rows % 6 == 0 and canvas.rows == canvas.cols == 516
+    assert canvas.cells == (9, 9)
     rows, cols = tile.window(60)
     assert rows.stop <= canvas.shape(60)[0] and cols.stop <= canvas.shape(60)[1]
     assert tile.transform(60) == [60.0, 0.0, 300000.0, 0.0, -60.0, 5400000.0]

@@ -16,9 +16,10 @@ def test_cells_are_dominated_and_classes_forced(size, chip, n_events, each):
         for code in range(1, 7):
             assert (cells == code).sum() >= each
         assert (cells == FOREST).sum() >= n_events + 1
-        block = lc.class_map.reshape(canvas.cells[0], chip, canvas.cells[1], chip)
-        share = (block == lc.cell_class[:, None, :, None]).mean(axis=(1, 3))
+        assert lc.class_map.shape == (canvas.rows, canvas.cols)
+        block = lc.class_map[:size, :size].reshape(n, chip, n, chip)
+        share = (block == cells[:, None, :, None]).mean(axis=(1, 3))
         assert share.min() >= MIN_DOMINANT
     # Inclusions exist (texture of land cover), but are a small share.
-    other = lc.class_map != np.repeat(np.repeat(lc.cell_class, chip, 0), chip, 1)
+    other = lc.class_map[:size, :size] != np.repeat(np.repeat(cells, chip, 0), chip, 1)
     assert 0.005 < other.mean() < 0.15

@@ -50,3 +50,10 @@ def test_event_never_on_the_switch_day():
     drawn = {ev.date for s in range(40) for ev in timeline.event_timings(dates, 3, seed=s)}
     assert timeline.BASELINE_SWITCH not in drawn
     assert drawn == {dt.date(2022, 1, d) for d in (20, 21, 22, 23, 24, 26, 27, 28)}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_short_series_without_events_have_a_label_date(n):
+    dates = timeline.acquisition_dates(dt.date(2021, 6, 1), n, 30)
+    assert 0 <= timeline.monitor_index(dates) < n
+    assert dates[0] <= timeline.label_date(dates) <= dates[-1]

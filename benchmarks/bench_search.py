@@ -1,0 +1,158 @@
+"""Benchmark the search index: build time, query latency, recall@10 vs exact search.
+
+Clustered unit vectors (seeded, generated in chunks so memory stays bounded) go into a
+LanceDB table in the same layout as ``geofm.index`` (``vector`` column, cosine metric);
+the ANN index is built with ``geofm.index.table.ann_parameters`` / ``create_ann_index``
+(the policy ``geofm index`` applies past ``ann_min_rows``). Recall@10 is measured
+against exact top-10 by numpy brute force over the same vectors, for a sample of
+queries (held-out points of the clusters). The exact LanceDB flat scan is timed as the
+baseline.
+
+    python benchmarks/bench_search.py --n 1000000          # the full benchmark
+    python benchmarks/bench_search.py --quick              # 20,000 vectors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def chunks(n: int, dim: int, *, n_clusters: int, spread: float, seed: int, chunk: int):
+    """Yield (start, float32 [m, D] unit vectors) for n clustered vectors, deterministically."""
+    centres = np.random.default_rng(seed).normal(size=(n_clusters, dim)).astype(np.float32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        rng = np.random.default_rng([seed, start])
+        labels = rng.integers(0, n_clusters, m)
+        v = centres[labels] + spread * rng.normal(size=(m, dim)).astype(np.float32)
+        yield start, v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def queries(nq: int, dim: int, *, n_clusters: int, spread: float, seed: int) -> np.ndarray:
+    """Held-out query vectors drawn from the same clusters (float32 [nq, D], unit)."""
+    centres = np.random.default_rng(seed).normal(size=(n_clusters, dim)).astype(np.float32)
+    rng = np.random.default_rng([seed, 10**12])
+    v = centres[rng.integers(0, n_clusters, nq)] + spread * rng.normal(size=(nq, dim))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_topk(q: np.ndarray, gen, k: int) -> np.ndarray:
+    """Ids of the exact top-k by cosine (brute force over the generated chunks)."""
+    best_s = np.full((len(q), k), -np.inf, np.float32)
+    best_i = np.zeros((len(q), k), np.int64)
+    for start, v in gen:
+        s = q @ v.T
+        idx = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, idx, 1)], axis=1)
+        cand_i = np.concatenate([best_i, idx + start], axis=1)
+        order = np.argsort(-cand_s, axis=1)[:, :k]
+        best_s = np.take_along_axis(cand_s, order, 1)
+        best_i = np.take_along_axis(cand_i, order, 1)
+    return best_i
+
+
+def time_queries(table, q: np.ndarray, k: int, **opts) -> tuple[list[float], list[set]]:
+    lat, got = [], []
+    for vec in q:
+        t = time.perf_counter()
+        b = table.search(vec, vector_column_name="vector").distance_type("cosine")
+        if "nprobes" in opts:
+            b = b.nprobes(opts["nprobes"]).refine_factor(opts["refine_factor"])
+        if opts.get("flat"):
+            b = b.bypass_vector_index()
+        res = b.select(["id"]).limit(k).to_arrow()
+        lat.append((time.perf_counter() - t) * 1000)
+        got.append(set(res.column("id").to_pylist()))
+    return lat, got
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--clusters", type=int, default=1000)
+    p.add_argument("--spread", type=float, default=0.5,
+                   help="noise std per dim relative to unit-variance centres")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--flat-queries", type=int, default=10)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=50_000)
+    p.add_argument("--probe", action="append", default=[],
+                   help="nprobes:refine_factor to measure (repeatable); default: policy + a sweep")
+    p.add_argument("--dir", help="work folder (default: a temp dir)")
+    p.add_argument("--quick", action="store_true", help="20,000 vectors, 50 queries")
+    p.add_argument("--json", help="write the results as JSON here")
+    args = p.parse_args()
+    if args.quick:
+        args.n, args.queries, args.flat_queries = 20_000, 50, 5
+    import lancedb
+    import pyarrow as pa
+
+    from geofm.index.table import ann_parameters, create_ann_index
+
+    work = Path(args.dir or tempfile.mkdtemp(prefix="bench_search_"))
+    gen = dict(n_clusters=args.clusters, spread=args.spread, seed=args.seed)
+    schema = pa.schema([pa.field("id", pa.int64()),
+                        pa.field("vector", pa.list_(pa.float32(), args.dim))])
+
+    def batches():
+        for start, v in chunks(args.n, args.dim, chunk=args.chunk, **gen):
+            yield pa.record_batch([pa.array(np.arange(start, start + len(v))),
+                                   pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()),
+                                                                     args.dim)],
+                                  schema=schema)
+
+    db = lancedb.connect(str(work / "index"))
+    t0 = time.perf_counter()
+    table = db.create_table("chips", data=batches(), schema=schema, mode="overwrite")
+    t_write = time.perf_counter() - t0
+    params = ann_parameters(args.n, args.dim)
+    t0 = time.perf_counter()
+    create_ann_index(table, "vector", params)
+    t_index = time.perf_counter() - t0
+    print(f"n={args.n} dim={args.dim}: write {t_write:.1f} s, IVF_PQ build {t_index:.1f} s "
+          f"({params['num_partitions']} partitions, {params['num_sub_vectors']} sub-vectors)",
+          flush=True)
+
+    q = queries(args.queries, args.dim, **gen)
+    t0 = time.perf_counter()
+    truth = exact_topk(q, chunks(args.n, args.dim, chunk=args.chunk, **gen), args.k)
+    t_exact = (time.perf_counter() - t0) / len(q) * 1000
+    truth_sets = [set(r.tolist()) for r in truth]
+
+    flat_lat, flat_got = time_queries(table, q[: args.flat_queries], args.k, flat=True)
+    flat_recall = np.mean([len(g & t) / args.k for g, t in zip(flat_got, truth_sets)])
+    rows = [{"mode": "flat (exact LanceDB scan)", "p50_ms": float(np.percentile(flat_lat, 50)),
+             "p95_ms": float(np.percentile(flat_lat, 95)), "recall@10": float(flat_recall),
+             "queries": len(flat_lat)}]
+    probes = args.probe or [f"{params['nprobes']}:{params['refine_factor']}", "16:10",
+                            "64:20"]
+    for spec in probes:
+        npb, rf = (int(x) for x in spec.split(":"))
+        time_queries(table, q[:5], args.k, nprobes=npb, refine_factor=rf)  # warm caches
+        lat, got = time_queries(table, q, args.k, nprobes=npb, refine_factor=rf)
+        recall = np.mean([len(g & t) / args.k for g, t in zip(got, truth_sets)])
+        rows.append({"mode": f"IVF_PQ nprobes={npb} refine={rf}",
+                     "p50_ms": float(np.percentile(lat, 50)),
+                     "p95_ms": float(np.percentile(lat, 95)), "recall@10": float(recall),
+                     "queries": len(lat)})
+    result = {"n": args.n, "dim": args.dim, "clusters": args.clusters, "spread": args.spread,
+              "write_s": t_write, "index_build_s": t_index, "params": params,
+              "numpy_bruteforce_ms_per_query": t_exact, "rows": rows}
+    for r in rows:
+        print(f"{r['mode']:<32} p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
+              f"recall@10 {r['recall@10']:.3f}  ({r['queries']} queries)")
+    print(f"numpy brute force: {t_exact:.1f} ms/query (batched, generation included)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
