@@ -52,13 +52,18 @@ def prepare(work: Path, seed: int, *, size: int, n_dates: int, n_events: int,
     return root, truth
 
 
+def _ns(series: pd.Series) -> np.ndarray:
+    utc = pd.to_datetime(series, utc=True).dt.tz_convert(None)
+    return utc.to_numpy().astype("datetime64[ns]").astype(np.int64)
+
+
 def score(root: Path, truth: dict, chip_size: int) -> dict:
     changes = pq.read_table(root / "analysis" / "changes.parquet",
                             columns=["chip_id", "status", "change", "change_date"]).to_pandas()
     ts = pq.read_table(root / "analysis" / "timeseries.parquet",
                        columns=["chip_id", "date"]).to_pandas()
     ts["chip_id"] = ts["chip_id"].astype(str)
-    dates = {cid: np.sort(g["date"].to_numpy()) for cid, g in ts.groupby("chip_id")}
+    dates = {cid: np.sort(_ns(g["date"])) for cid, g in ts.groupby("chip_id")}
     events = {f"{e['tile']}_{chip_size}_{e['row']:04d}_{e['col']:04d}": e
               for e in truth["events"]}
     switch = pd.Timestamp(truth.get("baseline_switch", "2022-01-25"), tz="UTC")
@@ -72,15 +77,14 @@ def score(root: Path, truth: dict, chip_size: int) -> dict:
     for row in tp.itertuples(index=False):
         obs = dates[row.chip_id]
         truth_day = pd.Timestamp(events[row.chip_id]["first_changed_date"], tz="UTC")
-        i_truth = int(np.searchsorted(obs, truth_day.to_datetime64()))
-        i_det = int(np.searchsorted(obs, pd.Timestamp(row.change_date).to_datetime64()))
+        i_truth = int(np.searchsorted(obs, truth_day.value))
+        i_det = int(np.searchsorted(obs, pd.Timestamp(row.change_date).value))
         errors.append(abs(i_det - i_truth))
     switch_hits = 0
     for row in detected.itertuples(index=False):
         obs = dates[row.chip_id]
-        i_switch = int(np.searchsorted(obs, switch.to_datetime64()))
-        at_switch = i_switch < obs.size and obs[i_switch] == pd.Timestamp(
-            row.change_date).to_datetime64()
+        i_switch = int(np.searchsorted(obs, switch.value))
+        at_switch = i_switch < obs.size and obs[i_switch] == pd.Timestamp(row.change_date).value
         truth_first = events.get(row.chip_id, {}).get("first_changed_date")
         if at_switch and not (truth_first and pd.Timestamp(truth_first, tz="UTC") ==
                               pd.Timestamp(row.change_date)):

@@ -138,13 +138,16 @@ def run_baseline(items: Path, out: Path, chip_size: int, threads: int = 4) -> in
 
 
 def _child(args: argparse.Namespace) -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    args.cpu0 = usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     fn = run_geofm if args.run_variant == "geofm" else run_baseline
     chips = fn(Path(args.items), Path(args.out), args.chip_size)
     seconds = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"variant": args.run_variant, "chips": chips, "seconds": seconds,
-                      "peak_rss_mb": peak_kb / 1024}))
+                      "cpu_seconds": usage.ru_utime + usage.ru_stime - args.cpu0,
+                      "peak_rss_mb": usage.ru_maxrss / 1024}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,17 +182,19 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         res["chips_per_s"] = res["chips"] / res["seconds"]
+        res["chips_per_cpu_s"] = res["chips"] / res["cpu_seconds"]
         results[variant] = res
         print(json.dumps(res), file=sys.stderr)
-    print("| variant | chips | seconds | chips/s | peak RSS (MB) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| variant | chips | wall s | chips/s | CPU s | chips/CPU-s | peak RSS (MB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for v, r in results.items():
-        print(f"| {v} | {r['chips']} | {r['seconds']:.1f} | {r['chips_per_s']:.1f} | "
-              f"{r['peak_rss_mb']:.0f} |")
+        print(f"| {v} | {r['chips']} | {r['seconds']:.1f} | {r['chips_per_s']:.2f} | "
+              f"{r['cpu_seconds']:.1f} | {r['chips_per_cpu_s']:.2f} | {r['peak_rss_mb']:.0f} |")
     if {"geofm", "baseline"} <= results.keys():
         g, b = results["geofm"], results["baseline"]
         print(f"\nsize {size}, chip {args.chip_size}, cpus {os.cpu_count()}: "
               f"chips/s ratio {g['chips_per_s'] / b['chips_per_s']:.2f}x, "
+              f"chips/CPU-s ratio {g['chips_per_cpu_s'] / b['chips_per_cpu_s']:.2f}x, "
               f"peak memory ratio {g['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

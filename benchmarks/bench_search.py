@@ -86,6 +86,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=50_000)
     p.add_argument("--probe", action="append", default=[],
                    help="nprobes:refine_factor to measure (repeatable); default: policy + a sweep")
+    p.add_argument("--index-type", default=None, help="IVF_PQ | IVF_SQ | IVF_FLAT | IVF_HNSW_SQ")
     p.add_argument("--dir", help="work folder (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="20,000 vectors, 50 queries")
     p.add_argument("--json", help="write the results as JSON here")
@@ -113,12 +114,14 @@ def main() -> None:
     t0 = time.perf_counter()
     table = db.create_table("chips", data=batches(), schema=schema, mode="overwrite")
     t_write = time.perf_counter() - t0
-    params = ann_parameters(args.n, args.dim)
+    params = ann_parameters(args.n, args.dim, **(
+        {"index_type": args.index_type} if args.index_type else {}))
     t0 = time.perf_counter()
     create_ann_index(table, "vector", params)
     t_index = time.perf_counter() - t0
-    print(f"n={args.n} dim={args.dim}: write {t_write:.1f} s, IVF_PQ build {t_index:.1f} s "
-          f"({params['num_partitions']} partitions, {params['num_sub_vectors']} sub-vectors)",
+    print(f"n={args.n} dim={args.dim}: write {t_write:.1f} s, "
+          f"{params['index_type']} build {t_index:.1f} s "
+          f"({params['num_partitions']} partitions, {params.get('num_sub_vectors')} sub-vectors)",
           flush=True)
 
     q = queries(args.queries, args.dim, **gen)
@@ -128,7 +131,7 @@ def main() -> None:
     truth_sets = [set(r.tolist()) for r in truth]
 
     flat_lat, flat_got = time_queries(table, q[: args.flat_queries], args.k, flat=True)
-    flat_recall = np.mean([len(g & t) / args.k for g, t in zip(flat_got, truth_sets)])
+    flat_recall = np.mean([len(g & t) / args.k for g, t in zip(flat_got, truth_sets, strict=False)])
     rows = [{"mode": "flat (exact LanceDB scan)", "p50_ms": float(np.percentile(flat_lat, 50)),
              "p95_ms": float(np.percentile(flat_lat, 95)), "recall@10": float(flat_recall),
              "queries": len(flat_lat)}]
@@ -138,8 +141,8 @@ def main() -> None:
         npb, rf = (int(x) for x in spec.split(":"))
         time_queries(table, q[:5], args.k, nprobes=npb, refine_factor=rf)  # warm caches
         lat, got = time_queries(table, q, args.k, nprobes=npb, refine_factor=rf)
-        recall = np.mean([len(g & t) / args.k for g, t in zip(got, truth_sets)])
-        rows.append({"mode": f"IVF_PQ nprobes={npb} refine={rf}",
+        recall = np.mean([len(g & t) / args.k for g, t in zip(got, truth_sets, strict=True)])
+        rows.append({"mode": f"{params['index_type']} nprobes={npb} refine={rf}",
                      "p50_ms": float(np.percentile(lat, 50)),
                      "p95_ms": float(np.percentile(lat, 95)), "recall@10": float(recall),
                      "queries": len(lat)})

@@ -31,9 +31,9 @@ def _floor(out: Path, size: int, n_dates: int, n_tiles: int) -> float:
         for i in range(n_dates * n_tiles):
             for band in get_sensor("sentinel-2-l2a").bands:
                 res = int(band.resolution)
-                dtype = np.uint8 if band.is_mask else np.uint16
-                write_cog(out / f"{i}" / f"{band.name}.tif",
-                          np.full(tile.shape(res), 4 if band.is_mask else 1000, dtype), tile.transform(res))
+                fill = np.full(tile.shape(res), 4 if band.is_mask else 1000,
+                               np.uint8 if band.is_mask else np.uint16)
+                write_cog(out / f"{i}" / f"{band.name}.tif", fill, tile.transform(res))
     return time.perf_counter() - t0
 
 

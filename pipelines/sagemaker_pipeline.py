@@ -280,8 +280,14 @@ def check_role_arn(role_arn: str | None) -> str:
     return role_arn
 
 
-def parse_parameters(pairs: Sequence[str]) -> dict[str, str | int | float]:
-    """Turn ``["ChipSize=128", ...]`` into execution parameters, typed and checked."""
+def parse_parameters(pairs: Sequence[str], *,
+                     require: bool = False) -> dict[str, str | int | float]:
+    """Turn ``["ChipSize=128", ...]`` into execution parameters, typed and checked.
+
+    Args:
+        pairs: ``NAME=VALUE`` strings; NAME is one of :data:`PARAMETERS`.
+        require: also check that every parameter without a default is given.
+    """
     specs = {p.name: p for p in PARAMETERS}
     values: dict[str, str | int | float] = {}
     for pair in pairs:
@@ -297,6 +303,12 @@ def parse_parameters(pairs: Sequence[str]) -> dict[str, str | int | float]:
             raise GeofmValueError(
                 f"bad --param {pair!r}: {key} takes a {specs[key].kind.__name__}"
             ) from None
+    missing = [p.name for p in PARAMETERS if p.default is None and p.name not in values]
+    if require and missing:
+        raise GeofmValueError(
+            f"parameters without a default must be given: {', '.join(missing)}; pass each "
+            "as --param NAME=VALUE"
+        )
     return values
 
 
@@ -347,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             response = pipeline.upsert(role_arn=role_arn, description=args.description)
             print(response.get("PipelineArn", response))
             return 0
-        parameters = parse_parameters(args.param)
+        parameters = parse_parameters(args.param, require=True)
         pipeline = build_pipeline(name=args.name, region=args.region,
                                   pipeline_session=session(args.region, offline=False))
         execution = pipeline.start(parameters=parameters)

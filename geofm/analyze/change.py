@@ -91,27 +91,28 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
         ShapeError: if the arrays' shapes differ.
         GeofmValueError: if a parameter is out of range.
     """
-    arrays = {"days": days, "signal": signal, "valid": valid, "baseline": baseline,
-              "monitor": monitor}
-    shape = np.shape(signal)
+    y3 = np.asarray(signal, dtype=np.float64)
+    multi = y3.ndim == 3
+    if not multi:
+        y3 = y3[..., None]
+    shape = y3.shape[:2]
+    arrays = {"days": days, "valid": valid, "baseline": baseline, "monitor": monitor}
     for name, arr in arrays.items():
-        if np.shape(arr) != shape or len(shape) != 2:
-            raise ShapeError(f"{name} has shape {np.shape(arr)} but signal has {shape}; all "
-                             "inputs must be [chip, time] arrays of the same shape.")
+        if np.shape(arr) != shape or y3.ndim != 3:
+            raise ShapeError(f"{name} has shape {np.shape(arr)} but signal has "
+                             f"{np.shape(signal)}; inputs must be [chip, time] arrays (signal "
+                             "[chip, time] or [chip, time, component]) of matching shape.")
     if threshold <= 0 or consecutive < 1 or min_baseline < 1 or rmse_floor < 0:
         raise GeofmValueError(
             f"invalid parameters threshold={threshold}, consecutive={consecutive}, "
             f"min_baseline={min_baseline}, rmse_floor={rmse_floor}: threshold must be > 0, "
             "consecutive and min_baseline >= 1, rmse_floor >= 0.")
     screen = threshold if screen_threshold is None else screen_threshold
-    valid = np.asarray(valid, dtype=bool)
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(y3).all(axis=2)
     baseline = valid & np.asarray(baseline, dtype=bool)
     monitor = valid & np.asarray(monitor, dtype=bool) & ~baseline
-    y = np.where(valid, np.asarray(signal, dtype=np.float64), 0.0)
-    valid &= np.isfinite(y)
-    baseline &= valid
-    monitor &= valid
-    n_chips, _ = shape
+    y3 = np.where(valid[..., None], y3, 0.0)
+    n_chips, n_t, n_comp = y3.shape
 
     n_obs = valid.sum(axis=1)
     n_base = baseline.sum(axis=1)
@@ -120,26 +121,26 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
     days = np.where(valid, np.asarray(days, dtype=np.float64), 0.0)
 
     fit_w = baseline & ok[:, None]
-    pred, rmse, coef, intercept = _fit(days, y, fit_w, alpha, chunk)
+    pred, rmse, coef, intercept = _fit(days, y3, fit_w, alpha, chunk)
     scale = _floored(rmse, ok, rmse_floor)
 
-    # Screen baseline outliers once: drop |z| > screen, refit the chips that lost points
-    # (only if enough points remain).
-    z = np.abs(y - pred) / scale[:, None]
-    keep = fit_w & (z <= screen)
+    # Screen baseline outliers once: drop |score| > screen, refit the chips that lost
+    # points (only if enough points remain).
+    score = _score((y3 - pred) / scale[:, None, :])
+    keep = fit_w & (np.abs(score) <= screen)
     n_keep = keep.sum(axis=1)
     redo = ok & (n_keep < fit_w.sum(axis=1)) & (n_keep >= min_baseline)
     used = fit_w.copy()
     if redo.any():
         idx = np.flatnonzero(redo)
-        pred[idx], rmse[idx], coef[idx], intercept[idx] = _fit(days[idx], y[idx], keep[idx],
+        pred[idx], rmse[idx], coef[idx], intercept[idx] = _fit(days[idx], y3[idx], keep[idx],
                                                                alpha, chunk)
         used[idx] = keep[idx]
         scale = _floored(rmse, ok, rmse_floor)
 
-    resid = (y - pred) / scale[:, None]
-    resid = np.where(valid & ok[:, None], resid, np.nan)
-    pred = np.where(valid & ok[:, None], pred, np.nan)
+    live = valid & ok[:, None]
+    resid = np.where(live, _score((y3 - pred) / scale[:, None, :]), np.nan)
+    pred = np.where(live[..., None], pred, np.nan)
     absres = np.abs(resid)
     anomaly = np.nan_to_num(absres, nan=0.0) > threshold
 
@@ -151,7 +152,7 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
     side = np.zeros(n_chips)
     start = np.full(n_chips, -1, dtype=np.int64)
     change_index = np.full(n_chips, -1, dtype=np.int64)
-    for t in range(shape[1]):
+    for t in range(n_t):
         s_t, m_t = signed[:, t], monitor[:, t]
         extend = (s_t != 0) & (s_t == side) & (run > 0)
         begin = (s_t != 0) & ~extend
@@ -162,7 +163,7 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
         change_index[found] = start[found]
     change = (change_index >= 0) & ok
 
-    cols = np.arange(shape[1])[None, :]
+    cols = np.arange(n_t)[None, :]
     after = monitor & np.where(change[:, None], cols >= change_index[:, None], True)
     masked = np.where(after, absres, np.nan)
     has = after.any(axis=1) & ok
@@ -171,29 +172,60 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
         magnitude[has] = np.nanmedian(masked[has], axis=1)
 
     status = np.where(~ok, INSUFFICIENT, np.where(change, CHANGE, NO_CHANGE)).astype(object)
+    rmse_out = np.where(ok[:, None], scale, np.nan)
+    if not multi:
+        pred, rmse_out, coef, intercept = pred[..., 0], rmse_out[:, 0], coef[:, 0], intercept[:, 0]
     return ChangeResult(predicted=pred, residual=resid, anomaly=anomaly & valid,
                         baseline_used=used & ok[:, None], status=status, change=change,
                         change_index=np.where(change, change_index, -1), magnitude=magnitude,
                         n_observations=n_obs, n_baseline=n_base, n_monitor=n_mon,
-                        rmse=np.where(ok, scale, np.nan), coef=coef, intercept=intercept)
+                        rmse=rmse_out, coef=coef, intercept=intercept)
 
 
 def _fit(days: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float, chunk: int
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Seasonal Lasso fits in chunks of chips: predictions, RMSE, coefficients, intercept."""
-    n = y.shape[0]
+    """Seasonal Lasso fits of every component, in chunks of chips.
+
+    Args: days ``[C, T]``, y ``[C, T, K]``, weights ``[C, T]``.
+
+    Returns:
+        predictions ``[C, T, K]``, RMSE ``[C, K]``, coefficients ``[C, K, 9]``,
+        intercepts ``[C, K]``.
+    """
+    n, n_t, n_comp = y.shape
     pred = np.zeros(y.shape)
-    rmse = np.zeros(n)
-    coef = np.zeros((n, 9))
-    intercept = np.zeros(n)
-    for lo in range(0, n, chunk):
-        sl = slice(lo, lo + chunk)
-        design = harmonic_design(days[sl])
-        fit = batched_lasso(design, y[sl], weights[sl], alpha=alpha)
-        pred[sl] = fit.predict(design)
-        rmse[sl] = _rmse(y[sl] - pred[sl], weights[sl], fit)
-        coef[sl], intercept[sl] = fit.coef, fit.intercept
+    rmse = np.zeros((n, n_comp))
+    coef = np.zeros((n, n_comp, 9))
+    intercept = np.zeros((n, n_comp))
+    step = max(1, chunk // n_comp)
+    for lo in range(0, n, step):
+        sl = slice(lo, lo + step)
+        m = y[sl].shape[0]
+        design = np.repeat(harmonic_design(days[sl]), n_comp, axis=0)  # rows: chip-major
+        y_rows = y[sl].transpose(0, 2, 1).reshape(m * n_comp, n_t)
+        w_rows = np.repeat(weights[sl], n_comp, axis=0)
+        fit = batched_lasso(design, y_rows, w_rows, alpha=alpha)
+        p = fit.predict(design)
+        pred[sl] = p.reshape(m, n_comp, n_t).transpose(0, 2, 1)
+        rmse[sl] = _rmse(y_rows - p, w_rows, fit).reshape(m, n_comp)
+        coef[sl] = fit.coef.reshape(m, n_comp, -1)
+        intercept[sl] = fit.intercept.reshape(m, n_comp)
     return pred, rmse, coef, intercept
+
+
+def _score(z: np.ndarray) -> np.ndarray:
+    """Combine per-component scaled residuals ``[C, T, K]`` into one score ``[C, T]``.
+
+    One component: the signed residual itself. Several: the normal equivalent
+    (Wilson-Hilferty) of the chi-square statistic ``sum_k z_k^2`` with ``K`` degrees of
+    freedom, so that the same threshold means about the same false-alarm rate.
+    """
+    n_comp = z.shape[-1]
+    if n_comp == 1:
+        return z[..., 0]
+    chi = np.sum(z * z, axis=-1) / n_comp
+    v = 2.0 / (9.0 * n_comp)
+    return (np.cbrt(chi) - (1.0 - v)) / np.sqrt(v)
 
 
 def _rmse(resid: np.ndarray, weights: np.ndarray, fit: LassoFit) -> np.ndarray:
@@ -206,6 +238,7 @@ def _rmse(resid: np.ndarray, weights: np.ndarray, fit: LassoFit) -> np.ndarray:
 
 
 def _floored(rmse: np.ndarray, ok: np.ndarray, fraction: float) -> np.ndarray:
-    ref = float(np.median(rmse[ok])) if ok.any() else 0.0
-    floor = max(fraction * ref, 1e-12)
-    return np.maximum(np.nan_to_num(rmse, nan=floor), floor)
+    """Floor each component's RMSE ``[C, K]`` at ``fraction`` x its median over chips."""
+    ref = np.median(rmse[ok], axis=0) if ok.any() else np.zeros(rmse.shape[1])
+    floor = np.maximum(fraction * ref, 1e-12)[None, :]
+    return np.maximum(np.where(np.isfinite(rmse), rmse, floor), floor)

@@ -164,5 +164,6 @@ def tsne(points: np.ndarray, *, max_samples: int = 5000, seed: int = 0,
     index = np.sort(rng.choice(n, size=min(n, max_samples), replace=False))
     perplexity = float(min(perplexity, max(1.0, (index.size - 1) / 3)))
     coords = TSNE(n_components=2, perplexity=perplexity, random_state=seed,
-                  init="pca", max_iter=max_iter).fit_transform(np.asarray(points[index], dtype=np.float32))
+                  init="pca", max_iter=max_iter).fit_transform(
+                      np.asarray(points[index], dtype=np.float32))
     return index, coords.astype(np.float32)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,11 @@ from geofm.log import progress as progress_bar
 from geofm.manifest import StageRecord
 
 log = logging.getLogger(__name__)
+
+#: ``center`` choices (see :func:`analyze`).
+CENTER_MODES = ("scene", "none")
+#: Fewest valid chips in a scene for its median embedding to be subtracted.
+MIN_CENTER_CHIPS = 8
 
 OUTPUT_NAMES = ("timeseries.parquet", "changes.parquet", "change_map.geojson", "pca.npz")
 _FINGERPRINT_KEY = b"geofm_analyze"
@@ -89,21 +94,24 @@ def _fingerprint(index_files: Sequence[Path], config: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _signal_column(signal: str, n_components: int) -> int | None:
-    """Index of the PC used as signal (None for cosine); validates the name."""
+def _signal_column(signal: str, n_components: int) -> int | None | slice:
+    """Index of the PC used as signal (None: cosine; a slice: all PCs); validates it."""
     if signal == "cosine":
         return None
+    if signal == "pcs":
+        return slice(0, n_components)
     if signal.startswith("pc") and signal[2:].isdigit() and 1 <= int(signal[2:]) <= n_components:
         return int(signal[2:]) - 1
-    raise GeofmValueError(f"signal={signal!r} is not valid: use 'cosine' or pc1..pc{n_components} "
-                          "(raise n_components for a higher component).")
+    raise GeofmValueError(f"signal={signal!r} is not valid: use 'pcs', 'cosine' or "
+                          f"pc1..pc{n_components} (raise n_components for a higher component).")
 
 
 def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             baseline_start: str | None = None, monitor_start: str | None = None,
             signal: str = "pc1", n_components: int = 8, threshold: float = 3.0,
             consecutive: int = 3, min_baseline: int = 6, alpha: float = 0.001,
-            tsne: bool = False, plot_chips: Sequence[str] = (), max_plots: int | None = 100,
+            center: str = "scene", tsne: bool = False, plot_chips: Sequence[str] = (),
+            max_plots: int | None = 100,
             pca: str | os.PathLike[str] | None = None, pca_samples: int = 200_000,
             seed: int = 0, overwrite: bool = False, progress: bool = True) -> StageRecord:
     """Reduce, compare to baseline and detect changes for every chip of a run root.
@@ -114,12 +122,20 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
         baseline_start: start of the baseline period (date; default: 1 January of the
             first year with data).
         monitor_start: start of monitoring (default: one year after ``baseline_start``).
-        signal: series to monitor: ``pc1``, ``pc2``, ... or ``cosine`` (to baseline).
+        signal: series to monitor: ``pc1``, ``pc2``, ... (one component), ``cosine`` (to
+            the baseline mean), or ``pcs``: all ``n_components`` PCs, each with its own
+            seasonal fit and RMSE, combined per date into one chi-square score (normal
+            equivalent, so ``threshold`` keeps its meaning).
         n_components: PCA components kept in ``analysis/timeseries.parquet``.
         threshold: anomaly threshold on the scaled residual magnitude.
         consecutive: anomalous monitoring observations in a row that make a change.
         min_baseline: fewest baseline observations; fewer -> ``insufficient data``.
         alpha: Lasso penalty of the seasonal model.
+        center: ``scene`` subtracts each scene's median embedding (over its valid chips,
+            when it has at least :data:`MIN_CENTER_CHIPS`) before PCA and cosine, so
+            what every chip of an acquisition shares (season, illumination, the model's
+            date encoding, a processing-baseline offset) is not mistaken for change;
+            ``none`` uses the embeddings as they are.
         tsne: also write ``analysis/tsne.parquet`` (seeded subsample, 2-D t-SNE of PCs).
         plot_chips: chip ids to plot in addition to the changed chips.
         max_plots: at most this many changed chips are plotted (largest magnitude
@@ -147,11 +163,14 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
         raise GeofmValueError(f"embedding={embedding!r} is not valid: use 'cls' or 'mean'.")
     column = EMBEDDING_COLUMNS[embedding]
     signal_pc = _signal_column(signal, n_components)
+    if center not in CENTER_MODES:
+        raise GeofmValueError(f"center={center!r} is not valid: use 'scene' or 'none'.")
     config = dict(embedding=embedding, baseline_start=baseline_start,
                   monitor_start=monitor_start, signal=signal, n_components=n_components,
                   threshold=threshold, consecutive=consecutive, min_baseline=min_baseline,
-                  alpha=alpha, tsne=tsne, plot_chips=list(plot_chips), max_plots=max_plots,
-                  pca=None if pca is None else str(pca), pca_samples=pca_samples, seed=seed)
+                  alpha=alpha, center=center, tsne=tsne, plot_chips=list(plot_chips),
+                  max_plots=max_plots, pca=None if pca is None else str(pca),
+                  pca_samples=pca_samples, seed=seed)
     pca_model = None if pca is None else PCAModel.load(pca)
     if pca_model is not None and pca_model.n_components < n_components:
         raise GeofmValueError(f"{pca} has {pca_model.n_components} components but "
@@ -186,7 +205,8 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
         row_in_base = (row_ns >= start.value) & (row_ns < mon.value)
 
         # Pass 1: PCA sample and per-chip baseline sums.
-        pass1 = _pass_one(index, column, row_in_base, record, rr, fit=pca_model is None,
+        pass1 = _pass_one(index, column, center, row_in_base, record, rr,
+                          fit=pca_model is None,
                           max_samples=pca_samples, seed=seed, progress=progress)
         row_ok, means, sample = pass1
         if pca_model is None:
@@ -196,12 +216,13 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             raise GeofmValueError(f"PCA {pca} was fitted on dimension {pca_model.dim} but the "
                                   f"embeddings have {index.dim}; fit a new one (omit --pca).")
         # Pass 2: projections and cosine to the baseline mean, per observation.
-        obs_pcs, obs_cos, obs_ok = _pass_two(index, column, row_ok, means, pca_model,
+        obs_pcs, obs_cos, obs_ok = _pass_two(index, column, center, row_ok, means, pca_model,
                                              n_components, progress=progress)
         del means
 
         series = _pad(index, obs_ok)
         sig_obs = obs_cos if signal_pc is None else obs_pcs[:, signal_pc]
+        multi = isinstance(signal_pc, slice)
         days = series.take(index.obs_days, np.nan)
         obs_ns = index.obs_ns
         in_base = (obs_ns >= start.value) & (obs_ns < mon.value)
@@ -213,15 +234,16 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
 
         rr.analysis_dir.mkdir(parents=True, exist_ok=True)
         pca_model.save(rr.analysis_dir / "pca.npz")
-        _write_timeseries(rr, index, series, obs_ok, obs_pcs, obs_cos, sig_obs, result,
-                          n_components)
+        _write_timeseries(rr, index, series, obs_ok, obs_pcs, obs_cos,
+                          sig_obs[:, 0] if multi else sig_obs, result, n_components)
         geoms = _footprints(rr, index.chip_ids, record)
         change_ns = np.where(result.change, series.take(obs_ns, 0)[
             np.arange(result.change.size), np.maximum(result.change_index, 0)], 0)
         _write_changes(changes_path, rr, index.chip_ids, geoms, result, change_ns, fingerprint)
         if tsne:
             _write_tsne(rr, index, obs_ok, obs_pcs, seed=seed)
-        n_plots = _write_plots(rr, index, series, result, sig_obs, signal, threshold,
+        n_plots = _write_plots(rr, index, series, result, None if multi else sig_obs, signal,
+                               threshold,
                                plot_chips, max_plots, progress=progress)
 
         status = result.status
@@ -252,7 +274,17 @@ def _counts_from(path: Path) -> dict[str, int]:
             "insufficient": int((status == INSUFFICIENT).sum())}
 
 
-def _pass_one(index: ObservationIndex, column: str, row_in_base: np.ndarray,
+def _vectors(index: ObservationIndex, column: str, center: str
+             ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """:func:`iter_vectors`, with each scene's median embedding subtracted if asked."""
+    for i, vectors, ok in iter_vectors(index, column):
+        if center == "scene" and ok.sum() >= MIN_CENTER_CHIPS:
+            vectors = vectors - np.median(vectors[ok], axis=0)
+            vectors[~ok] = 0.0
+        yield i, vectors, ok
+
+
+def _pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.ndarray,
               record: StageRecord, rr: RunRoot, *, fit: bool, max_samples: int, seed: int,
               progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -262,7 +294,7 @@ def _pass_one(index: ObservationIndex, column: str, row_in_base: np.ndarray,
     picks: list[np.ndarray] = []
     bar = progress_bar(total=len(index.files), desc="analyze: baseline + PCA sample",
                        unit="file", disable=not progress)
-    for i, vectors, ok in iter_vectors(index, column):
+    for i, vectors, ok in _vectors(index, column, center):
         rows = slice(index.offsets[i], index.offsets[i + 1])
         if not ok.all():
             bad = np.flatnonzero(~ok)
@@ -285,7 +317,8 @@ def _pass_one(index: ObservationIndex, column: str, row_in_base: np.ndarray,
     return row_ok, means.unit_means(), sample
 
 
-def _pass_two(index: ObservationIndex, column: str, row_ok: np.ndarray, means: np.ndarray,
+def _pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarray,
+              means: np.ndarray,
               pca: PCAModel, n_components: int, *, progress: bool
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n_obs = index.n_obs
@@ -296,7 +329,7 @@ def _pass_two(index: ObservationIndex, column: str, row_ok: np.ndarray, means: n
     bar = progress_bar(total=len(index.files), desc="analyze: project + cosine", unit="file",
                        disable=not progress)
     comps = pca.components[:n_components]
-    for i, vectors, _ in iter_vectors(index, column):
+    for i, vectors, _ in _vectors(index, column, center):
         rows = slice(index.offsets[i], index.offsets[i + 1])
         ok = row_ok[rows]
         obs = index.row_obs[rows]
@@ -342,9 +375,9 @@ class _Padded:
         self.valid = self.take(keep, False)
 
     def take(self, values: np.ndarray, fill: Any) -> np.ndarray:
-        """Scatter per-observation ``values [M]`` into ``[C, T]`` (``fill`` elsewhere)."""
+        """Scatter per-observation ``values [M, ...]`` into ``[C, T, ...]`` (``fill`` elsewhere)."""
         values = np.asarray(values)
-        out = np.full(self.shape, fill, dtype=values.dtype if fill is not np.nan
+        out = np.full(self.shape + values.shape[1:], fill, dtype=values.dtype if fill is not np.nan
                       else np.result_type(values.dtype, np.float32))
         out[self.chip, self.col] = values
         return out
@@ -375,7 +408,10 @@ def _write_timeseries(rr: RunRoot, index: ObservationIndex, series: _Padded, obs
         cols[f"pc{k + 1}"] = pa.array(pcs[sel, k].astype(np.float32))
     cols["cosine_to_baseline"] = pa.array(cos[sel])
     cols["signal"] = pa.array(np.asarray(sig[sel], dtype=np.float32))
-    cols["predicted"] = pa.array(series.gather(result.predicted)[sel].astype(np.float32))
+    predicted = series.gather(result.predicted)[sel]
+    if predicted.ndim == 2:  # signal "pcs": the prediction of pc1, like `signal`
+        predicted = predicted[:, 0]
+    cols["predicted"] = pa.array(predicted.astype(np.float32))
     cols["residual"] = pa.array(series.gather(result.residual)[sel].astype(np.float32))
     cols["anomaly"] = pa.array(series.gather(result.anomaly)[sel])
     cols["baseline"] = pa.array(series.gather(result.baseline_used)[sel])
@@ -427,7 +463,7 @@ def _write_changes(path: Path, rr: RunRoot, chip_ids: np.ndarray, geoms: list[An
         "change": result.change.astype(bool),
         "change_date": change_date,
         "magnitude": result.magnitude.astype(np.float32),
-        "rmse": result.rmse.astype(np.float32),
+        "rmse": (result.rmse if result.rmse.ndim == 1 else result.rmse[:, 0]).astype(np.float32),
     }, geometry=gpd.GeoSeries(geoms, crs="EPSG:4326"))
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
@@ -487,7 +523,8 @@ def _thumbnails(rr: RunRoot, chip_ids: set[str]) -> dict[tuple[str, int], Path]:
 
 
 def _write_plots(rr: RunRoot, index: ObservationIndex, series: _Padded, result: ChangeResult,
-                 sig_obs: np.ndarray, signal: str, threshold: float, plot_chips: Sequence[str],
+                 sig_obs: np.ndarray | None, signal: str, threshold: float,
+                 plot_chips: Sequence[str],
                  max_plots: int | None, *, progress: bool) -> int:
     from geofm.analyze.plots import Timeline, plot_timeline
 
@@ -502,7 +539,10 @@ def _write_plots(rr: RunRoot, index: ObservationIndex, series: _Padded, result: 
         return 0
     thumbs = _thumbnails(rr, {str(index.chip_ids[c]) for c in chosen})
     days_grid = series.take(index.obs_days, np.nan)
-    sig_grid = series.take(sig_obs, np.nan)
+    # One signal: plot it with its seasonal fit. Several PCs: plot the combined score,
+    # whose "fit" is 0 and whose band is +-threshold.
+    sig_grid = result.residual if sig_obs is None else series.take(sig_obs, np.nan)
+    n_coef = result.coef.shape[-1]
     for c in progress_bar(chosen, desc="analyze: plots", unit="plot", disable=not progress):
         valid = series.valid[c]
         days = days_grid[c][valid]
@@ -519,9 +559,11 @@ def _write_plots(rr: RunRoot, index: ObservationIndex, series: _Padded, result: 
         plot_timeline(Timeline(
             chip_id=cid, days=days, signal=sig_grid[c][valid],
             baseline=result.baseline_used[c][valid], anomaly=result.anomaly[c][valid],
-            coef=result.coef[c], intercept=float(result.intercept[c]),
-            rmse=float(result.rmse[c]), threshold=threshold, status=str(result.status[c]),
-            change_day=change_day, signal_name=signal,
+            coef=result.coef[c] if sig_obs is not None else np.zeros(n_coef),
+            intercept=float(result.intercept[c]) if sig_obs is not None else 0.0,
+            rmse=float(result.rmse[c]) if sig_obs is not None else 1.0, threshold=threshold,
+            status=str(result.status[c]), change_day=change_day,
+            signal_name=signal if sig_obs is not None else f"anomaly score ({signal})",
             before=thumbs.get((cid, int(before_day))), after=thumbs.get((cid, int(after_day)))),
             rr.plots_dir / f"{cid}.png")
     return len(chosen)
@@ -536,7 +578,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "first year with data)")
     parser.add_argument("--monitor-start", help="monitoring start date (default: baseline "
                         "start + 1 year)")
-    parser.add_argument("--signal", default="pc1", help="pc1, pc2, ... or cosine (default pc1)")
+    parser.add_argument("--signal", default="pc1",
+                        help="pcs (all components), pc1, pc2, ... or cosine (default pc1)")
     parser.add_argument("--n-components", type=int, default=8, help="PCA components (default 8)")
     parser.add_argument("--threshold", type=float, default=3.0,
                         help="scaled-residual threshold (default 3.0)")
@@ -544,6 +587,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="anomalous observations in a row that make a change (default 3)")
     parser.add_argument("--min-baseline", type=int, default=6,
                         help="fewest baseline observations (default 6)")
+    parser.add_argument("--center", choices=CENTER_MODES, default="scene",
+                        help="subtract each scene's median embedding first (default scene)")
     parser.add_argument("--tsne", action="store_true", help="also write analysis/tsne.parquet")
     parser.add_argument("--plot-chips", default="",
                         help="comma-separated chip ids to plot besides the changed chips")
@@ -562,6 +607,7 @@ def run_cli(args: argparse.Namespace) -> int:
         threshold=args.threshold, consecutive=args.consecutive, min_baseline=args.min_baseline,
         tsne=args.tsne, plot_chips=[c for c in args.plot_chips.split(",") if c],
         max_plots=None if args.max_plots < 0 else args.max_plots, pca=args.pca,
+        center=args.center,
         overwrite=args.overwrite, progress=not args.no_progress)
     c = record.counts
     log.info("analyze: %s chips, %s changed, %s no change, %s insufficient data",

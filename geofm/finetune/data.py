@@ -61,7 +61,12 @@ class ChipGrid:
         from geofm.chipfile import open_chip
 
         ds = open_chip(path)
-        epsg = int(ds.attrs.get("epsg") or ds.rio.crs.to_epsg())
+        if "epsg" in ds.attrs:
+            epsg = int(ds.attrs["epsg"])
+        else:
+            import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+            epsg = int(ds.rio.crs.to_epsg())
         return cls.from_coords(ds["x"].values, ds["y"].values, epsg)
 
 

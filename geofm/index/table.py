@@ -17,7 +17,7 @@ Footprint filters use the WGS84 bounding-box columns ``west south east north``
 (degrees); ``geometry`` is the WGS84 footprint polygon as WKB.
 
 Below ``ann_min_rows`` rows the table is searched exactly (flat scan). From that size
-on an ANN index is built on both vector columns automatically (see
+on an ANN index (IVF_SQ by default) is built on both vector columns automatically (see
 :func:`ann_parameters`); rows added later are searched exactly until
 :func:`sync_ann_index` folds them into the index.
 """
@@ -45,7 +45,7 @@ KEY = "key"
 VECTOR_COLUMNS = ("vector", "vector_centred")
 #: default table size from which an ANN index is built (exact search below it).
 ANN_MIN_ROWS = 100_000
-#: defaults for queries against an IVF_PQ index (stored in ``geofm_index.json``).
+#: defaults for queries against an ANN index (stored in ``geofm_index.json``).
 DEFAULT_NPROBES = 32
 DEFAULT_REFINE_FACTOR = 20
 
@@ -199,28 +199,55 @@ def upsert(table: lancedb.table.Table, rows: pa.Table) -> tuple[int, int]:
     return int(result.num_inserted_rows), int(result.num_updated_rows)
 
 
-def ann_parameters(n_rows: int, dim: int) -> dict[str, Any]:
-    """IVF_PQ parameters for ``n_rows`` vectors of length ``dim``.
+#: ANN index kinds :func:`create_ann_index` can build.
+ANN_TYPES = ("IVF_PQ", "IVF_SQ", "IVF_FLAT", "IVF_HNSW_SQ")
+#: default ANN index kind (see ``benchmarks/results/search.md`` for the comparison).
+DEFAULT_ANN_TYPE = "IVF_SQ"
 
-    ``sqrt(n)`` partitions (about 1,000 rows each at 1M rows), sub-vectors of 8 values
-    (``dim / 8`` of them; 96 for D = 768) with 8-bit codes, cosine metric. Queries probe
-    ``DEFAULT_NPROBES`` partitions and re-rank ``refine_factor * k`` PQ candidates with
-    the exact vectors, which brings recall@10 close to exact search (see
-    ``benchmarks/results/search.md``).
+
+def ann_parameters(n_rows: int, dim: int, *, index_type: str = DEFAULT_ANN_TYPE
+                   ) -> dict[str, Any]:
+    """ANN index parameters for ``n_rows`` vectors of length ``dim``.
+
+    ``sqrt(n)`` IVF partitions (about 1,000 rows each at 1M rows), k-means trained on
+    64 rows per partition for 20 iterations (enough on 2 cores), cosine metric. For
+    IVF_PQ: sub-vectors of 8 values (``dim / 8``; 96 for D = 768) with 8-bit codes;
+    IVF_SQ: 8-bit scalar quantisation; IVF_HNSW_SQ: an HNSW graph per partition.
+    Queries probe ``DEFAULT_NPROBES`` partitions and re-rank ``refine_factor * k``
+    candidates with the exact vectors, which brings recall@10 close to exact search
+    (see ``benchmarks/results/search.md``).
     """
+    from geofm.exceptions import GeofmValueError
+
+    if index_type not in ANN_TYPES:
+        raise GeofmValueError(f"ANN index type {index_type!r} is not one of {ANN_TYPES}")
     partitions = max(1, int(math.sqrt(n_rows)))
     sub_vectors = dim // 8 if dim % 8 == 0 else dim // 4 if dim % 4 == 0 else 1
-    return {"index_type": "IVF_PQ", "metric": "cosine", "num_partitions": partitions,
-            "num_sub_vectors": sub_vectors, "num_bits": 8, "nprobes": DEFAULT_NPROBES,
-            "refine_factor": DEFAULT_REFINE_FACTOR}
+    params: dict[str, Any] = {"index_type": index_type, "metric": "cosine",
+                              "num_partitions": partitions, "sample_rate": 64,
+                              "max_iterations": 20, "nprobes": DEFAULT_NPROBES,
+                              "refine_factor": DEFAULT_REFINE_FACTOR}
+    if index_type == "IVF_PQ":
+        params.update(num_sub_vectors=sub_vectors, num_bits=8)
+    return params
 
 
 def create_ann_index(table: lancedb.table.Table, column: str, params: dict[str, Any]) -> None:
-    """Build (or replace) the IVF_PQ index on one vector column."""
-    from lancedb.index import IvfPq
+    """Build (or replace) the ANN index described by ``params`` on one vector column."""
+    from lancedb.index import IvfFlat, IvfHnswSq, IvfPq, IvfSq
 
-    config = IvfPq(distance_type=params["metric"], num_partitions=params["num_partitions"],
-                   num_sub_vectors=params["num_sub_vectors"], num_bits=params["num_bits"])
+    common = {"distance_type": params["metric"], "num_partitions": params["num_partitions"],
+              "sample_rate": params["sample_rate"], "max_iterations": params["max_iterations"]}
+    kind = params["index_type"]
+    if kind == "IVF_PQ":
+        config: Any = IvfPq(num_sub_vectors=params["num_sub_vectors"],
+                            num_bits=params["num_bits"], **common)
+    elif kind == "IVF_SQ":
+        config = IvfSq(**common)
+    elif kind == "IVF_FLAT":
+        config = IvfFlat(**common)
+    else:
+        config = IvfHnswSq(**common)
     table.create_index(column, config=config, replace=True)
 
 

@@ -3,8 +3,9 @@
 Input: ``--items``, a folder of STAC Item JSON files (or ItemCollections); on SageMaker
 this instance's shard of the items prefix (``ShardedByS3Key``), so asset hrefs must be
 absolute (``s3://``, ``https://``). Output folders of ``--root``: ``meta/``,
-``thumbnails/``, ``chips/`` and ``bundles/<scene_id>.tar`` (one per scene, what the embed
-step is sharded over; see :mod:`geofm.steps._mounts`), ``manifests/chip-<host>.json``.
+``thumbnails/``, ``bundles/<scene_id>.tar`` (one per scene with its metadata and its
+``chips/``: what the embed step is sharded over; see :mod:`geofm.steps._mounts`) and
+``manifests/chip-<host>.json``; ``chips/`` itself stays in the root.
 Every other option goes to ``geofm chip`` (``--chip-size``, ``--bands``, ``--max-cloud``
 ...). Exit code 1 if any scene failed; the other scenes are still written and bundled.
 """

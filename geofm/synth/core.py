@@ -6,6 +6,12 @@ Output layout (see ``docs/contracts.md``, "synth")::
     OUT/assets/<item_id>/<key>.tif  COG per band at native resolution, nodata 0
     OUT/labels/landcover_<tile>.tif land-cover codes at 10 m (0 = nodata)
     OUT/truth.json                  grid, per-cell class, planted events, items
+
+``truth.json`` follows the contract and adds: ``monitor_start`` (the last acquisition
+before the monitoring period; every event is after it), ``dates`` (all acquisition
+dates), per event ``regrowth_date`` (bare soil -> pasture), per cell ``event`` (the
+clearing date, or null for cells that never change) and per item ``date`` and
+``nodata_percentage``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ import numpy as np
 
 from geofm.exceptions import GeofmFileExistsError, GeofmValueError
 from geofm.io import write_json_atomic
-from geofm.sensors import SCL_CIRRUS, SCL_CLOUD_HIGH, SCL_CLOUD_MEDIUM, SCL_NOT_VEGETATED
+from geofm.sensors import (
+    SCL_CIRRUS,
+    SCL_CLOUD_HIGH,
+    SCL_CLOUD_MEDIUM,
+    SCL_NOT_VEGETATED,
+    get_sensor,
+)
 from geofm.synth import clouds, spectra, timeline
 from geofm.synth.grid import EPSG, FACTORS, PIXEL_SIZE, Canvas, Tile, make_canvas
 from geofm.synth.landcover import (
@@ -111,6 +123,8 @@ def synthesize(out: str | os.PathLike[str], *, seed: int = 0, size: int = 512,
             bands, scl = renderer.render(index, date, skies[index])
             for tile in canvas.tiles:
                 items.append(_write_item(out, tile, index, date, bands, scl))
+                log.debug("wrote %s (cloud %.1f %%, nodata %.1f %%)", items[-1]["id"],
+                          items[-1]["cloud_cover"], items[-1]["nodata_percentage"])
         for tile in canvas.tiles:
             rows, cols = tile.window(10)
             write_cog(out / "labels" / f"landcover_{tile.code}.tif",
@@ -286,8 +300,6 @@ class _Renderer:
 
 
 def _resolution(band: str) -> float:
-    from geofm.sensors import get_sensor
-
     return get_sensor("sentinel-2-l2a").band(band).resolution
 
 

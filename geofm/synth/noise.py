@@ -48,12 +48,13 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float)
     y = np.arange(rows, dtype=np.float32) / scale + oy
     x = np.arange(cols, dtype=np.float32) / scale + ox
     iy, ix = y.astype(np.int64), x.astype(np.int64)
-    wy, wx = _smoothstep(y - iy)[:, None], _smoothstep(x - ix)[None, :]
+    wy = _smoothstep(y - iy.astype(np.float32))[:, None]
+    wx = _smoothstep(x - ix.astype(np.float32))[None, :]
     along_y = coarse[iy] * (1 - wy) + coarse[iy + 1] * wy
     field = along_y[:, ix] * (1 - wx) + along_y[:, ix + 1] * wx
     # Smoothstep interpolation of unit-variance nodes has variance ~0.5 in the middle.
     field *= np.float32(1.0 / 0.72)
-    return field
+    return field.astype(np.float32, copy=False)
 
 
 def fractal_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float,

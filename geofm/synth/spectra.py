@@ -53,8 +53,7 @@ SCL_CLEAR = {FOREST: SCL_VEGETATION, PASTURE: SCL_VEGETATION, CROPLAND: SCL_VEGE
 def wavelength(band: str) -> float:
     """Centre wavelength of ``band``, micrometres."""
     w = get_sensor("sentinel-2-l2a").band(band).wavelength
-    assert w is not None
-    return float(w)
+    return float(w) if w is not None else float("nan")
 
 
 def spectra_tables() -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from geofm import __version__
 from geofm.sensors import get_sensor
 from geofm.synth.grid import EPSG, LATITUDE_BAND, UTM_ZONE, Tile
 
@@ -116,7 +117,7 @@ def make_item(*, tile: Tile, date: dt.date, time: str, platform: str, baseline: 
             "s2:processing_baseline": baseline,
             "s2:product_type": "S2MSI2A",
             "s2:nodata_pixel_percentage": nodata_percentage,
-            "processing:software": {"geofm-synth": "1"},
+            "processing:software": {"geofm.synth": __version__},
             "earthsearch:boa_offset_applied": False,
         },
         "links": [],

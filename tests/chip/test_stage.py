@@ -368,3 +368,20 @@ def test_corrupt_cog_fails_its_scene_only(synth_dir, tmp_path, capsys):
     assert RunRoot.of(root).scene_ids(RunRoot.of(root).meta_dir) == sorted(
         p.stem for p in items if p.stem != bad)
     assert "valid acquisitions per chip" in out
+
+
+def test_missing_file_and_aoi_outside(make_scene, tmp_path):
+    item = make_scene("A")
+    (tmp_path / "data/assets/A/red.tif").unlink()
+    rec = chip(item, tmp_path / "r1", chip_size=32, progress=False)
+    (failure,) = rec.failures
+    assert failure.asset == "red" and failure.path.endswith("assets/A/red.tif")
+    assert "item 'A'" in failure.reason and "does not exist" in failure.reason
+    item = make_scene("B")
+    aoi = {"type": "Feature", "properties": {}, "geometry": {
+        "type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}}
+    (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
+    rec = chip(item, tmp_path / "r2", chip_size=32, aoi=tmp_path / "aoi.geojson",
+               progress=False)
+    assert not rec.failures and rec.counts["chips"] == 0
+    assert RunRoot.of(tmp_path / "r2").meta_path("B").exists()  # scene done, no chips

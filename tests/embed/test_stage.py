@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -16,15 +17,22 @@ from geofm.layout import RunRoot
 from geofm.manifest import read_manifest
 
 
+@functools.cache
+def _encoder(ckpt: Path):
+    from geofm.model import load_encoder
+
+    return load_encoder(ckpt)
+
+
 def _forward(ckpt: Path, chip_path: Path, *, date, lat: float, lon: float):
     """Direct, unbatched encoder forward of one chip: (cls [D], mean [D], patches [L, D])."""
     import torch
 
     from geofm.chipfile import read_chip_array
-    from geofm.model import load_encoder, make_datacube
+    from geofm.model import make_datacube
 
     bands = ["blue", "green", "red", "nir"]
-    enc = load_encoder(ckpt)
+    enc = _encoder(ckpt)
     pixels, _ = read_chip_array(chip_path, bands)
     cube = make_datacube(torch.from_numpy(pixels[None]), sensor="sentinel-2-l2a", bands=bands,
                          dates=[date], lats=[lat], lons=[lon], device="cpu")

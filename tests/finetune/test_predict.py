@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+import rioxarray  # noqa: F401
 import torch
 
 from geofm.chipfile import open_chip

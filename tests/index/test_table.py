@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geofm.exceptions import SearchIndexError
+from geofm.exceptions import GeofmValueError, SearchIndexError
 from geofm.index import build_index
 from geofm.index.table import IndexInfo, ann_parameters, normalise, open_table
 from geofm.layout import RunRoot
@@ -19,8 +19,10 @@ def test_normalise_unit_rows_and_zero_rows_stay_zero():
 def test_ann_parameters_scale_with_rows_and_dim():
     p = ann_parameters(1_000_000, 768)
     assert p["num_partitions"] == 1000
-    assert p["num_sub_vectors"] == 96
-    assert p["index_type"] == "IVF_PQ" and p["metric"] == "cosine"
+    assert p["index_type"] == "IVF_SQ" and p["metric"] == "cosine"
+    assert ann_parameters(1_000_000, 768, index_type="IVF_PQ")["num_sub_vectors"] == 96
+    with pytest.raises(GeofmValueError, match="'HNSW' is not one of"):
+        ann_parameters(10, 8, index_type="HNSW")
     assert p["refine_factor"] >= 1 and p["nprobes"] >= 1
 
 
@@ -47,7 +49,7 @@ def test_ann_index_built_past_threshold_and_still_finds_neighbours(tmp_path,
     record = build_index(root, ann_min_rows=300)
     info = IndexInfo.read(RunRoot.of(root))
     assert record.counts["table_rows"] == 320
-    assert info.ann is not None and info.ann["index_type"] == "IVF_PQ"
+    assert info.ann is not None and info.ann["index_type"] == "IVF_SQ"
     table = open_table(RunRoot.of(root))
     assert {c for i in table.list_indices() for c in i.columns} == {"vector", "vector_centred"}
     query = "33UUP_64_0002_0005"

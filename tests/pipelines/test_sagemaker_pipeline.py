@@ -193,3 +193,39 @@ def test_parse_parameters(built: dict[str, Any]) -> None:
     with pytest.raises(GeofmValueError, match="NAME one of BaseUri"):
         sm.parse_parameters(["Nope=1"])
 
+
+
+def test_start_requires_parameters_without_default(built: dict[str, Any]) -> None:
+    sm = built["module"]
+    with pytest.raises(GeofmValueError, match="must be given: BaseUri, ItemsUri, Checkpoint"):
+        sm.parse_parameters(["ChipSize=128"], require=True)
+
+
+@pytest.mark.aws
+def test_start_sends_typed_parameters(built: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import boto3
+    from botocore.stub import Stubber
+
+    sm = built["module"]
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(socket.socket, "connect", _deny)
+    session = sm.session("eu-west-1")
+    client = boto3.client("sagemaker", region_name="eu-west-1", aws_access_key_id="test",
+                          aws_secret_access_key="test")
+    session.sagemaker_client = client
+    monkeypatch.setattr(sm, "session", lambda region=None, offline=True: session)
+    required = {p.name: f"s3://bucket/{p.name}" for p in sm.PARAMETERS if p.default is None}
+    required["RoleArn"] = "arn:aws:iam::123456789012:role/geofm"
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012:pipeline/geofm/execution/abc"
+    expected = [{"Name": k, "Value": v} for k, v in required.items()]
+    expected.append({"Name": "ChipSize", "Value": "128"})
+    with Stubber(client) as stub:
+        stub.add_response("start_pipeline_execution", {"PipelineExecutionArn": arn},
+                          {"PipelineName": "geofm", "PipelineParameters": expected})
+        code = sm.main(["start", "--region", "eu-west-1",
+                        *(f"--param={k}={v}" for k, v in required.items()),
+                        "--param", "ChipSize=128"])
+        stub.assert_no_pending_responses()
+    assert code == 0
+    assert arn in capsys.readouterr().out

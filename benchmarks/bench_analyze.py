@@ -1,0 +1,187 @@
+"""Time and peak memory of ``geofm analyze`` on synthetic embeddings (dimension 768).
+
+Writes a run root with ``--chips`` chips x ``--dates`` dates of synthetic embeddings
+(one ``embeddings/<scene>.parquet`` + ``meta/<scene>.parquet`` per date, written chunk by
+chunk), then runs ``analyze`` in a fresh subprocess and reports its wall time and peak
+RSS. Baselines measured in the same run:
+
+- ``read``: a subprocess that only reads every embedding column once (the I/O floor;
+  analyze streams the files twice);
+- ``import``: peak RSS of a subprocess that only imports geofm.analyze;
+- change detection alone on ``--detect-chips`` chips x ``--dates`` (in-process arrays,
+  no I/O), against sklearn ``Lasso`` fitted chip by chip on ``--sklearn-chips`` chips
+  (extrapolated linearly).
+
+Usage::
+
+    python benchmarks/bench_analyze.py --chips 20000 --dates 60
+    python benchmarks/bench_analyze.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DIM = 768
+
+
+def write_run_root(root: Path, n_chips: int, n_dates: int, *, seed: int = 0,
+                   change_fraction: float = 0.05) -> None:
+    import geopandas as gpd
+    import shapely
+
+    from geofm.layout import RunRoot
+
+    rr = RunRoot.of(root)
+    rng = np.random.default_rng(seed)
+    dates = pd.Timestamp("2021-01-05", tz="UTC") + pd.to_timedelta(
+        np.arange(n_dates) * (730 // max(n_dates - 1, 1)), unit="D")
+    ids = np.array([f"33UUP_64_{i // 1000:04d}_{i % 1000:04d}" for i in range(n_chips)])
+    base = rng.standard_normal((n_chips, DIM), dtype=np.float32)
+    season = rng.standard_normal(DIM, dtype=np.float32)
+    step = rng.standard_normal(DIM, dtype=np.float32) * 2.0
+    changed = rng.random(n_chips) < change_fraction
+    change_at = rng.integers(n_dates // 2 + 2, n_dates - 3, n_chips)
+    x = (np.arange(n_chips) % 1000) * 0.001 + 15.0
+    y = (np.arange(n_chips) // 1000) * 0.001 + 50.0
+    geoms = shapely.box(x, y, x + 0.001, y + 0.001)
+    rr.embeddings_dir.mkdir(parents=True, exist_ok=True)
+    rr.meta_dir.mkdir(parents=True, exist_ok=True)
+    for t, date in enumerate(dates):
+        scene = f"S2A_33UUP_{date:%Y%m%d}_0_L2A"
+        present = rng.random(n_chips) > 0.15  # clouds: 15% of chips missing per date
+        idx = np.flatnonzero(present)
+        writer = None
+        for lo in range(0, idx.size, 20_000):
+            sub = idx[lo:lo + 20_000]
+            emb = base[sub] + np.float32(np.sin(2 * np.pi * date.day_of_year / 365.25)) * season
+            emb += 0.1 * rng.standard_normal(emb.shape, dtype=np.float32)
+            emb[changed[sub] & (t >= change_at[sub])] += step
+            table = pa.table({
+                "chip_id": ids[sub], "scene_id": [scene] * sub.size,
+                "date": pa.array(np.full(sub.size, date.value),
+                                 type=pa.timestamp("ns", tz="UTC")),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), DIM),
+                "embedding_mean": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), DIM),
+            })
+            if writer is None:
+                writer = pq.ParquetWriter(rr.embeddings_path(scene), table.schema)
+            writer.write_table(table)
+        assert writer is not None
+        writer.close()
+        gpd.GeoDataFrame({"chip_id": ids[idx], "scene_id": scene, "date": date,
+                          "valid": True, "thumbnail_path": None},
+                         geometry=geoms[idx], crs="EPSG:4326").to_parquet(rr.meta_path(scene))
+
+
+def run_child(code: str) -> tuple[float, float]:
+    """Run python code in a fresh process; return (wall seconds, peak RSS MiB)."""
+    probe = ("import resource, time, sys\nt0 = time.perf_counter()\n" + code +
+             "\nprint('RESULT', time.perf_counter() - t0, "
+             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    line = [ln for ln in out.splitlines() if ln.startswith("RESULT")][-1].split()
+    return float(line[1]), float(line[2])
+
+
+def detect_only(n_chips: int, n_dates: int, sk_chips: int) -> dict:
+    from sklearn.linear_model import Lasso
+
+    from geofm.analyze.change import detect_changes
+    from geofm.analyze.harmonic import harmonic_design
+
+    rng = np.random.default_rng(1)
+    days = 18628.0 + np.tile(np.arange(n_dates) * 12.0, (n_chips, 1))
+    y = 0.5 * np.sin(2 * np.pi * days / 365.25) + 0.1 * rng.standard_normal(days.shape)
+    valid = rng.random(days.shape) > 0.15
+    base = days < 18628 + 365
+    t0 = time.perf_counter()
+    detect_changes(days, y, valid, baseline=base, monitor=~base)
+    t_batched = time.perf_counter() - t0
+    design = harmonic_design(days[:sk_chips])
+    t0 = time.perf_counter()
+    for i in range(sk_chips):
+        m = valid[i] & base[i]
+        Lasso(alpha=0.001).fit(design[i, m], y[i, m]).predict(design[i])
+    t_sk = (time.perf_counter() - t0) / sk_chips * n_chips
+    return {"batched_s": t_batched, "sklearn_loop_s_extrapolated": t_sk}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chips", type=int, nargs="+", default=[10_000, 20_000])
+    parser.add_argument("--dates", type=int, default=60)
+    parser.add_argument("--detect-chips", type=int, default=100_000)
+    parser.add_argument("--sklearn-chips", type=int, default=300)
+    parser.add_argument("--signal", default="pc1")
+    parser.add_argument("--quick", action="store_true", help="2,000 chips x 24 dates")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.chips, args.dates, args.detect_chips, args.sklearn_chips = [2000], 24, 20_000, 100
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        _, import_rss = run_child("import geofm.analyze, numpy, pyarrow")
+        for n in args.chips:
+            root = work / f"bench_{n}_{args.dates}"
+            t0 = time.perf_counter()
+            if not (root / "embeddings").exists():
+                write_run_root(root, n, args.dates)
+            t_gen = time.perf_counter() - t0
+            size = sum(p.stat().st_size for p in (root / "embeddings").iterdir()) / 2**20
+            t_read, rss_read = run_child(
+                "import pyarrow.parquet as pq, pathlib\n"
+                f"for p in sorted(pathlib.Path({str(root)!r}).glob('embeddings/*.parquet')):\n"
+                "    pq.read_table(p, columns=['embedding']).column('embedding')"
+                ".combine_chunks().flatten().to_numpy()")
+            t_an, rss_an = run_child(
+                "from geofm.analyze import analyze\n"
+                f"r = analyze({str(root)!r}, signal={args.signal!r}, max_plots=20, "
+                "overwrite=True, progress=False)\n"
+                "print('COUNTS', r.counts)")
+            counts = json.loads((root / "run.json").read_text())["stages"]["analyze"]["counts"]
+            rows.append(dict(chips=n, dates=args.dates, rows=counts["embeddings"],
+                             data_mib=size, gen_s=t_gen, read_s=t_read, analyze_s=t_an,
+                             ratio=t_an / t_read, peak_rss_mib=rss_an, read_rss_mib=rss_read,
+                             changed=counts["changed"], insufficient=counts["insufficient"]))
+            print(rows[-1], flush=True)
+        det = detect_only(args.detect_chips, args.dates, args.sklearn_chips)
+    print(f"\nimport-only peak RSS: {import_rss:.0f} MiB")
+    print("| chips | dates | rows | embeddings MiB | analyze s | read-once s | analyze / read "
+          "| analyze peak RSS MiB | changed | insufficient |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['chips']} | {r['dates']} | {r['rows']} | {r['data_mib']:.0f} | "
+              f"{r['analyze_s']:.1f} | {r['read_s']:.1f} | {r['ratio']:.1f} | "
+              f"{r['peak_rss_mib']:.0f} | {r['changed']} | {r['insufficient']} |")
+    if len(rows) >= 2:
+        a, b = rows[0], rows[-1]
+        slope = (b["analyze_s"] - a["analyze_s"]) / (b["rows"] - a["rows"])
+        est = a["analyze_s"] + slope * (100_000 * args.dates - a["rows"])
+        mem_slope = (b["peak_rss_mib"] - a["peak_rss_mib"]) / (b["chips"] - a["chips"])
+        est_mem = a["peak_rss_mib"] + mem_slope * (100_000 - a["chips"])
+        print(f"\nlinear extrapolation to 100,000 chips x {args.dates} dates: "
+              f"~{est:.0f} s, ~{est_mem:.0f} MiB peak RSS")
+    print(f"\nchange detection only, {args.detect_chips} chips x {args.dates} dates: batched "
+          f"{det['batched_s']:.1f} s vs sklearn Lasso per chip ~"
+          f"{det['sklearn_loop_s_extrapolated']:.0f} s (extrapolated from "
+          f"{args.sklearn_chips} chips): "
+          f"x{det['sklearn_loop_s_extrapolated'] / det['batched_s']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
