@@ -114,6 +114,7 @@ def main() -> None:
     t0 = time.perf_counter()
     table = db.create_table("chips", data=batches(), schema=schema, mode="overwrite")
     t_write = time.perf_counter() - t0
+    print(f"wrote {args.n} vectors in {t_write:.1f} s", flush=True)
     params = ann_parameters(args.n, args.dim, **(
         {"index_type": args.index_type} if args.index_type else {}))
     t0 = time.perf_counter()

@@ -163,8 +163,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, StageRecord]:
     records: dict[str, StageRecord] = {}
     for stage in config.stages:
         kwargs = dict(config.options.get(stage, {}))
-        kwargs.setdefault("overwrite", config.overwrite)
-        kwargs.setdefault("progress", config.progress)
+        accepted = stage_options(stage)
+        for name, value in (("overwrite", config.overwrite), ("progress", config.progress)):
+            if name in accepted:
+                kwargs.setdefault(name, value)
         log.info("stage %s: %s", stage, kwargs)
         func = stage_function(stage)
         if stage == "chip":

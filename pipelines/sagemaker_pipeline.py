@@ -131,6 +131,15 @@ def _no_instance_metadata() -> Iterator[None]:
             os.environ[key] = previous
 
 
+@contextlib.contextmanager
+def _quiet_pipeline_session() -> Iterator[None]:
+    """Silence the SDK's warning that a PipelineSession starts no job (that is the point)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Running within a PipelineSession",
+                                category=UserWarning)
+        yield
+
+
 def _region(region: str | None) -> str:
     return (region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
             or FALLBACK_REGION)
@@ -212,11 +221,12 @@ def build_pipeline(*, name: str = DEFAULT_NAME, region: str | None = None,
             entrypoint=entrypoint(stage), base_job_name=f"geofm-{stage}",
             sagemaker_session=sm_session,
         )
-        step_args = processor.run(
-            inputs=[s3_input(stage, name, source) for name, source in sources.items()],
-            outputs=[s3_output(name) for name in _mounts.STEP_OUTPUTS[stage]],
-            arguments=arguments,
-        )
+        with _quiet_pipeline_session():  # records the request; starts nothing
+            step_args = processor.run(
+                inputs=[s3_input(stage, name, source) for name, source in sources.items()],
+                outputs=[s3_output(name) for name in _mounts.STEP_OUTPUTS[stage]],
+                arguments=arguments,
+            )
         return ProcessingStep(name=STEP_NAMES[stage], step_args=step_args)
 
     def output_of(step: Any, name: str) -> Any:
@@ -262,10 +272,7 @@ def entrypoint(stage: str) -> list[str]:
 
 def definition(*, name: str = DEFAULT_NAME, region: str | None = None) -> str:
     """The pipeline definition as stable JSON (sorted keys, indented); no AWS calls."""
-    with _no_instance_metadata(), warnings.catch_warnings():
-        # The SDK warns that a PipelineSession starts no job: that is the point here.
-        warnings.filterwarnings("ignore", message="Running within a PipelineSession",
-                                category=UserWarning)
+    with _no_instance_metadata(), _quiet_pipeline_session():
         raw = build_pipeline(name=name, region=region).definition()
     return json.dumps(json.loads(raw), indent=2, sort_keys=True) + "\n"
 
@@ -356,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             role_arn = check_role_arn(args.role_arn)
             pipeline = build_pipeline(name=args.name, region=args.region,
                                       pipeline_session=session(args.region, offline=False))
-            response = pipeline.upsert(role_arn=role_arn, description=args.description)
+            with _quiet_pipeline_session():
+                response = pipeline.upsert(role_arn=role_arn, description=args.description)
             print(response.get("PipelineArn", response))
             return 0
         parameters = parse_parameters(args.param, require=True)

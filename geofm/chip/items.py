@@ -58,10 +58,11 @@ class Scene:
         except KeyError:
             fix = ("pass --no-cloud-mask to chip without cloud screening" if key == "scl"
                    else "choose bands the item has with --bands")
-            raise ItemError(
+            err = ItemError(
                 f"item {self.scene_id!r} ({self.source}) has no asset {key!r}; it has "
-                f"{', '.join(sorted(self.hrefs)) or 'no assets'}; add the asset or {fix}"
-            ) from None
+                f"{', '.join(sorted(self.hrefs)) or 'no assets'}; add the asset or {fix}")
+            err.asset, err.path = key, self.source  # type: ignore[attr-defined]
+            raise err from None
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ from geofm.chip.read import TargetGrid, read_to_grid
 from geofm.chip.screen import cloud_mask, fractions, is_valid, nodata_mask
 from geofm.chip.thumbs import rgb_indices, to_rgb8, write_png
 from geofm.chipfile import write_chip
-from geofm.exceptions import ItemError, RasterError
+from geofm.exceptions import GeofmError, ItemError, RasterError
 from geofm.layout import RunRoot
 from geofm.sensors import S2_BOA_ADD_OFFSET, get_sensor
 
@@ -63,6 +63,13 @@ def harmonisation_note(scene: Scene) -> str:
     return f"none (processing baseline {scene.baseline or 'unknown'})"
 
 
+def _asset_error(cls: type[GeofmError], message: str, key: str, href: str) -> GeofmError:
+    """An error that also carries the failing asset key and href (for run.json)."""
+    err = cls(message)
+    err.asset, err.path = key, href  # type: ignore[attr-defined]
+    return err
+
+
 def _open(scene: Scene, key: str):  # type: ignore[no-untyped-def]
     import rasterio
     from rasterio.errors import RasterioIOError
@@ -74,18 +81,20 @@ def _open(scene: Scene, key: str):  # type: ignore[no-untyped-def]
         missing = "No such file" in str(exc) or "does not exist" in str(exc)
         reason = ("file does not exist; download it or fix the asset href" if missing else
                   f"cannot open ({exc}); the COG is truncated or corrupt: re-download it")
-        raise RasterError(f"item {scene.scene_id!r}, asset {key!r}: {href}: {reason}") from None
+        raise _asset_error(RasterError, f"item {scene.scene_id!r}, asset {key!r}: {href}: "
+                           f"{reason}", key, href) from None
 
 
 def _check_crs(scene: Scene, key: str, src) -> int:  # type: ignore[no-untyped-def]
     epsg = src.crs.to_epsg() if src.crs is not None else None
     if epsg is None and scene.epsg is None:
-        raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: {src.name} has no CRS and "
-                        "the item has no proj:epsg / proj:code; add proj:code to the item "
-                        "or write the CRS into the COG")
+        raise _asset_error(ItemError, f"item {scene.scene_id!r}, asset {key!r}: {src.name} has "
+                           "no CRS and the item has no proj:epsg / proj:code; add proj:code to "
+                           "the item or write the CRS into the COG", key, src.name)
     if epsg is not None and scene.epsg is not None and epsg != scene.epsg:
-        raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: raster CRS EPSG:{epsg} "
-                        f"differs from the item's proj:epsg {scene.epsg}; fix the item")
+        raise _asset_error(ItemError, f"item {scene.scene_id!r}, asset {key!r}: raster CRS "
+                           f"EPSG:{epsg} differs from the item's proj:epsg {scene.epsg}; fix the "
+                           "item", key, src.name)
     return int(epsg if epsg is not None else scene.epsg)  # type: ignore[arg-type]
 
 
@@ -102,15 +111,13 @@ def chip_scene(scene: Scene, opts: ChipOptions) -> SceneResult:
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
             _chip_scene(scene, opts, result)
-    except (ItemError, RasterError) as exc:
-        result.error = str(exc)
+    except GeofmError as exc:  # missing asset/file, no CRS, corrupt COG, grid mismatch
+        text = str(exc)
+        result.error = text if repr(scene.scene_id) in text else f"item {scene.scene_id!r}: {text}"
+        result.asset, result.path = getattr(exc, "asset", None), getattr(exc, "path", None)
     except (RasterioError, OSError) as exc:
         result.error = (f"item {scene.scene_id!r}: {type(exc).__name__}: {exc}; check the "
                         "item's assets (truncated or corrupt COG?) and re-run")
-    if result.error and result.asset is None:
-        for key, href in scene.hrefs.items():
-            if f"asset {key!r}" in result.error:
-                result.asset, result.path = key, href
     return result
 
 
@@ -129,8 +136,9 @@ def _chip_scene(scene: Scene, opts: ChipOptions, result: SceneResult) -> None:
         epsg = _check_crs(scene, ref_key, ref)
         for key, src in sources.items():
             if key != ref_key and src.crs is not None and src.crs.to_epsg() != epsg:
-                raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: CRS {src.crs} differs"
-                                f" from asset {ref_key!r} (EPSG:{epsg}); fix the item")
+                raise _asset_error(ItemError, f"item {scene.scene_id!r}, asset {key!r}: CRS "
+                                   f"{src.crs} differs from asset {ref_key!r} (EPSG:{epsg}); "
+                                   "fix the item", key, src.name)
         res = abs(ref.transform.a)
         origin = opts.grid_origin or (ref.transform.c, ref.transform.f)
         grid = ChipGrid(origin=(float(origin[0]), float(origin[1])), res=res,
@@ -211,8 +219,9 @@ def _read_band(scene: Scene, key: str, src, strip: TargetGrid, coarse: bool,  # 
         return read_to_grid(src, strip, resampling="bilinear" if coarse else "nearest",
                             nodata=nodata)
     except RasterioError as exc:
-        raise RasterError(f"item {scene.scene_id!r}, asset {key!r}: {src.name}: read failed "
-                          f"({exc}); the COG is truncated or corrupt: re-download it") from None
+        raise _asset_error(RasterError, f"item {scene.scene_id!r}, asset {key!r}: {src.name}: "
+                           f"read failed ({exc}); the COG is truncated or corrupt: re-download "
+                           "it", key, src.name) from None
 
 
 def _remove_offset(pixels: np.ndarray) -> np.ndarray:

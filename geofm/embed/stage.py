@@ -176,6 +176,9 @@ def _flush(root: RunRoot, buf: _SceneBuffer, *, identity: dict[str, Any], patche
         patches=np.stack([buf.patches[i] for i in keep]) if patches == "full" else None,
         patches_path=root.patches_path(plan.scene_id) if patches == "full" else None,
     )
+    stale = root.patches_path(plan.scene_id)
+    if patches != "full" and stale.exists():  # left by an earlier run: rows would not match
+        stale.unlink()
     record.counts["scenes"] = record.counts.get("scenes", 0) + 1
 
 

@@ -114,7 +114,7 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
         overwrite: drop the existing index and rebuild it (new run mean vector). Without
             it, only rows whose ``scene_id/chip_id`` is new are added and the change
             columns of existing rows are refreshed.
-        ann_min_rows: table size (rows) from which an IVF_PQ ANN index is built
+        ann_min_rows: table size (rows) from which an ANN index (IVF_SQ) is built
             automatically; smaller tables are searched exactly.
 
     Returns:

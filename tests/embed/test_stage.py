@@ -104,21 +104,28 @@ def test_identity_in_parquet_metadata_and_run_json(tiny_root: Path, ckpt: Path):
 
 def test_resume_skips_done_scenes_and_overwrite_recomputes(tiny_root: Path, ckpt: Path):
     rr = RunRoot(tiny_root)
-    embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
+    embed(tiny_root, checkpoint=ckpt, device="cpu", patches="full", progress=False)
     stamps = {p: os.stat(p).st_mtime_ns for p in rr.embeddings_dir.iterdir()}
+    assert len(stamps) == 6
     # drop one scene's output: only that scene is redone
     redo = rr.embeddings_path(rr.scene_ids(rr.meta_dir)[1])
     redo.unlink()
-    record = embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
+    record = embed(tiny_root, checkpoint=ckpt, device="cpu", patches="full", progress=False)
     assert record.counts["skipped_scenes"] == 2 and record.counts["chips"] == 3
     assert redo.exists()
     for path, stamp in stamps.items():
-        if path != redo:
-            assert os.stat(path).st_mtime_ns == stamp
-    record = embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
+        if path.name.split("_patches")[0].split(".parquet")[0] != redo.stem:
+            assert os.stat(path).st_mtime_ns == stamp, path
+    record = embed(tiny_root, checkpoint=ckpt, device="cpu", patches="full", progress=False)
     assert record.counts["chips"] == 0 and record.counts["skipped_scenes"] == 3
+    # overwrite recomputes everything; without patches the stale grids are removed
     record = embed(tiny_root, checkpoint=ckpt, device="cpu", overwrite=True, progress=False)
     assert record.counts["chips"] == 9 and record.counts["skipped_scenes"] == 0
+    assert not list(rr.embeddings_dir.glob("*_patches.npy"))
+    # asking for patches later redoes the scenes that lack them
+    record = embed(tiny_root, checkpoint=ckpt, device="cpu", patches="full", progress=False)
+    assert record.counts["chips"] == 9
+    assert len(list(rr.embeddings_dir.glob("*_patches.npy"))) == 3
 
 
 def test_other_model_outputs_need_overwrite(tiny_root: Path, ckpt: Path):

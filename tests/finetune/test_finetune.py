@@ -36,8 +36,12 @@ def test_outputs_of_a_training_run(trained_head, chipped_root, class_names):
 def test_encoder_weights_unchanged_by_training(chipped_root, label_raster, tiny_encoder,
                                                tmp_path):
     before = {k: v.clone() for k, v in tiny_encoder.state_dict().items()}
+    dates = read_chip_table(chipped_root)["date"].sort_values()
+    middle = str(dates.iloc[len(dates) // 2].date())
+    # cache="none": the encoder runs inside every training step
     finetune(chipped_root, label_raster, tmp_path / "h", encoder=tiny_encoder, epochs=1,
-             batch_size=8, cache="none", progress=False)  # "none": encoder in every step
+             batch_size=4, cache="none", date_window_days=45, label_date=middle,
+             progress=False)
     after = tiny_encoder.state_dict()
     assert before.keys() == after.keys()
     for key, value in before.items():

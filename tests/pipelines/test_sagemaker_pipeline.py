@@ -209,6 +209,7 @@ def test_start_sends_typed_parameters(built: dict[str, Any], monkeypatch: pytest
 
     sm = built["module"]
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.setattr(socket.socket, "connect", _deny)
     session = sm.session("eu-west-1")
     client = boto3.client("sagemaker", region_name="eu-west-1", aws_access_key_id="test",
