@@ -88,9 +88,10 @@ def _tile(props: dict[str, Any]) -> str | None:
         return code.split("-", 1)[1] if code.upper().startswith("MGRS-") else code
     if props.get("s2:mgrs_tile"):
         return str(props["s2:mgrs_tile"])
-    parts = [props.get(k) for k in ("mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square")]
-    if all(p is not None for p in parts):
-        return f"{int(parts[0]):02d}{parts[1]}{parts[2]}"
+    zone, band, square = (props.get(k) for k in ("mgrs:utm_zone", "mgrs:latitude_band",
+                                                  "mgrs:grid_square"))
+    if zone is not None and band is not None and square is not None:
+        return f"{int(zone):02d}{band}{square}"
     return None
 
 
@@ -186,10 +187,11 @@ def load_scenes(items: str | os.PathLike[str] | Iterable[Any]) -> list[Scene]:
             for item_dict, source in _item_dicts(_read_json(file), file):
                 found.append((item_dict, source, str(file)))
     else:
-        for item in items:
-            item_dict = item.to_dict() if hasattr(item, "to_dict") else dict(item)
-            href = getattr(item, "get_self_href", lambda: None)() or _self_href(item_dict)
-            found.append((item_dict, href or "<in-memory item>", href))
+        for entry in items:
+            item: Any = entry
+            as_dict: dict[str, Any] = item.to_dict() if hasattr(item, "to_dict") else dict(item)
+            href = getattr(item, "get_self_href", lambda: None)() or _self_href(as_dict)
+            found.append((as_dict, href or "<in-memory item>", href))
     if not found:
         raise GeofmValueError(f"no STAC items found in {items}; expected *.json item files "
                               "or an ItemCollection")

@@ -105,7 +105,7 @@ def read_scene_plan(root: RunRoot, scene_id: str) -> ScenePlan:
         raise GeofmValueError(f"chip metadata {path} lacks column(s) {', '.join(missing)}; "
                               "re-run `geofm chip --overwrite` to rewrite it")
     df = table.select(list(_META_COLUMNS)).to_pandas()
-    df = df[df["valid"].fillna(False).astype(bool)].reset_index(drop=True)
+    df = df[df["valid"].eq(True)].reset_index(drop=True)
     import pandas as pd
 
     dates = pd.to_datetime(df["date"], utc=True)

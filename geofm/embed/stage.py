@@ -43,10 +43,11 @@ from geofm.embed.dataset import (
     read_scene_plan,
 )
 from geofm.embed.writer import read_scene_metadata, write_scene
-from geofm.exceptions import GeofmFileExistsError, GeofmValueError
+from geofm.exceptions import GeofmError, GeofmFileExistsError, GeofmValueError, SensorError
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
 from geofm.manifest import StageRecord
+from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,13 @@ def _plan(root: RunRoot, *, identity: dict[str, Any], patches: str, overwrite: b
                 record.counts["skipped_scenes"] = record.counts.get("skipped_scenes", 0) + 1
                 continue
         plans.append(read_scene_plan(root, scene_id))
+    for sensor, bands in {t.group for p in plans for t in p.tasks}:
+        try:  # a band without Clay statistics: fail before any work
+            get_sensor(sensor).normalisation(bands)
+        except SensorError as exc:
+            raise GeofmValueError(f"cannot embed chips of sensor {sensor!r} with bands "
+                                  f"{','.join(bands)}: {exc}. Re-chip with --bands from the "
+                                  "sensor's Clay bands") from None
     if conflicts:
         raise GeofmFileExistsError(
             f"{len(conflicts)} embeddings file(s) were made by another model than "
@@ -256,6 +264,10 @@ def embed(
         for plan in plans:
             if not plan.tasks:
                 log.info("scene %s has no valid chips; nothing to embed", plan.scene_id)
+        if not tasks:
+            log.info("embed: nothing to do (%d scene(s) already embedded)",
+                     record.counts["skipped_scenes"])
+            return record
         forward = torch.compile(encoder) if compile else encoder
         runner = _Runner(forward, device=dev, precision=prec, want_patches=patches == "full")
         loader = _loader(tasks, batch_size=batch_size, workers=workers,
@@ -334,7 +346,17 @@ def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], runner: _Run
     if batch["pixels"] is None:
         return done
     group = [tasks[i] for i in batch["indices"]]
-    cls, mean, patches = runner(batch["pixels"], group)
+    try:
+        cls, mean, patches = runner(batch["pixels"], group)
+    except (RuntimeError, GeofmError) as exc:  # e.g. CUDA out of memory: report, go on
+        log.error("a batch of %d chips failed: %s", len(group), exc)
+        for task in group:
+            record.fail(task.chip_id, f"its batch of {len(group)} chips failed: "
+                        f"{type(exc).__name__}: {exc}; try a smaller --batch-size",
+                        path=task.path)
+            buffers[task.scene_id].failed.append(task.chip_id)
+            record.counts["failed_chips"] += 1
+        return done + group
     finite = np.isfinite(cls).all(axis=1) & np.isfinite(mean).all(axis=1)
     for j, task in enumerate(group):
         buf = buffers[task.scene_id]

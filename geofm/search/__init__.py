@@ -204,7 +204,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", metavar="D", help="earliest acquisition date (inclusive)")
     parser.add_argument("--end", metavar="D", help="latest acquisition date (inclusive)")
     parser.add_argument("--bbox", metavar="W,S,E,N",
-                        help="WGS84 box the chip footprint must intersect")
+                        help="WGS84 box the chip footprint must intersect (write "
+                        "--bbox=W,S,E,N when W is negative)")
     parser.add_argument("--max-cloud", type=float, metavar="F",
                         help="keep chips with cloud fraction <= F (0..1)")
     parser.add_argument("--centre", action="store_true",

@@ -89,3 +89,17 @@ def test_bad_inputs_raise():
         _detect(days, y, valid[:, :5], base, mon)
     with pytest.raises(GeofmValueError, match="consecutive and min_baseline >= 1"):
         _detect(days, y, valid, base, mon, consecutive=0)
+
+
+def test_several_components_are_combined_into_one_score():
+    rng = np.random.default_rng(5)
+    days, y, valid, base, mon = _series(n_chips=8)
+    y3 = np.stack([y, 0.1 * rng.normal(size=y.shape), 2.0 * rng.normal(size=y.shape)], axis=-1)
+    y3[0, 29:, 1] += 1.5  # the change is only in the (low-variance) second component
+    r = _detect(days, y3, valid, base, mon)
+    assert r.predicted.shape == y3.shape and r.rmse.shape == (8, 3)
+    assert r.coef.shape == (8, 3, 9)
+    assert r.status[0] == CHANGE and r.change_index[0] == 29
+    assert (r.status[1:] == NO_CHANGE).all()
+    # the per-component scales differ like the components' noise
+    assert np.median(r.rmse[:, 2]) > 5 * np.median(r.rmse[:, 1])

@@ -169,3 +169,22 @@ def test_cli_main(run_root):
     assert rc == 0
     changes = pq.read_table(run_root.analysis_dir / "changes.parquet").to_pandas()
     assert (changes.status == "change").sum() == 1
+
+
+@pytest.mark.slow
+def test_stage_on_embedded_fixture(embedded_root, writable_copy):
+    root = writable_copy(embedded_root)
+    record = analyze(root, signal="pc1", n_components=4, max_plots=2, progress=False)
+    rr = RunRoot.of(root)
+    n_rows = sum(pq.read_metadata(rr.embeddings_path(s)).num_rows
+                 for s in rr.scene_ids(rr.embeddings_dir))
+    ts = pq.read_table(rr.analysis_dir / "timeseries.parquet").to_pandas()
+    assert len(ts) == n_rows and ts["pc1"].notna().all()
+    changes = pq.read_table(rr.analysis_dir / "changes.parquet").to_pandas()
+    assert set(changes["status"]) <= {"change", "no change", "insufficient data"}
+    assert len(changes) == record.counts["chips"] == ts["chip_id"].nunique()
+    assert (record.counts["changed"] + record.counts["no_change"]
+            + record.counts["insufficient"]) == record.counts["chips"]
+    assert (changes["n_observations"] >= changes["n_baseline"]).all()
+    geo = json.loads((rr.analysis_dir / "change_map.geojson").read_text())
+    assert len(geo["features"]) == len(changes)

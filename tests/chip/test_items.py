@@ -60,3 +60,12 @@ def test_bad_inputs(tmp_path, make_scene):
     (item.parent / "copy.json").write_text(item.read_text())
     with pytest.raises(GeofmValueError, match="'A' appears twice"):
         load_scenes(item.parent)
+
+
+def test_pystac_items_resolve_relative_hrefs(make_scene, tmp_path):
+    import pystac
+
+    path = make_scene("A")
+    (scene,) = load_scenes([pystac.Item.from_file(str(path))])
+    assert scene.hrefs["scl"] == str(tmp_path / "data/assets/A/scl.tif")
+    assert scene.source == str(path)

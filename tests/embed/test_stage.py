@@ -303,3 +303,16 @@ def test_embeds_the_chip_stage_output(chipped_root: Path, writable_copy, ckpt: P
             assert table.column("chip_id").to_pylist() == valid
             assert np.isfinite(_vectors(table, "embedding")).all()
     assert n_valid > 0 and record.counts["chips"] == n_valid
+
+
+def test_bands_without_clay_statistics_fail_before_work(tiny_root: Path, ckpt: Path):
+    import geopandas as gpd
+
+    rr = RunRoot(tiny_root)
+    scene_id = rr.scene_ids(rr.meta_dir)[2]
+    meta = gpd.read_parquet(rr.meta_path(scene_id))
+    meta["bands"] = "coastal,blue"
+    meta.to_parquet(rr.meta_path(scene_id))
+    with pytest.raises(GeofmError, match="bands coastal,blue.*no Clay normalisation"):
+        embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
+    assert not rr.embeddings_dir.exists()
