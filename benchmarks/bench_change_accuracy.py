@@ -119,19 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-dates", type=int, default=36)
     parser.add_argument("--n-events", type=int, default=6)
     parser.add_argument("--chip-size", type=int, default=64)
-    parser.add_argument("--signal", nargs="+", default=["pc1"])
+    parser.add_argument("--signal", nargs="+", default=["pcs"])
     parser.add_argument("--embedding", nargs="+", default=["cls"])
-    parser.add_argument("--threshold", type=float, nargs="+", default=[3.0])
+    parser.add_argument("--threshold", type=float, nargs="+", default=[2.5])
     parser.add_argument("--consecutive", type=int, nargs="+", default=[3])
     parser.add_argument("--grid", action="store_true",
                         help="tuning grid: signal pc1/pc2/cosine x embedding cls/mean")
     parser.add_argument("--quick", action="store_true", help="one seed, 256 px, 24 dates")
     parser.add_argument("--work", type=Path, default=None, help="keep data here")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse synth/chip/embed outputs already under --work")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.size, args.n_dates, args.n_events = args.seeds[:1], 256, 24, 3
     if args.grid:
-        args.signal, args.embedding = ["pc1", "pc2", "cosine"], ["cls", "mean"]
+        args.signal, args.embedding = ["pcs", "pc1", "pc3", "cosine"], ["cls", "mean"]
     from geofm.analyze import analyze
 
     configs = list(itertools.product(args.signal, args.embedding, args.threshold,
@@ -141,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         for seed in args.seeds:
             t0 = time.perf_counter()
-            root, truth = prepare(work, seed, size=args.size, n_dates=args.n_dates,
-                                  n_events=args.n_events, chip_size=args.chip_size)
+            if args.reuse and (work / f"root{seed}" / "embeddings").is_dir():
+                root = work / f"root{seed}"
+                truth = json.loads((work / f"synth{seed}" / "truth.json").read_text())
+            else:
+                root, truth = prepare(work, seed, size=args.size, n_dates=args.n_dates,
+                                      n_events=args.n_events, chip_size=args.chip_size)
             t1 = time.perf_counter()
             for cfg in configs:
                 signal, embedding, threshold, consecutive = cfg

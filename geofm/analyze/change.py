@@ -63,7 +63,7 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
                    baseline: np.ndarray, monitor: np.ndarray, threshold: float = 3.0,
                    consecutive: int = 3, min_baseline: int = 6, alpha: float = 0.001,
                    screen_threshold: float | None = None, rmse_floor: float = 0.5,
-                   chunk: int = 16_384) -> ChangeResult:
+                   obs_per_coef: float = 3.0, chunk: int = 16_384) -> ChangeResult:
     """Detect changes in many chips' series at once.
 
     Args:
@@ -82,6 +82,12 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
             before the refit; default ``threshold``.
         rmse_floor: the residual scale is at least this fraction of the median
             baseline RMSE over all fitted chips (guards near-perfect fits).
+        obs_per_coef: the seasonal model grows with the data, as in CCDC: the degree-2
+            terms (5 features) need ``obs_per_coef * 6`` baseline observations, all 9
+            degree-3 features ``obs_per_coef * 10``; with fewer, only ``sin`` and
+            ``cos`` of the annual phase are used (a fit with as many features as points
+            would pass through noise and extrapolate wildly). ``0`` always uses all 9,
+            like the reference solution.
         chunk: chips fitted together (bounds memory to about ``chunk * T * 9`` floats).
 
     Returns:
@@ -113,6 +119,7 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
     monitor = valid & np.asarray(monitor, dtype=bool) & ~baseline
     y3 = np.where(valid[..., None], y3, 0.0)
     n_chips, n_t, n_comp = y3.shape
+    fit_kw = dict(alpha=alpha, chunk=chunk, obs_per_coef=obs_per_coef)
 
     n_obs = valid.sum(axis=1)
     n_base = baseline.sum(axis=1)
@@ -121,7 +128,7 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
     days = np.where(valid, np.asarray(days, dtype=np.float64), 0.0)
 
     fit_w = baseline & ok[:, None]
-    pred, rmse, coef, intercept = _fit(days, y3, fit_w, alpha, chunk)
+    pred, rmse, coef, intercept = _fit(days, y3, fit_w, **fit_kw)
     scale = _floored(rmse, ok, rmse_floor)
 
     # Screen baseline outliers once: drop |score| > screen, refit the chips that lost
@@ -134,7 +141,7 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
     if redo.any():
         idx = np.flatnonzero(redo)
         pred[idx], rmse[idx], coef[idx], intercept[idx] = _fit(days[idx], y3[idx], keep[idx],
-                                                               alpha, chunk)
+                                                               **fit_kw)
         used[idx] = keep[idx]
         scale = _floored(rmse, ok, rmse_floor)
 
@@ -182,8 +189,12 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
                         rmse=rmse_out, coef=coef, intercept=intercept)
 
 
-def _fit(days: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float, chunk: int
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+#: Number of leading design columns of each model size (degree 1, 2, 3 in sin/cos).
+MODEL_SIZES = (2, 5, 9)
+
+
+def _fit(days: np.ndarray, y: np.ndarray, weights: np.ndarray, *, alpha: float, chunk: int,
+         obs_per_coef: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Seasonal Lasso fits of every component, in chunks of chips.
 
     Args: days ``[C, T]``, y ``[C, T, K]``, weights ``[C, T]``.
@@ -197,11 +208,16 @@ def _fit(days: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float, chu
     rmse = np.zeros((n, n_comp))
     coef = np.zeros((n, n_comp, 9))
     intercept = np.zeros((n, n_comp))
+    n_used = weights.sum(axis=1)
+    size = np.full(n, MODEL_SIZES[0])
+    for p in MODEL_SIZES[1:]:
+        size = np.where(n_used >= obs_per_coef * (p + 1), p, size)
     step = max(1, chunk // n_comp)
     for lo in range(0, n, step):
         sl = slice(lo, lo + step)
         m = y[sl].shape[0]
-        design = np.repeat(harmonic_design(days[sl]), n_comp, axis=0)  # rows: chip-major
+        design = harmonic_design(days[sl]) * (np.arange(9) < size[sl, None])[:, None, :]
+        design = np.repeat(design, n_comp, axis=0)  # rows: chip-major
         y_rows = y[sl].transpose(0, 2, 1).reshape(m * n_comp, n_t)
         w_rows = np.repeat(weights[sl], n_comp, axis=0)
         fit = batched_lasso(design, y_rows, w_rows, alpha=alpha)

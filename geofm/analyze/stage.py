@@ -108,9 +108,9 @@ def _signal_column(signal: str, n_components: int) -> int | None | slice:
 
 def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             baseline_start: str | None = None, monitor_start: str | None = None,
-            signal: str = "pc1", n_components: int = 8, threshold: float = 3.0,
+            signal: str = "pcs", n_components: int = 8, threshold: float = 2.5,
             consecutive: int = 3, min_baseline: int = 6, alpha: float = 0.001,
-            center: str = "scene", tsne: bool = False, plot_chips: Sequence[str] = (),
+            center: str = "none", tsne: bool = False, plot_chips: Sequence[str] = (),
             max_plots: int | None = 100,
             pca: str | os.PathLike[str] | None = None, pca_samples: int = 200_000,
             seed: int = 0, overwrite: bool = False, progress: bool = True) -> StageRecord:
@@ -127,7 +127,11 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             seasonal fit and RMSE, combined per date into one chi-square score (normal
             equivalent, so ``threshold`` keeps its meaning).
         n_components: PCA components kept in ``analysis/timeseries.parquet``.
-        threshold: anomaly threshold on the scaled residual magnitude.
+        threshold: anomaly threshold on the scaled residual magnitude (for ``pcs``: on
+            the combined score). Defaults ``signal="pcs"``, ``threshold=2.5`` were tuned
+            on synthetic runs (benchmarks/results/analyze.md); the reference solution
+            monitored PC1 alone, which a random-weight encoder fills with its date
+            encoding.
         consecutive: anomalous monitoring observations in a row that make a change.
         min_baseline: fewest baseline observations; fewer -> ``insufficient data``.
         alpha: Lasso penalty of the seasonal model.
@@ -135,7 +139,9 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             when it has at least :data:`MIN_CENTER_CHIPS`) before PCA and cosine, so
             what every chip of an acquisition shares (season, illumination, the model's
             date encoding, a processing-baseline offset) is not mistaken for change;
-            ``none`` uses the embeddings as they are.
+            ``none`` (default) uses the embeddings as they are. Caution: when many chips
+            change the same way, the scene median moves and unchanged chips inherit
+            the shift (more false alarms in the synthetic benchmark).
         tsne: also write ``analysis/tsne.parquet`` (seeded subsample, 2-D t-SNE of PCs).
         plot_chips: chip ids to plot in addition to the changed chips.
         max_plots: at most this many changed chips are plotted (largest magnitude
@@ -578,17 +584,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "first year with data)")
     parser.add_argument("--monitor-start", help="monitoring start date (default: baseline "
                         "start + 1 year)")
-    parser.add_argument("--signal", default="pc1",
-                        help="pcs (all components), pc1, pc2, ... or cosine (default pc1)")
+    parser.add_argument("--signal", default="pcs",
+                        help="pcs (all components combined), pc1, pc2, ... or cosine "
+                        "(default pcs)")
     parser.add_argument("--n-components", type=int, default=8, help="PCA components (default 8)")
-    parser.add_argument("--threshold", type=float, default=3.0,
-                        help="scaled-residual threshold (default 3.0)")
+    parser.add_argument("--threshold", type=float, default=2.5,
+                        help="scaled-residual threshold (default 2.5)")
     parser.add_argument("--consecutive", type=int, default=3,
                         help="anomalous observations in a row that make a change (default 3)")
     parser.add_argument("--min-baseline", type=int, default=6,
                         help="fewest baseline observations (default 6)")
-    parser.add_argument("--center", choices=CENTER_MODES, default="scene",
-                        help="subtract each scene's median embedding first (default scene)")
+    parser.add_argument("--center", choices=CENTER_MODES, default="none",
+                        help="scene: subtract each scene's median embedding first "
+                        "(default none)")
     parser.add_argument("--tsne", action="store_true", help="also write analysis/tsne.parquet")
     parser.add_argument("--plot-chips", default="",
                         help="comma-separated chip ids to plot besides the changed chips")

@@ -350,10 +350,10 @@ def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], runner: _Run
         cls, mean, patches = runner(batch["pixels"], group)
     except (RuntimeError, GeofmError) as exc:  # e.g. CUDA out of memory: report, go on
         log.error("a batch of %d chips failed: %s", len(group), exc)
+        hint = "; try a smaller --batch-size" if "out of memory" in str(exc).lower() else ""
         for task in group:
             record.fail(task.chip_id, f"its batch of {len(group)} chips failed: "
-                        f"{type(exc).__name__}: {exc}; try a smaller --batch-size",
-                        path=task.path)
+                        f"{type(exc).__name__}: {exc}{hint}", path=task.path)
             buffers[task.scene_id].failed.append(task.chip_id)
             record.counts["failed_chips"] += 1
         return done + group

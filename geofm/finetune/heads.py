@@ -27,7 +27,9 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 class SegmentationHead(nn.Module):
     """Per-pixel classifier on the patch-token grid (the shape of Clay's segmentor).
 
-    Patch tokens [B, L, D] -> grid [B, D, H/p, W/p] -> two 3x3 conv + BatchNorm + ReLU
+    Patch tokens [B, L, D] -> grid [B, D, H/p, W/p] -> (BatchNorm of the token channels,
+    which standardises frozen features whose useful variation is small next to a shared
+    offset) -> two 3x3 conv + BatchNorm + ReLU
     blocks -> 1x1 conv to ``out_channels * p**2`` -> ``PixelShuffle(p)`` back to full
     resolution [B, out_channels, H, W] -> 3x3 conv to ``n_classes`` logits.
 
@@ -37,12 +39,14 @@ class SegmentationHead(nn.Module):
         n_classes: number of label codes (1..n_classes).
         hidden: channels of the two conv blocks.
         out_channels: channels per pixel after the pixel shuffle.
+        input_norm: standardise the token channels first (BatchNorm2d over D).
     """
 
     def __init__(self, dim: int, patch_size: int, n_classes: int, *, hidden: int = 256,
-                 out_channels: int = 32) -> None:
+                 out_channels: int = 32, input_norm: bool = True) -> None:
         super().__init__()
         self.dim, self.patch_size, self.n_classes = dim, patch_size, n_classes
+        self.input_norm = nn.BatchNorm2d(dim) if input_norm else nn.Identity()
         self.blocks = nn.Sequential(_conv_block(dim, hidden), _conv_block(hidden, hidden))
         self.expand = nn.Conv2d(hidden, out_channels * patch_size**2, 1)
         self.shuffle = nn.PixelShuffle(patch_size)
@@ -50,7 +54,7 @@ class SegmentationHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits float32 [B, n_classes, H, W] from tokens [B, 1+L, D] (CLS dropped)."""
-        grid = tokens_to_grid(tokens, self.dim)
+        grid = self.input_norm(tokens_to_grid(tokens, self.dim))
         features = self.shuffle(self.expand(self.blocks(grid)))
         return self.classify(torch.relu(features))
 

@@ -71,3 +71,9 @@ def ckpt() -> Path:
     if not CKPT.exists():
         pytest.skip(f"reference checkpoint {CKPT} not present")
     return CKPT
+
+
+@pytest.fixture
+def make_root():  # type: ignore[no-untyped-def]
+    """The :func:`write_root` builder, for tests that need other sizes."""
+    return write_root

@@ -316,3 +316,13 @@ def test_bands_without_clay_statistics_fail_before_work(tiny_root: Path, ckpt: P
     with pytest.raises(GeofmError, match="bands coastal,blue.*no Clay normalisation"):
         embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
     assert not rr.embeddings_dir.exists()
+
+
+def test_a_failing_batch_is_reported_per_chip(tmp_path: Path, ckpt: Path, make_root):
+    root = make_root(tmp_path / "root", n_scenes=1, n_chips=2, size=60)  # 60 % 8 != 0
+    record = embed(root, checkpoint=ckpt, device="cpu", progress=False)
+    assert [f.unit for f in record.failures] == ["33UUP_60_0000_0000", "33UUP_60_0000_0001"]
+    assert "not a multiple of the patch size" in record.failures[0].reason
+    assert record.counts["chips"] == 0
+    assert not RunRoot(root).embeddings_dir.exists()
+    assert read_manifest(root)["stages"]["embed"]["status"] == "failed"
