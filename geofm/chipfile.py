@@ -159,7 +159,10 @@ def open_chip(path: str | os.PathLike[str], *, decode: bool = False):  # type: i
 
 def read_chip_array(path: str | os.PathLike[str],
                     bands: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read the named bands of a chip as DN.
+    """Read the named bands of a chip as DN (the hot path of ``embed`` and ``finetune``).
+
+    Reads the band variables straight from the HDF5 container (no xarray decoding:
+    about 10x faster per chip than :func:`open_chip`).
 
     Args:
         path: chip ``.nc`` file.
@@ -172,21 +175,34 @@ def read_chip_array(path: str | os.PathLike[str],
     Raises:
         RasterError: unreadable file or a requested band missing (names the bands present).
     """
-    ds = open_chip(path)
-    missing = [b for b in bands if b not in ds.data_vars]
-    if missing:
-        raise RasterError(f"chip {path} has no band(s) {', '.join(missing)}; it holds "
-                          f"{', '.join(map(str, ds.data_vars))}. Re-chip with --bands "
-                          f"{','.join(bands)}")
-    arrays, valid = [], None
-    for band in bands:
-        da = ds[band].isel(time=0)
-        raw = da.values
-        fill = da.encoding.get("_FillValue", da.attrs.get("_FillValue"))
-        ok = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
-        if fill is not None:
-            ok &= raw != fill
-        valid = ok if valid is None else valid & ok
-        arrays.append(raw.astype(np.float32))
+    import h5py
+
+    try:
+        fh = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise RasterError(f"chip file {path} does not exist; re-run `geofm chip` for its "
+                          "scene (with --overwrite if the scene was marked complete)") from None
+    except OSError as exc:
+        raise RasterError(f"cannot read chip {path}: {exc}; delete it and re-run "
+                          "`geofm chip --overwrite` for its scene") from exc
+    with fh:
+        missing = [b for b in bands if b not in fh]
+        if missing:
+            present = [k for k in fh if k not in ("time", "x", "y", "spatial_ref")]
+            raise RasterError(f"chip {path} has no band(s) {', '.join(missing)}; it holds "
+                              f"{', '.join(present)}. Re-chip with --bands {','.join(bands)}")
+        arrays, valid = [], None
+        for band in bands:
+            try:
+                raw = fh[band][0]
+            except (OSError, ValueError, IndexError) as exc:
+                raise RasterError(f"cannot read band {band!r} of chip {path}: {exc}; delete "
+                                  "it and re-run `geofm chip --overwrite` for its scene") from exc
+            fill = fh[band].attrs.get("_FillValue")
+            ok = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
+            if fill is not None:
+                ok &= raw != np.asarray(fill).ravel()[0]
+            valid = ok if valid is None else valid & ok
+            arrays.append(raw.astype(np.float32))
     assert valid is not None
     return np.stack(arrays), valid
