@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from geofm.exceptions import GeofmValueError, SearchIndexError
 from geofm.index.table import ANN_MIN_ROWS
@@ -26,19 +27,24 @@ __all__ = ["ANN_MIN_ROWS", "build_index", "add_arguments", "run_cli", "main"]
 log = logging.getLogger(__name__)
 
 
-def _rows(frame, vectors, mean, keep):  # type: ignore[no-untyped-def]
-    """Arrow rows in the table schema for the frame rows where ``keep`` is True."""
+def _rows(frame: Any, vectors: Any, mean: list[float], keep: Any) -> Any:
+    """Arrow rows (table schema) for the frame rows where ``keep`` is True.
+
+    Args:
+        frame: consolidated GeoDataFrame (WGS84).
+        vectors: float32 [N, D] raw embeddings in the frame's row order.
+        mean: the run mean vector [D] used for ``vector_centred``.
+        keep: bool [N] rows to convert.
+    """
     import numpy as np
     import pandas as pd
     import pyarrow as pa
 
-    from geofm.index.table import table_schema
+    from geofm.index.table import normalise, table_schema
 
     schema = table_schema(vectors.shape[1])
     sub = frame.loc[keep]
     vec = vectors[keep]
-    from geofm.index.table import normalise
-
     unit, norms = normalise(vec)
     centred, _ = normalise(vec - np.asarray(mean, dtype=np.float32))
     bounds = sub.geometry.bounds
@@ -79,7 +85,7 @@ def _rows(frame, vectors, mean, keep):  # type: ignore[no-untyped-def]
     return pa.table(data, schema=schema)
 
 
-def _changed_keys(table, frame):  # type: ignore[no-untyped-def]
+def _changed_keys(table: Any, frame: Any) -> tuple[set[str], set[str]]:
     """Keys already in ``table``, and those whose change columns differ from ``frame``."""
     import pandas as pd
 
@@ -174,11 +180,13 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
                              ann_min_rows=ann_min_rows)
             table = db.create_table(TABLE_NAME, schema=table_schema(dim), mode="overwrite")
         info.ann_min_rows = ann_min_rows
-        keys, changed = _changed_keys(table, frame) if len(frame) else (set(), set())
-        row_keys = (frame["scene_id"] + "/" + frame["chip_id"]) if len(frame) else None
-        keep = (finite & ~row_keys.isin(keys - changed).to_numpy()) if len(frame) else finite
-        added, updated = upsert(table, _rows(frame, vectors, info.mean, keep)) \
-            if keep.any() else (0, 0)
+        added = updated = 0
+        if len(frame):
+            keys, changed = _changed_keys(table, frame)
+            row_keys = frame["scene_id"] + "/" + frame["chip_id"]
+            keep = finite & ~row_keys.isin(keys - changed).to_numpy()
+            if keep.any():
+                added, updated = upsert(table, _rows(frame, vectors, info.mean, keep))
         if sync_ann_index(table, info):
             log.info("built an %s index on %d rows", info.ann["index_type"] if info.ann else "",
                      table.count_rows())

@@ -93,7 +93,8 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
            min_similarity: float | None = None, start: str | None = None,
            end: str | None = None, bbox: Sequence[float] | str | None = None,
            max_cloud: float | None = None, centre: bool = False,
-           embedding: str | None = None) -> gpd.GeoDataFrame:
+           embedding: str | None = None, nprobes: int | None = None,
+           refine_factor: int | None = None) -> gpd.GeoDataFrame:
     """Find the ``k`` chips most similar to a query.
 
     Args:
@@ -114,6 +115,9 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
         max_cloud: keep chips with ``cloud_fraction <= max_cloud`` (0..1).
         centre: cosine between centred vectors (run mean subtracted).
         embedding: if given, the index must have been built with it (``cls``/``mean``).
+        nprobes: IVF partitions probed when the table has an ANN index (default: the
+            index's, 32); raise it for higher recall on weakly clustered vectors.
+        refine_factor: re-rank ``refine_factor * k`` ANN candidates exactly (default 20).
 
     Returns:
         GeoDataFrame (EPSG:4326), best first: ``chip_id scene_id date similarity
@@ -153,13 +157,13 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
         columns.append(query.column)
     fetch = k if box is None and not len(query.negatives) else 2 * k + 10
     while True:
-        builder = (table.search(query.vector, vector_column_name=query.column)
-                   .distance_type("cosine").select(columns).limit(fetch))
+        builder: Any = table.search(query.vector, vector_column_name=query.column)
+        builder = builder.distance_type("cosine").select(columns).limit(fetch)
         if where:
             builder = builder.where(where, prefilter=True)
         if info.ann is not None:
-            builder = builder.nprobes(info.ann["nprobes"]).refine_factor(
-                info.ann["refine_factor"])
+            builder = builder.nprobes(nprobes or info.ann["nprobes"]).refine_factor(
+                refine_factor or info.ann["refine_factor"])
         rows = builder.to_arrow().to_pandas()
         got = len(rows)
         rows["similarity"] = (1.0 - rows.pop("_distance")).astype(np.float32)
@@ -213,6 +217,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "or collapsed encoders whose vectors are all nearly parallel)")
     parser.add_argument("--embedding", choices=("cls", "mean"),
                         help="require the index to be built with this embedding")
+    parser.add_argument("--nprobes", type=int,
+                        help="ANN partitions to probe (tables past ann_min_rows; default 32)")
+    parser.add_argument("--refine-factor", type=int,
+                        help="re-rank refine_factor * k ANN candidates exactly (default 20)")
     parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",
                         help="output format (default table)")
     parser.add_argument("--output", metavar="PATH", help="write to PATH instead of stdout")
@@ -229,7 +237,8 @@ def run_cli(args: argparse.Namespace) -> int:
                      vector=args.vector_file, negative_chip_ids=args.negative_chip_id,
                      k=args.k, min_similarity=args.min_similarity, start=args.start,
                      end=args.end, bbox=args.bbox, max_cloud=args.max_cloud,
-                     centre=args.centre, embedding=args.embedding)
+                     centre=args.centre, embedding=args.embedding, nprobes=args.nprobes,
+                     refine_factor=args.refine_factor)
     text = format_results(results, args.format)
     if args.output:
         write_text_atomic(args.output, text + "\n")

@@ -56,6 +56,8 @@ def test_ann_index_built_past_threshold_and_still_finds_neighbours(tmp_path,
     res = search(root, chip_ids=[query], k=10)
     assert len(res) == 10
     assert all(truth[c] == truth[query] for c in res["chip_id"])
+    every = search(root, chip_ids=[query], k=10, nprobes=1000, refine_factor=50)
+    assert list(every["chip_id"]) == list(res["chip_id"])
 
 
 def test_small_table_has_no_ann_index(tmp_path, make_embedded_root):
