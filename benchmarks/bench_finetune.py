@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--n-dates", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -72,7 +73,7 @@ def main() -> None:
         warnings.simplefilter("ignore")  # random weights are the point of this benchmark
         encoder = load_encoder(preset=args.model)
 
-    common = dict(encoder=encoder, batch_size=args.batch_size, class_names=names,
+    common = dict(encoder=encoder, batch_size=args.batch_size, lr=args.lr, class_names=names,
                   seed=args.seed, overwrite=True, progress=False)
     t0 = time.perf_counter()
     cached = finetune(work / "root", labels, work / "head", epochs=args.epochs, patience=None,
@@ -117,7 +118,7 @@ Synthetic Sentinel-2 L2A (`geofm synth`, seed {args.seed}, {args.size} px = \
 **random-weight `{args.model}` encoder** (dim {encoder.dim}, patch {encoder.patch_size}); \
 labels = the synth land-cover raster (6 classes). Validation = held-out chip *locations* \
 ({counts['val_locations']} of {counts['locations']}; {counts['train_samples']} train / \
-{counts['val_samples']} validation chip-dates). AdamW lr 1e-3, cosine, batch \
+{counts['val_samples']} validation chip-dates). AdamW lr {args.lr:g}, cosine, batch \
 {args.batch_size}, class weights auto, {n_ep} epochs, no early stopping.
 
 Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, \

@@ -43,10 +43,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and return the path."""
-    with atomic_path(path) as tmp:
+    """Write ``data`` to ``path`` atomically and return the path.
+
+    A file that already holds exactly ``data`` is left alone (same bytes, same mtime), so
+    re-running a finished stage changes no file.
+    """
+    target = Path(path)
+    if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
+        return target
+    with atomic_path(target) as tmp:
         tmp.write_bytes(data)
-    return Path(path)
+    return target
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -105,12 +105,13 @@ class PCAModel:
                        n_samples=int(data["n_samples"]) if "n_samples" in data.files else 0)
 
 
-def fit_pca(vectors: np.ndarray, *, n_components: int = 8) -> PCAModel:
+def fit_pca(vectors: np.ndarray, *, n_components: int = 8, chunk: int = 16_384) -> PCAModel:
     """Fit principal axes to a (sub)sample of embeddings.
 
     Args:
         vectors: float ``[N, D]``; N >= 2.
         n_components: number of axes to keep, at most ``D``.
+        chunk: rows per block of the covariance product (memory bound).
 
     Returns:
         The fitted :class:`PCAModel` (deterministic: no random solver involved).
@@ -119,7 +120,7 @@ def fit_pca(vectors: np.ndarray, *, n_components: int = 8) -> PCAModel:
         GeofmValueError: if there are fewer than 2 vectors or ``n_components`` is out of
             range.
     """
-    x = np.asarray(vectors, dtype=np.float64)
+    x = np.asarray(vectors)
     if x.ndim != 2 or x.shape[0] < 2:
         raise GeofmValueError(f"PCA needs at least 2 embeddings; got an array of shape "
                               f"{x.shape}. Embed more chips or dates first.")
@@ -127,9 +128,12 @@ def fit_pca(vectors: np.ndarray, *, n_components: int = 8) -> PCAModel:
     if not 1 <= n_components <= dim:
         raise GeofmValueError(f"n_components={n_components} is out of range: choose 1..{dim} "
                               "(the embedding dimension).")
-    mean = x.mean(axis=0)
-    xc = x - mean
-    cov = (xc.T @ xc) / (x.shape[0] - 1)
+    mean = x.mean(axis=0, dtype=np.float64)
+    cov = np.zeros((dim, dim))
+    for lo in range(0, x.shape[0], chunk):  # bounded memory: chunk x D floats at a time
+        xc = (x[lo:lo + chunk] - mean).astype(np.float32)
+        cov += (xc.T @ xc).astype(np.float64)
+    cov /= x.shape[0] - 1
     eigval, comps, total = _top_eigen(cov, n_components)
     signs = np.sign(comps[np.arange(n_components), np.abs(comps).argmax(axis=1)])
     comps = comps * np.where(signs == 0, 1.0, signs)[:, None]

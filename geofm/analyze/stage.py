@@ -112,7 +112,7 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             consecutive: int = 3, min_baseline: int = 6, alpha: float = 0.001,
             center: str = "none", tsne: bool = False, plot_chips: Sequence[str] = (),
             max_plots: int | None = 100,
-            pca: str | os.PathLike[str] | None = None, pca_samples: int = 200_000,
+            pca: str | os.PathLike[str] | None = None, pca_samples: int = 50_000,
             seed: int = 0, overwrite: bool = False, progress: bool = True) -> StageRecord:
     """Reduce, compare to baseline and detect changes for every chip of a run root.
 

@@ -8,11 +8,12 @@ returns one row per embedded chip and acquisition. Written as ``consolidated.par
 
 from __future__ import annotations
 
+import io
 import json
 from typing import TYPE_CHECKING, Any
 
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
-from geofm.io import atomic_path
+from geofm.io import write_bytes_atomic
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord
 
@@ -179,6 +180,10 @@ def consolidate(root: RunRoot, *, embedding: str, record: StageRecord
 
 
 def write_consolidated(root: RunRoot, frame: gpd.GeoDataFrame) -> None:
-    """Write ``consolidated.parquet`` (GeoParquet, WGS84) atomically."""
-    with atomic_path(root.consolidated_path) as tmp:
-        frame.to_parquet(tmp, index=False)
+    """Write ``consolidated.parquet`` (GeoParquet, WGS84) atomically.
+
+    Unchanged content leaves the file untouched, so a re-run changes no file.
+    """
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_bytes_atomic(root.consolidated_path, buffer.getvalue())
