@@ -36,6 +36,8 @@ class Timeline:
         signal_name: y-axis label, e.g. ``pc1``.
         before: path of the "before" thumbnail PNG, or None.
         after: path of the "after" thumbnail PNG, or None.
+        score: ``signal`` is already a scaled anomaly score (model 0, band
+            ``+-threshold``), as for the combined ``pcs`` signal.
     """
 
     chip_id: str
@@ -52,6 +54,7 @@ class Timeline:
     signal_name: str
     before: Path | None = None
     after: Path | None = None
+    score: bool = False
 
 
 def _to_datetime(days: np.ndarray) -> np.ndarray:
@@ -98,9 +101,10 @@ def plot_timeline(timeline: Timeline, path: str | os.PathLike[str], *, dpi: int 
         if np.isfinite(tl.rmse) and np.isfinite(curve).all():
             band = tl.threshold * tl.rmse
             ax.fill_between(_to_datetime(dense), curve - band, curve + band, color="tab:blue",
-                            alpha=0.15, label=f"threshold band (±{tl.threshold:g} RMSE)")
+                            alpha=0.15, label=f"threshold band (±{tl.threshold:g}"
+                            f"{'' if tl.score else ' RMSE'})")
             ax.plot(_to_datetime(dense), curve, color="tab:blue", lw=1.2,
-                    label="seasonal fit (baseline)")
+                    label="expected (0)" if tl.score else "seasonal fit (baseline)")
         base = np.asarray(tl.baseline, dtype=bool)
         anom = np.asarray(tl.anomaly, dtype=bool)
         t = _to_datetime(days)

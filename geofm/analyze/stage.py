@@ -155,6 +155,13 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             options. Results of the same inputs and options are kept either way.
         progress: show progress bars.
 
+    Outputs (``analysis/``): ``timeseries.parquet`` (a row per chip and date: ``chip_id``,
+    ``scene_id``, ``date``, ``pc1..pcK``, ``cosine_to_baseline``, ``signal``, ``predicted``,
+    ``residual`` = scaled residual (for ``pcs``: the combined score; ``signal`` and
+    ``predicted`` then show pc1), ``anomaly``, ``baseline`` = used in the fit),
+    ``changes.parquet`` (GeoParquet, WGS84), ``change_map.geojson``, ``pca.npz``,
+    ``plots/<chip_id>.png`` and, with ``tsne``, ``tsne.parquet``.
+
     Returns:
         The stage record (counts ``chips``, ``observations``, ``changed``, ``no_change``,
         ``insufficient``, ``plots``; ``run.json`` stage ``analyze``).
@@ -570,6 +577,7 @@ def _write_plots(rr: RunRoot, index: ObservationIndex, series: _Padded, result: 
             rmse=float(result.rmse[c]) if sig_obs is not None else 1.0, threshold=threshold,
             status=str(result.status[c]), change_day=change_day,
             signal_name=signal if sig_obs is not None else f"anomaly score ({signal})",
+            score=sig_obs is None,
             before=thumbs.get((cid, int(before_day))), after=thumbs.get((cid, int(after_day)))),
             rr.plots_dir / f"{cid}.png")
     return len(chosen)

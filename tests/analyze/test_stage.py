@@ -188,3 +188,21 @@ def test_stage_on_embedded_fixture(embedded_root, writable_copy):
     assert (changes["n_observations"] >= changes["n_baseline"]).all()
     geo = json.loads((rr.analysis_dir / "change_map.geojson").read_text())
     assert len(geo["features"]) == len(changes)
+
+
+def test_bad_vector_is_a_recorded_failure_not_a_crash(run_root):
+    scene = run_root.scene_ids(run_root.embeddings_dir)[3]
+    path = run_root.embeddings_path(scene)
+    table = pq.read_table(path)
+    emb = np.stack(table.column("embedding").to_pylist()).astype(np.float32)
+    emb[2, 5] = np.nan
+    table = table.set_column(table.schema.get_field_index("embedding"), "embedding",
+                             pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), DIM))
+    pq.write_table(table, path)
+    record = analyze(run_root.path, n_components=2, max_plots=0, progress=False)
+    assert len(record.failures) == 1 and record.failures[0].unit == scene
+    assert "not finite" in record.failures[0].reason
+    assert main(["--root", str(run_root.path), "--n-components", "2", "--max-plots", "0",
+                 "--overwrite", "--no-progress"]) == 1
+    ts = pq.read_table(run_root.analysis_dir / "timeseries.parquet").to_pandas()
+    assert len(ts) == 5 * N_DATES + (N_DATES - 16) - 1  # the bad row is left out
