@@ -54,8 +54,26 @@ log = logging.getLogger(__name__)
 PRESETS = ("tiny", "small", "base", "large")
 PATCHES = ("none", "mean", "full")
 PRECISIONS = ("fp32", "bf16", "fp16")
+TIME_LOCATION = ("auto", "encode", "zero")
 #: identity fields that must agree for an existing Parquet to count as "done".
-_IDENTITY_KEYS = ("sha256", "preset", "random_init", "dim", "seed")
+_IDENTITY_KEYS = ("sha256", "preset", "random_init", "dim", "seed", "time_location")
+
+
+def resolve_time_location(time_location: str, *, random_init: bool) -> str:
+    """Turn ``auto|encode|zero`` into ``encode`` or ``zero``.
+
+    ``auto`` encodes acquisition time and position for a real checkpoint (Clay learnt
+    to use them) and feeds zeros for random weights: untrained weights cannot use them,
+    and their fixed per-date offset would otherwise dominate every similarity (with
+    random weights 89% of search hits came from the query's own date; see
+    benchmarks/RESULTS.md).
+    """
+    if time_location not in TIME_LOCATION:
+        raise GeofmValueError(f"unknown time_location {time_location!r}; use one of "
+                              f"{', '.join(TIME_LOCATION)}")
+    if time_location == "auto":
+        return "zero" if random_init else "encode"
+    return time_location
 
 
 def default_workers() -> int:
@@ -202,6 +220,7 @@ def embed(
     compile: bool = False,
     workers: int = 0,
     max_invalid: float = DEFAULT_MAX_INVALID,
+    time_location: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
     seed: int = 0,
@@ -221,6 +240,10 @@ def embed(
         workers: DataLoader reader processes (0 = read in this process).
         max_invalid: largest fraction of nodata/NaN pixels filled with the band mean;
             chips above it are failures.
+        time_location: ``encode`` the acquisition time and chip centre into Clay's 8
+            metadata channels, ``zero`` them (embeddings depend on pixels only), or
+            ``auto``: encode with a checkpoint, zero with random weights (see
+            :func:`resolve_time_location`). Recorded in the model identity.
         overwrite: recompute scenes whose embeddings exist.
         progress: show a progress bar (chips/s).
         seed: seed of the random weights when no checkpoint is given.
@@ -253,6 +276,9 @@ def embed(
               "precision": prec, "compile": compile, "workers": workers,
               "max_invalid": max_invalid, "overwrite": overwrite, "seed": seed}
     encoder, identity = load_model(checkpoint=checkpoint, model=model, device=dev, seed=seed)
+    identity["time_location"] = resolve_time_location(
+        time_location, random_init=bool(identity.get("random_init")))
+    config["time_location"] = time_location
     with StageRecord(root, "embed", config=config) as record:
         record.extra["model"] = identity
         for key in ("scenes", "skipped_scenes", "chips", "failed_chips", "filled_chips"):
@@ -269,7 +295,8 @@ def embed(
                      record.counts["skipped_scenes"])
             return record
         forward = torch.compile(encoder) if compile else encoder
-        runner = _Runner(forward, device=dev, precision=prec, want_patches=patches == "full")
+        runner = _Runner(forward, device=dev, precision=prec, want_patches=patches == "full",
+                         time_location=identity["time_location"] == "encode")
         loader = _loader(tasks, batch_size=batch_size, workers=workers,
                          max_invalid=max_invalid, pin=dev.startswith("cuda"))
         with progress_bar(total=len(tasks), unit="chip", desc="embed",
@@ -303,8 +330,10 @@ def _loader(tasks: Sequence[ChipTask], *, batch_size: int, workers: int, max_inv
 class _Runner:
     """Normalise, encode, pool: DN batches -> (CLS [B, D], mean [B, D], patches [B, L, D])."""
 
-    def __init__(self, encoder: Any, *, device: str, precision: str, want_patches: bool):
+    def __init__(self, encoder: Any, *, device: str, precision: str, want_patches: bool,
+                 time_location: bool = True):
         self.encoder = encoder
+        self.time_location = time_location
         self.device = device
         self.precision = precision
         self.want_patches = want_patches
@@ -318,7 +347,7 @@ class _Runner:
         cube = make_datacube(
             pixels.to(self.device, non_blocking=True), sensor=first.sensor, bands=first.bands,
             dates=[t.date for t in group], lats=[t.lat for t in group],
-            lons=[t.lon for t in group], device=self.device)
+            lons=[t.lon for t in group], device=self.device, time_location=self.time_location)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
         amp = (torch.autocast(dev_type, dtype=dtype) if dtype is not None
@@ -397,6 +426,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-invalid", type=float, default=DEFAULT_MAX_INVALID,
                         help="largest nodata/NaN pixel fraction filled with the band mean; "
                              f"more is a failure (default {DEFAULT_MAX_INVALID})")
+    parser.add_argument("--time-location", choices=TIME_LOCATION, default="auto",
+                        help="encode acquisition time and chip centre, or feed zeros; auto "
+                             "(default): encode with a checkpoint, zeros with random weights")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights")
     parser.add_argument("--overwrite", action="store_true", help="recompute existing scenes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -407,7 +439,8 @@ def run_cli(args: argparse.Namespace) -> int:
     record = embed(args.root, checkpoint=args.checkpoint, model=args.model,
                    batch_size=args.batch_size, device=args.device, patches=args.patches,
                    precision=args.precision, compile=args.compile, workers=args.workers,
-                   max_invalid=args.max_invalid, overwrite=args.overwrite,
+                   max_invalid=args.max_invalid, time_location=args.time_location,
+                   overwrite=args.overwrite,
                    progress=not args.no_progress, seed=args.seed)
     return 1 if record.failures else 0
 

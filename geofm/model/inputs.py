@@ -145,7 +145,8 @@ def encode_latlon(lat: Any, lon: Any) -> np.ndarray:
 
 def make_datacube(pixels_dn: np.ndarray | torch.Tensor, *, sensor: Sensor | str,
                   bands: Sequence[str], dates: Any, lats: Any, lons: Any,
-                  device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+                  device: str | torch.device = "cpu",
+                  time_location: bool = True) -> dict[str, torch.Tensor]:
     """Assemble the encoder's input dict from DN pixels and chip metadata.
 
     Args:
@@ -157,6 +158,10 @@ def make_datacube(pixels_dn: np.ndarray | torch.Tensor, *, sensor: Sensor | str,
         lats: B latitudes, degrees (chip centroid, WGS84).
         lons: B longitudes, degrees.
         device: where the tensors go.
+        time_location: encode ``dates`` and ``lats``/``lons``; False feeds zeros in
+            those 8 channels (what Clay's own tutorials do when they are unknown), so the
+            embedding depends on the pixels only. Dates and positions are still
+            validated.
 
     Returns:
         ``pixels`` float32 [B, C, H, W] normalised, ``time`` float32 [B, 4], ``latlon``
@@ -185,6 +190,8 @@ def make_datacube(pixels_dn: np.ndarray | torch.Tensor, *, sensor: Sensor | str,
         if arr.shape[0] != b:
             raise ShapeError(f"{name} have length {arr.shape[0]} but pixels have batch={b}; "
                              "give one value per chip")
+    if not time_location:
+        time, latlon = np.zeros_like(time), np.zeros_like(latlon)
     dev = torch.device(device)
     pixels_t: torch.Tensor = (torch.from_numpy(np.ascontiguousarray(pixels_dn))
                               if isinstance(pixels_dn, np.ndarray) else pixels_dn)

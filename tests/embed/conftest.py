@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CKPT = Path("/work/shared/reference/clay_tiny.ckpt")
 BANDS = ("blue", "green", "red", "nir")
 
 
@@ -66,11 +65,9 @@ def tiny_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def ckpt() -> Path:
+def ckpt(reference_dir: Path) -> Path:
     """The reference Clay-format tiny checkpoint (dim 64, depth 2)."""
-    if not CKPT.exists():
-        pytest.skip(f"reference checkpoint {CKPT} not present")
-    return CKPT
+    return reference_dir / "clay_tiny.ckpt"
 
 
 @pytest.fixture
