@@ -103,7 +103,7 @@ def baseline(root: Path, preset: str, device: str) -> int:
     """The reference solution's loop (model loading included); returns the chip count."""
     import torch
 
-    from geofm.chipfile import read_chip_array
+    from geofm.chipfile import open_chip
     from geofm.embed.dataset import read_scene_plan
     from geofm.layout import RunRoot
     from geofm.model import load_encoder, make_datacube
@@ -118,7 +118,9 @@ def baseline(root: Path, preset: str, device: str) -> int:
             stacks.setdefault(task.chip_id, []).append(task)
     n = 0
     for tasks in stacks.values():
-        pixels = np.stack([read_chip_array(t.path, BANDS)[0] for t in tasks])
+        # the reference reads each NetCDF with xarray, synchronously, in the main process
+        pixels = np.stack([open_chip(t.path)[list(BANDS)].to_array().values[:, 0]
+                           .astype(np.float32) for t in tasks])
         cube = make_datacube(pixels, sensor=SENSOR, bands=BANDS, dates=[t.date for t in tasks],
                              lats=[t.lat for t in tasks], lons=[t.lon for t in tasks],
                              device=device)

@@ -5,7 +5,7 @@ token cache: epoch time with cached encoder tokens vs re-encoding every chip eve
 (the baseline, measured in the same run on the same data).
 
     python benchmarks/bench_finetune.py                 # size 512, chip 64, 6 dates, 10 epochs
-    python benchmarks/bench_finetune.py --quick         # size 256, 3 dates, 3 epochs
+    python benchmarks/bench_finetune.py --quick         # size 256, 6 dates, 5 epochs
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true", help="size 256, 3 dates, 3 epochs")
+    parser.add_argument("--quick", action="store_true", help="size 256, 6 dates, 5 epochs")
     parser.add_argument("--work", default=None, help="work folder (default: a temp folder)")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" /
                                                   "finetune.md"))
     args = parser.parse_args()
     if args.quick:
-        args.size, args.n_dates, args.epochs = 256, 3, 3
+        args.size, args.n_dates, args.epochs = 256, 6, 5
     if args.threads:
         torch.set_num_threads(args.threads)
 
