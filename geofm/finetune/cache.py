@@ -32,6 +32,8 @@ class ChipEncoder:
         samples: rows with ``chip_path``, ``date``, ``lat``, ``lon``, ``sensor``.
         bands: band names fed to the encoder.
         device: torch device string.
+        time_location: ``encode`` the acquisition date and chip centre into Clay's 8
+            time/location channels, or ``zero`` them (see :func:`resolve_time_location`).
     """
 
     encoder: Any
@@ -39,6 +41,7 @@ class ChipEncoder:
     samples: pd.DataFrame
     bands: tuple[str, ...]
     device: str = "cpu"
+    time_location: str = "encode"
 
     def __post_init__(self) -> None:
         self.encoder.eval()
@@ -70,7 +73,7 @@ class ChipEncoder:
             pixels, sensor=str(rows["sensor"].iloc[0]), bands=list(self.bands),
             dates=list(pd.to_datetime(rows["date"], utc=True)),
             lats=rows["lat"].to_numpy(np.float64), lons=rows["lon"].to_numpy(np.float64),
-            device=self.device)
+            device=self.device, time_location=self.time_location == "encode")
         with torch.inference_mode():
             tokens = self.encoder(cube).float()
         return tokens.clone()  # a normal tensor: heads may use it under autograd
@@ -99,6 +102,19 @@ class TokenCache:
 
         idx = np.asarray(indices)
         return torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.float32)).to(device)
+
+
+def resolve_time_location(encoder: Any, time_location: str = "auto") -> str:
+    """``encode`` or ``zero`` for ``encoder``: the embed stage's rule, on its identity.
+
+    ``auto`` zeroes the time/location channels of a random-weight encoder and encodes
+    them for a checkpoint, exactly as ``geofm embed`` does
+    (:func:`geofm.embed.stage.resolve_time_location`).
+    """
+    from geofm.embed.stage import resolve_time_location as resolve
+
+    identity = dict(getattr(encoder, "identity", {}) or {})
+    return resolve(time_location, random_init=bool(identity.get("random_init")))
 
 
 def build_cache(chip_encoder: ChipEncoder, *, batch_size: int = 16,

@@ -249,6 +249,16 @@ class _Renderer:
                     cls[e.pixels] = BARE
         return cls
 
+    def young_pasture(self, date: dt.date) -> np.ndarray | None:
+        """Mask (bool [rows, cols]) of cleared pixels regrown to pasture by ``date``."""
+        regrown = [e for e in self.events if date >= e.timing.regrowth]
+        if not regrown:
+            return None
+        mask = np.zeros(self.landcover.class_map.shape, bool)
+        for e in regrown:
+            mask[e.pixels] = True
+        return mask
+
     def render(self, index: int, date: dt.date, sky: clouds.DateSky,
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Bands (uint16 per canvas grid at native resolution) and SCL (uint8, 20 m)."""
@@ -269,9 +279,14 @@ class _Renderer:
         offset = timeline.boa_offset(date)
         swaths = {f: clouds.swath_mask(sky, shape, f, seed=seed, index=index)
                   for f in FACTORS.values()}
+        young = self.young_pasture(date)
+        soil = spectra.YOUNG_PASTURE_BARE
         bands: dict[str, np.ndarray] = {}
         for j, name in enumerate(spectra.BANDS):
             surface = (self.dormant[j][cls] + weight * self.delta[j][cls]) * tex
+            if young is not None:  # young pasture: pasture mixed with bare soil
+                surface[young] = ((1.0 - soil) * surface[young]
+                                  + soil * self.dormant[j][BARE] * tex[young])
             haze_b = haze * (0.49 / spectra.wavelength(name)) ** 2
             value = (gain * surface + haze_b) * ground
             value += sky_f.opacity * (spectra.CLOUD[name] * sky_f.brightness)

@@ -32,6 +32,10 @@ _SPECTRA: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
     WATER: ((700, 600, 520, 300, 250, 200, 180, 150, 140, 90, 80, 50),) * 2,
     URBAN: ((1250, 1150, 1250, 1350, 1450, 1600, 1700, 1800, 1850, 1300, 2250, 2050),) * 2,
 }
+#: Share of bare soil seen through a young pasture (a cleared cell after regrowth):
+#: new Amazon pastures keep exposed soil and slash, so they are brighter in the visible
+#: than mature pasture (peak red about 0.07 reflectance against 0.04, forest 0.025).
+YOUNG_PASTURE_BARE = 0.2
 #: Seasonal behaviour per class: (amplitude, day of year of the peak, sharpness).
 SEASON: dict[int, tuple[float, float, float]] = {
     FOREST: (1.0, 200.0, 1.0), PASTURE: (1.0, 160.0, 1.0), CROPLAND: (1.0, 190.0, 3.0),

@@ -14,6 +14,10 @@ BASELINE_SWITCH = dt.date(2022, 1, 25)
 DEFAULT_SPAN_DAYS = 730
 #: Days from the clearing to the pasture that replaces the bare soil.
 REGROWTH_DAYS = (60, 120)
+#: Acquisitions on or after a planted event's date that remain in the series (at least).
+MIN_ACQUISITIONS_AFTER = 6
+#: Days from a planted event's date to the last acquisition (at least).
+MIN_DAYS_AFTER = 120
 
 _KEY_EVENTS = 31
 
@@ -84,21 +88,34 @@ class EventTiming:
 def event_timings(dates: list[dt.date], n_events: int, *, seed: int) -> list[EventTiming]:
     """Draw ``n_events`` clearing dates inside the monitoring period.
 
-    Each date falls between two acquisitions ``(d[k-1], d[k]]`` with ``k`` from the
-    one after :func:`monitor_index` to the third-last acquisition (so at least three
-    acquisitions show the change) and is never the baseline-switch day.
+    Each date falls between two acquisitions ``(d[k-1], d[k]]`` with ``k`` after
+    :func:`monitor_index` and is never the baseline-switch day. Every event stays
+    observable: at least :data:`MIN_ACQUISITIONS_AFTER` (6) acquisitions ``d[k:]`` on or
+    after it remain, and the last acquisition is at least :data:`MIN_DAYS_AFTER` (120)
+    days after it, so both the bare-soil phase and the pasture that follows show even
+    when clouds hide a few dates. A series too short for that (e.g. 5 dates 10 days
+    apart) falls back to the loosest room that still shows a change: three
+    acquisitions ``d[k:]``, no day limit.
     """
     rng = rng_for(seed, _KEY_EVENTS)
     m, n = monitor_index(dates), len(dates)
-    candidates = [k for k in range(m + 1, n - 2)
-                  if any(dates[k - 1] + dt.timedelta(days=j) != BASELINE_SWITCH
-                         for j in range(1, (dates[k] - dates[k - 1]).days + 1))]
+    latest = dates[-1] - dt.timedelta(days=MIN_DAYS_AFTER)
+
+    def days_in(k: int, strict: bool) -> list[int]:
+        gap = (dates[k] - dates[k - 1]).days
+        return [j for j in range(1, gap + 1)
+                if dates[k - 1] + dt.timedelta(days=j) != BASELINE_SWITCH
+                and (not strict or dates[k - 1] + dt.timedelta(days=j) <= latest)]
+
+    strict = True
+    candidates = [k for k in range(m + 1, n - MIN_ACQUISITIONS_AFTER + 1) if days_in(k, True)]
+    if not candidates:
+        strict = False
+        candidates = [k for k in range(m + 1, n - 2) if days_in(k, False)]
     out = []
     for _ in range(n_events):
         k = int(candidates[rng.integers(len(candidates))])
-        gap = (dates[k] - dates[k - 1]).days
-        days = [j for j in range(1, gap + 1)
-                if dates[k - 1] + dt.timedelta(days=j) != BASELINE_SWITCH]
+        days = days_in(k, strict)
         date = dates[k - 1] + dt.timedelta(days=int(days[rng.integers(len(days))]))
         regrowth = date + dt.timedelta(days=int(rng.integers(REGROWTH_DAYS[0],
                                                              REGROWTH_DAYS[1] + 1)))
@@ -107,7 +124,10 @@ def event_timings(dates: list[dt.date], n_events: int, *, seed: int) -> list[Eve
 
 
 def min_dates_for_events() -> int:
-    """Fewest acquisitions that leave room for events (one before, three after)."""
+    """Fewest acquisitions that leave room for events (one before, three after).
+
+    Longer series give each event more room; see :func:`event_timings`.
+    """
     return 5
 
 

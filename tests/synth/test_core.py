@@ -319,3 +319,36 @@ def test_bad_arguments_say_what_to_pass(tmp_path, kwargs, match):
         synthesize(tmp_path / "bad", **kwargs)
     assert isinstance(info.value, GeofmError) and isinstance(info.value, ValueError)
     assert not (tmp_path / "bad").exists()  # nothing written before validation
+
+
+def test_cleared_cell_regrows_to_young_pasture_brighter_than_mature(tmp_path):
+    from geofm.synth import spectra
+    from geofm.synth.landcover import FOREST, PASTURE
+
+    out = synthesize(tmp_path / "s", seed=0, size=128, n_dates=36, n_events=1, chip_size=64)
+    truth = _truth(out)
+    (event,) = truth["events"]
+    forest = next((c["row"], c["col"]) for c in truth["cells"]
+                  if c["class"] == "forest" and c["event"] is None)
+    dormant, peak = spectra.spectra_tables()
+    j = spectra.BANDS.index("red")
+    excess = []
+    for item in _items(out):
+        day = item.datetime.date()
+        if day.isoformat() < event["regrowth_date"]:
+            continue
+        cells = [_cell_mean(item, "scl", r, c, 64)[1] for r, c in
+                 ((event["row"], event["col"]), forest)]
+        if min(cells) < 0.99:
+            continue
+        red = _read(item, "red").astype(float)
+        mean = [red[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64].mean()
+                for r, c in ((event["row"], event["col"]), forest)]
+        doy = spectra.day_of_year(day)
+        table = {code: dormant[code, j] + spectra.seasonal_weight(code, doy)
+                 * (peak[code, j] - dormant[code, j]) for code in (FOREST, PASTURE)}
+        # Mature pasture would sit (pasture - forest) above the forest cell; young
+        # pasture shows 20 % bare soil (~1950 DN red) on top of that.
+        excess.append(mean[0] - mean[1] - (table[PASTURE] - table[FOREST]))
+    assert excess
+    assert min(excess) > 150

@@ -37,6 +37,33 @@ def test_events_fall_in_monitoring_period_with_three_acquisitions_after(n, caden
             assert 60 <= (ev.regrowth - ev.date).days <= 120
 
 
+@pytest.mark.parametrize(("n", "cadence", "start"), [
+    (36, None, dt.date(2021, 1, 1)), (36, None, dt.date(2021, 6, 1)), (14, 30, dt.date(2021, 6, 1)),
+    (60, 5, dt.date(2021, 6, 1)), (24, None, dt.date(2021, 1, 1)),
+])
+def test_every_event_has_six_acquisitions_and_120_days_after_it(n, cadence, start):
+    dates = timeline.acquisition_dates(start, n, cadence)
+    timings = [ev for seed in range(20) for ev in timeline.event_timings(dates, 6, seed=seed)]
+    for ev in timings:
+        assert n - ev.first_index >= timeline.MIN_ACQUISITIONS_AFTER == 6
+        assert (dates[-1] - ev.date).days >= timeline.MIN_DAYS_AFTER == 120
+    # Still spread over the whole allowed window, not bunched at its start.
+    assert len({ev.date for ev in timings}) >= 10
+
+
+def test_events_are_deterministic_per_seed():
+    dates = timeline.acquisition_dates(dt.date(2021, 1, 1), 36, None)
+    assert (timeline.event_timings(dates, 6, seed=3)
+            == timeline.event_timings(dates, 6, seed=3)
+            != timeline.event_timings(dates, 6, seed=4))
+
+
+def test_too_short_series_falls_back_to_three_acquisitions_after():
+    dates = timeline.acquisition_dates(dt.date(2021, 6, 1), 5, 10)
+    ks = {ev.first_index for s in range(20) for ev in timeline.event_timings(dates, 3, seed=s)}
+    assert ks == {timeline.monitor_index(dates) + 1} and max(ks) <= 2
+
+
 def test_monitoring_starts_after_first_year_when_series_is_long():
     dates = timeline.acquisition_dates(dt.date(2021, 1, 1), 36, None)
     assert dates[timeline.monitor_index(dates)] >= dt.date(2022, 1, 1)
