@@ -10,8 +10,10 @@ clearings (``truth.json``), ``geofm.chip.chip`` cuts it on the truth's chip grid
 - false alarms per 20 unchanged chips: detections on non-event cells * 20 / non-event cells;
 - date error: |index of detected date - index of truth ``first_changed_date``| counted in
   the chip's own valid acquisitions; share of detections within 2 acquisitions;
-- switch hits: detections dated at the chip's first acquisition on or after the
-  2022-01-25 processing-baseline switch that are not the planted event date.
+- switch hits: spurious detections dated at the chip's first acquisition on or after the
+  2022-01-25 processing-baseline switch: on an unchanged chip, or on an event chip but
+  before its ``first_changed_date`` (an event whose first clear acquisition is the first
+  after the switch is not counted).
 
 Usage::
 
@@ -86,7 +88,8 @@ def score(root: Path, truth: dict, chip_size: int) -> dict:
         i_switch = int(np.searchsorted(obs, switch.value))
         at_switch = i_switch < obs.size and obs[i_switch] == pd.Timestamp(row.change_date).value
         truth_first = events.get(row.chip_id, {}).get("first_changed_date")
-        if at_switch and not (truth_first and pd.Timestamp(truth_first, tz="UTC") ==
+        # Spurious: an unchanged chip, or an event chip dated before its event.
+        if at_switch and not (truth_first and pd.Timestamp(truth_first, tz="UTC") <=
                               pd.Timestamp(row.change_date)):
             switch_hits += 1
     n_events = len(events)

@@ -56,7 +56,7 @@ class DemoReport:
                   "| class | query chip | precision@k | top hits (similarity) |",
                   "| --- | --- | --- | --- |"]
         for s in self.searches:
-            hits = ", ".join(f"{h['chip_id']} ({h['similarity']:.3f}, {h['class']})"
+            hits = ", ".join(f"{h['chip_id']} ({h['similarity']:.4f}, {h['class']})"
                              for h in s["hits"][:3])
             lines.append(f"| {s['class']} | {s['query']} | {s['precision']:.2f} | {hits} |")
         c = self.changes
@@ -171,7 +171,8 @@ def demo(out: str | os.PathLike[str], *, seed: int = 0, size: int = 512, n_dates
         # The demo has no checkpoint by design; the report says so instead of a warning.
         warnings.simplefilter("ignore", GeofmWarning)
         run_pipeline(config)
-    report = DemoReport(out=out, stages=read_manifest(root)["stages"])
+    stages = read_manifest(root)["stages"]
+    report = DemoReport(out=out, stages={s: stages[s] for s in config.stages if s in stages})
     report.searches = _example_searches(root, truth, k=k)
     report.changes = _score_changes(root, truth)
     (out / "report.md").write_text(report.markdown(), encoding="utf-8")
