@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-dates", type=int, default=36)
     parser.add_argument("--n-events", type=int, default=6)
     parser.add_argument("--chip-size", type=int, default=64)
-    parser.add_argument("--signal", nargs="+", default=["pcs"])
+    parser.add_argument("--signal", nargs="+", default=["pc1"])
     parser.add_argument("--embedding", nargs="+", default=["cls"])
-    parser.add_argument("--threshold", type=float, nargs="+", default=[2.5])
+    parser.add_argument("--threshold", type=float, nargs="+", default=[3.0])
     parser.add_argument("--consecutive", type=int, nargs="+", default=[3])
     parser.add_argument("--grid", action="store_true",
                         help="tuning grid: signal pc1/pc2/cosine x embedding cls/mean")

@@ -206,3 +206,18 @@ def test_bad_vector_is_a_recorded_failure_not_a_crash(run_root):
                  "--overwrite", "--no-progress"]) == 1
     ts = pq.read_table(run_root.analysis_dir / "timeseries.parquet").to_pandas()
     assert len(ts) == 5 * N_DATES + (N_DATES - 16) - 1  # the bad row is left out
+
+
+def test_defaults_monitor_pc1_with_three_in_a_row():
+    import argparse
+    import inspect
+
+    from geofm.analyze.stage import add_arguments
+
+    params = inspect.signature(analyze).parameters
+    defaults = {k: params[k].default for k in ("signal", "threshold", "consecutive")}
+    assert defaults == {"signal": "pc1", "threshold": 3.0, "consecutive": 3}
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--root", "x"])
+    assert (args.signal, args.threshold, args.consecutive) == ("pc1", 3.0, 3)
