@@ -4,7 +4,7 @@ Records the per-epoch validation curve (held-out chip locations) and the speed-u
 token cache: epoch time with cached encoder tokens vs re-encoding every chip every epoch
 (the baseline, measured in the same run on the same data).
 
-    python benchmarks/bench_finetune.py                 # size 512, chip 64, 6 dates, 10 epochs
+    python benchmarks/bench_finetune.py                 # size 1024, chip 64, 6 dates, 10 epochs
     python benchmarks/bench_finetune.py --quick         # size 256, 6 dates, 5 epochs
 """
 
@@ -33,12 +33,16 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=1024,
+                        help="synth side in pixels (1024: 256 chip locations, 64 held out)")
     parser.add_argument("--chip-size", type=int, default=64)
     parser.add_argument("--n-dates", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--out-channels", type=int, default=16)
+    parser.add_argument("--time-location", default="auto", choices=("auto", "encode", "zero"))
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -74,6 +78,8 @@ def main() -> None:
         encoder = load_encoder(preset=args.model)
 
     common = dict(encoder=encoder, batch_size=args.batch_size, lr=args.lr, class_names=names,
+                  hidden=args.hidden, out_channels=args.out_channels,
+                  time_location=args.time_location,
                   seed=args.seed, overwrite=True, progress=False)
     t0 = time.perf_counter()
     cached = finetune(work / "root", labels, work / "head", epochs=args.epochs, patience=None,
@@ -118,8 +124,11 @@ Synthetic Sentinel-2 L2A (`geofm synth`, seed {args.seed}, {args.size} px = \
 **random-weight `{args.model}` encoder** (dim {encoder.dim}, patch {encoder.patch_size}); \
 labels = the synth land-cover raster (6 classes). Validation = held-out chip *locations* \
 ({counts['val_locations']} of {counts['locations']}; {counts['train_samples']} train / \
-{counts['val_samples']} validation chip-dates). AdamW lr {args.lr:g}, cosine, batch \
-{args.batch_size}, class weights auto, {n_ep} epochs, no early stopping.
+{counts['val_samples']} validation chip-dates: every clear acquisition of a location is a \
+sample). Head widths hidden {args.hidden}, out_channels {args.out_channels}; encoder \
+time/location channels: {metrics['encoder'].get('time_location')} (`{args.time_location}`). \
+AdamW lr {args.lr:g}, weight decay 0.01, cosine, batch {args.batch_size}, class weights \
+auto, {n_ep} epochs, no early stopping.
 
 Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, \
 {torch.get_num_threads()} CPU threads (shared machine: absolute seconds are noisy, the \

@@ -92,13 +92,14 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
              labels: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
              out: str | os.PathLike[str], *, task: str = "segmentation",
              checkpoint: str | os.PathLike[str] | None = None, model: str | None = None,
-             epochs: int = 10, batch_size: int = 16, lr: float = 1e-3,
+             epochs: int = 10, batch_size: int = 16, lr: float = 3e-3,
              weight_decay: float = 1e-2, class_weights: str = "auto", patience: int | None = 3,
              val_fraction: float = 0.25, date_window_days: float | None = None,
              label_date: str | None = None, n_classes: int | None = None,
              class_names: Sequence[str] | None = None, bands: Sequence[str] | None = None,
-             pool: str = "mean", cache: str = "memory", device: str = "auto", seed: int = 0,
-             encoder: Any = None, overwrite: bool = False,
+             pool: str = "mean", hidden: int = 128, out_channels: int = 16,
+             cache: str = "memory", time_location: str = "auto",
+             device: str = "auto", seed: int = 0, encoder: Any = None, overwrite: bool = False,
              progress: bool = True) -> StageRecord:
     """Train a head on the frozen encoder and write its best checkpoint and metrics.
 
@@ -122,8 +123,15 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         class_names: a name per code.
         bands: bands fed to the encoder (default: the chips' bands).
         pool: classification head input, ``mean`` of the patch tokens or ``cls``.
+        hidden: channels of the segmentation head's two 3x3 conv blocks.
+        out_channels: segmentation channels per pixel after the pixel shuffle (the 1x1
+            conv before it has ``out_channels * p**2``).
         cache: where encoder tokens are kept: ``memory``, ``disk`` (float16
             ``out/cache/tokens.npy``) or ``none`` (re-encode every epoch; slow, for benchmarks).
+        time_location: ``encode`` acquisition time and chip centre into the encoder's 8
+            time/location channels, ``zero`` them, or ``auto`` (the rule of ``geofm embed``:
+            zero for random weights, encode for a checkpoint). The resolved value is kept in
+            the head's config, so ``geofm predict`` builds its inputs the same way.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seeds the split, the head's initialisation and the shuffling.
         encoder: an already loaded encoder (from :func:`geofm.model.load_encoder`) to use
@@ -143,7 +151,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
     """
     import torch
 
-    from geofm.finetune.cache import ChipEncoder, build_cache
+    from geofm.finetune.cache import ChipEncoder, build_cache, resolve_time_location
     from geofm.finetune.data import load_labelled_chips, split_locations
     from geofm.finetune.heads import TASKS, build_head
     from geofm.finetune.train import (
@@ -172,9 +180,10 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
               "checkpoint": None if checkpoint is None else str(checkpoint), "model": model,
               "epochs": epochs, "batch_size": batch_size, "lr": lr,
               "weight_decay": weight_decay, "class_weights": class_weights,
+              "hidden": hidden, "out_channels": out_channels,
               "patience": patience, "val_fraction": val_fraction,
               "date_window_days": date_window_days, "label_date": label_date, "seed": seed,
-              "cache": cache, "device": device}
+              "cache": cache, "time_location": time_location, "device": device}
     out.mkdir(parents=True, exist_ok=True)
     with StageRecord(out, "finetune", config=config) as record:
         data = load_labelled_chips(run, label_list, n_classes=n_classes,
@@ -182,6 +191,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
                                    label_date=label_date, bands=bands)
         encoder = load_encoder_for(checkpoint=checkpoint, model=model, device=device,
                                    encoder=encoder)
+        resolved_tl = resolve_time_location(encoder, time_location)
         train_ids, val_ids = split_locations(data.locations, val_fraction=val_fraction,
                                              seed=seed)
         chip_ids = data.samples["chip_id"]
@@ -195,7 +205,8 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
                  len(train_ids), len(val_ids), data.n_classes)
 
         chip_encoder = ChipEncoder(encoder=encoder, root=run.path, samples=data.samples,
-                                   bands=data.bands, device=device)
+                                   bands=data.bands, device=device,
+                                   time_location=resolved_tl)
         if cache == "none":
             source = chip_encoder
         else:
@@ -217,7 +228,9 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
             weights = class_weights_from_counts(counts)
 
         torch.manual_seed(seed)
-        head_options: dict[str, Any] = {"pool": pool} if task == "classification" else {}
+        # widths are stored so a checkpoint rebuilds the same head whatever the defaults
+        head_options: dict[str, Any] = ({"pool": pool} if task == "classification" else
+                                        {"hidden": hidden, "out_channels": out_channels})
         head = build_head(task, dim=int(encoder.dim), patch_size=int(encoder.patch_size),
                           n_classes=data.n_classes, **head_options)
         result = train_head(head, source, targets, train_idx=train_idx, val_idx=val_idx,
@@ -225,10 +238,12 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
                             lr=lr, weight_decay=weight_decay, class_weights=weights,
                             patience=patience, seed=seed, device=device, progress=progress)
         identity = dict(getattr(encoder, "identity", {}) or {})
+        identity["time_location"] = resolved_tl
         head_config = {"task": task, "dim": int(encoder.dim),
                        "patch_size": int(encoder.patch_size), "n_classes": data.n_classes,
                        "class_names": data.class_names, "bands": list(data.bands),
                        "sensor": data.sensor, "encoder": identity, "head_options": head_options,
+                       "time_location": resolved_tl,
                        "chip_size": [data.grids[0].height, data.grids[0].width],
                        "best_epoch": result.best_epoch, "train_locations": train_ids,
                        "val_locations": val_ids}
@@ -262,7 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "base|large")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-2)
     parser.add_argument("--class-weights", choices=("auto", "none"), default="auto")
     parser.add_argument("--patience", type=int, default=3,
@@ -276,7 +291,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bands", default=None, help="comma list (default: the chips' bands)")
     parser.add_argument("--pool", choices=("mean", "cls"), default="mean",
                         help="classification head input")
+    parser.add_argument("--hidden", type=int, default=128,
+                        help="segmentation head: channels of the two conv blocks")
+    parser.add_argument("--out-channels", type=int, default=16,
+                        help="segmentation head: channels per pixel after the pixel shuffle")
     parser.add_argument("--cache", choices=("memory", "disk", "none"), default="memory")
+    parser.add_argument("--time-location", choices=("auto", "encode", "zero"), default="auto",
+                        help="encode acquisition time/position into the encoder input, zero "
+                             "them, or auto (zero for random weights, as `geofm embed`)")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
@@ -296,7 +318,9 @@ def run_cli(args: argparse.Namespace) -> int:
         patience=args.patience or None, val_fraction=args.val_fraction,
         date_window_days=args.date_window_days, label_date=args.label_date,
         n_classes=args.n_classes, class_names=_split(args.class_names),
-        bands=_split(args.bands), pool=args.pool, cache=args.cache, device=args.device,
+        bands=_split(args.bands), pool=args.pool, hidden=args.hidden,
+        out_channels=args.out_channels, cache=args.cache,
+        time_location=args.time_location, device=args.device,
         seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
     return 1 if record.failures else 0
 

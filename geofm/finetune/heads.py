@@ -42,8 +42,8 @@ class SegmentationHead(nn.Module):
         input_norm: standardise the token channels first (BatchNorm2d over D).
     """
 
-    def __init__(self, dim: int, patch_size: int, n_classes: int, *, hidden: int = 256,
-                 out_channels: int = 32, input_norm: bool = True) -> None:
+    def __init__(self, dim: int, patch_size: int, n_classes: int, *, hidden: int = 128,
+                 out_channels: int = 16, input_norm: bool = True) -> None:
         super().__init__()
         self.dim, self.patch_size, self.n_classes = dim, patch_size, n_classes
         self.input_norm = nn.BatchNorm2d(dim) if input_norm else nn.Identity()

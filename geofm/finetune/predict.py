@@ -143,6 +143,8 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
             raise GeofmValueError(f"head {head} was trained on {head_cfg['sensor']} chips, the "
                                   f"run root {run.path} holds {', '.join(sorted(sensors))}")
         bands = tuple(head_cfg["bands"])
+        # the head's inputs were built this way; heads from before the option encoded them
+        time_location = str(head_cfg.get("time_location", "encode"))
         scene_ids = sorted(table["scene_id"].unique())
         if scenes is not None:
             missing = sorted(set(scenes) - set(scene_ids))
@@ -161,7 +163,8 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
             try:
                 _predict_scene(target, rows, ChipEncoder(encoder=encoder, root=run.path,
                                                          samples=rows, bands=bands,
-                                                         device=device),
+                                                         device=device,
+                                                         time_location=time_location),
                                head_module, head_cfg, batch_size=batch_size,
                                predict_codes=predict_codes)
             except GeofmError as exc:

@@ -23,6 +23,8 @@ def test_outputs_of_a_training_run(trained_head, chipped_root, class_names):
     assert cfg["task"] == "segmentation" and cfg["n_classes"] == 6 and cfg["patch_size"] == 8
     assert cfg["encoder"]["preset"] == "tiny" and cfg["encoder"]["random_init"] is True
     assert cfg["bands"] == ["blue", "green", "red", "nir"]
+    # random weights: time/location channels zeroed, as `geofm embed` does (auto rule)
+    assert cfg["time_location"] == "zero" and cfg["encoder"]["time_location"] == "zero"
     # split by location: disjoint, and together every chip location of the run
     train, val = set(cfg["train_locations"]), set(cfg["val_locations"])
     assert not train & val
@@ -119,3 +121,27 @@ def test_cli_classification_run(chipped_root, label_raster, tmp_path):
     assert metrics["task"] == "classification" and len(metrics["history"]) == 1
     n_val = metrics["counts"]["val_samples"]
     assert sum(map(sum, metrics["best"]["confusion"])) == n_val  # one count per chip
+
+
+def test_time_location_rule_follows_the_embed_stage(chipped_root, tiny_encoder):
+    from geofm.finetune.cache import ChipEncoder, resolve_time_location
+
+    assert resolve_time_location(tiny_encoder, "auto") == "zero"
+    assert resolve_time_location(tiny_encoder, "encode") == "encode"
+    with pytest.raises(GeofmValueError, match="unknown time_location 'sometimes'"):
+        resolve_time_location(tiny_encoder, "sometimes")
+    table = read_chip_table(chipped_root)
+    one = table[table["chip_id"] == table["chip_id"].iloc[0]].head(2).reset_index(drop=True)
+    # same pixels, two different dates and positions: only "encode" tells them apart
+    out = {}
+    for rule in ("zero", "encode"):
+        enc = ChipEncoder(encoder=tiny_encoder, root=chipped_root, samples=one,
+                          bands=("blue", "green", "red", "nir"), time_location=rule)
+        pixels, _ = enc.read([0])
+        moved = one.copy()
+        moved.loc[1, ["lat", "lon"]] = moved.loc[0, ["lat", "lon"]].to_numpy() + 10.0
+        enc.samples = moved
+        moved.loc[1, "date"] = moved.loc[0, "date"] + pd.Timedelta(days=100)
+        out[rule] = enc.encode_pixels(np.concatenate([pixels, pixels]), [0, 1])
+    assert torch.allclose(out["zero"][0], out["zero"][1])
+    assert not torch.allclose(out["encode"][0], out["encode"][1])
