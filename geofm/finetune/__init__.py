@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from geofm.exceptions import GeofmFileExistsError, GeofmValueError
+from geofm.finetune.layers import DEFAULT_LAYERS
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord
 
@@ -99,6 +100,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
              class_names: Sequence[str] | None = None, bands: Sequence[str] | None = None,
              pool: str = "mean", hidden: int = 128, out_channels: int = 16,
              cache: str = "memory", time_location: str = "auto",
+             layers: str | Sequence[int | str] | None = None,
              device: str = "auto", seed: int = 0, encoder: Any = None, overwrite: bool = False,
              progress: bool = True) -> StageRecord:
     """Train a head on the frozen encoder and write its best checkpoint and metrics.
@@ -132,6 +134,12 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
             time/location channels, ``zero`` them, or ``auto`` (the rule of ``geofm embed``:
             zero for random weights, encode for a checkpoint). The resolved value is kept in
             the head's config, so ``geofm predict`` builds its inputs the same way.
+        layers: encoder layers whose patch tokens feed the head, concatenated along the
+            feature axis (width D * n): ``"last"`` (the encoder output) or block indices
+            such as ``"1,3,5"`` (0-based; the residual stream after that block, as Clay's
+            segmentor taps intermediate blocks); default
+            :data:`geofm.finetune.layers.DEFAULT_LAYERS`. Kept in the head's config
+            (``layers``) so ``geofm predict`` extracts the same features.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seeds the split, the head's initialisation and the shuffling.
         encoder: an already loaded encoder (from :func:`geofm.model.load_encoder`) to use
@@ -154,6 +162,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
     from geofm.finetune.cache import ChipEncoder, build_cache, resolve_time_location
     from geofm.finetune.data import load_labelled_chips, split_locations
     from geofm.finetune.heads import TASKS, build_head
+    from geofm.finetune.layers import layers_to_config, parse_layers
     from geofm.finetune.train import (
         class_weights_from_counts,
         plot_curves,
@@ -192,6 +201,9 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         encoder = load_encoder_for(checkpoint=checkpoint, model=model, device=device,
                                    encoder=encoder)
         resolved_tl = resolve_time_location(encoder, time_location)
+        layer_sel = parse_layers(layers, depth=len(encoder.transformer.layers))
+        record.config["layers"] = layers_to_config(layer_sel)
+        feature_dim = int(encoder.dim) * len(layer_sel)
         train_ids, val_ids = split_locations(data.locations, val_fraction=val_fraction,
                                              seed=seed)
         chip_ids = data.samples["chip_id"]
@@ -206,7 +218,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
 
         chip_encoder = ChipEncoder(encoder=encoder, root=run.path, samples=data.samples,
                                    bands=data.bands, device=device,
-                                   time_location=resolved_tl)
+                                   time_location=resolved_tl, layers=layer_sel)
         if cache == "none":
             source = chip_encoder
         else:
@@ -231,7 +243,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         # widths are stored so a checkpoint rebuilds the same head whatever the defaults
         head_options: dict[str, Any] = ({"pool": pool} if task == "classification" else
                                         {"hidden": hidden, "out_channels": out_channels})
-        head = build_head(task, dim=int(encoder.dim), patch_size=int(encoder.patch_size),
+        head = build_head(task, dim=feature_dim, patch_size=int(encoder.patch_size),
                           n_classes=data.n_classes, **head_options)
         result = train_head(head, source, targets, train_idx=train_idx, val_idx=val_idx,
                             n_classes=data.n_classes, epochs=epochs, batch_size=batch_size,
@@ -244,6 +256,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
                        "class_names": data.class_names, "bands": list(data.bands),
                        "sensor": data.sensor, "encoder": identity, "head_options": head_options,
                        "time_location": resolved_tl,
+                       "layers": layers_to_config(layer_sel), "feature_dim": feature_dim,
                        "chip_size": [data.grids[0].height, data.grids[0].width],
                        "best_epoch": result.best_epoch, "train_locations": train_ids,
                        "val_locations": val_ids}
@@ -299,6 +312,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-location", choices=("auto", "encode", "zero"), default="auto",
                         help="encode acquisition time/position into the encoder input, zero "
                              "them, or auto (zero for random weights, as `geofm embed`)")
+    parser.add_argument("--layers", default=None,
+                        help="encoder layers feeding the head, concatenated: 'last' or 0-based "
+                             "block indices, e.g. 0,3,5 (default "
+                             f"{DEFAULT_LAYERS}, chosen on validation mIoU)")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
@@ -320,7 +337,7 @@ def run_cli(args: argparse.Namespace) -> int:
         n_classes=args.n_classes, class_names=_split(args.class_names),
         bands=_split(args.bands), pool=args.pool, hidden=args.hidden,
         out_channels=args.out_channels, cache=args.cache,
-        time_location=args.time_location, device=args.device,
+        time_location=args.time_location, layers=args.layers, device=args.device,
         seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
     return 1 if record.failures else 0
 

@@ -2,7 +2,8 @@
 
 The encoder runs in eval mode under ``torch.inference_mode``; its weights never see a
 gradient. Tokens are stored as float16 [N, 1+L, D] in memory or in a ``.npy`` memmap
-on disk, so later epochs cost only the head. :class:`ChipEncoder` is also the
+on disk, so later epochs cost only the head. With a layer selection (see
+:mod:`geofm.finetune.layers`) the width is ``D * n_layers``. :class:`ChipEncoder` is also the
 "no cache" path (re-encode every batch), used by the benchmark and by ``predict``.
 """
 
@@ -34,6 +35,8 @@ class ChipEncoder:
         device: torch device string.
         time_location: ``encode`` the acquisition date and chip centre into Clay's 8
             time/location channels, or ``zero`` them (see :func:`resolve_time_location`).
+        layers: encoder layers whose tokens are concatenated (from
+            :func:`geofm.finetune.layers.parse_layers`); ``("last",)`` is the encoder output.
     """
 
     encoder: Any
@@ -42,6 +45,7 @@ class ChipEncoder:
     bands: tuple[str, ...]
     device: str = "cpu"
     time_location: str = "encode"
+    layers: tuple[int | str, ...] = ("last",)
 
     def __post_init__(self) -> None:
         self.encoder.eval()
@@ -63,9 +67,10 @@ class ChipEncoder:
         return np.stack(pixels), np.stack(valid)
 
     def encode_pixels(self, pixels: np.ndarray, indices: Sequence[int]) -> Any:
-        """Tokens float32 [B, 1+L, D] (torch, on ``device``) of DN pixels [B, C, H, W]."""
+        """Tokens float32 [B, 1+L, D * n_layers] (torch, on ``device``) of DN [B, C, H, W]."""
         import torch
 
+        from geofm.finetune.layers import encode_layers
         from geofm.model import make_datacube
 
         rows = self.samples.iloc[list(indices)]
@@ -75,11 +80,11 @@ class ChipEncoder:
             lats=rows["lat"].to_numpy(np.float64), lons=rows["lon"].to_numpy(np.float64),
             device=self.device, time_location=self.time_location == "encode")
         with torch.inference_mode():
-            tokens = self.encoder(cube).float()
+            tokens = encode_layers(self.encoder, cube, self.layers)
         return tokens.clone()  # a normal tensor: heads may use it under autograd
 
     def __call__(self, indices: Sequence[int]) -> tuple[Any, np.ndarray]:
-        """Read and encode samples; returns (tokens float32 [B, 1+L, D], valid [B, H, W])."""
+        """Read and encode samples: (tokens float32 [B, 1+L, D * n_layers], valid [B, H, W])."""
         pixels, valid = self.read(indices)
         return self.encode_pixels(pixels, indices), valid
 
@@ -89,7 +94,7 @@ class TokenCache:
     """Encoder tokens of every sample, computed once.
 
     Attributes:
-        tokens: float16 [N, 1+L, D] (array or memmap), rows in sample order.
+        tokens: float16 [N, 1+L, D * n_layers] (array or memmap), rows in sample order.
         valid: bool [N, H, W], False where the chip pixel was nodata.
     """
 
@@ -97,7 +102,7 @@ class TokenCache:
     valid: np.ndarray
 
     def batch(self, indices: Sequence[int], device: str = "cpu") -> Any:
-        """Tokens float32 [B, 1+L, D] of ``indices`` as a torch tensor on ``device``."""
+        """Tokens float32 [B, 1+L, D * n_layers] of ``indices`` as a torch tensor on ``device``."""
         import torch
 
         idx = np.asarray(indices)

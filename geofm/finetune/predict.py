@@ -117,6 +117,7 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
     from geofm.finetune import load_encoder_for, resolve_device
     from geofm.finetune.cache import ChipEncoder
     from geofm.finetune.data import read_chip_table
+    from geofm.finetune.layers import parse_layers
     from geofm.finetune.train import load_head, predict_codes
     from geofm.log import progress as progress_bar
 
@@ -145,6 +146,9 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
         bands = tuple(head_cfg["bands"])
         # the head's inputs were built this way; heads from before the option encoded them
         time_location = str(head_cfg.get("time_location", "encode"))
+        # the encoder layers the head was trained on; heads from before the option: "last"
+        layers = parse_layers(head_cfg.get("layers", ["last"]),
+                              depth=len(encoder.transformer.layers))
         scene_ids = sorted(table["scene_id"].unique())
         if scenes is not None:
             missing = sorted(set(scenes) - set(scene_ids))
@@ -164,7 +168,8 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
                 _predict_scene(target, rows, ChipEncoder(encoder=encoder, root=run.path,
                                                          samples=rows, bands=bands,
                                                          device=device,
-                                                         time_location=time_location),
+                                                         time_location=time_location,
+                                                         layers=layers),
                                head_module, head_cfg, batch_size=batch_size,
                                predict_codes=predict_codes)
             except GeofmError as exc:

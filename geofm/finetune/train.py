@@ -221,7 +221,9 @@ def load_head(path: str | os.PathLike[str], *, device: str = "cpu") -> tuple[Any
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         config, state = blob["config"], blob["state_dict"]
-        head = build_head(config["task"], dim=config["dim"], patch_size=config["patch_size"],
+        # heads on several encoder layers take D * n_layers features (``feature_dim``)
+        head = build_head(config["task"], dim=config.get("feature_dim", config["dim"]),
+                          patch_size=config["patch_size"],
                           n_classes=config["n_classes"], **config.get("head_options", {}))
         head.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError, ValueError, OSError) as exc:

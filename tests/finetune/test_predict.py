@@ -32,9 +32,10 @@ def test_class_map_aligns_pixel_for_pixel_with_its_chips(predicted, trained_head
     rows = read_chip_table(chipped_root)
     rows = rows[rows["scene_id"] == scene].reset_index(drop=True)
     assert len(rows) >= 2
-    # the inputs are built as in training (time/location zeroed for random weights)
+    # the inputs are built as in training (time/location zeroed for random weights, the
+    # same encoder layers)
     chip_encoder = ChipEncoder(tiny_encoder, chipped_root, rows, tuple(cfg["bands"]),
-                               time_location=cfg["time_location"])
+                               time_location=cfg["time_location"], layers=tuple(cfg["layers"]))
     tokens, _ = chip_encoder(range(len(rows)))
     with torch.inference_mode():
         expected = head(tokens).argmax(dim=1).numpy() + 1

@@ -1,0 +1,115 @@
+"""Which encoder layers feed a head: parse the ``layers`` option and tap the blocks.
+
+Clay's own segmentor (``claymodel/finetune/segment``) feeds its decoder with feature
+maps from several intermediate transformer blocks, not only the last. Here a layer
+selection is a tuple of items, each ``"last"`` (the encoder output: every block, then
+the final LayerNorm) or a 0-based block index ``i`` (the residual stream after block
+``i``, before the final LayerNorm, as Clay's segmentor takes it). The tokens of the
+selected layers are concatenated along the feature axis: [B, 1+L, D * n_layers]
+(the CLS position is kept so the heads' input shape stays ``[B, 1+L, width]``; the
+segmentation head drops it).
+
+Blocks are tapped with forward pre-hooks on the encoder's own submodules (the input of
+block ``i + 1``'s attention, or of the final LayerNorm for the last block), so the
+encoder's forward pass runs unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from geofm.exceptions import GeofmValueError
+
+#: Default selection: the best validation mean IoU of the benchmark's sweep
+#: (``benchmarks/results/finetune.md``).
+DEFAULT_LAYERS = "last"
+
+Layer = int | str
+
+
+def parse_layers(value: str | Iterable[Layer] | None, *, depth: int) -> tuple[Layer, ...]:
+    """Normalise a layer selection.
+
+    Args:
+        value: ``"last"``, a comma list such as ``"0,2,5"`` or ``"1,last"``, a sequence of
+            ints / ``"last"``, or ``None`` (:data:`DEFAULT_LAYERS`).
+        depth: number of transformer blocks of the encoder.
+
+    Returns:
+        A tuple of block indices (ints in ``0..depth-1``) and/or ``"last"``, in the given
+        order (that is the order of the feature concatenation).
+
+    Raises:
+        GeofmValueError: an empty selection, an unknown item, an index out of range or a
+            repeated layer.
+    """
+    if value is None:
+        value = DEFAULT_LAYERS
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[Layer] = []
+    for item in items:
+        text = str(item).strip().lower()
+        if text == "last":
+            out.append("last")
+            continue
+        try:
+            index = int(text)
+        except ValueError:
+            raise GeofmValueError(
+                f"layers item {item!r} is neither 'last' nor a block index; use e.g. "
+                f"--layers last or --layers 0,2,5 (blocks 0..{depth - 1})") from None
+        if not 0 <= index < depth:
+            raise GeofmValueError(f"layers item {index} is out of range: the encoder has "
+                                  f"{depth} blocks (indices 0..{depth - 1})")
+        out.append(index)
+    if not out:
+        raise GeofmValueError("layers is empty; use 'last' or a comma list of block indices")
+    if len(set(out)) != len(out):
+        raise GeofmValueError(f"layers {value!r} repeats a layer; name each layer once")
+    return tuple(out)
+
+
+def layers_to_config(layers: Sequence[Layer]) -> list[Layer]:
+    """JSON/checkpoint form of a parsed selection (a plain list)."""
+    return list(layers)
+
+
+def encode_layers(encoder: Any, datacube: Mapping[str, Any],
+                  layers: Sequence[Layer]) -> Any:
+    """Run ``encoder`` on ``datacube`` and return the tokens of ``layers``, concatenated.
+
+    Args:
+        encoder: a :class:`geofm.model.encoder.ClayEncoder` (``transformer.layers`` =
+            blocks ``[attention, feed-forward]``, ``transformer.norm`` = final LayerNorm).
+        datacube: the encoder's input (see ``ClayEncoder.forward``).
+        layers: a selection from :func:`parse_layers`.
+
+    Returns:
+        float32 torch tensor [B, 1+L, D * len(layers)] (CLS first, then the patch tokens
+        in row-major order), layers in the order given.
+    """
+    import torch
+
+    if tuple(layers) == ("last",):
+        return encoder(datacube).float()
+    blocks = encoder.transformer.layers
+    taps: dict[int, Any] = {}
+    handles = []
+
+    def tap(index: int) -> Any:
+        def hook(_module: Any, inputs: tuple[Any, ...]) -> None:
+            taps[index] = inputs[0]
+        return hook
+
+    for index in {i for i in layers if i != "last"}:
+        # the output of block i is the input of block i + 1 (or of the final norm)
+        nxt = blocks[index + 1][0] if index + 1 < len(blocks) else encoder.transformer.norm
+        handles.append(nxt.register_forward_pre_hook(tap(index)))
+    try:
+        final = encoder(datacube)
+    finally:
+        for handle in handles:
+            handle.remove()
+    parts = [final if i == "last" else taps[i] for i in layers]
+    return torch.cat([p.float() for p in parts], dim=-1)
