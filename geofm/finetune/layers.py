@@ -46,7 +46,7 @@ def parse_layers(value: str | Iterable[Layer] | None, *, depth: int) -> tuple[La
     """
     if value is None:
         value = DEFAULT_LAYERS
-    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
     out: list[Layer] = []
     for item in items:
         text = str(item).strip().lower()
