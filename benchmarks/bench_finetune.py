@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--out-channels", type=int, default=16)
     parser.add_argument("--time-location", default="auto", choices=("auto", "encode", "zero"))
+    parser.add_argument("--layers", default=None,
+                        help="encoder layers feeding the head (default: finetune's default)")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -58,6 +60,7 @@ def main() -> None:
 
     from geofm.chip import chip
     from geofm.finetune import finetune
+    from geofm.finetune.layers import DEFAULT_LAYERS
     from geofm.model import load_encoder
     from geofm.synth import synthesize
 
@@ -79,7 +82,7 @@ def main() -> None:
 
     common = dict(encoder=encoder, batch_size=args.batch_size, lr=args.lr, class_names=names,
                   hidden=args.hidden, out_channels=args.out_channels,
-                  time_location=args.time_location,
+                  time_location=args.time_location, layers=args.layers,
                   seed=args.seed, overwrite=True, progress=False)
     t0 = time.perf_counter()
     cached = finetune(work / "root", labels, work / "head", epochs=args.epochs, patience=None,
@@ -126,7 +129,9 @@ labels = the synth land-cover raster (6 classes). Validation = held-out chip *lo
 ({counts['val_locations']} of {counts['locations']}; {counts['train_samples']} train / \
 {counts['val_samples']} validation chip-dates: every clear acquisition of a location is a \
 sample). Head widths hidden {args.hidden}, out_channels {args.out_channels}; encoder \
-time/location channels: {metrics['encoder'].get('time_location')} (`{args.time_location}`). \
+time/location channels: {metrics['encoder'].get('time_location')} (`{args.time_location}`); \
+head input: patch tokens of encoder layers `{args.layers or DEFAULT_LAYERS}` \
+(0-based blocks, `last` = encoder output), concatenated. \
 AdamW lr {args.lr:g}, weight decay 0.01, cosine, batch {args.batch_size}, class weights \
 auto, {n_ep} epochs, no early stopping.
 

@@ -101,6 +101,14 @@ def step_parser(stage: str, description: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def add_folder_inputs(parser: argparse.ArgumentParser, stage: str) -> argparse.ArgumentParser:
+    """Add one ``--<name>`` folder option per run-root input of ``stage`` (analyze, index)."""
+    for name in STEP_INPUTS[stage]:
+        parser.add_argument(f"--{name}", type=Path, default=Path(input_dir(name)),
+                            help=f"the {name}/ folder of the run (default: %(default)s)")
+    return parser
+
+
 def current_host(resource_config: str | os.PathLike[str] = RESOURCE_CONFIG) -> str:
     """Name of this instance: SageMaker's ``current_host``, or ``"local"`` elsewhere."""
     path = Path(resource_config)

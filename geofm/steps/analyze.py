@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from geofm.steps import _mounts
 
@@ -20,10 +19,7 @@ from geofm.steps import _mounts
 def build_parser() -> argparse.ArgumentParser:
     """Options of the analyze step (stage options are forwarded, see the module doc)."""
     parser = _mounts.step_parser("analyze", __doc__.splitlines()[0] if __doc__ else None)
-    for name in _mounts.STEP_INPUTS["analyze"]:
-        parser.add_argument(f"--{name}", type=Path, default=Path(_mounts.input_dir(name)),
-                            help=f"the {name}/ folder of the run (default: %(default)s)")
-    return parser
+    return _mounts.add_folder_inputs(parser, "analyze")
 
 
 def _work(args: argparse.Namespace, stage_args: list[str]) -> int:

@@ -14,7 +14,6 @@ import argparse
 import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from geofm.io import atomic_path
 from geofm.layout import RunRoot
@@ -24,10 +23,7 @@ from geofm.steps import _mounts
 def build_parser() -> argparse.ArgumentParser:
     """Options of the index step (stage options are forwarded, see the module doc)."""
     parser = _mounts.step_parser("index", __doc__.splitlines()[0] if __doc__ else None)
-    for name in _mounts.STEP_INPUTS["index"]:
-        parser.add_argument(f"--{name}", type=Path, default=Path(_mounts.input_dir(name)),
-                            help=f"the {name}/ folder of the run (default: %(default)s)")
-    return parser
+    return _mounts.add_folder_inputs(parser, "index")
 
 
 def _work(args: argparse.Namespace, stage_args: list[str]) -> int:
