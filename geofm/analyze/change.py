@@ -15,6 +15,7 @@ the first columns of row ``i`` and ``valid[i, t]`` says which columns are real.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,7 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
     monitor = valid & np.asarray(monitor, dtype=bool) & ~baseline
     y3 = np.where(valid[..., None], y3, 0.0)
     n_chips, n_t, n_comp = y3.shape
-    fit_kw = dict(alpha=alpha, chunk=chunk, obs_per_coef=obs_per_coef)
+    fit_kw: dict[str, Any] = dict(alpha=alpha, chunk=chunk, obs_per_coef=obs_per_coef)
 
     n_obs = valid.sum(axis=1)
     n_base = baseline.sum(axis=1)
@@ -221,9 +222,9 @@ def _fit(days: np.ndarray, y: np.ndarray, weights: np.ndarray, *, alpha: float, 
         y_rows = y[sl].transpose(0, 2, 1).reshape(m * n_comp, n_t)
         w_rows = np.repeat(weights[sl], n_comp, axis=0)
         fit = batched_lasso(design, y_rows, w_rows, alpha=alpha)
-        p = fit.predict(design)
-        pred[sl] = p.reshape(m, n_comp, n_t).transpose(0, 2, 1)
-        rmse[sl] = _rmse(y_rows - p, w_rows, fit).reshape(m, n_comp)
+        fitted = fit.predict(design)
+        pred[sl] = fitted.reshape(m, n_comp, n_t).transpose(0, 2, 1)
+        rmse[sl] = _rmse(y_rows - fitted, w_rows, fit).reshape(m, n_comp)
         coef[sl] = fit.coef.reshape(m, n_comp, -1)
         intercept[sl] = fit.intercept.reshape(m, n_comp)
     return pred, rmse, coef, intercept
