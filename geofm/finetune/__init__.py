@@ -137,7 +137,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         layers: encoder layers whose patch tokens feed the head, concatenated along the
             feature axis (width D * n): ``"last"`` (the encoder output) or block indices
             such as ``"1,3,5"`` (0-based; the residual stream after that block, as Clay's
-            segmentor taps intermediate blocks); default
+            segmentor taps intermediate blocks) or ``"embed"`` (block 0's input); default
             :data:`geofm.finetune.layers.DEFAULT_LAYERS`. Kept in the head's config
             (``layers``) so ``geofm predict`` extracts the same features.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -313,9 +313,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encode acquisition time/position into the encoder input, zero "
                              "them, or auto (zero for random weights, as `geofm embed`)")
     parser.add_argument("--layers", default=None,
-                        help="encoder layers feeding the head, concatenated: 'last' or 0-based "
-                             "block indices, e.g. 0,3,5 (default "
-                             f"{DEFAULT_LAYERS}, chosen on validation mIoU)")
+                        help="encoder layers feeding the head, concatenated: 'last' (encoder "
+                             "output), 0-based block indices, 'embed' (block 0 input), e.g. "
+                             "0,3,5 (default "
+                             f"{DEFAULT_LAYERS}, chosen on validation mIoU; see "
+                             "benchmarks/results/finetune.md)")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")

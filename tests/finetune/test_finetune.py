@@ -85,7 +85,7 @@ def test_label_raster_that_misses_the_chips(chipped_root, label_raster, tmp_path
     moved = tmp_path / "elsewhere.tif"
     with rasterio.open(label_raster) as src:
         profile = src.profile
-        profile["transform"] = src.transform * src.transform.translation(0, 0)
+        profile["transform"] = src.transform @ src.transform.translation(0, 0)
         t = src.transform
         profile["transform"] = type(t)(t.a, t.b, t.c + 200_000, t.d, t.e, t.f - 300_000)
         data = src.read()

@@ -28,11 +28,13 @@ def test_parse_layers():
     assert parse_layers("last", depth=6) == ("last",)
     assert parse_layers(" 0, 2,5 ", depth=6) == (0, 2, 5)
     assert parse_layers([1, "last"], depth=6) == (1, "last")
+    assert parse_layers("embed,Last", depth=6) == ("embed", "last")
     assert parse_layers(None, depth=6) == parse_layers(DEFAULT_LAYERS, depth=6)
     with pytest.raises(GeofmValueError, match="layers item 6 is out of range: the encoder has "
                                               r"6 blocks \(indices 0..5\)"):
         parse_layers("0,6", depth=6)
-    with pytest.raises(GeofmValueError, match="layers item 'first' is neither 'last' nor"):
+    with pytest.raises(GeofmValueError, match="layers item 'first' is not 'last', 'embed' or a "
+                                              "block index"):
         parse_layers("first", depth=6)
     with pytest.raises(GeofmValueError, match="repeats a layer"):
         parse_layers("1,1", depth=6)
@@ -54,6 +56,14 @@ def test_encode_layers_concatenates_the_selected_blocks(tiny_encoder):
     torch.testing.assert_close(mix[..., d:2 * d], full)
     torch.testing.assert_close(normed, full, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(mix[..., :d], mix[..., 2 * d:], atol=1e-2)  # block 0 differs
+    with torch.inference_mode():
+        embed = encode_layers(tiny_encoder, cube, ("embed", 0))
+        block0 = tiny_encoder.transformer.layers[0]
+        x = embed[..., :d]
+        x = block0[0](x) + x
+        x = block0[1](x) + x
+    torch.testing.assert_close(embed[..., d:], mix[..., :d])
+    torch.testing.assert_close(x, mix[..., :d])  # "embed" is the input of block 0
     # the taps are removed afterwards
     assert not any(m._forward_pre_hooks for m in tiny_encoder.modules())
 
