@@ -164,6 +164,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
     from geofm.finetune.heads import TASKS, build_head
     from geofm.finetune.layers import layers_to_config, parse_layers
     from geofm.finetune.train import (
+        TokenSource,
         class_weights_from_counts,
         plot_curves,
         save_head,
@@ -219,14 +220,17 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         chip_encoder = ChipEncoder(encoder=encoder, root=run.path, samples=data.samples,
                                    bands=data.bands, device=device,
                                    time_location=resolved_tl, layers=layer_sel)
+        source: TokenSource
         if cache == "none":
             source = chip_encoder
         else:
             tokens = build_cache(chip_encoder, batch_size=batch_size, progress=progress,
                                  cache_dir=out / "cache" if cache == "disk" else None)
 
-            def source(idx: Sequence[int]) -> tuple[Any, np.ndarray]:
+            def cached(idx: Sequence[int]) -> tuple[Any, np.ndarray]:
                 return tokens.batch(idx, device), tokens.valid[np.asarray(idx)]
+
+            source = cached
 
         targets = _targets(data, task)
         weights = None

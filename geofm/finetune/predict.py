@@ -200,6 +200,7 @@ def _predict_scene(target: Path, rows: pd.DataFrame, chip_encoder: Any, head: An
         if mosaic is None:
             transform, h, w, res_x, res_y = _scene_grid(rows, height, width)
             mosaic = np.zeros((h, w), dtype=np.int64)
+        assert transform is not None
         for k, i in enumerate(idx):
             r0 = int(round((transform.f - rows.at[i, "maxy"]) / res_y))
             c0 = int(round((rows.at[i, "minx"] - transform.c) / res_x))

@@ -23,9 +23,9 @@ from geofm.io import atomic_path
 from geofm.log import progress as progress_bar
 
 #: ``source(indices) -> (tokens float32 [B, 1+L, D] torch, valid bool [B, H, W])``
-TokenSource = Callable[[Sequence[int]], tuple[Any, np.ndarray]]
+TokenSource = Callable[[Any], tuple[Any, np.ndarray]]
 #: ``targets(indices, valid) -> int64 codes [B, H, W] (segmentation) or [B] (classification)``
-TargetSource = Callable[[Sequence[int], np.ndarray], np.ndarray]
+TargetSource = Callable[[Any, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -66,7 +66,8 @@ def class_weights_from_counts(counts: np.ndarray) -> np.ndarray:
 
 
 def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
-               train_idx: Sequence[int], val_idx: Sequence[int], n_classes: int,
+               train_idx: Sequence[int] | np.ndarray, val_idx: Sequence[int] | np.ndarray,
+               n_classes: int,
                epochs: int = 10, batch_size: int = 16, lr: float = 1e-3,
                weight_decay: float = 1e-2, class_weights: np.ndarray | None = None,
                patience: int | None = 3, seed: int = 0, device: str = "cpu",
@@ -99,8 +100,8 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
 
     generator = torch.Generator().manual_seed(seed)
     head.to(device)
-    train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
-    steps_per_epoch = max(1, int(np.ceil(len(train_idx) / batch_size)))
+    train_arr, val_arr = np.asarray(train_idx), np.asarray(val_idx)
+    steps_per_epoch = max(1, int(np.ceil(len(train_arr) / batch_size)))
     optimiser = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser,
                                                           T_max=epochs * steps_per_epoch)
@@ -118,7 +119,7 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
     for epoch in epoch_bar:
         started = time.perf_counter()
         head.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
+        order = train_arr[torch.randperm(len(train_arr), generator=generator).numpy()]
         total, seen = 0.0, 0
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -135,7 +136,7 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
             schedule.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
-        val = evaluate(head, source, targets, val_idx, n_classes=n_classes,
+        val = evaluate(head, source, targets, val_arr, n_classes=n_classes,
                        batch_size=batch_size, device=device, loss_fn=loss_of)
         entry = {"epoch": epoch, "train_loss": total / max(seen, 1),
                  "lr": float(optimiser.param_groups[0]["lr"]),
@@ -174,10 +175,10 @@ def evaluate(head: Any, source: TokenSource, targets: TargetSource, indices: Seq
     head.eval()
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     total, seen = 0.0, 0
-    indices = np.asarray(indices)
+    index_arr = np.asarray(indices)
     with torch.inference_mode():
-        for start in range(0, len(indices), batch_size):
-            idx = indices[start:start + batch_size]
+        for start in range(0, len(index_arr), batch_size):
+            idx = index_arr[start:start + batch_size]
             tokens, valid = source(idx)
             codes = targets(idx, valid)
             logits = head(tokens.to(device))
