@@ -166,7 +166,8 @@ def predict_codes(head: Any, tokens: Any) -> np.ndarray:
         return (head(tokens).argmax(dim=1) + 1).cpu().numpy()
 
 
-def evaluate(head: Any, source: TokenSource, targets: TargetSource, indices: Sequence[int], *,
+def evaluate(head: Any, source: TokenSource, targets: TargetSource,
+             indices: Sequence[int] | np.ndarray, *,
              n_classes: int, batch_size: int = 16, device: str = "cpu",
              loss_fn: Callable[[Any, np.ndarray], Any] | None = None) -> dict[str, Any]:
     """Validation scores (and mean loss) of ``head`` on samples ``indices``."""
