@@ -94,7 +94,7 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
            end: str | None = None, bbox: Sequence[float] | str | None = None,
            max_cloud: float | None = None, centre: bool = False,
            embedding: str | None = None, nprobes: int | None = None,
-           refine_factor: int | None = None) -> gpd.GeoDataFrame:
+           refine_factor: int | None = None, distinct: bool = False) -> gpd.GeoDataFrame:
     """Find the ``k`` chips most similar to a query.
 
     Args:
@@ -118,6 +118,8 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
         nprobes: IVF partitions probed when the table has an ANN index (default: the
             index's, 32); raise it for higher recall on weakly clustered vectors.
         refine_factor: re-rank ``refine_factor * k`` ANN candidates exactly (default 20).
+        distinct: one result per chip location (its most similar acquisition), so the
+            ``k`` results are ``k`` different places.
 
     Returns:
         GeoDataFrame (EPSG:4326), best first: ``chip_id scene_id date similarity
@@ -155,7 +157,7 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
     columns = [c for c in _RESULT_COLUMNS if c != "similarity"] + ["geometry", "_distance"]
     if len(query.negatives):
         columns.append(query.column)
-    fetch = k if box is None and not len(query.negatives) else 2 * k + 10
+    fetch = k if box is None and not len(query.negatives) and not distinct else 2 * k + 10
     while True:
         builder: Any = table.search(query.vector, vector_column_name=query.column)
         builder = builder.distance_type("cosine").select(columns).limit(fetch)
@@ -176,6 +178,9 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
             to_pos = vecs @ query.positive
             to_neg = (vecs @ query.negatives.T).max(axis=1) if len(vecs) else to_pos
             rows = rows[to_neg <= to_pos]
+        if distinct:
+            rows = rows.sort_values("similarity", ascending=False, kind="stable")
+            rows = rows.drop_duplicates("chip_id")
         if len(rows) >= k or got < fetch:
             break
         fetch *= 4
@@ -221,6 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ANN partitions to probe (tables past ann_min_rows; default 32)")
     parser.add_argument("--refine-factor", type=int,
                         help="re-rank refine_factor * k ANN candidates exactly (default 20)")
+    parser.add_argument("--distinct", action="store_true",
+                        help="one result per chip location (its best acquisition)")
     parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",
                         help="output format (default table)")
     parser.add_argument("--output", metavar="PATH", help="write to PATH instead of stdout")
@@ -238,7 +245,7 @@ def run_cli(args: argparse.Namespace) -> int:
                      k=args.k, min_similarity=args.min_similarity, start=args.start,
                      end=args.end, bbox=args.bbox, max_cloud=args.max_cloud,
                      centre=args.centre, embedding=args.embedding, nprobes=args.nprobes,
-                     refine_factor=args.refine_factor)
+                     refine_factor=args.refine_factor, distinct=args.distinct)
     text = format_results(results, args.format)
     if args.output:
         write_text_atomic(args.output, text + "\n")

@@ -222,3 +222,14 @@ def test_cli_errors_exit_1(indexed):
     root, _ = indexed
     assert main(["search", "--root", str(root), "--chip-id", "33UUP_64_0001_002"]) == 1
     assert main(["search", "--root", str(root)]) == 1
+
+
+def test_distinct_gives_one_hit_per_place_with_its_best_acquisition(indexed):
+    root, truth = indexed
+    every = search(root, chip_ids=[QUERY], k=100)
+    assert every["chip_id"].duplicated().any()  # several dates of a place by default
+    res = search(root, chip_ids=[QUERY], k=5, distinct=True)
+    assert len(res) == 5 and not res["chip_id"].duplicated().any()
+    best = every.drop_duplicates("chip_id").head(5)
+    assert list(res["chip_id"]) == list(best["chip_id"])
+    np.testing.assert_allclose(res["similarity"], best["similarity"], rtol=1e-6)
