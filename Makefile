@@ -16,9 +16,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Torch first (pinned CPU build) so no dependency pulls the CUDA wheels.
+# Torch first (pinned CPU build) so no dependency pulls the CUDA wheels. TORCH_SPEC is
+# passed to pip unquoted, so it may carry options (e.g. "torch==2.5.1 --index-url URL").
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
