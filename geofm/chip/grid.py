@@ -139,11 +139,15 @@ def load_aoi(path: str, epsg: int):  # type: ignore[no-untyped-def]
     A file without a CRS is read as WGS84 (the GeoJSON default).
 
     Raises:
-        GeofmValueError: the file holds no polygon.
+        GeofmValueError: the file is unreadable or holds no polygon.
     """
     import geopandas as gpd
 
-    frame = gpd.read_file(path)
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:  # pyogrio/GDAL raise several types for unreadable files
+        raise GeofmValueError(f"cannot read AOI {path}: {exc}; pass a GeoJSON file with "
+                              "Polygon or MultiPolygon features") from None
     if frame.crs is None:
         frame = frame.set_crs(4326)
     frame = frame[frame.geometry.notna() & frame.geom_type.isin(["Polygon", "MultiPolygon"])]

@@ -32,6 +32,7 @@ class Scene:
         baseline: ``s2:processing_baseline`` (e.g. ``"04.00"``) or ``None``.
         offset_applied: ``earthsearch:boa_offset_applied`` (the +1000 is already removed).
         source: where the item was read from (for messages).
+        bbox: the item's WGS84 ``bbox`` (west, south, east, north), if it has one.
     """
 
     scene_id: str
@@ -43,6 +44,7 @@ class Scene:
     baseline: str | None
     offset_applied: bool
     source: str
+    bbox: tuple[float, float, float, float] | None = None
 
     @property
     def remove_offset(self) -> bool:
@@ -133,7 +135,18 @@ def scene_from_dict(item_dict: dict[str, Any], *, base: str | os.PathLike[str] |
         scene_id=str(item_dict["id"]), date=_date(item_dict, source), tile=tile, sensor=sensor,
         epsg=epsg, hrefs=hrefs, baseline=props.get("s2:processing_baseline"),
         offset_applied=bool(props.get("earthsearch:boa_offset_applied", False)), source=source,
+        bbox=_bbox(item_dict),
     )
+
+
+def _bbox(item_dict: dict[str, Any]) -> tuple[float, float, float, float] | None:
+    """The item's 2-D WGS84 bbox (a 3-D bbox drops its heights), or None."""
+    box = item_dict.get("bbox")
+    if not box or len(box) not in (4, 6):
+        return None
+    west, south = box[0], box[1]
+    east, north = (box[2], box[3]) if len(box) == 4 else (box[3], box[4])
+    return float(west), float(south), float(east), float(north)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from geofm.chip.grid import load_aoi
 from geofm.chip.items import Scene, load_scenes
 from geofm.chip.scene import ChipOptions, SceneResult, chip_scene
 from geofm.chip.thumbs import DEFAULT_STRETCH
@@ -20,6 +21,25 @@ from geofm.manifest import StageRecord, read_manifest
 from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
+
+
+def _check_aoi_overlap(aoi: str, scenes: list[Scene]) -> None:
+    """Fail before any work if the AOI misses every item (usually a CRS mix-up).
+
+    Raises:
+        GeofmValueError: unreadable AOI, or no item's WGS84 bbox intersects it.
+    """
+    import shapely
+
+    area = load_aoi(aoi, 4326)
+    boxes = [shapely.box(*s.bbox) for s in scenes if s.bbox is not None]
+    if boxes and not any(box.intersects(area) for box in boxes):
+        extent = shapely.union_all(boxes).bounds
+        raise GeofmValueError(
+            f"AOI {aoi} (bounds {tuple(round(v, 4) for v in area.bounds)}) intersects none "
+            f"of the {len(scenes)} items (their extent, lon/lat: "
+            f"{tuple(round(v, 4) for v in extent)}); check the AOI's CRS (a GeoJSON "
+            "without one is read as WGS84 lon/lat) and that the items cover it")
 
 
 def _check_args(chip_size: int, max_cloud: float, max_nodata: float, workers: int,
@@ -127,6 +147,8 @@ def chip(
     scenes = load_scenes(items)
     sensor = get_sensor(scenes[0].sensor)
     band_names = sensor.resolve(bands)
+    if aoi is not None:
+        _check_aoi_overlap(str(aoi), scenes)
     origin = None if grid_origin is None else (float(grid_origin[0]), float(grid_origin[1]))
     stretch = _stretch(run, sensor.name)
     opts = ChipOptions(root=str(run.path), chip_size=int(chip_size), bands=band_names,

@@ -395,3 +395,20 @@ def test_misaligned_grid_origin_fails_the_scene_with_its_name(make_scene, tmp_pa
     (failure,) = rec.failures
     assert failure.unit == "A" and failure.reason.startswith("item 'A': grid origin")
     assert "whole number of pixels" in failure.reason
+
+
+def test_aoi_missing_every_item_or_unreadable_fails_before_work(synth_dir, tmp_path):
+    from geofm.exceptions import GeofmValueError
+
+    aoi = {"type": "Feature", "properties": {}, "geometry": {
+        "type": "Polygon", "coordinates": [[[0, 0], [0.1, 0], [0.1, 0.1], [0, 0]]]}}
+    (tmp_path / "far.geojson").write_text(json.dumps(aoi))
+    with pytest.raises(GeofmValueError, match=r"far.geojson .* intersects none of the 14 "
+                                              r"items .*check the AOI's CRS"):
+        chip(synth_dir / "items", tmp_path / "r", chip_size=64, aoi=tmp_path / "far.geojson",
+             progress=False)
+    assert not (tmp_path / "r" / "meta").exists()
+    (tmp_path / "bad.geojson").write_text("{}")
+    with pytest.raises(GeofmValueError, match=r"cannot read AOI .*bad.geojson"):
+        chip(synth_dir / "items", tmp_path / "r", chip_size=64, aoi=tmp_path / "bad.geojson",
+             progress=False)
