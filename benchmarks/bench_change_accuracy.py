@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from geofm.chip import chip_id
+
 
 def prepare(work: Path, seed: int, *, size: int, n_dates: int, n_events: int,
             chip_size: int) -> tuple[Path, dict]:
@@ -66,8 +68,7 @@ def score(root: Path, truth: dict, chip_size: int) -> dict:
                        columns=["chip_id", "date"]).to_pandas()
     ts["chip_id"] = ts["chip_id"].astype(str)
     dates = {cid: np.sort(_ns(g["date"])) for cid, g in ts.groupby("chip_id")}
-    events = {f"{e['tile']}_{chip_size}_{e['row']:04d}_{e['col']:04d}": e
-              for e in truth["events"]}
+    events = {chip_id(e["tile"], chip_size, e["row"], e["col"]): e for e in truth["events"]}
     switch = pd.Timestamp(truth.get("baseline_switch", "2022-01-25"), tz="UTC")
     detected = changes[changes["change"]]
     tp = detected[detected["chip_id"].isin(events)]

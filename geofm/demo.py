@@ -84,7 +84,9 @@ class DemoReport:
 
 
 def _cell_chip_id(cell: dict[str, Any], chip_size: int) -> str:
-    return f"{cell['tile']}_{chip_size}_{cell['row']:04d}_{cell['col']:04d}"
+    from geofm.chip import chip_id
+
+    return chip_id(cell["tile"], chip_size, cell["row"], cell["col"])
 
 
 def _example_searches(root: Path, truth: dict[str, Any], *, k: int) -> list[dict[str, Any]]:

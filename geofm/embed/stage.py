@@ -81,20 +81,6 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def resolve_device(device: str) -> str:
-    """Turn ``auto|cpu|cuda[:N]`` into a torch device string."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" or device.startswith("cuda"):
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise GeofmValueError(f"device {device!r} requested but CUDA is not available; "
-                                  "use --device cpu or auto")
-        return device
-    raise GeofmValueError(f"unknown device {device!r}; use auto, cpu or cuda")
-
-
 def resolve_precision(precision: str | None, device: str) -> str:
     """Default precision: bf16 on CUDA, fp32 on CPU; validate an explicit choice."""
     if precision is None:
@@ -269,7 +255,9 @@ def embed(
 
         raise GeofmFileNotFoundError(f"no chip metadata in {root.meta_dir}; run `geofm chip "
                                      f"--out {root.path}` first")
-    dev = resolve_device(device)
+    from geofm.model import resolve_device
+
+    dev = str(resolve_device(device))
     prec = resolve_precision(precision, dev)
     config = {"checkpoint": None if checkpoint is None else os.fspath(checkpoint),
               "model": model, "batch_size": batch_size, "device": dev, "patches": patches,

@@ -31,16 +31,7 @@ from geofm.manifest import StageRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_arguments", "finetune", "load_encoder_for", "main", "resolve_device", "run_cli"]
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; other values pass through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+__all__ = ["add_arguments", "finetune", "load_encoder_for", "main", "run_cli"]
 
 
 def load_encoder_for(*, checkpoint: str | os.PathLike[str] | None, model: str | None,
@@ -171,6 +162,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         train_head,
     )
     from geofm.io import write_json_atomic
+    from geofm.model import resolve_device
 
     if task not in TASKS:
         raise GeofmValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -185,7 +177,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
                                    "choose another --out")
     label_list = [labels] if isinstance(labels, str | os.PathLike) else list(labels)
     run = RunRoot.of(root)
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     config = {"root": str(run.path), "labels": [str(p) for p in label_list], "task": task,
               "checkpoint": None if checkpoint is None else str(checkpoint), "model": model,
               "epochs": epochs, "batch_size": batch_size, "lr": lr,

@@ -24,6 +24,7 @@ __all__ = [
     "load_encoder",
     "make_datacube",
     "normalise",
+    "resolve_device",
 ]
 
 _EXPORTS = {
@@ -35,6 +36,7 @@ _EXPORTS = {
     "encode_time": "geofm.model.inputs",
     "make_datacube": "geofm.model.inputs",
     "normalise": "geofm.model.inputs",
+    "resolve_device": "geofm.model.loading",
 }
 
 
