@@ -96,7 +96,8 @@ def read_scene_plan(root: RunRoot, scene_id: str) -> ScenePlan:
         GeofmValueError: the meta file lacks a contract column.
     """
     import pyarrow.parquet as pq
-    import shapely
+
+    from geofm.model.inputs import footprint_centres
 
     path = root.meta_path(scene_id)
     table = pq.read_table(path)
@@ -109,8 +110,7 @@ def read_scene_plan(root: RunRoot, scene_id: str) -> ScenePlan:
     import pandas as pd
 
     dates = pd.to_datetime(df["date"], utc=True)
-    geoms = shapely.from_wkb(df["geometry"].to_numpy()) if len(df) else np.array([])
-    cent = shapely.centroid(geoms) if len(df) else np.array([])
+    lats, lons = footprint_centres(df["geometry"].to_numpy())
     tasks = []
     for i, row in enumerate(df.itertuples(index=False)):
         bands = tuple(b.strip() for b in str(row.bands).split(",") if b.strip())
@@ -119,7 +119,7 @@ def read_scene_plan(root: RunRoot, scene_id: str) -> ScenePlan:
             path=os.fspath(root.path / str(row.chip_path)), sensor=str(row.sensor),
             bands=bands,
             date=np.datetime64(dates.iloc[i].tz_convert("UTC").tz_localize(None), "ns"),
-            lat=float(shapely.get_y(cent[i])), lon=float(shapely.get_x(cent[i])),
+            lat=float(lats[i]), lon=float(lons[i]),
         ))
     scene_bands = tasks[0].bands if tasks else ()
     return ScenePlan(scene_id=scene_id, chip_ids=[t.chip_id for t in tasks],

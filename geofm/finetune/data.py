@@ -132,6 +132,8 @@ def read_chip_table(root: str | os.PathLike[str] | RunRoot, *,
     """
     import geopandas as gpd
 
+    from geofm.model.inputs import footprint_centres
+
     run = RunRoot.of(root)
     scene_ids = run.scene_ids(run.meta_dir)
     if not scene_ids:
@@ -142,10 +144,8 @@ def read_chip_table(root: str | os.PathLike[str] | RunRoot, *,
         gdf = gpd.read_parquet(run.meta_path(scene_id))
         gdf = gdf[gdf["valid"].astype(bool)]
         if len(gdf):
-            bounds = gdf.geometry.bounds
             frame = pd.DataFrame(gdf.drop(columns="geometry"))
-            frame["lon"] = (bounds["minx"] + bounds["maxx"]).to_numpy() / 2
-            frame["lat"] = (bounds["miny"] + bounds["maxy"]).to_numpy() / 2
+            frame["lat"], frame["lon"] = footprint_centres(gdf.geometry.to_numpy())
             frames.append(frame)
     if not frames:
         raise GeofmValueError(f"run root {run.path} has no valid chips; re-chip with looser "

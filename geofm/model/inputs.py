@@ -108,6 +108,26 @@ def encode_time(dates: Any) -> np.ndarray:
                     axis=1).astype(np.float32)
 
 
+def footprint_centres(footprints: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Latitude and longitude of chip footprint centroids: the position Clay is given.
+
+    Args:
+        footprints: N WGS84 polygons (shapely geometries, a GeoSeries, or WKB bytes).
+
+    Returns:
+        ``(lats, lons)``: two float64 arrays [N], degrees; latitude first, as
+        :func:`encode_latlon` takes them.
+    """
+    import shapely
+
+    geoms = np.asarray(footprints, dtype=object)
+    if geoms.size and isinstance(geoms.flat[0], bytes | bytearray):
+        geoms = shapely.from_wkb(geoms)
+    centres = shapely.centroid(geoms)
+    return (np.asarray(shapely.get_y(centres), dtype=np.float64),
+            np.asarray(shapely.get_x(centres), dtype=np.float64))
+
+
 def encode_latlon(lat: Any, lon: Any) -> np.ndarray:
     """Clay's location code, latitude first.
 

@@ -110,3 +110,17 @@ def test_make_datacube_errors() -> None:
         make_datacube(dn, bands=["coastal", "blue", "green", "red"], **kw)
     with pytest.raises(ShapeError, match="dates have length 1 but pixels have batch=2"):
         make_datacube(dn, bands=RGBN, **{**kw, "dates": ["2021-06-01"]})
+
+
+def test_footprint_centres_are_centroids_latitude_first():
+    import shapely
+
+    from geofm.model.inputs import footprint_centres
+
+    square = shapely.box(10.0, 50.0, 10.5, 50.4)
+    # a triangle's centroid is not its bbox centre: the helper must use the centroid
+    triangle = shapely.Polygon([(0.0, 0.0), (3.0, 0.0), (0.0, 3.0)])
+    for given in ([square, triangle], [square.wkb, triangle.wkb]):
+        lats, lons = footprint_centres(given)
+        np.testing.assert_allclose(lats, [50.2, 1.0])
+        np.testing.assert_allclose(lons, [10.25, 1.0])
