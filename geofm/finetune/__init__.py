@@ -46,16 +46,12 @@ def load_encoder_for(*, checkpoint: str | os.PathLike[str] | None, model: str | 
     """
     from geofm.model import load_encoder
 
-    if encoder is not None:
-        encoder.to(device).eval()
-        for p in encoder.parameters():
-            p.requires_grad_(False)
-        return encoder
-    if checkpoint is None and model is None:
-        raise GeofmValueError("no encoder given; pass --checkpoint PATH or --model tiny|small|"
-                              "base|large")
-    encoder = load_encoder(checkpoint, preset=model, device=device)
-    encoder.eval()
+    if encoder is None:
+        if checkpoint is None and model is None:
+            raise GeofmValueError("no encoder given; pass --checkpoint PATH or --model "
+                                  "tiny|small|base|large")
+        encoder = load_encoder(checkpoint, preset=model, device=device)
+    encoder.to(device).eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
     return encoder
