@@ -98,11 +98,11 @@ def _example_searches(root: Path, truth: dict[str, Any], *, k: int) -> list[dict
     classes = {_cell_chip_id(c, chip_size): c["class"] for c in truth["cells"]}
     indexed = set(pd.read_parquet(RunRoot.of(root).consolidated_path,
                                   columns=["chip_id"])["chip_id"])
+    changed = {_cell_chip_id(e, chip_size) for e in truth["events"]}
     results = []
     for name in sorted(set(classes.values())):
-        candidates = sorted(cid for cid, cls in classes.items() if cls == name and cid in indexed
-                            and not any(e for e in truth["events"]
-                                        if _cell_chip_id(e, chip_size) == cid))
+        candidates = sorted(cid for cid, cls in classes.items()
+                            if cls == name and cid in indexed and cid not in changed)
         if not candidates:
             continue
         query = candidates[0]
