@@ -86,7 +86,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
              label_date: str | None = None, n_classes: int | None = None,
              class_names: Sequence[str] | None = None, bands: Sequence[str] | None = None,
              pool: str = "mean", hidden: int = 128, out_channels: int = 16,
-             cache: str = "memory", time_location: str = "auto",
+             whiten: bool = True, cache: str = "memory", time_location: str = "auto",
              layers: str | Sequence[int | str] | None = None,
              device: str = "auto", seed: int = 0, encoder: Any = None, overwrite: bool = False,
              progress: bool = True) -> StageRecord:
@@ -115,6 +115,10 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         hidden: channels of the segmentation head's two 3x3 conv blocks.
         out_channels: segmentation channels per pixel after the pixel shuffle (the 1x1
             conv before it has ``out_channels * p**2``).
+        whiten: segmentation head: whiten the token channels with a fixed ZCA transform
+            fitted on the training split's tokens before training
+            (:class:`geofm.finetune.heads.TokenWhitening`; kept in ``best.pt``). Costs
+            one pass over the training tokens (a second encoding pass with ``cache="none"``).
         cache: where encoder tokens are kept: ``memory``, ``disk`` (float16
             ``out/cache/tokens.npy``) or ``none`` (re-encode every epoch; slow, for benchmarks).
         time_location: ``encode`` acquisition time and chip centre into the encoder's 8
@@ -178,7 +182,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
               "checkpoint": None if checkpoint is None else str(checkpoint), "model": model,
               "epochs": epochs, "batch_size": batch_size, "lr": lr,
               "weight_decay": weight_decay, "class_weights": class_weights,
-              "hidden": hidden, "out_channels": out_channels,
+              "hidden": hidden, "out_channels": out_channels, "whiten": whiten,
               "patience": patience, "val_fraction": val_fraction,
               "date_window_days": date_window_days, "label_date": label_date, "seed": seed,
               "cache": cache, "time_location": time_location, "device": device}
@@ -234,9 +238,14 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         torch.manual_seed(seed)
         # widths are stored so a checkpoint rebuilds the same head whatever the defaults
         head_options: dict[str, Any] = ({"pool": pool} if task == "classification" else
-                                        {"hidden": hidden, "out_channels": out_channels})
+                                        {"hidden": hidden, "out_channels": out_channels,
+                                         "whiten": whiten})
         head = build_head(task, dim=feature_dim, patch_size=int(encoder.patch_size),
                           n_classes=data.n_classes, **head_options)
+        if getattr(head, "whitening", None) is not None:
+            log.info("fitting the token whitening on %d training samples", len(train_idx))
+            head.whitening.fit(source(train_idx[i:i + batch_size])[0]
+                               for i in range(0, len(train_idx), batch_size))
         result = train_head(head, source, targets, train_idx=train_idx, val_idx=val_idx,
                             n_classes=data.n_classes, epochs=epochs, batch_size=batch_size,
                             lr=lr, weight_decay=weight_decay, class_weights=weights,
@@ -300,6 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segmentation head: channels of the two conv blocks")
     parser.add_argument("--out-channels", type=int, default=16,
                         help="segmentation head: channels per pixel after the pixel shuffle")
+    parser.add_argument("--no-whiten", dest="whiten", action="store_false",
+                        help="segmentation head: feed the tokens without the fixed whitening "
+                             "fitted on the training split (see benchmarks/results/finetune.md)")
     parser.add_argument("--cache", choices=("memory", "disk", "none"), default="memory")
     parser.add_argument("--time-location", choices=("auto", "encode", "zero"), default="auto",
                         help="encode acquisition time/position into the encoder input, zero "
@@ -330,7 +342,7 @@ def run_cli(args: argparse.Namespace) -> int:
         date_window_days=args.date_window_days, label_date=args.label_date,
         n_classes=args.n_classes, class_names=_split(args.class_names),
         bands=_split(args.bands), pool=args.pool, hidden=args.hidden,
-        out_channels=args.out_channels, cache=args.cache,
+        out_channels=args.out_channels, whiten=args.whiten, cache=args.cache,
         time_location=args.time_location, layers=args.layers, device=args.device,
         seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
     return 1 if record.failures else 0

@@ -9,6 +9,7 @@ Both heads take the encoder output ``tokens`` float32 [B, 1+L, D] (CLS first, th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -17,6 +18,11 @@ from torch import nn
 from geofm.exceptions import ShapeError
 
 TASKS = ("segmentation", "classification")
+#: Ridge added to the token covariance before whitening, relative to its largest
+#: eigenvalue: directions weaker than this are scaled up at most ``1/sqrt(eps)`` = 100x.
+#: Chosen on the fine-tuning benchmark (1e-3: 0.78, 1e-4: 0.80, 1e-5: 0.75 mean IoU;
+#: ``benchmarks/results/finetune.md``).
+WHITEN_EPS = 1e-4
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -24,14 +30,84 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+class TokenWhitening(nn.Module):
+    """Fixed ZCA whitening of the token channels, fitted once on training tokens.
+
+    Frozen-encoder tokens can carry most of their class information in directions whose
+    variance is orders of magnitude below the dominant ones (a random-weight Clay encoder
+    gives all bands nearly the same patch kernel, so band ratios survive only in such
+    weak directions); per-channel normalisation cannot lift them, and gradient descent on
+    so ill-conditioned inputs barely moves along them. Whitening decorrelates the
+    channels and scales each principal direction to unit variance, with a ridge of
+    ``eps`` times the largest eigenvalue so noise-level directions stay bounded.
+
+    The mean and matrix are buffers (saved with the head, never trained). Until
+    :meth:`fit` runs the module is the identity.
+
+    Args:
+        dim: token width D (channels of the grid).
+        eps: ridge relative to the largest eigenvalue of the token covariance.
+    """
+
+    mean: torch.Tensor
+    matrix: torch.Tensor
+    fitted: torch.Tensor
+
+    def __init__(self, dim: int, *, eps: float = WHITEN_EPS) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("matrix", torch.eye(dim))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[torch.Tensor]) -> TokenWhitening:
+        """Set the mean and whitening matrix from token batches, each [B, 1+L, D].
+
+        The CLS token (index 0) is left out: the statistics are those of the patch tokens
+        the segmentation head sees. Sums are accumulated in float64.
+
+        Raises:
+            ShapeError: a batch is not [B, 1+L, D] or there are fewer than 2 patch tokens.
+        """
+        total = torch.zeros(self.dim, dtype=torch.float64)
+        outer = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        count = 0
+        for tokens in batches:
+            if tokens.ndim != 3 or tokens.shape[-1] != self.dim:
+                raise ShapeError(f"tokens must be [B, 1+L, D={self.dim}], "
+                                 f"got {tuple(tokens.shape)}")
+            patches = tokens[:, 1:].reshape(-1, self.dim).to("cpu", torch.float64)
+            total += patches.sum(dim=0)
+            outer += patches.T @ patches
+            count += patches.shape[0]
+        if count < 2:
+            raise ShapeError(f"whitening needs at least 2 patch tokens, got {count}")
+        mean = total / count
+        cov = (outer - count * torch.outer(mean, mean)) / (count - 1)
+        values, vectors = torch.linalg.eigh(cov)
+        values = values.clamp(min=0.0)
+        ridge = self.eps * float(values.max()) or self.eps
+        matrix = vectors @ torch.diag((values + ridge).rsqrt()) @ vectors.T
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.matrix.copy_(matrix.to(self.matrix.dtype))
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        """Whitened grid [B, D, h, w] of a token grid [B, D, h, w]."""
+        centred = grid - self.mean[None, :, None, None]
+        return torch.einsum("bdhw,de->behw", centred, self.matrix)
+
+
 class SegmentationHead(nn.Module):
     """Per-pixel classifier on the patch-token grid (the shape of Clay's segmentor).
 
-    Patch tokens [B, L, D] -> grid [B, D, H/p, W/p] -> (BatchNorm of the token channels,
-    which standardises frozen features whose useful variation is small next to a shared
-    offset) -> two 3x3 conv + BatchNorm + ReLU
-    blocks -> 1x1 conv to ``out_channels * p**2`` -> ``PixelShuffle(p)`` back to full
-    resolution [B, out_channels, H, W] -> 3x3 conv to ``n_classes`` logits.
+    Patch tokens [B, L, D] -> grid [B, D, H/p, W/p] -> (fixed whitening of the token
+    channels, :class:`TokenWhitening`) -> (BatchNorm of the token channels) -> two 3x3
+    conv + BatchNorm + ReLU blocks -> 1x1 conv to ``out_channels * p**2`` ->
+    ``PixelShuffle(p)`` back to full resolution [B, out_channels, H, W] -> 3x3 conv to
+    ``n_classes`` logits.
 
     Args:
         dim: encoder token width D.
@@ -39,13 +115,16 @@ class SegmentationHead(nn.Module):
         n_classes: number of label codes (1..n_classes).
         hidden: channels of the two conv blocks.
         out_channels: channels per pixel after the pixel shuffle.
-        input_norm: standardise the token channels first (BatchNorm2d over D).
+        input_norm: standardise the token channels (BatchNorm2d over D).
+        whiten: whiten the token channels first; call ``head.whitening.fit(...)`` on
+            training tokens before training (it is the identity until then).
     """
 
     def __init__(self, dim: int, patch_size: int, n_classes: int, *, hidden: int = 128,
-                 out_channels: int = 16, input_norm: bool = True) -> None:
+                 out_channels: int = 16, input_norm: bool = True, whiten: bool = True) -> None:
         super().__init__()
         self.dim, self.patch_size, self.n_classes = dim, patch_size, n_classes
+        self.whitening = TokenWhitening(dim) if whiten else None
         self.input_norm = nn.BatchNorm2d(dim) if input_norm else nn.Identity()
         self.blocks = nn.Sequential(_conv_block(dim, hidden), _conv_block(hidden, hidden))
         self.expand = nn.Conv2d(hidden, out_channels * patch_size**2, 1)
@@ -54,7 +133,10 @@ class SegmentationHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits float32 [B, n_classes, H, W] from tokens [B, 1+L, D] (CLS dropped)."""
-        grid = self.input_norm(tokens_to_grid(tokens, self.dim))
+        grid = tokens_to_grid(tokens, self.dim)
+        if self.whitening is not None:
+            grid = self.whitening(grid)
+        grid = self.input_norm(grid)
         features = self.shuffle(self.expand(self.blocks(grid)))
         return self.classify(torch.relu(features))
 

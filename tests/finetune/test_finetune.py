@@ -23,6 +23,10 @@ def test_outputs_of_a_training_run(trained_head, chipped_root, class_names):
     assert cfg["task"] == "segmentation" and cfg["n_classes"] == 6 and cfg["patch_size"] == 8
     assert cfg["encoder"]["preset"] == "tiny" and cfg["encoder"]["random_init"] is True
     assert cfg["bands"] == ["blue", "green", "red", "nir"]
+    # the token whitening is on by default and was fitted before training
+    assert cfg["head_options"]["whiten"] is True
+    assert bool(blob["state_dict"]["whitening.fitted"])
+    assert not torch.equal(blob["state_dict"]["whitening.matrix"], torch.eye(cfg["dim"]))
     # random weights: time/location channels zeroed, as `geofm embed` does (auto rule)
     assert cfg["time_location"] == "zero" and cfg["encoder"]["time_location"] == "zero"
     # split by location: disjoint, and together every chip location of the run
@@ -145,3 +149,16 @@ def test_time_location_rule_follows_the_embed_stage(chipped_root, tiny_encoder):
         out[rule] = enc.encode_pixels(np.concatenate([pixels, pixels]), [0, 1])
     assert torch.allclose(out["zero"][0], out["zero"][1])
     assert not torch.allclose(out["encode"][0], out["encode"][1])
+
+
+def test_cli_no_whiten_trains_a_head_without_the_whitening(chipped_root, label_raster,
+                                                          tmp_path):
+    out = tmp_path / "plain"
+    with pytest.warns(Warning, match="RANDOM WEIGHTS"):
+        code = main(["--root", str(chipped_root), "--labels", str(label_raster), "--out",
+                     str(out), "--model", "tiny", "--epochs", "1", "--batch-size", "8",
+                     "--no-whiten", "--no-progress", "-q"])
+    assert code == 0
+    blob = torch.load(out / "best.pt", weights_only=True)
+    assert blob["config"]["head_options"]["whiten"] is False
+    assert not any(k.startswith("whitening.") for k in blob["state_dict"])

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -5,6 +6,7 @@ from geofm.exceptions import ShapeError
 from geofm.finetune.heads import (
     ClassificationHead,
     SegmentationHead,
+    TokenWhitening,
     build_head,
     tokens_to_grid,
 )
@@ -62,3 +64,67 @@ def test_shape_errors_name_the_problem():
         SegmentationHead(8, 4, 2)(torch.randn(1, 5, 4))
     with pytest.raises(ValueError, match="unknown task 'detect'"):
         build_head("detect", dim=4, patch_size=2, n_classes=2)
+
+
+def _skewed_tokens(n, side, dim, *, seed=0):
+    """Tokens [n, 1+side*side, dim] with channel variances from 100 down to 1e-2, rotated."""
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(1, -1, dim)  # standard deviations 10 .. 0.1
+    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen))
+    patches = torch.randn(n, side * side, dim, generator=gen) * scales
+    patches = patches @ rotation.T + 3.0  # correlated channels around an offset
+    cls = torch.full((n, 1, dim), 1e3)  # huge CLS: must not enter the statistics
+    return torch.cat([cls, patches], dim=1)
+
+
+def test_whitening_gives_uncorrelated_unit_variance_channels():
+    dim, side = 6, 4
+    tokens = _skewed_tokens(400, side, dim)
+    white = TokenWhitening(dim, eps=1e-8)
+    grid = tokens_to_grid(tokens, dim)
+    assert torch.equal(white(grid), grid) and not white.fitted  # identity until fitted
+    white.fit(tokens[i:i + 50] for i in range(0, 400, 50))  # streamed in batches
+    assert white.fitted
+    out = white(grid).permute(0, 2, 3, 1).reshape(-1, dim).double()
+    assert out.mean(dim=0).abs().max() < 1e-4
+    np.testing.assert_allclose(torch.cov(out.T).numpy(), np.eye(dim), atol=1e-3)
+
+
+def test_whitening_ridge_bounds_the_gain_of_weak_directions():
+    dim = 6
+    tokens = _skewed_tokens(400, 4, dim)
+    white = TokenWhitening(dim, eps=1e-2).fit([tokens])
+    gains = torch.linalg.svdvals(white.matrix)
+    top = torch.linalg.eigvalsh(torch.cov(tokens[:, 1:].reshape(-1, dim).T)).max()
+    # no direction is amplified more than 1 / sqrt(eps * largest eigenvalue)
+    assert float(gains.max()) <= float((1e-2 * top).rsqrt()) * 1.001
+
+
+def test_whitened_head_learns_a_class_hidden_in_a_weak_direction():
+    """The class is carried by a direction 30x weaker than the others (in std)."""
+    dim, side, p, n = 8, 4, 2, 96
+    gen = torch.Generator().manual_seed(1)
+    classes = torch.randint(0, 2, (n, side * side), generator=gen)
+    patches = torch.randn(n, side * side, dim, generator=gen)
+    patches[..., 0] = (2 * classes - 1) * 3e-2 + 3e-3 * torch.randn(n, side * side,
+                                                                    generator=gen)
+    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen))
+    tokens = torch.cat([torch.zeros(n, 1, dim), patches @ rotation.T], dim=1)
+    labels = np.kron(classes.reshape(n, side, side).numpy() + 1, np.ones((p, p), dtype=int))
+    valid = np.ones(labels.shape, dtype=bool)
+    from geofm.finetune.train import train_head
+
+    def run(whiten):
+        torch.manual_seed(0)
+        head = SegmentationHead(dim, p, 2, hidden=8, out_channels=2, whiten=whiten)
+        if whiten:
+            head.whitening.fit([tokens[:72]])  # training samples only
+        result = train_head(head, lambda i: (tokens[np.asarray(i)], valid[np.asarray(i)]),
+                            lambda i, v: labels[np.asarray(i)], train_idx=range(72),
+                            val_idx=range(72, n), n_classes=2, epochs=8, batch_size=8,
+                            lr=1e-2, patience=None, progress=False)
+        return result.best["mean_iou"]
+
+    whitened, plain = run(True), run(False)
+    assert whitened > 0.9
+    assert whitened > plain + 0.2
