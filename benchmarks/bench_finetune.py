@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-
 #: Everything after this line in the results file is kept when the benchmark rewrites it.
 KEEP_MARKER = "<!-- bench_finetune.py keeps everything below this line -->\n"
 

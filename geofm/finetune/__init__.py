@@ -152,7 +152,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
 
     from geofm.finetune.cache import ChipEncoder, build_cache, resolve_time_location
     from geofm.finetune.data import load_labelled_chips, split_locations
-    from geofm.finetune.heads import TASKS, build_head
+    from geofm.finetune.heads import TASKS, TokenWhitening, build_head
     from geofm.finetune.layers import layers_to_config, parse_layers
     from geofm.finetune.train import (
         TokenSource,
@@ -242,10 +242,11 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
                                          "whiten": whiten})
         head = build_head(task, dim=feature_dim, patch_size=int(encoder.patch_size),
                           n_classes=data.n_classes, **head_options)
-        if getattr(head, "whitening", None) is not None:
+        whitening = getattr(head, "whitening", None)
+        if isinstance(whitening, TokenWhitening):
             log.info("fitting the token whitening on %d training samples", len(train_idx))
-            head.whitening.fit(source(train_idx[i:i + batch_size])[0]
-                               for i in range(0, len(train_idx), batch_size))
+            whitening.fit(source(train_idx[i:i + batch_size].tolist())[0]
+                          for i in range(0, len(train_idx), batch_size))
         result = train_head(head, source, targets, train_idx=train_idx, val_idx=val_idx,
                             n_classes=data.n_classes, epochs=epochs, batch_size=batch_size,
                             lr=lr, weight_decay=weight_decay, class_weights=weights,
