@@ -115,8 +115,9 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         hidden: channels of the segmentation head's two 3x3 conv blocks.
         out_channels: segmentation channels per pixel after the pixel shuffle (the 1x1
             conv before it has ``out_channels * p**2``).
-        whiten: segmentation head: whiten the token channels with a fixed ZCA transform
-            fitted on the training split's tokens before training
+        whiten: whiten the head's input (segmentation: the token channels;
+            classification: the pooled vector) with a fixed ZCA transform fitted on the
+            training split's tokens before training
             (:class:`geofm.finetune.heads.TokenWhitening`; kept in ``best.pt``). Costs
             one pass over the training tokens (a second encoding pass with ``cache="none"``).
         cache: where encoder tokens are kept: ``memory``, ``disk`` (float16
@@ -152,7 +153,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
 
     from geofm.finetune.cache import ChipEncoder, build_cache, resolve_time_location
     from geofm.finetune.data import load_labelled_chips, split_locations
-    from geofm.finetune.heads import TASKS, TokenWhitening, build_head
+    from geofm.finetune.heads import TASKS, build_head
     from geofm.finetune.layers import layers_to_config, parse_layers
     from geofm.finetune.train import (
         TokenSource,
@@ -237,16 +238,16 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
 
         torch.manual_seed(seed)
         # widths are stored so a checkpoint rebuilds the same head whatever the defaults
-        head_options: dict[str, Any] = ({"pool": pool} if task == "classification" else
+        head_options: dict[str, Any] = ({"pool": pool, "whiten": whiten}
+                                        if task == "classification" else
                                         {"hidden": hidden, "out_channels": out_channels,
                                          "whiten": whiten})
         head = build_head(task, dim=feature_dim, patch_size=int(encoder.patch_size),
                           n_classes=data.n_classes, **head_options)
-        whitening = getattr(head, "whitening", None)
-        if isinstance(whitening, TokenWhitening):
+        if whiten:
             log.info("fitting the token whitening on %d training samples", len(train_idx))
-            whitening.fit(source(train_idx[i:i + batch_size].tolist())[0]
-                          for i in range(0, len(train_idx), batch_size))
+            head.fit_whitening(source(train_idx[i:i + batch_size].tolist())[0]
+                               for i in range(0, len(train_idx), batch_size))
         result = train_head(head, source, targets, train_idx=train_idx, val_idx=val_idx,
                             n_classes=data.n_classes, epochs=epochs, batch_size=batch_size,
                             lr=lr, weight_decay=weight_decay, class_weights=weights,
@@ -311,8 +312,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-channels", type=int, default=16,
                         help="segmentation head: channels per pixel after the pixel shuffle")
     parser.add_argument("--no-whiten", dest="whiten", action="store_false",
-                        help="segmentation head: feed the tokens without the fixed whitening "
-                             "fitted on the training split (see benchmarks/results/finetune.md)")
+                        help="feed the head without the fixed whitening fitted on the "
+                             "training split (see benchmarks/results/finetune.md)")
     parser.add_argument("--cache", choices=("memory", "disk", "none"), default="memory")
     parser.add_argument("--time-location", choices=("auto", "encode", "zero"), default="auto",
                         help="encode acquisition time/position into the encoder input, zero "

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geofm.exceptions import ShapeError
+from geofm.exceptions import GeofmValueError, ShapeError
 
 TASKS = ("segmentation", "classification")
 #: Ridge added to the token covariance before whitening, relative to its largest
@@ -31,7 +31,7 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class TokenWhitening(nn.Module):
-    """Fixed ZCA whitening of the token channels, fitted once on training tokens.
+    """Fixed ZCA whitening of token features, fitted once on training tokens.
 
     Frozen-encoder tokens can carry most of their class information in directions whose
     variance is orders of magnitude below the dominant ones (a random-weight Clay encoder
@@ -45,8 +45,8 @@ class TokenWhitening(nn.Module):
     :meth:`fit` runs the module is the identity.
 
     Args:
-        dim: token width D (channels of the grid).
-        eps: ridge relative to the largest eigenvalue of the token covariance.
+        dim: feature width D.
+        eps: ridge relative to the largest eigenvalue of the feature covariance.
     """
 
     mean: torch.Tensor
@@ -62,27 +62,26 @@ class TokenWhitening(nn.Module):
 
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor]) -> TokenWhitening:
-        """Set the mean and whitening matrix from token batches, each [B, 1+L, D].
+        """Set the mean and whitening matrix from feature batches, each [N, D].
 
-        The CLS token (index 0) is left out: the statistics are those of the patch tokens
-        the segmentation head sees. Sums are accumulated in float64.
+        Sums are accumulated in float64, so the batches can be streamed.
 
         Raises:
-            ShapeError: a batch is not [B, 1+L, D] or there are fewer than 2 patch tokens.
+            ShapeError: a batch is not [N, D] or there are fewer than 2 feature vectors.
         """
         total = torch.zeros(self.dim, dtype=torch.float64)
         outer = torch.zeros(self.dim, self.dim, dtype=torch.float64)
         count = 0
-        for tokens in batches:
-            if tokens.ndim != 3 or tokens.shape[-1] != self.dim:
-                raise ShapeError(f"tokens must be [B, 1+L, D={self.dim}], "
-                                 f"got {tuple(tokens.shape)}")
-            patches = tokens[:, 1:].reshape(-1, self.dim).to("cpu", torch.float64)
-            total += patches.sum(dim=0)
-            outer += patches.T @ patches
-            count += patches.shape[0]
+        for features in batches:
+            if features.ndim != 2 or features.shape[-1] != self.dim:
+                raise ShapeError(f"whitening features must be [N, D={self.dim}], "
+                                 f"got {tuple(features.shape)}")
+            rows = features.detach().to("cpu", torch.float64)
+            total += rows.sum(dim=0)
+            outer += rows.T @ rows
+            count += rows.shape[0]
         if count < 2:
-            raise ShapeError(f"whitening needs at least 2 patch tokens, got {count}")
+            raise ShapeError(f"whitening needs at least 2 feature vectors, got {count}")
         mean = total / count
         cov = (outer - count * torch.outer(mean, mean)) / (count - 1)
         values, vectors = torch.linalg.eigh(cov)
@@ -94,13 +93,34 @@ class TokenWhitening(nn.Module):
         self.fitted.fill_(True)
         return self
 
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        """Whitened grid [B, D, h, w] of a token grid [B, D, h, w]."""
-        centred = grid - self.mean[None, :, None, None]
-        return torch.einsum("bdhw,de->behw", centred, self.matrix)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Whitened features, channels on axis 1: [B, D] or [B, D, h, w] -> same shape."""
+        shape = (1, self.dim) + (1,) * (x.ndim - 2)
+        centred = x - self.mean.view(shape)
+        return torch.einsum("bd...,de->be...", centred, self.matrix)
 
 
-class SegmentationHead(nn.Module):
+class WhitenedHead(nn.Module):
+    """A head whose input features may pass a :class:`TokenWhitening` first."""
+
+    whitening: TokenWhitening | None
+
+    def whitening_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The features [N, D] the whitening sees for encoder tokens [B, 1+L, D]."""
+        raise NotImplementedError
+
+    def fit_whitening(self, token_batches: Iterable[torch.Tensor]) -> None:
+        """Fit the whitening on training tokens, batches of [B, 1+L, D].
+
+        Raises:
+            GeofmValueError: the head was built with ``whiten=False``.
+        """
+        if self.whitening is None:
+            raise GeofmValueError("this head has no whitening (built with whiten=False)")
+        self.whitening.fit(self.whitening_inputs(t) for t in token_batches)
+
+
+class SegmentationHead(WhitenedHead):
     """Per-pixel classifier on the patch-token grid (the shape of Clay's segmentor).
 
     Patch tokens [B, L, D] -> grid [B, D, H/p, W/p] -> (fixed whitening of the token
@@ -116,8 +136,8 @@ class SegmentationHead(nn.Module):
         hidden: channels of the two conv blocks.
         out_channels: channels per pixel after the pixel shuffle.
         input_norm: standardise the token channels (BatchNorm2d over D).
-        whiten: whiten the token channels first; call ``head.whitening.fit(...)`` on
-            training tokens before training (it is the identity until then).
+        whiten: whiten the token channels first; call :meth:`fit_whitening` on training
+            tokens before training (it is the identity until then).
     """
 
     def __init__(self, dim: int, patch_size: int, n_classes: int, *, hidden: int = 128,
@@ -140,9 +160,16 @@ class SegmentationHead(nn.Module):
         features = self.shuffle(self.expand(self.blocks(grid)))
         return self.classify(torch.relu(features))
 
+    def whitening_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The patch tokens [B * L, D] (CLS left out: the head never sees it)."""
+        return tokens_to_grid(tokens, self.dim).permute(0, 2, 3, 1).reshape(-1, self.dim)
 
-class ClassificationHead(nn.Module):
+
+class ClassificationHead(WhitenedHead):
     """Chip-level classifier: a small MLP on the CLS token or the mean patch token.
+
+    Pooled vector [B, D] -> (fixed whitening, :class:`TokenWhitening`) -> LayerNorm ->
+    Linear -> GELU -> Dropout -> Linear to ``n_classes`` logits.
 
     Args:
         dim: encoder token width D.
@@ -150,23 +177,32 @@ class ClassificationHead(nn.Module):
         pool: ``"cls"`` (token 0) or ``"mean"`` (mean of the patch tokens).
         hidden: width of the hidden layer.
         dropout: dropout before the last layer.
+        whiten: whiten the pooled vector first; call :meth:`fit_whitening` on training
+            tokens before training (it is the identity until then).
     """
 
     def __init__(self, dim: int, n_classes: int, *, pool: str = "mean", hidden: int = 256,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, whiten: bool = True) -> None:
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         self.dim, self.n_classes, self.pool = dim, n_classes, pool
+        self.whitening = TokenWhitening(dim) if whiten else None
         self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(hidden, n_classes))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits float32 [B, n_classes] from tokens [B, 1+L, D]."""
+        vector = self.whitening_inputs(tokens)
+        if self.whitening is not None:
+            vector = self.whitening(vector)
+        return self.mlp(vector)
+
+    def whitening_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The pooled vectors [B, D] (CLS token or mean patch token)."""
         if tokens.ndim != 3 or tokens.shape[-1] != self.dim:
             raise ShapeError(f"tokens must be [B, 1+L, D={self.dim}], got {tuple(tokens.shape)}")
-        vector = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
-        return self.mlp(vector)
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
 
 
 def tokens_to_grid(tokens: torch.Tensor, dim: int) -> torch.Tensor:
@@ -187,7 +223,7 @@ def tokens_to_grid(tokens: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def build_head(task: str, *, dim: int, patch_size: int, n_classes: int,
-               **options: Any) -> nn.Module:
+               **options: Any) -> WhitenedHead:
     """Make the head for ``task`` (``segmentation`` or ``classification``)."""
     if task == "segmentation":
         return SegmentationHead(dim, patch_size, n_classes, **options)

@@ -224,9 +224,11 @@ def load_head(path: str | os.PathLike[str], *, device: str = "cpu") -> tuple[Any
         blob = torch.load(path, map_location="cpu", weights_only=True)
         config, state = blob["config"], blob["state_dict"]
         # heads on several encoder layers take D * n_layers features (``feature_dim``)
+        options = dict(config.get("head_options", {}))
+        options.setdefault("whiten", any(k.startswith("whitening.") for k in state))
         head = build_head(config["task"], dim=config.get("feature_dim", config["dim"]),
                           patch_size=config["patch_size"],
-                          n_classes=config["n_classes"], **config.get("head_options", {}))
+                          n_classes=config["n_classes"], **options)
         head.load_state_dict(state)
     except (KeyError, TypeError, RuntimeError, ValueError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable geofm head checkpoint ({exc}); "

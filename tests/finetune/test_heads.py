@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from geofm.exceptions import ShapeError
+from geofm.exceptions import GeofmValueError, ShapeError
 from geofm.finetune.heads import (
     ClassificationHead,
     SegmentationHead,
@@ -83,7 +83,8 @@ def test_whitening_gives_uncorrelated_unit_variance_channels():
     white = TokenWhitening(dim, eps=1e-8)
     grid = tokens_to_grid(tokens, dim)
     assert torch.equal(white(grid), grid) and not white.fitted  # identity until fitted
-    white.fit(tokens[i:i + 50] for i in range(0, 400, 50))  # streamed in batches
+    patches = tokens[:, 1:].reshape(-1, dim)
+    white.fit(patches[i:i + 800] for i in range(0, len(patches), 800))  # streamed
     assert white.fitted
     out = white(grid).permute(0, 2, 3, 1).reshape(-1, dim).double()
     assert out.mean(dim=0).abs().max() < 1e-4
@@ -93,7 +94,7 @@ def test_whitening_gives_uncorrelated_unit_variance_channels():
 def test_whitening_ridge_bounds_the_gain_of_weak_directions():
     dim = 6
     tokens = _skewed_tokens(400, 4, dim)
-    white = TokenWhitening(dim, eps=1e-2).fit([tokens])
+    white = TokenWhitening(dim, eps=1e-2).fit([tokens[:, 1:].reshape(-1, dim)])
     gains = torch.linalg.svdvals(white.matrix)
     top = torch.linalg.eigvalsh(torch.cov(tokens[:, 1:].reshape(-1, dim).T)).max()
     # no direction is amplified more than 1 / sqrt(eps * largest eigenvalue)
@@ -118,7 +119,7 @@ def test_whitened_head_learns_a_class_hidden_in_a_weak_direction():
         torch.manual_seed(0)
         head = SegmentationHead(dim, p, 2, hidden=8, out_channels=2, whiten=whiten)
         if whiten:
-            head.whitening.fit([tokens[:72]])  # training samples only
+            head.fit_whitening([tokens[:72]])  # training samples only
         result = train_head(head, lambda i: (tokens[np.asarray(i)], valid[np.asarray(i)]),
                             lambda i, v: labels[np.asarray(i)], train_idx=range(72),
                             val_idx=range(72, n), n_classes=2, epochs=8, batch_size=8,
@@ -128,3 +129,18 @@ def test_whitened_head_learns_a_class_hidden_in_a_weak_direction():
     whitened, plain = run(True), run(False)
     assert whitened > 0.9
     assert whitened > plain + 0.2
+
+
+def test_whitening_inputs_are_what_each_head_sees():
+    tokens = _skewed_tokens(30, 3, 4)  # CLS tokens are huge: only the CLS head sees them
+    seg = SegmentationHead(4, 2, 3, hidden=4, out_channels=2)
+    seg.fit_whitening([tokens[:10], tokens[10:]])
+    assert float(seg.whitening.mean.max()) < 10  # patch tokens only
+    cls_head = ClassificationHead(4, 3, pool="cls")
+    cls_head.fit_whitening([tokens])
+    torch.testing.assert_close(cls_head.whitening.mean, torch.full((4,), 1e3))
+    mean_head = ClassificationHead(4, 3, pool="mean")
+    mean_head.fit_whitening([tokens])
+    torch.testing.assert_close(mean_head.whitening.mean, tokens[:, 1:].mean(dim=(0, 1)))
+    with pytest.raises(GeofmValueError, match="no whitening"):
+        ClassificationHead(4, 3, whiten=False).fit_whitening([tokens])

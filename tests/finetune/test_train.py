@@ -78,7 +78,7 @@ def test_class_weights_inverse_frequency():
 def test_checkpoint_round_trip_gives_the_same_logits(tmp_path):
     head = _head(3).eval()
     tokens = torch.randn(2, 1 + SIDE * SIDE, DIM)
-    head.whitening.fit([torch.randn(8, 1 + SIDE * SIDE, DIM) * torch.arange(1.0, DIM + 1)])
+    head.fit_whitening([torch.randn(8, 1 + SIDE * SIDE, DIM) * torch.arange(1.0, DIM + 1)])
     config = {"task": "segmentation", "dim": DIM, "patch_size": P, "n_classes": K,
               "head_options": {"hidden": 16, "out_channels": 4}}
     save_head(tmp_path / "best.pt", head.state_dict(), config)
