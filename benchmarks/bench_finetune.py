@@ -169,9 +169,9 @@ which reads and encodes every chip in every epoch (training and validation).
 """
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
-    kept = ""  # hand-written sections after the marker survive a re-run
-    if out.exists() and KEEP_MARKER in out.read_text():
-        kept = out.read_text().split(KEEP_MARKER, 1)[1]
+    previous = out.read_text() if out.exists() else ""
+    # hand-written sections after the marker survive a re-run
+    kept = previous.split(KEEP_MARKER, 1)[1] if KEEP_MARKER in previous else ""
     out.write_text(report + "\n" + KEEP_MARKER + kept)
     print(report)
     print(f"work folder: {work}")

@@ -101,9 +101,20 @@ class TokenWhitening(nn.Module):
 
 
 class WhitenedHead(nn.Module):
-    """A head whose input features may pass a :class:`TokenWhitening` first."""
+    """A head whose input features may pass a :class:`TokenWhitening` first.
 
-    whitening: TokenWhitening | None
+    Args:
+        dim: width D of the features the whitening sees.
+        whiten: build the whitening (else the features pass unchanged).
+    """
+
+    def __init__(self, dim: int, *, whiten: bool) -> None:
+        super().__init__()
+        self.whitening = TokenWhitening(dim) if whiten else None
+
+    def whiten(self, features: torch.Tensor) -> torch.Tensor:
+        """``features`` through the whitening, if the head has one (channels on axis 1)."""
+        return features if self.whitening is None else self.whitening(features)
 
     def whitening_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The features [N, D] the whitening sees for encoder tokens [B, 1+L, D]."""
@@ -142,9 +153,8 @@ class SegmentationHead(WhitenedHead):
 
     def __init__(self, dim: int, patch_size: int, n_classes: int, *, hidden: int = 128,
                  out_channels: int = 16, input_norm: bool = True, whiten: bool = True) -> None:
-        super().__init__()
+        super().__init__(dim, whiten=whiten)
         self.dim, self.patch_size, self.n_classes = dim, patch_size, n_classes
-        self.whitening = TokenWhitening(dim) if whiten else None
         self.input_norm = nn.BatchNorm2d(dim) if input_norm else nn.Identity()
         self.blocks = nn.Sequential(_conv_block(dim, hidden), _conv_block(hidden, hidden))
         self.expand = nn.Conv2d(hidden, out_channels * patch_size**2, 1)
@@ -153,10 +163,7 @@ class SegmentationHead(WhitenedHead):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits float32 [B, n_classes, H, W] from tokens [B, 1+L, D] (CLS dropped)."""
-        grid = tokens_to_grid(tokens, self.dim)
-        if self.whitening is not None:
-            grid = self.whitening(grid)
-        grid = self.input_norm(grid)
+        grid = self.input_norm(self.whiten(tokens_to_grid(tokens, self.dim)))
         features = self.shuffle(self.expand(self.blocks(grid)))
         return self.classify(torch.relu(features))
 
@@ -183,20 +190,16 @@ class ClassificationHead(WhitenedHead):
 
     def __init__(self, dim: int, n_classes: int, *, pool: str = "mean", hidden: int = 256,
                  dropout: float = 0.1, whiten: bool = True) -> None:
-        super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        super().__init__(dim, whiten=whiten)
         self.dim, self.n_classes, self.pool = dim, n_classes, pool
-        self.whitening = TokenWhitening(dim) if whiten else None
         self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(hidden, n_classes))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits float32 [B, n_classes] from tokens [B, 1+L, D]."""
-        vector = self.whitening_inputs(tokens)
-        if self.whitening is not None:
-            vector = self.whitening(vector)
-        return self.mlp(vector)
+        return self.mlp(self.whiten(self.whitening_inputs(tokens)))
 
     def whitening_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The pooled vectors [B, D] (CLS token or mean patch token)."""

@@ -109,6 +109,11 @@ def add_folder_inputs(parser: argparse.ArgumentParser, stage: str) -> argparse.A
     return parser
 
 
+def link_folder_inputs(args: argparse.Namespace, stage: str) -> None:
+    """Link the folders given by :func:`add_folder_inputs`' options into ``args.root``."""
+    link_inputs(args.root, {name: getattr(args, name) for name in STEP_INPUTS[stage]})
+
+
 def current_host(resource_config: str | os.PathLike[str] = RESOURCE_CONFIG) -> str:
     """Name of this instance: SageMaker's ``current_host``, or ``"local"`` elsewhere."""
     path = Path(resource_config)

@@ -23,8 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _work(args: argparse.Namespace, stage_args: list[str]) -> int:
-    _mounts.link_inputs(args.root, {name: getattr(args, name)
-                                    for name in _mounts.STEP_INPUTS["analyze"]})
+    _mounts.link_folder_inputs(args, "analyze")
     return _mounts.run_stage("analyze", ["--root", str(args.root), *stage_args])
 
 

@@ -27,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _work(args: argparse.Namespace, stage_args: list[str]) -> int:
-    _mounts.link_inputs(args.root, {name: getattr(args, name)
-                                    for name in _mounts.STEP_INPUTS["index"]})
+    _mounts.link_folder_inputs(args, "index")
     code = _mounts.run_stage("index", ["--root", str(args.root), *stage_args])
     consolidated = RunRoot.of(args.root).consolidated_path
     if consolidated.is_file():
