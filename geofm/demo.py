@@ -44,8 +44,10 @@ class DemoReport:
         lines = ["# geofm demo report", "",
                  "Synthetic Sentinel-2 L2A time series (`data/`), run root `run/`. The encoder "
                  "has **random weights** (no checkpoint can be downloaded here): embeddings "
-                 "are a fixed random projection of the pixels, good enough to show the "
-                 "pipeline, not Clay's quality.", "", "## Stages", "",
+                 "are a fixed random function of the pixels that mostly keeps brightness and "
+                 "texture (at random initialisation Clay gives every band nearly the same "
+                 "patch kernel), good enough to show the pipeline, not Clay's quality.", "",
+                 "## Stages", "",
                  "| stage | status | seconds | counts |", "| --- | --- | --- | --- |"]
         for name, entry in self.stages.items():
             counts = ", ".join(f"{k} {v}" for k, v in entry.get("counts", {}).items())
