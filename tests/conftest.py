@@ -142,18 +142,20 @@ def make_embedded_root():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """Folder with the Clay reference checkpoint, cases and manifest (``shared/reference``).
+    """Folder with the Clay reference checkpoint, cases and manifest.
 
-    Looked up in ``$GEOFM_CLAY_REFERENCE``, then ``<repo>/../shared/reference`` (where CI
-    and the developers' checkouts have it). Missing files fail the tests that need them:
-    the encoder's exactness is not optional.
+    Looked up in ``$GEOFM_CLAY_REFERENCE``, then ``<repo>/../shared/reference`` (optional
+    overrides), then the copies vendored in ``tests/data/clay_reference`` (see its
+    README), so a clone that stands alone passes. Missing files fail the tests that need
+    them: the encoder's exactness is not optional.
     """
     import os
 
     candidates = [os.environ.get("GEOFM_CLAY_REFERENCE", ""),
-                  str(Path(__file__).resolve().parents[2] / "shared" / "reference")]
+                  str(Path(__file__).resolve().parents[2] / "shared" / "reference"),
+                  str(Path(__file__).resolve().parent / "data" / "clay_reference")]
     for candidate in candidates:
         if candidate and (Path(candidate) / "clay_tiny.ckpt").is_file():
             return Path(candidate)
     pytest.fail("Clay reference files (clay_tiny.ckpt, clay_tiny_cases.pt, manifest) not "
-                f"found in {candidates}; set GEOFM_CLAY_REFERENCE to the shared/reference folder")
+                f"found in {candidates}; restore tests/data/clay_reference from git")
