@@ -33,7 +33,38 @@ class SensorError(GeofmError, KeyError):
 
 
 class ItemError(GeofmError, ValueError):
-    """A STAC item is unusable: missing asset, missing CRS, unreadable raster."""
+    """A STAC item is unusable: missing asset, missing CRS, malformed field, unsafe id.
+
+    Attributes:
+        item: the item id (``None`` when the item has none, or the file was unreadable).
+        path: the file the item was read from (or the failing asset's href).
+        field: the offending field, e.g. ``"id"``, ``"properties.datetime"``,
+            ``"assets.red.href"`` (``None`` when not one field).
+        asset: the asset key involved, if any.
+    """
+
+    def __init__(self, message: str, *, item: str | None = None, path: str | None = None,
+                 field: str | None = None, asset: str | None = None) -> None:
+        super().__init__(message)
+        self.item, self.path, self.field, self.asset = item, path, field, asset
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep the fields across pickling
+        return (self.__class__, self.args, self.__dict__)
+
+
+class UnsafePathError(GeofmError, ValueError):
+    """A value (item id, tile code, chip id) would make a path outside the run root.
+
+    Attributes:
+        value: the offending value.
+    """
+
+    def __init__(self, message: str, *, value: object = None) -> None:
+        super().__init__(message)
+        self.value = value
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep the fields across pickling
+        return (self.__class__, self.args, self.__dict__)
 
 
 class RasterError(GeofmError, OSError):

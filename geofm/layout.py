@@ -2,6 +2,11 @@
 
 A stage reads only what earlier stages wrote under the same root, so any stage can run
 on its own, locally or as a processing job, and be re-run.
+
+:class:`RunRoot` is the only place that builds run-root paths. Scene (item) ids become
+file names through :func:`geofm.ids.encode_id` (safe ids unchanged, other characters
+percent-encoded, traversal rejected) and :meth:`RunRoot.scene_ids` decodes them again;
+every path it hands out is checked to stay inside the root (:meth:`RunRoot.inside`).
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from geofm.exceptions import UnsafePathError
+from geofm.ids import check_part, decode_id, encode_id
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,14 @@ class RunRoot:
         """Folder of NetCDF chips: ``chips/<scene_id>/<chip_id>.nc``."""
         return self.path / "chips"
 
+    def scene_chips_dir(self, scene_id: str) -> Path:
+        """Folder of one scene's NetCDF chips: ``chips/<encoded scene_id>/``."""
+        return self.inside(self.chips_dir / encode_id(scene_id))
+
     def chip_path(self, scene_id: str, chip_id: str) -> Path:
         """NetCDF datacube of one chip in one acquisition."""
-        return self.chips_dir / scene_id / f"{chip_id}.nc"
+        return self.inside(self.scene_chips_dir(scene_id)
+                           / f"{check_part(chip_id, what='chip id')}.nc")
 
     @property
     def thumbnails_dir(self) -> Path:
@@ -43,7 +56,8 @@ class RunRoot:
 
     def thumbnail_path(self, scene_id: str, chip_id: str) -> Path:
         """RGB PNG thumbnail of one chip in one acquisition."""
-        return self.thumbnails_dir / scene_id / f"{chip_id}.png"
+        return self.inside(self.thumbnails_dir / encode_id(scene_id)
+                           / f"{check_part(chip_id, what='chip id')}.png")
 
     @property
     def meta_dir(self) -> Path:
@@ -52,7 +66,7 @@ class RunRoot:
 
     def meta_path(self, scene_id: str) -> Path:
         """GeoParquet with a row per chip of one scene (valid or not)."""
-        return self.meta_dir / f"{scene_id}.parquet"
+        return self.inside(self.meta_dir / f"{encode_id(scene_id)}.parquet")
 
     # --- embed stage ------------------------------------------------------------------
     @property
@@ -62,11 +76,11 @@ class RunRoot:
 
     def embeddings_path(self, scene_id: str) -> Path:
         """Parquet with a row per embedded chip of one scene."""
-        return self.embeddings_dir / f"{scene_id}.parquet"
+        return self.inside(self.embeddings_dir / f"{encode_id(scene_id)}.parquet")
 
     def patches_path(self, scene_id: str) -> Path:
         """Optional float16 [N, L, D] patch-token grid, rows in the Parquet's order."""
-        return self.embeddings_dir / f"{scene_id}_patches.npy"
+        return self.inside(self.embeddings_dir / f"{encode_id(scene_id)}_patches.npy")
 
     # --- analyze stage ----------------------------------------------------------------
     @property
@@ -97,8 +111,39 @@ class RunRoot:
         return self.path / "run.json"
 
     def scene_ids(self, folder: Path, suffix: str = ".parquet") -> list[str]:
-        """Sorted scene ids of the files ending in ``suffix`` in ``folder``."""
+        """Sorted scene ids (decoded) of the files ending in ``suffix`` in ``folder``.
+
+        Raises:
+            UnsafePathError: a file name there is not an encoded item id (see
+                :func:`geofm.ids.decode_id`); names starting with ``.`` are skipped.
+        """
         if not folder.is_dir():
             return []
-        return sorted(p.name[: -len(suffix)] for p in folder.iterdir()
+        return sorted(decode_id(p.name[: -len(suffix)]) for p in folder.iterdir()
                       if p.name.endswith(suffix) and not p.name.startswith("."))
+
+    def inside(self, path: Path) -> Path:
+        """Return ``path``, built from :attr:`path`, if it lies strictly inside the root.
+
+        The check is lexical (``..`` and absolute parts count, symlinks are not followed):
+        folders the root itself links to, such as SageMaker input mounts, stay usable.
+        Every path :class:`RunRoot` hands out passes through here, a last line of defence
+        behind the id checks where items enter (:mod:`geofm.ids`).
+
+        Args:
+            path: a path built by joining parts onto :attr:`path`.
+
+        Returns:
+            ``path`` unchanged.
+
+        Raises:
+            UnsafePathError: the path is the root itself or lies outside it.
+        """
+        root = os.path.normpath(os.path.abspath(self.path))
+        full = os.path.normpath(os.path.abspath(path))
+        if full == root or os.path.commonpath([root, full]) != root:
+            raise UnsafePathError(
+                f"{os.fspath(path)!r} would be {full}, outside the run root {root}; refusing "
+                "to use it (item ids and tile codes may not hold '..' or absolute paths: "
+                "fix the item)", value=os.fspath(path))
+        return path

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from geofm.chip.grid import load_aoi
-from geofm.chip.items import Scene, load_scenes
+from geofm.chip.items import Scene, load_items
 from geofm.chip.scene import ChipOptions, SceneResult, chip_scene
 from geofm.chip.thumbs import DEFAULT_STRETCH
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
@@ -140,11 +140,15 @@ def chip(
         ``skipped_scenes``, ``failed_scenes``; ``extra["coverage"]``).
 
     Raises:
-        GeofmError: bad arguments or no readable items (before any work).
+        GeofmError: bad arguments, no usable item, or two items with one id (before any
+            work). A single malformed item (bad id, datetime, CRS, ...: see
+            :func:`geofm.chip.items.scene_from_dict`) fails only its scene.
     """
     _check_args(chip_size, max_cloud, max_nodata, workers, aoi)
     run = RunRoot.of(root)
-    scenes = load_scenes(items)
+    loaded = load_items(items)
+    loaded.require_scenes()
+    scenes = loaded.scenes
     sensor = get_sensor(scenes[0].sensor)
     band_names = sensor.resolve(bands)
     if aoi is not None:
@@ -172,6 +176,10 @@ def chip(
         if skipped:
             log.info("%d of %d scenes already chipped; skipping them (overwrite=True redoes "
                      "them)", skipped, len(scenes))
+        for err in loaded.errors:  # bad items fail like scenes; the others go on
+            unit = err.item if err.item is not None else str(err.path)
+            record.fail(unit, str(err), path=err.path)
+            log.error("item %s failed: %s", unit, err)
         results = _run_scenes(todo, opts, workers=workers, progress=progress)
         harmonisation: dict[str, str] = {}
         for res in results:
@@ -181,8 +189,8 @@ def chip(
             else:
                 harmonisation[res.scene_id] = res.harmonisation
         record.counts.update(
-            scenes=len(scenes), skipped_scenes=skipped,
-            failed_scenes=sum(r.error is not None for r in results),
+            scenes=len(scenes) + len(loaded.errors), skipped_scenes=skipped,
+            failed_scenes=sum(r.error is not None for r in results) + len(loaded.errors),
             chips=sum(r.chips for r in results), valid_chips=sum(r.valid for r in results))
         record.extra["harmonisation"] = harmonisation
         record.extra["coverage"] = coverage_summary(run)

@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from geofm.exceptions import GeofmFileExistsError, GeofmFileNotFoundError, GeofmValueError
+from geofm.ids import decode_id, encode_id
 from geofm.io import atomic_path
 from geofm.layout import RunRoot
 
@@ -175,16 +176,18 @@ def write_bundle(root: Path, scene_id: str, out_dir: Path) -> Path:
         out_dir: folder of the bundles.
 
     Returns:
-        ``out_dir/<scene_id>.tar`` (uncompressed; members relative to the run root).
+        ``out_dir/<scene_id>.tar`` (the id as a file name: :func:`geofm.ids.encode_id`;
+        uncompressed; members relative to the run root).
     """
     paths = RunRoot.of(root)
-    bundle = out_dir / f"{scene_id}.tar"
+    bundle = out_dir / f"{encode_id(scene_id)}.tar"
+    meta = paths.meta_path(scene_id)
     with atomic_path(bundle) as tmp, tarfile.open(tmp, "w") as tar:
-        tar.add(paths.meta_path(scene_id), arcname=f"meta/{scene_id}.parquet")
-        chips = paths.chips_dir / scene_id
+        tar.add(meta, arcname=meta.relative_to(paths.path).as_posix())
+        chips = paths.scene_chips_dir(scene_id)
         if chips.is_dir():
             for nc in sorted(chips.iterdir()):
-                tar.add(nc, arcname=f"chips/{scene_id}/{nc.name}")
+                tar.add(nc, arcname=nc.relative_to(paths.path).as_posix())
     return bundle
 
 
@@ -218,7 +221,7 @@ def extract_bundles(bundle_dir: Path, root: Path) -> list[str]:
                         "chips/; bundles must be written by `python -m geofm.steps.chip`"
                     )
             tar.extractall(root, filter="data")
-        scenes.append(bundle.name[: -len(".tar")])
+        scenes.append(decode_id(bundle.name[: -len(".tar")]))
     log.info("unpacked %d scene bundle(s) from %s into %s", len(scenes), bundle_dir, root)
     return sorted(scenes)
 

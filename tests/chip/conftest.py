@@ -25,12 +25,23 @@ def write_tif(path: Path, array: np.ndarray, res: float, *, x0: float = X0, y0: 
         dst.write(array, 1)
 
 
+def footprint(size_m: float = 640.0) -> dict:
+    """WGS84 GeoJSON polygon of a ``size_m`` square at the scenes' upper-left corner."""
+    from pyproj import Transformer
+
+    to_wgs = Transformer.from_crs(EPSG, 4326, always_xy=True)
+    corners = [(X0, Y0), (X0 + size_m, Y0), (X0 + size_m, Y0 - size_m), (X0, Y0 - size_m),
+               (X0, Y0)]
+    return {"type": "Polygon", "coordinates": [[list(to_wgs.transform(x, y))
+                                                for x, y in corners]]}
+
+
 def item_json(item_id: str, date: str, hrefs: dict[str, str], *, baseline: str = "02.14",
               tile: str = "33UUP", offset_applied: bool = False) -> dict:
     return {
         "type": "Feature", "stac_version": "1.0.0", "id": item_id,
         "collection": "sentinel-2-l2a",
-        "geometry": None, "bbox": None, "links": [],
+        "geometry": footprint(), "bbox": None, "links": [],
         "properties": {"datetime": date, "proj:epsg": EPSG, "grid:code": f"MGRS-{tile}",
                        "s2:processing_baseline": baseline,
                        "earthsearch:boa_offset_applied": offset_applied},

@@ -2,8 +2,16 @@ import json
 
 import pytest
 
-from geofm.chip.items import load_scenes
+from geofm.chip.items import load_items, load_scenes, scene_from_dict
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError, ItemError
+
+POINT = {"type": "Point", "coordinates": [15.0, 50.5]}
+
+
+def _item(**props):
+    """A minimal located item dict with ``props`` merged into its properties."""
+    return {"id": "x", "geometry": POINT,
+            "properties": {"datetime": "2022-02-01T00:00:00Z", **props}}
 
 
 def test_folder_collection_and_single_item_give_the_same_scenes(make_scene, tmp_path):
@@ -23,12 +31,10 @@ def test_folder_collection_and_single_item_give_the_same_scenes(make_scene, tmp_
 
 
 def test_offset_rule():
-    from geofm.chip.items import scene_from_dict
-
     def scene(baseline, applied=False):
-        return scene_from_dict({"id": "x", "properties": {
-            "datetime": "2022-02-01T00:00:00Z", "s2:processing_baseline": baseline,
-            "earthsearch:boa_offset_applied": applied}}, base=None, source="t")
+        return scene_from_dict(_item(**{"s2:processing_baseline": baseline,
+                                        "earthsearch:boa_offset_applied": applied}),
+                               base=None, source="t")
 
     assert scene("04.00").remove_offset and scene("05.10").remove_offset
     assert not scene("03.01").remove_offset
@@ -36,11 +42,9 @@ def test_offset_rule():
 
 
 def test_tile_from_mgrs_fields_and_epsg_from_proj_code():
-    from geofm.chip.items import scene_from_dict
-
-    s = scene_from_dict({"id": "x", "properties": {
-        "datetime": "2022-02-01T00:00:00Z", "mgrs:utm_zone": 3, "mgrs:latitude_band": "U",
-        "mgrs:grid_square": "UP", "proj:code": "EPSG:32603"}}, base=None, source="t")
+    s = scene_from_dict(_item(**{"mgrs:utm_zone": 3, "mgrs:latitude_band": "U",
+                                 "mgrs:grid_square": "UP", "proj:code": "EPSG:32603"}),
+                        base=None, source="t")
     assert (s.tile, s.epsg) == ("03UUP", 32603)
 
 
@@ -69,3 +73,126 @@ def test_pystac_items_resolve_relative_hrefs(make_scene, tmp_path):
     (scene,) = load_scenes([pystac.Item.from_file(str(path))])
     assert scene.hrefs["scl"] == str(tmp_path / "data/assets/A/scl.tif")
     assert scene.source == str(path)
+
+
+# --- malformed items: an ItemError naming the item, its file, the field and the fix -------
+
+def _with(item: dict, path: tuple, value) -> dict:
+    """Copy of ``item`` with the field at ``path`` set to ``value`` (``...`` deletes)."""
+    item = json.loads(json.dumps(item))
+    where = item
+    for key in path[:-1]:
+        where = where[key]
+    if value is ...:
+        where.pop(path[-1], None)
+    else:
+        where[path[-1]] = value
+    return item
+
+
+@pytest.mark.parametrize(("path", "value", "field", "match"), [
+    (("id",), "../../escape", "id", r"'\.\./\.\./escape'.*'\.' or '\.\.' path segment.*rename"),
+    (("id",), "/abs/id", "id", r"'/abs/id' is an absolute path"),
+    (("id",), "a/../../b", "id", r"'a/\.\./\.\./b'.*path segment"),
+    (("id",), "..", "id", r"is '\.\.'"),
+    (("id",), ".hidden", "id", r"starts with '\.'"),
+    (("id",), "bad\nid", "id", r"control character"),
+    (("id",), 123, "id", r"is a int, not a string"),
+    (("id",), "x" * 300, "id", r"longer than 200"),
+    (("properties", "grid:code"), "MGRS-../../../X", "properties.grid:code",
+     r"tile code '\.\./\.\./\.\./X'.*outside letters.*MGRS-33UUP"),
+    (("properties", "grid:code"), "MGRS-33 UUP", "properties.grid:code", r"holds ' '"),
+    (("properties", "grid:code"), 7, "properties.grid:code", r"not a string"),
+    (("properties", "datetime"), "yesterday", "properties.datetime",
+     r"'yesterday' is not an ISO 8601.*2021-06-01T10:00:00Z"),
+    (("properties", "datetime"), ..., "properties.datetime", r"has no datetime"),
+    (("properties", "proj:epsg"), "abc", "properties.proj:epsg",
+     r"proj:epsg 'abc' is not an EPSG code.*32633"),
+    (("properties", "proj:epsg"), ..., None, None),  # then proj:code is used
+    (("properties", "s2:processing_baseline"), "new", "properties.s2:processing_baseline",
+     r"'new' is not a version.*04\.00"),
+    (("properties", "earthsearch:boa_offset_applied"), "false",
+     "properties.earthsearch:boa_offset_applied", r"not true or false"),
+    (("bbox",), ["a", 1, 2, 3], "bbox", r"bbox \['a', 1, 2, 3\] is not 4 \(or 6\) numbers"),
+    (("bbox",), [1, 2, 3], "bbox", r"not 4 \(or 6\) numbers"),
+    (("geometry",), None, "geometry", r"geometry is null.*WGS84 footprint"),
+    (("geometry",), {"type": "Circle"}, "geometry", r"'Circle' is not a GeoJSON geometry"),
+    (("properties",), ..., "properties", r"'properties' is null, not an object"),
+    (("properties",), [1], "properties", r"'properties' is a list, not an object"),
+    (("assets",), [{"href": "a.tif"}], "assets", r"'assets' is a list, not an object"),
+    (("assets", "red"), {"type": "image/tiff"}, "assets.red.href",
+     r"asset 'red' has no href.*path or URL"),
+    (("assets", "red"), "red.tif", "assets.red", r"asset 'red' is a string, not an object"),
+])
+def test_malformed_item_fields_raise_item_errors_with_fields(path, value, field, match):
+    good = _item(**{"proj:code": "EPSG:32633", "proj:epsg": 32633, "grid:code": "MGRS-33UUP"})
+    good["assets"] = {"red": {"href": "red.tif"}}
+    good["bbox"] = [14.9, 50.4, 15.1, 50.6]
+    item = _with(good, path, value)
+    if match is None:
+        assert scene_from_dict(item, base=None, source="f.json").epsg == 32633
+        return
+    with pytest.raises(ItemError, match=match) as info:
+        scene_from_dict(item, base=None, source="f.json#2", path="f.json")
+    err = info.value
+    assert (err.field, err.path) == (field, "f.json")
+    assert "f.json#2" in str(err)  # the file (and entry) is named
+    assert err.item == (str(value) if field == "id" else "x")
+
+
+def test_safe_ids_are_kept_and_unusual_ids_accepted():
+    for item_id in ("S2A_33UUP_20210601_0_L2A", "S2A/2021", "a b:c", "100%"):
+        assert scene_from_dict(dict(_item(), id=item_id), base=None, source="t").scene_id \
+            == item_id
+
+
+def test_items_file_that_is_a_json_list_is_accepted(make_scene, tmp_path):
+    a, b = make_scene("A"), make_scene("B", date="2021-05-01T10:00:00Z")
+    listing = tmp_path / "data" / "items" / "list.json"
+    listing.write_text(json.dumps([json.loads(a.read_text()), json.loads(b.read_text())]))
+    assert [s.scene_id for s in load_scenes(listing)] == ["B", "A"]
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (b"\xff\xfe{not utf8", r"is not UTF-8 text.*re-save it as UTF-8"),
+    (b"{oops", r"is not valid JSON"),
+    (b'"a string"', r"neither a STAC Item.*\(a string\)"),
+    (b'{"type": "Catalog"}', r"neither a STAC Item.*type 'Catalog'"),
+    (b'{"type": "FeatureCollection", "features": 3}', r"'features' is a number"),
+])
+def test_unreadable_items_file_fails_alone_in_a_folder(make_scene, tmp_path, content, match):
+    make_scene("A")
+    bad = tmp_path / "data" / "items" / "bad.json"
+    bad.write_bytes(content)
+    loaded = load_items(bad.parent)
+    assert [s.scene_id for s in loaded.scenes] == ["A"]
+    (err,) = loaded.errors
+    assert err.path == str(bad) and err.item is None and str(bad) in str(err)
+    with pytest.raises(ItemError, match=match):
+        load_items(bad).require_scenes()  # the only file: the whole input is unusable
+    with pytest.raises(ItemError, match=match):
+        load_scenes(bad.parent)  # the strict loader raises the first error
+
+
+def test_require_scenes_summarises_when_every_item_is_bad(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"type": "Feature", "id": f"../{name}", "geometry": POINT, "properties": {}}))
+    loaded = load_items(tmp_path)
+    assert not loaded.scenes and [e.item for e in loaded.errors] == ["../a", "../b"]
+    with pytest.raises(ItemError, match=r"none of the 2 items.*\n.*'\.\./a'.*\n.*'\.\./b'"):
+        loaded.require_scenes()
+
+
+def test_in_memory_items_that_are_not_objects_are_item_errors():
+    loaded = load_items([_item(), 5])
+    assert [s.scene_id for s in loaded.scenes] == ["x"]
+    assert "in-memory item #1" in str(loaded.errors[0]) and "not a JSON object" in str(
+        loaded.errors[0])
+
+
+def test_item_error_keeps_its_fields_when_pickled():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ItemError("m", item="i", path="p", field="f", asset="a")))
+    assert (str(err), err.item, err.path, err.field, err.asset) == ("m", "i", "p", "f", "a")
