@@ -260,7 +260,7 @@ def scene_from_dict(item_dict: dict[str, Any], *, base: str | os.PathLike[str] |
     problem = id_problem(raw_id)
     if problem is not None:
         check.item = str(raw_id)
-        raise check.error("id", f"item id {raw_id!r} {problem}; {ID_FIX}")
+        raise check.error("id", f"its id {problem}; {ID_FIX}")
     check.item = scene_id = str(raw_id)
     props = item_dict.get("properties")
     if not isinstance(props, dict):

@@ -91,9 +91,10 @@ def _with(item: dict, path: tuple, value) -> dict:
 
 
 @pytest.mark.parametrize(("path", "value", "field", "match"), [
-    (("id",), "../../escape", "id", r"'\.\./\.\./escape'.*'\.' or '\.\.' path segment.*rename"),
-    (("id",), "/abs/id", "id", r"'/abs/id' is an absolute path"),
-    (("id",), "a/../../b", "id", r"'a/\.\./\.\./b'.*path segment"),
+    (("id",), "../../escape", "id",
+     r"item '\.\./\.\./escape' \(f.json#2\): its id has a '\.' or '\.\.' path segment.*rename"),
+    (("id",), "/abs/id", "id", r"item '/abs/id' .*its id is an absolute path"),
+    (("id",), "a/../../b", "id", r"item 'a/\.\./\.\./b'.*its id has a '\.' or '\.\.' path segment"),
     (("id",), "..", "id", r"is '\.\.'"),
     (("id",), ".hidden", "id", r"starts with '\.'"),
     (("id",), "bad\nid", "id", r"control character"),

@@ -412,3 +412,220 @@ def test_aoi_missing_every_item_or_unreadable_fails_before_work(synth_dir, tmp_p
     with pytest.raises(GeofmValueError, match=r"cannot read AOI .*bad.geojson"):
         chip(synth_dir / "items", tmp_path / "r", chip_size=64, aoi=tmp_path / "bad.geojson",
              progress=False)
+
+
+# --- untrusted items: ids stay file names inside the root; bad items are errors -------------
+
+@pytest.fixture
+def geofm_log(caplog):
+    """Capture the ``geofm`` logger (the CLI's handler does not propagate)."""
+    import logging
+
+    logger = logging.getLogger("geofm")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def _tree(top, skip):
+    """Every path under ``top`` except those under ``skip`` (relative, sorted)."""
+    return sorted(str(p.relative_to(top)) for p in top.rglob("*")
+                  if p != skip and skip not in p.parents)
+
+
+def _good_and_bad(make_scene, tmp_path, edit):
+    """Items folder with scene GOOD and a copy of it, edited by ``edit(dict)``, in bad.json."""
+    good = make_scene("GOOD")
+    item = json.loads(good.read_text())
+    item["id"] = "BAD"
+    edit(item)
+    bad = good.parent / "bad.json"
+    bad.write_text(json.dumps(item))
+    return good.parent, bad
+
+
+def _chip_main(items, root):
+    import geofm.cli
+
+    return geofm.cli.main(["chip", "--items", str(items), "--out", str(root),
+                           "--chip-size", "32", "--no-progress"])
+
+
+@pytest.mark.parametrize("make_id", [lambda tmp: "../../escape", lambda tmp: f"{tmp}/abs/id",
+                                     lambda tmp: "a/../../b", lambda tmp: "../escape/x"])
+def test_traversal_item_ids_write_nothing_outside_the_root(make_scene, tmp_path, capsys,
+                                                           make_id):
+    bad_id = make_id(tmp_path)
+    items, bad = _good_and_bad(make_scene, tmp_path, lambda d: d.update(id=bad_id))
+    root = tmp_path / "work" / "root"
+    root.parent.mkdir()
+    before = _tree(tmp_path, root)
+    assert _chip_main(items, root) == 1
+    assert _tree(tmp_path, root) == before  # not one file created outside the root
+    out = capsys.readouterr().out
+    assert f"FAILED {bad_id} ({bad}): item {bad_id!r} ({bad}): its id " in out
+    assert "rename the item" in out
+    (failure,) = read_manifest(root)["stages"]["chip"]["failures"]
+    assert failure["unit"] == bad_id and failure["path"] == str(bad)
+    run = RunRoot.of(root)
+    assert run.scene_ids(run.meta_dir) == ["GOOD"]  # the other scene went on
+
+
+@pytest.mark.parametrize("code", ["MGRS-../../../X", "MGRS-/tmp/x", "../x", "MGRS-a b"])
+def test_traversal_grid_codes_fail_their_item(make_scene, tmp_path, capsys, code):
+    items, bad = _good_and_bad(make_scene, tmp_path,
+                               lambda d: d["properties"].update({"grid:code": code}))
+    root = tmp_path / "work" / "root"
+    root.parent.mkdir()
+    before = _tree(tmp_path, root)
+    assert _chip_main(items, root) == 1
+    assert _tree(tmp_path, root) == before
+    assert not list(root.rglob("*X*"))
+    assert sorted(p.parent.name for p in root.rglob("*.nc")) == ["GOOD"] * 4
+    out = capsys.readouterr().out
+    assert f"FAILED BAD ({bad}): item 'BAD'" in out and "properties.grid:code" in out
+    assert "MGRS-33UUP" in out  # the fix
+
+
+def test_runroot_refuses_an_unchecked_scene_even_past_the_item_checks(make_scene, tmp_path):
+    from dataclasses import replace
+
+    from geofm.chip.items import load_scenes
+    from geofm.chip.scene import ChipOptions, chip_scene
+
+    (scene,) = load_scenes(make_scene("A"))
+    opts = ChipOptions(root=str(tmp_path / "root"), chip_size=32,
+                       bands=("blue", "green", "red", "nir"), aoi=None, max_cloud=0.05,
+                       max_nodata=0.0, grid_origin=None, cloud_mask=True,
+                       stretch=(0.0, 3000.0))
+    before = _tree(tmp_path, tmp_path / "root")
+    escaped = chip_scene(replace(scene, scene_id="../../escape"), opts)
+    assert "item id '../../escape' has a '.' or '..' path segment" in str(escaped.error)
+    tiled = chip_scene(replace(scene, tile="../../../X"), opts)
+    assert "chip id '../../../X_32_0000_0000' holds '/'" in str(tiled.error)
+    assert _tree(tmp_path, tmp_path / "root") == before
+
+
+def _set(path, value):
+    """An ``edit`` that sets (``...``: deletes) the field at ``path`` of the item dict."""
+    def edit(item):
+        where = item
+        for key in path[:-1]:
+            where = where[key]
+        if value is ...:
+            del where[path[-1]]
+        else:
+            where[path[-1]] = value
+    return edit
+
+
+#: (edit of the bad item, text the message must hold: the value and the fix)
+BAD_ITEMS = {
+    "datetime": (_set(("properties", "datetime"), "yesterday"),
+                 ["properties.datetime 'yesterday' is not an ISO 8601", "2021-06-01T10:00:00Z"]),
+    "assets-list": (_set(("assets",), [{"href": "x.tif"}]),
+                    ["'assets' is a list, not an object"]),
+    "epsg": (_set(("properties", "proj:epsg"), "abc"),
+             ["proj:epsg 'abc' is not an EPSG code", "32633"]),
+    "bbox": (_set(("bbox",), ["w", "s", "e", "n"]),
+             ["bbox ['w', 's', 'e', 'n'] is not 4 (or 6) numbers", "[west, south, east, north]"]),
+    "geometry-null": (_set(("geometry",), None),
+                      ["geometry is null", "WGS84 footprint as a GeoJSON geometry"]),
+    "properties-missing": (_set(("properties",), ...),
+                           ["'properties' is null, not an object"]),
+    "properties-list": (_set(("properties",), ["datetime"]),
+                        ["'properties' is a list, not an object"]),
+    "asset-without-href": (_set(("assets", "red", "href"), ...),
+                           ["asset 'red' has no href", "path or URL of its file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ITEMS))
+def test_a_bad_item_fails_its_scene_and_the_rest_goes_on(make_scene, tmp_path, capsys, case):
+    edit, texts = BAD_ITEMS[case]
+    items, bad = _good_and_bad(make_scene, tmp_path, edit)
+    root = tmp_path / "root"
+    assert _chip_main(items, root) == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("FAILED"))
+    assert line.startswith(f"FAILED BAD ({bad}): item 'BAD' ({bad}): ")
+    for text in texts:
+        assert text in line
+    assert "1 failed" in out
+    stage = read_manifest(root)["stages"]["chip"]
+    assert stage["status"] == "failed" and stage["counts"]["failed_scenes"] == 1
+    assert [f["unit"] for f in stage["failures"]] == ["BAD"]
+    assert RunRoot.of(root).meta_path("GOOD").exists()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ITEMS))
+def test_a_bad_only_item_is_an_error_before_any_work(make_scene, tmp_path, geofm_log, case):
+    edit, texts = BAD_ITEMS[case]
+    _, bad = _good_and_bad(make_scene, tmp_path, edit)
+    root = tmp_path / "root"
+    assert _chip_main(bad, root) == 1
+    assert f"item 'BAD' ({bad})" in geofm_log.text
+    for text in texts:
+        assert text in geofm_log.text
+    assert "Traceback" not in geofm_log.text
+    assert not root.exists()  # nothing was started
+
+
+@pytest.mark.parametrize(("content", "text"), [
+    (b"\xff\xfe{\x00", "is not UTF-8 text"), (b"{not json", "is not valid JSON"),
+    (b"[1, 2", "is not valid JSON"), (b"42", "is neither a STAC Item")])
+def test_unreadable_items_files(make_scene, tmp_path, capsys, geofm_log, content, text):
+    good = make_scene("GOOD")
+    bad = good.parent / "bad.json"
+    bad.write_bytes(content)
+    assert _chip_main(good.parent, tmp_path / "r1") == 1  # in a folder: that file fails
+    out = capsys.readouterr().out
+    assert f"FAILED {bad}" in out and text in out
+    assert RunRoot.of(tmp_path / "r1").meta_path("GOOD").exists()
+    assert _chip_main(bad, tmp_path / "r2") == 1  # alone: the input is unusable
+    assert f"{bad} {text}" in geofm_log.text and not (tmp_path / "r2").exists()
+
+
+def test_an_items_file_holding_a_json_list_is_chipped(make_scene, tmp_path, capsys):
+    a, b = make_scene("A"), make_scene("B", seed=1)
+    listing = a.parent / "list.json"  # relative hrefs resolve against it
+    listing.write_text(json.dumps([json.loads(a.read_text()), json.loads(b.read_text())]))
+    assert _chip_main(listing, tmp_path / "root") == 0, capsys.readouterr().out
+    run = RunRoot.of(tmp_path / "root")
+    assert run.scene_ids(run.meta_dir) == ["A", "B"]
+
+
+def test_a_scene_id_with_a_slash_is_embedded_and_indexed(make_scene, tmp_path):
+    import warnings
+
+    import geopandas as gpd
+
+    from geofm.embed import embed
+    from geofm.index import build_index
+
+    ids = {"S2A_one": "S2A/2021", "S2B_two": "S2B 2021:06%"}
+    for n, (name, item_id) in enumerate(ids.items()):
+        path = make_scene(name, date=f"2021-06-0{n + 1}T10:00:00Z", seed=n)
+        path.write_text(path.read_text().replace(f'"id": "{name}"', f'"id": "{item_id}"'))
+    root = tmp_path / "root"
+    rec = chip(tmp_path / "data/items", root, chip_size=32, progress=False)
+    assert not rec.failures and rec.counts["valid_chips"] == 8
+    run = RunRoot.of(root)
+    assert sorted(p.name for p in run.meta_dir.iterdir()) == ["S2A%2F2021.parquet",
+                                                              "S2B%202021%3A06%25.parquet"]
+    assert sorted(run.scene_ids(run.meta_dir)) == sorted(ids.values())
+    meta = _meta(root)
+    assert set(meta.scene_id) == set(ids.values())
+    assert all((root / p).is_file() for p in meta.chip_path)
+    assert meta.set_index("scene_id").chip_path.loc["S2A/2021"].iloc[0].startswith(
+        "chips/S2A%2F2021/")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights
+        erec = embed(root, model="tiny", batch_size=8, progress=False)
+    assert not erec.failures and erec.counts["chips"] == 8
+    assert sorted(run.scene_ids(run.embeddings_dir)) == sorted(ids.values())
+    irec = build_index(root)
+    assert not irec.failures
+    table = gpd.read_parquet(run.consolidated_path)
+    assert sorted(table.groupby("scene_id").size().items()) == [("S2A/2021", 4),
+                                                                ("S2B 2021:06%", 4)]
