@@ -23,6 +23,10 @@ from geofm.ids import check_part, decode_id, encode_id
 class RunRoot:
     """Paths of one run root.
 
+    Methods taking a ``scene_id`` take the STAC item id as it is and name files with
+    :func:`geofm.ids.encode_id` (raising :class:`~geofm.exceptions.UnsafePathError`
+    for ids that would leave the root); chip ids must already be safe file names.
+
     Attributes:
         path: the run root folder.
     """
@@ -37,7 +41,7 @@ class RunRoot:
     # --- chip stage -------------------------------------------------------------------
     @property
     def chips_dir(self) -> Path:
-        """Folder of NetCDF chips: ``chips/<scene_id>/<chip_id>.nc``."""
+        """Folder of NetCDF chips: ``chips/<scene_id>/<chip_id>.nc`` (ids as file names)."""
         return self.path / "chips"
 
     def scene_chips_dir(self, scene_id: str) -> Path:

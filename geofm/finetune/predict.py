@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from geofm.exceptions import CheckpointError, GeofmError, GeofmValueError
+from geofm.ids import encode_id
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord
 
@@ -160,7 +161,7 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
         written = skipped = 0
         for scene_id in progress_bar(scene_ids, desc="predict", unit="scene",
                                      disable=not progress):
-            target = out / f"{scene_id}.tif"
+            target = out / f"{encode_id(scene_id)}.tif"  # the id as a file name
             if target.exists() and not overwrite:
                 skipped += 1
                 continue

@@ -72,6 +72,23 @@ def test_bundles_round_trip(tmp_path: Path) -> None:
         _mounts.extract_bundles(evil, tmp_path / "third")
 
 
+def test_bundles_of_an_encoded_scene_id(tmp_path: Path) -> None:
+    from geofm.layout import RunRoot
+
+    run = RunRoot.of(tmp_path / "root")
+    run.meta_path("S2A/2021").parent.mkdir(parents=True)
+    run.meta_path("S2A/2021").write_bytes(b"m")
+    run.chip_path("S2A/2021", "c1").parent.mkdir(parents=True)
+    run.chip_path("S2A/2021", "c1").write_bytes(b"c")
+    (bundle,) = _mounts.write_bundles(run.path, tmp_path / "bundles")
+    assert bundle.name == "S2A%2F2021.tar"
+    with tarfile.open(bundle) as tar:
+        assert sorted(tar.getnames()) == ["chips/S2A%2F2021/c1.nc", "meta/S2A%2F2021.parquet"]
+    other = RunRoot.of(tmp_path / "other")
+    assert _mounts.extract_bundles(tmp_path / "bundles", other.path) == ["S2A/2021"]
+    assert other.chip_path("S2A/2021", "c1").read_bytes() == b"c"
+
+
 def test_manifest_and_host(tmp_path: Path) -> None:
     assert _mounts.current_host(tmp_path / "none.json") == "local"
     config = tmp_path / "resourceconfig.json"
