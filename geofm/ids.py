@@ -8,7 +8,7 @@ one owner of the rule (docs/contracts.md, "Ids as file names"):
   own file name, so the names of ordinary ids (``S2A_33UUP_20210601_0_L2A``) and every
   chip id are unchanged.
 - **Rejected** (:func:`id_problem` says why): an id that is empty, not a string, ``.``
-  or ``..``, starts with ``.``, is an absolute path (``/x``, ``\x``, ``C:...``), has a
+  or ``..``, starts with ``.``, is an absolute path (``/x``, ``\x``, ``C:\x``), has a
   ``.`` or ``..`` segment between ``/`` or ``\`` (``a/../../b``), holds a control
   character, or is longer than :data:`MAX_PART_LENGTH` once encoded.
 - **Mapped**: any other character (``/``, ``:``, space, ``%``, non-ASCII) is
@@ -75,7 +75,7 @@ def id_problem(value: object) -> str | None:
         return "is empty"
     if value in (".", ".."):
         return f"is {value!r}"
-    if value.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", value):
+    if value.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[/\\]", value):
         return "is an absolute path"
     if any(seg in (".", "..") for seg in re.split(r"[/\\]", value)):
         return "has a '.' or '..' path segment"

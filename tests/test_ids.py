@@ -20,7 +20,7 @@ def test_safe_ids_are_their_own_file_names(item_id):
 
 @pytest.mark.parametrize(("item_id", "name"), [
     ("S2A/2021", "S2A%2F2021"), ("a b:c", "a%20b%3Ac"), ("100%", "100%25"),
-    ("%2F", "%252F"), ("é", "%C3%A9"), ("a\\b", "a%5Cb")])
+    ("%2F", "%252F"), ("é", "%C3%A9"), ("a\\b", "a%5Cb"), ("T:1", "T%3A1")])
 def test_other_characters_are_percent_encoded_reversibly(item_id, name):
     assert encode_id(item_id) == name
     assert decode_id(name) == item_id
@@ -35,7 +35,8 @@ def test_encoding_is_collision_free():
 @pytest.mark.parametrize(("item_id", "reason"), [
     ("../../escape", "'.' or '..' path segment"), ("a/../../b", "path segment"),
     ("a/./b", "path segment"), ("/abs/id", "absolute path"), ("\\\\host\\x", "absolute"),
-    ("C:/x", "absolute"), (".", "is '.'"), ("..", "is '..'"), ("", "is empty"),
+    ("C:/x", "absolute"), ("C:\\x", "absolute"),
+    (".", "is '.'"), ("..", "is '..'"), ("", "is empty"),
     (".hidden", "starts with '.'"), ("a\x00b", "control character"), ("a\nb", "control"),
     ("a\x7fb", "control"), (None, "not a string"), (42, "not a string"),
     ("é" * (MAX_PART_LENGTH // 6 + 1), "longer than"),
