@@ -70,7 +70,7 @@ def id_problem(value: object) -> str | None:
         A short reason (e.g. ``"has a '..' path segment"``) or ``None``.
     """
     if not isinstance(value, str):
-        return f"is a {type(value).__name__}, not a string"
+        return f"is not a string (got {type(value).__name__} {value!r})"
     if value == "":
         return "is empty"
     if value in (".", ".."):
@@ -138,7 +138,7 @@ def decode_id(name: str) -> str:
 
 def _safe_problem(value: object, max_length: int) -> str | None:
     if not isinstance(value, str):
-        return f"is a {type(value).__name__}, not a string"
+        return f"is not a string (got {type(value).__name__} {value!r})"
     if value == "":
         return "is empty"
     bad = sorted({ch for ch in value if ch not in SAFE_CHARS})

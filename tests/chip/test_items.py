@@ -98,7 +98,7 @@ def _with(item: dict, path: tuple, value) -> dict:
     (("id",), "..", "id", r"is '\.\.'"),
     (("id",), ".hidden", "id", r"starts with '\.'"),
     (("id",), "bad\nid", "id", r"control character"),
-    (("id",), 123, "id", r"is a int, not a string"),
+    (("id",), 123, "id", r"its id is not a string \(got int 123\)"),
     (("id",), "x" * 300, "id", r"longer than 200"),
     (("properties", "grid:code"), "MGRS-../../../X", "properties.grid:code",
      r"tile code '\.\./\.\./\.\./X'.*outside letters.*MGRS-33UUP"),
@@ -197,3 +197,11 @@ def test_item_error_keeps_its_fields_when_pickled():
 
     err = pickle.loads(pickle.dumps(ItemError("m", item="i", path="p", field="f", asset="a")))
     assert (str(err), err.item, err.path, err.field, err.asset) == ("m", "i", "p", "f", "a")
+
+
+def test_an_item_without_id_is_named_by_its_file():
+    item = _item()
+    del item["id"]
+    with pytest.raises(ItemError, match=r"STAC item in f.json#0: has no 'id'") as info:
+        scene_from_dict(item, base=None, source="f.json#0", path="f.json")
+    assert (info.value.item, info.value.path, info.value.field) == (None, "f.json", "id")
