@@ -159,7 +159,20 @@ def run_pipeline(config: PipelineConfig) -> dict[str, StageRecord]:
     A stage with failed units (a bad scene, an unreadable chip) does not stop the run:
     later stages work on what was written, and the failures stay in ``run.json``. A
     fatal error (bad checkpoint, empty input) stops the run with that error.
+
+    The run root's writer lock (:mod:`geofm.lock`) is held from the first stage to the
+    last, so no other writer can slip in between two stages.
+
+    Raises:
+        RootLockedError: another process is writing into the run root.
     """
+    from geofm.lock import root_lock
+
+    with root_lock(config.root, stage="run"):
+        return _run_stages(config)
+
+
+def _run_stages(config: PipelineConfig) -> dict[str, StageRecord]:
     records: dict[str, StageRecord] = {}
     for stage in config.stages:
         kwargs = dict(config.options.get(stage, {}))

@@ -38,7 +38,7 @@ from geofm.exceptions import GeofmFileExistsError, GeofmValueError
 from geofm.io import atomic_path, write_text_atomic
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
-from geofm.manifest import StageRecord
+from geofm.manifest import StageRecord, stage_entry
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def _signal_column(signal: str, n_components: int) -> int | None | slice:
                           f"pc1..pc{n_components} (raise n_components for a higher component).")
 
 
+@stage_entry("analyze")
 def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             baseline_start: str | None = None, monitor_start: str | None = None,
             signal: str = "pc1", n_components: int = 8, threshold: float = 3.0,

@@ -17,7 +17,7 @@ from geofm.chip.thumbs import DEFAULT_STRETCH
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
-from geofm.manifest import StageRecord, read_manifest
+from geofm.manifest import StageRecord, read_manifest, stage_entry
 from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def coverage_summary(root: str | os.PathLike[str] | RunRoot) -> dict[str, Any]:
     return {"per_chip": per_chip, "per_year": per_year}
 
 
+@stage_entry("chip", creates_root=True)
 def chip(
     items: str | os.PathLike[str] | Iterable[Any],
     root: str | os.PathLike[str],

@@ -46,7 +46,7 @@ from geofm.embed.writer import read_scene_metadata, write_scene
 from geofm.exceptions import GeofmError, GeofmFileExistsError, GeofmValueError, SensorError
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
-from geofm.manifest import StageRecord
+from geofm.manifest import StageRecord, stage_entry
 from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ def _flush(root: RunRoot, buf: _SceneBuffer, *, identity: dict[str, Any], patche
     record.counts["scenes"] = record.counts.get("scenes", 0) + 1
 
 
+@stage_entry("embed")
 def embed(
     root: str | os.PathLike[str] | RunRoot,
     *,
