@@ -40,6 +40,20 @@ class RasterError(GeofmError, OSError):
     """A raster (COG, NetCDF chip, label GeoTIFF) cannot be read or is inconsistent."""
 
 
+class TableError(GeofmError, OSError):
+    """A Parquet table written by a stage cannot be read (truncated, not Parquet).
+
+    Attributes:
+        path: the file.
+        made_by: the stage that writes it, to re-run with ``--overwrite``.
+    """
+
+    def __init__(self, message: str, *, path: object, made_by: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.made_by = made_by
+
+
 class CheckpointError(GeofmError, ValueError):
     """A model checkpoint is missing, corrupt, or of another architecture."""
 

@@ -39,6 +39,7 @@ from geofm.io import atomic_path, write_text_atomic
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
 from geofm.manifest import StageRecord, stage_entry
+from geofm.tables import read_schema, read_table
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +445,7 @@ def _footprints(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord) -> list[
     for scene in rr.scene_ids(rr.meta_dir):
         if not missing.any():
             break
-        table = pq.read_table(rr.meta_path(scene), columns=["chip_id", "geometry"])
+        table = read_table(rr.meta_path(scene), made_by="chip", columns=["chip_id", "geometry"])
         ids = table.column("chip_id").to_numpy(zero_copy_only=False)
         pos = wanted.get_indexer(ids)
         new = np.flatnonzero(pos >= 0)
@@ -525,9 +526,9 @@ def _thumbnails(rr: RunRoot, chip_ids: set[str]) -> dict[tuple[str, int], Path]:
     out: dict[tuple[str, int], Path] = {}
     for scene in rr.scene_ids(rr.meta_dir):
         path = rr.meta_path(scene)
-        if "thumbnail_path" not in pq.read_schema(path).names:
+        if "thumbnail_path" not in read_schema(path, made_by="chip").names:
             continue
-        table = pq.read_table(path, columns=["chip_id", "date", "thumbnail_path"])
+        table = read_table(path, made_by="chip", columns=["chip_id", "date", "thumbnail_path"])
         frame = table.to_pandas()
         frame = frame[frame["chip_id"].isin(chip_ids) & frame["thumbnail_path"].notna()]
         for cid, date, rel in frame.itertuples(index=False):
