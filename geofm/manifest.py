@@ -222,8 +222,7 @@ def _jsonable(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def stage_entry(stage: str, *, root: str = "root",
-                creates_root: bool = False) -> Callable[[F], F]:
+def stage_entry(stage: str, *, root: str = "root") -> Callable[[F], F]:
     """Decorate a stage's library function: one writer per root, every fatal error recorded.
 
     The wrapped call holds the writer lock of its run root (:func:`geofm.lock.root_lock`)
@@ -234,12 +233,14 @@ def stage_entry(stage: str, *, root: str = "root",
     arguments as given) and re-raised; errors raised later are recorded by the
     ``StageRecord`` itself. A refused second writer records nothing.
 
+    A root that does not exist yet is not created here (bad arguments leave nothing
+    behind, and an error about it is not recorded anywhere): the ``StageRecord`` creates
+    and locks it when the stage starts its work, so two writers racing on a new root
+    still meet the lock before either writes an output.
+
     Args:
         stage: the stage's name in ``run.json`` (``chip``, ``embed``, ...).
         root: name of the function's run-root parameter.
-        creates_root: the stage may start in a folder that does not exist yet (chip,
-            finetune's output); otherwise a missing root is neither created nor
-            locked, and the error the stage raises for it is not written anywhere.
 
     Returns:
         The decorator.
@@ -255,7 +256,7 @@ def stage_entry(stage: str, *, root: str = "root",
             fallback = StageRecord(where, stage, config={
                 k: _jsonable(v) for k, v in bound.arguments.items() if k != root})
             fallback._start_clock()
-            with root_lock(where.path, stage=stage, create=creates_root) as held:
+            with root_lock(where.path, stage=stage, create=False) as held:
                 opened: set[tuple[Path, str]] = set()
                 token = _OPENED.set(opened)
                 try:

@@ -94,7 +94,7 @@ def coverage_summary(root: str | os.PathLike[str] | RunRoot) -> dict[str, Any]:
     return {"per_chip": per_chip, "per_year": per_year}
 
 
-@stage_entry("chip", creates_root=True)
+@stage_entry("chip")
 def chip(
     items: str | os.PathLike[str] | Iterable[Any],
     root: str | os.PathLike[str],

@@ -76,7 +76,7 @@ def _targets(data: Any, task: str, cache_valid: np.ndarray | None = None) -> Any
     return pixel_targets
 
 
-@stage_entry("finetune", root="out", creates_root=True)
+@stage_entry("finetune", root="out")
 def finetune(root: str | os.PathLike[str] | RunRoot,
              labels: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
              out: str | os.PathLike[str], *, task: str = "segmentation",

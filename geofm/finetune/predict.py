@@ -86,7 +86,7 @@ def write_class_map(path: str | os.PathLike[str], codes: np.ndarray, *, transfor
     return Path(path)
 
 
-@stage_entry("predict", root="out", creates_root=True)
+@stage_entry("predict", root="out")
 def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str],
             out: str | os.PathLike[str], *, checkpoint: str | os.PathLike[str] | None = None,
             model: str | None = None, batch_size: int = 16, device: str = "auto",
