@@ -26,14 +26,15 @@ if TYPE_CHECKING:
 def _reading(path: str | os.PathLike[str], made_by: str) -> Iterator[None]:
     import pyarrow as pa
 
-    fix = (f"re-run `geofm {made_by}` on this run root with --overwrite to rewrite it")
+    fix = f"re-run `geofm {made_by}` on this run root with --overwrite to rewrite it"
     try:
         yield
     except FileNotFoundError:
         raise GeofmFileNotFoundError(f"{os.fspath(path)} does not exist; {fix}") from None
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0]
         raise TableError(
-            f"{os.fspath(path)} cannot be read as Parquet ({type(exc).__name__}: {exc}); it "
+            f"{os.fspath(path)} cannot be read as Parquet ({type(exc).__name__}: {reason}); it "
             f"is probably truncated or was not written by `geofm {made_by}`: {fix}",
             path=path, made_by=made_by) from exc
 
