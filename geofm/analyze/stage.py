@@ -276,13 +276,13 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
 
 
 def _stored_fingerprint(path: Path) -> str | None:
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_schema(path, made_by="analyze").metadata or {}
     value = meta.get(_FINGERPRINT_KEY)
     return None if value is None else value.decode()
 
 
 def _counts_from(path: Path) -> dict[str, int]:
-    status = pq.read_table(path, columns=["status"]).column("status").to_numpy(
+    status = read_table(path, made_by="analyze", columns=["status"]).column("status").to_numpy(
         zero_copy_only=False)
     return {"chips": int(status.size), "changed": int((status == CHANGE).sum()),
             "no_change": int((status == NO_CHANGE).sum()),
