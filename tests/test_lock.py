@@ -195,3 +195,59 @@ def test_two_concurrent_embeds_second_fails_first_equals_a_clean_run(chipped_roo
         assert meta["preset"] == "tiny"
     entry = read_manifest(shared)["stages"]["embed"]
     assert entry["status"] == "ok" and entry["model"]["preset"] == "tiny"
+
+
+@pytest.fixture
+def held_elsewhere(tmp_path):  # type: ignore[no-untyped-def]
+    """A run root whose lock another process holds (stage "chip"); yields (root, pid)."""
+    root = tmp_path / "held"
+    script = textwrap.dedent(f"""
+        import time
+        from geofm.lock import root_lock
+        with root_lock({str(root)!r}, stage="chip"):
+            print("held", flush=True)
+            time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield root, proc.pid
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--stages", "analyze,index", "--root"],
+    ["index", "--root"],
+    ["analyze", "--no-progress", "--root"],
+])
+def test_cli_writers_are_refused_with_exit_1(held_elsewhere, argv, capsys):
+    from geofm.cli import main
+
+    root, pid = held_elsewhere
+    assert main([*argv, str(root)]) == 1
+    err = capsys.readouterr().err
+    assert f"run root {root.resolve()} is being written by process {pid}" in err
+    assert "stage 'chip'" in err
+    assert not (root / "run.json").exists()
+
+
+def test_demo_is_refused_while_its_run_root_is_held(tmp_path):
+    from geofm.demo import demo
+
+    out = tmp_path / "demo"
+    script = (f"import time\nfrom geofm.lock import root_lock\n"
+              f"with root_lock({str(out / 'run')!r}, stage='run'):\n"
+              f"    print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            text=True, env=_env())
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(RootLockedError, match=f"process {proc.pid} .*stage 'run'"):
+            demo(out, progress=False)
+        assert not (out / "data").exists()  # refused before synthesising anything
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
