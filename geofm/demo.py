@@ -158,13 +158,25 @@ def demo(out: str | os.PathLike[str], *, seed: int = 0, size: int = 512, n_dates
         chip_size: chip size, pixels.
         k: hits per example search.
         progress: show progress bars.
+
+    Raises:
+        RootLockedError: another process is writing into ``out/run``.
     """
+    from geofm.lock import root_lock
+
+    out = Path(out)
+    with root_lock(out / "run", stage="demo"):
+        return _demo(out, seed=seed, size=size, n_dates=n_dates, chip_size=chip_size, k=k,
+                     progress=progress)
+
+
+def _demo(out: Path, *, seed: int, size: int, n_dates: int, chip_size: int, k: int,
+          progress: bool) -> DemoReport:
     import warnings
 
     from geofm.exceptions import GeofmWarning
     from geofm.synth import synthesize
 
-    out = Path(out)
     data = out / "data"
     if not (data / "truth.json").exists():
         synthesize(data, seed=seed, size=size, n_dates=n_dates, chip_size=chip_size,

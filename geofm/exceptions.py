@@ -71,6 +71,20 @@ class RasterError(GeofmError, OSError):
     """A raster (COG, NetCDF chip, label GeoTIFF) cannot be read or is inconsistent."""
 
 
+class TableError(GeofmError, OSError):
+    """A Parquet table written by a stage cannot be read (truncated, not Parquet).
+
+    Attributes:
+        path: the file.
+        made_by: the stage that writes it, to re-run with ``--overwrite``.
+    """
+
+    def __init__(self, message: str, *, path: object, made_by: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.made_by = made_by
+
+
 class CheckpointError(GeofmError, ValueError):
     """A model checkpoint is missing, corrupt, or of another architecture."""
 
@@ -85,6 +99,31 @@ class SearchIndexError(GeofmError, LookupError):
 
 class StageFailedError(GeofmError, RuntimeError):
     """A stage finished but some of its units of work (scenes, chips) failed."""
+
+
+class RootLockedError(GeofmError, RuntimeError):
+    """Another process is writing into this run root (it holds ``ROOT/.geofm.lock``).
+
+    Attributes:
+        root: the run root.
+        stage: what this process wanted to do there.
+        holder: what the lock file says of the holder (``pid``, ``host``, ``stage``,
+            ``since``, ``command``); empty if it has not written them yet.
+    """
+
+    def __init__(self, *, root: object, stage: str, holder: dict[str, object]) -> None:
+        self.root = root
+        self.stage = stage
+        self.holder = dict(holder)
+        if holder:
+            who = (f"process {holder.get('pid')} on host {holder.get('host')} (stage "
+                   f"{holder.get('stage')!r}, since {holder.get('since')})")
+        else:
+            who = "another process (it has not written its details yet)"
+        super().__init__(
+            f"run root {root} is being written by {who}; {stage} did not start. Wait for "
+            f"it to finish, or stop it, then re-run; one writer per run root "
+            f"(lock file {root}/.geofm.lock)")
 
 
 class MissingExtraError(GeofmError, ImportError):

@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at each record, not the one at set-up.
+
+    ``geofm.cli.main`` may run many times in one process (tests, notebooks) with
+    ``sys.stderr`` replaced in between; a handler holding the first stream would write
+    to a closed file.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def setup_logging(verbosity: int = 0) -> None:
@@ -17,7 +36,7 @@ def setup_logging(verbosity: int = 0) -> None:
     logger = logging.getLogger("geofm")
     logger.setLevel(level)
     if not any(getattr(h, "_geofm", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         handler._geofm = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

@@ -11,24 +11,44 @@ Usage inside a stage::
 
 The stage then turns ``record.failures`` into a non-zero exit code (see
 :meth:`StageRecord.raise_if_failed`).
+
+A ``StageRecord`` holds the run root's writer lock (:mod:`geofm.lock`) from ``__enter__``
+to ``__exit__``, and every ``run.json`` update is made under it. A stage's library
+function is decorated with :func:`stage_entry`, which takes the lock before the
+function's first check (a second writer fails at once) and records a fatal error raised
+before the function opened its ``StageRecord`` (bad options, missing inputs), so
+``run.json`` says why the stage did not run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import inspect
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from geofm.exceptions import StageFailedError
 from geofm.io import write_json_atomic
 from geofm.layout import RunRoot
+from geofm.lock import root_lock
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: (resolved root, stage) of the StageRecords entered inside the current stage_entry call.
+_OPENED: contextvars.ContextVar[set[tuple[Path, str]] | None] = contextvars.ContextVar(
+    "geofm_opened_records", default=None)
 
 _VERSIONED_PACKAGES = ("geofm", "torch", "numpy", "rasterio", "xarray", "pystac", "lancedb",
                        "scikit-learn", "pyarrow")
@@ -95,9 +115,14 @@ class StageRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     _started: float = 0.0
     _started_at: str = ""
+    _lock: contextlib.ExitStack | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root = RunRoot.of(self.root)
+
+    def _start_clock(self) -> None:
+        self._started = time.perf_counter()
+        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     def fail(self, unit: str, reason: str, *, asset: str | None = None,
              path: str | os.PathLike[str] | None = None) -> Failure:
@@ -108,8 +133,19 @@ class StageRecord:
         return failure
 
     def __enter__(self) -> StageRecord:
-        self._started = time.perf_counter()
-        self._started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        """Take the run root's writer lock and start the clock.
+
+        Raises:
+            RootLockedError: another process is writing into this root.
+        """
+        assert isinstance(self.root, RunRoot)
+        stack = contextlib.ExitStack()
+        stack.enter_context(root_lock(self.root.path, stage=self.stage))
+        self._lock = stack
+        opened = _OPENED.get()
+        if opened is not None:
+            opened.add((self.root.path.resolve(), self.stage))
+        self._start_clock()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -120,12 +156,26 @@ class StageRecord:
             status = "failed"
         else:
             status = "ok"
-        self.write(status=status, error=None if exc is None else f"{type(exc).__name__}: {exc}")
+        try:
+            self.write(status=status,
+                       error=None if exc is None else f"{type(exc).__name__}: {exc}")
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
 
     def write(self, *, status: str, error: str | None = None) -> None:
-        """Merge this stage's entry into run.json (atomically)."""
+        """Merge this stage's entry into run.json (atomically, under the root's lock).
+
+        Raises:
+            RootLockedError: another process is writing into this root.
+        """
         assert isinstance(self.root, RunRoot)
-        self.root.path.mkdir(parents=True, exist_ok=True)
+        with root_lock(self.root.path, stage=self.stage):
+            self._write(status=status, error=error)
+
+    def _write(self, *, status: str, error: str | None) -> None:
+        assert isinstance(self.root, RunRoot)
         manifest = read_manifest(self.root)
         manifest["geofm_version"] = software_versions().get("geofm", "unknown")
         manifest["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -155,3 +205,69 @@ class StageRecord:
                 f"{self.stage}: {len(self.failures)} unit(s) failed; the others were written. "
                 f"Details in {self.root.manifest_path}:\n  {lines}{more}"
             )
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-ready form of an argument as given (paths as strings, objects by type)."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, RunRoot):
+        return str(value.path)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return f"<{type(value).__name__}>"
+
+
+def stage_entry(stage: str, *, root: str = "root") -> Callable[[F], F]:
+    """Decorate a stage's library function: one writer per root, every fatal error recorded.
+
+    The wrapped call holds the writer lock of its run root (:func:`geofm.lock.root_lock`)
+    from before its first check to its end, so a second writer fails at once, before
+    loading a model or reading a file. An exception raised before the function entered
+    its own ``StageRecord`` (bad options, missing inputs, a bad checkpoint) is written
+    to ``run.json`` as the stage's entry (``status: "error"``, the message, the
+    arguments as given) and re-raised; errors raised later are recorded by the
+    ``StageRecord`` itself. A refused second writer records nothing.
+
+    A root that does not exist yet is not created here (bad arguments leave nothing
+    behind, and an error about it is not recorded anywhere): the ``StageRecord`` creates
+    and locks it when the stage starts its work, so two writers racing on a new root
+    still meet the lock before either writes an output.
+
+    Args:
+        stage: the stage's name in ``run.json`` (``chip``, ``embed``, ...).
+        root: name of the function's run-root parameter.
+
+    Returns:
+        The decorator.
+    """
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            where = RunRoot.of(bound.arguments[root])
+            fallback = StageRecord(where, stage, config={
+                k: _jsonable(v) for k, v in bound.arguments.items() if k != root})
+            fallback._start_clock()
+            with root_lock(where.path, stage=stage, create=False) as held:
+                opened: set[tuple[Path, str]] = set()
+                token = _OPENED.set(opened)
+                try:
+                    return func(*args, **kwargs)
+                except BaseException as exc:
+                    if held is not None and (where.path.resolve(), stage) not in opened:
+                        fallback.write(status="error", error=f"{type(exc).__name__}: {exc}")
+                    raise
+                finally:
+                    _OPENED.reset(token)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

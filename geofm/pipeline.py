@@ -159,7 +159,20 @@ def run_pipeline(config: PipelineConfig) -> dict[str, StageRecord]:
     A stage with failed units (a bad scene, an unreadable chip) does not stop the run:
     later stages work on what was written, and the failures stay in ``run.json``. A
     fatal error (bad checkpoint, empty input) stops the run with that error.
+
+    The run root's writer lock (:mod:`geofm.lock`) is held from the first stage to the
+    last, so no other writer can slip in between two stages.
+
+    Raises:
+        RootLockedError: another process is writing into the run root.
     """
+    from geofm.lock import root_lock
+
+    with root_lock(config.root, stage="run"):
+        return _run_stages(config)
+
+
+def _run_stages(config: PipelineConfig) -> dict[str, StageRecord]:
     records: dict[str, StageRecord] = {}
     for stage in config.stages:
         kwargs = dict(config.options.get(stage, {}))
@@ -205,19 +218,21 @@ _FLAG_OPTIONS: dict[str, tuple[str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``geofm run``."""
+    from geofm.cliargs import positive_int
+
     parser.add_argument("--config", type=Path, help="pipeline YAML (see `geofm.pipeline`)")
     parser.add_argument("--items", help="STAC items: folder, ItemCollection or one item")
     parser.add_argument("--root", help="run root folder")
     parser.add_argument("--stages", help="comma list of stages (default: chip,embed,analyze,index)")
-    parser.add_argument("--chip-size", type=int)
+    parser.add_argument("--chip-size", type=positive_int)
     parser.add_argument("--bands", help="comma list of asset keys, or 'all'")
     parser.add_argument("--aoi", help="AOI GeoJSON")
     parser.add_argument("--max-cloud", type=float)
-    parser.add_argument("--workers", type=int, help="parallel scenes in the chip stage")
+    parser.add_argument("--workers", type=positive_int, help="parallel scenes in the chip stage")
     parser.add_argument("--checkpoint", help="Clay checkpoint (.ckpt, .pt, .safetensors)")
     parser.add_argument("--model", choices=["tiny", "small", "base", "large"],
                         help="preset with random weights (testing only) when no checkpoint")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--embedding", choices=["cls", "mean"],
                         help="vector used by analyze and index")

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
+from geofm.tables import read_schema, read_table
 
 NS_PER_DAY = 86_400 * 10**9
 
@@ -78,7 +78,7 @@ class ObservationIndex:
 
 
 def _vector_dim(path: Path, column: str) -> int:
-    schema = pq.read_schema(path)
+    schema = read_schema(path, made_by="embed")
     if column not in schema.names:
         raise GeofmValueError(f"{path} has no column {column!r} (columns: {schema.names}); "
                               "re-run `geofm embed`, or choose --embedding cls|mean to match.")
@@ -86,7 +86,7 @@ def _vector_dim(path: Path, column: str) -> int:
     if pa.types.is_fixed_size_list(typ):
         return int(typ.list_size)
     if pa.types.is_list(typ) or pa.types.is_large_list(typ):
-        first = pq.read_table(path, columns=[column]).column(column)
+        first = read_table(path, made_by="embed", columns=[column]).column(column)
         for chunk in first.chunks:
             if len(chunk):
                 return len(chunk[0])
@@ -118,7 +118,7 @@ def index_embeddings(files: list[Path], scene_ids: list[str], *,
     chip_parts, ns_parts, counts = [], [], []
     for path in files:
         dims[path] = _vector_dim(path, column)
-        table = pq.read_table(path, columns=["chip_id", "date"])
+        table = read_table(path, made_by="embed", columns=["chip_id", "date"])
         chip_parts.append(table.column("chip_id").cast(pa.string()))
         date = table.column("date")
         if pa.types.is_timestamp(date.type) and date.type.unit != "ns":
@@ -178,7 +178,7 @@ def read_vectors(path: Path, column: str, dim: int) -> tuple[np.ndarray, np.ndar
         ``(vectors float32 [n, D], ok bool [n])``; rows that are null, of another
         length or not finite are zero in ``vectors`` and False in ``ok``.
     """
-    col = pq.read_table(path, columns=[column]).column(column).combine_chunks()
+    col = read_table(path, made_by="embed", columns=[column]).column(column).combine_chunks()
     n = len(col)
     ok = np.ones(n, dtype=bool)
     if pa.types.is_fixed_size_list(col.type) and col.null_count == 0:

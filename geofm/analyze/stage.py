@@ -38,7 +38,8 @@ from geofm.exceptions import GeofmFileExistsError, GeofmValueError
 from geofm.io import atomic_path, write_text_atomic
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
-from geofm.manifest import StageRecord
+from geofm.manifest import StageRecord, stage_entry
+from geofm.tables import read_schema, read_table
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def _signal_column(signal: str, n_components: int) -> int | None | slice:
                           f"pc1..pc{n_components} (raise n_components for a higher component).")
 
 
+@stage_entry("analyze")
 def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             baseline_start: str | None = None, monitor_start: str | None = None,
             signal: str = "pc1", n_components: int = 8, threshold: float = 3.0,
@@ -274,13 +276,13 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
 
 
 def _stored_fingerprint(path: Path) -> str | None:
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_schema(path, made_by="analyze").metadata or {}
     value = meta.get(_FINGERPRINT_KEY)
     return None if value is None else value.decode()
 
 
 def _counts_from(path: Path) -> dict[str, int]:
-    status = pq.read_table(path, columns=["status"]).column("status").to_numpy(
+    status = read_table(path, made_by="analyze", columns=["status"]).column("status").to_numpy(
         zero_copy_only=False)
     return {"chips": int(status.size), "changed": int((status == CHANGE).sum()),
             "no_change": int((status == NO_CHANGE).sum()),
@@ -443,7 +445,7 @@ def _footprints(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord) -> list[
     for scene in rr.scene_ids(rr.meta_dir):
         if not missing.any():
             break
-        table = pq.read_table(rr.meta_path(scene), columns=["chip_id", "geometry"])
+        table = read_table(rr.meta_path(scene), made_by="chip", columns=["chip_id", "geometry"])
         ids = table.column("chip_id").to_numpy(zero_copy_only=False)
         pos = wanted.get_indexer(ids)
         new = np.flatnonzero(pos >= 0)
@@ -524,9 +526,9 @@ def _thumbnails(rr: RunRoot, chip_ids: set[str]) -> dict[tuple[str, int], Path]:
     out: dict[tuple[str, int], Path] = {}
     for scene in rr.scene_ids(rr.meta_dir):
         path = rr.meta_path(scene)
-        if "thumbnail_path" not in pq.read_schema(path).names:
+        if "thumbnail_path" not in read_schema(path, made_by="chip").names:
             continue
-        table = pq.read_table(path, columns=["chip_id", "date", "thumbnail_path"])
+        table = read_table(path, made_by="chip", columns=["chip_id", "date", "thumbnail_path"])
         frame = table.to_pandas()
         frame = frame[frame["chip_id"].isin(chip_ids) & frame["thumbnail_path"].notna()]
         for cid, date, rel in frame.itertuples(index=False):

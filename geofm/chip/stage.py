@@ -17,7 +17,7 @@ from geofm.chip.thumbs import DEFAULT_STRETCH
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
-from geofm.manifest import StageRecord, read_manifest
+from geofm.manifest import StageRecord, read_manifest, stage_entry
 from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,11 @@ def coverage_summary(root: str | os.PathLike[str] | RunRoot) -> dict[str, Any]:
     """
     import pandas as pd
 
+    from geofm.tables import read_table
+
     run = RunRoot.of(root)
-    frames = [pd.read_parquet(run.meta_path(s), columns=["chip_id", "date", "valid"])
+    frames = [read_table(run.meta_path(s), made_by="chip",
+                         columns=["chip_id", "date", "valid"]).to_pandas()
               for s in run.scene_ids(run.meta_dir)]
     if not frames:
         return {"per_chip": {}, "per_year": {}}
@@ -91,6 +94,7 @@ def coverage_summary(root: str | os.PathLike[str] | RunRoot) -> dict[str, Any]:
     return {"per_chip": per_chip, "per_year": per_year}
 
 
+@stage_entry("chip")
 def chip(
     items: str | os.PathLike[str] | Iterable[Any],
     root: str | os.PathLike[str],
@@ -230,10 +234,13 @@ def _origin(text: str) -> tuple[float, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``geofm chip`` options to ``parser``."""
+    from geofm.cliargs import positive_int
+
     parser.add_argument("--items", required=True,
                         help="folder of STAC item JSONs, an ItemCollection, or one item")
     parser.add_argument("--out", "--root", dest="out", required=True, help="run root folder")
-    parser.add_argument("--chip-size", type=int, default=256, help="chip edge, pixels (256)")
+    parser.add_argument("--chip-size", type=positive_int, default=256,
+                        help="chip edge, pixels (256)")
     parser.add_argument("--bands", default=None,
                         help="comma list of asset keys (default blue,green,red,nir); 'all' = "
                              "the ten bands Clay was trained on")
@@ -246,7 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="upper-left corner of chip (0,0) in the native CRS, metres")
     parser.add_argument("--no-cloud-mask", dest="cloud_mask", action="store_false",
                         help="do not screen clouds (items without an SCL asset are then OK)")
-    parser.add_argument("--workers", type=int, default=1, help="scenes in parallel (1)")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="scenes in parallel (1)")
     parser.add_argument("--overwrite", action="store_true", help="redo completed scenes")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")

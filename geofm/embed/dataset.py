@@ -95,12 +95,11 @@ def read_scene_plan(root: RunRoot, scene_id: str) -> ScenePlan:
     Raises:
         GeofmValueError: the meta file lacks a contract column.
     """
-    import pyarrow.parquet as pq
-
     from geofm.model.inputs import footprint_centres
+    from geofm.tables import read_table
 
     path = root.meta_path(scene_id)
-    table = pq.read_table(path)
+    table = read_table(path, made_by="chip")
     missing = [c for c in _META_COLUMNS if c not in table.column_names]
     if missing:
         raise GeofmValueError(f"chip metadata {path} lacks column(s) {', '.join(missing)}; "

@@ -46,7 +46,7 @@ from geofm.embed.writer import read_scene_metadata, write_scene
 from geofm.exceptions import GeofmError, GeofmFileExistsError, GeofmValueError, SensorError
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
-from geofm.manifest import StageRecord
+from geofm.manifest import StageRecord, stage_entry
 from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ def _flush(root: RunRoot, buf: _SceneBuffer, *, identity: dict[str, Any], patche
     record.counts["scenes"] = record.counts.get("scenes", 0) + 1
 
 
+@stage_entry("embed")
 def embed(
     root: str | os.PathLike[str] | RunRoot,
     *,
@@ -395,13 +396,16 @@ def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], runner: _Run
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``geofm embed`` options to ``parser``."""
+    from geofm.cliargs import positive_int
+
     parser.add_argument("--root", required=True, type=Path, help="run root written by chip")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="Clay checkpoint (.ckpt, state dict, "
                      ".safetensors)")
     src.add_argument("--model", choices=PRESETS,
                      help="preset with RANDOM weights (testing only)")
-    parser.add_argument("--batch-size", type=int, default=64, help="chips per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="chips per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--patches", choices=PATCHES, default="none",
                         help="none/mean: Parquet only (embedding_mean is always there); "

@@ -27,7 +27,7 @@ import numpy as np
 from geofm.exceptions import GeofmFileExistsError, GeofmValueError
 from geofm.finetune.layers import DEFAULT_LAYERS
 from geofm.layout import RunRoot
-from geofm.manifest import StageRecord
+from geofm.manifest import StageRecord, stage_entry
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def _targets(data: Any, task: str, cache_valid: np.ndarray | None = None) -> Any
     return pixel_targets
 
 
+@stage_entry("finetune", root="out")
 def finetune(root: str | os.PathLike[str] | RunRoot,
              labels: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
              out: str | os.PathLike[str], *, task: str = "segmentation",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
+from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError, RasterError
 from geofm.layout import RunRoot
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,8 @@ def read_chip_table(root: str | os.PathLike[str] | RunRoot, *,
         GeofmFileNotFoundError: the run root has no chip metadata.
         GeofmValueError: no chip is left after the date window, or a bad window.
     """
-    import geopandas as gpd
-
     from geofm.model.inputs import footprint_centres
+    from geofm.tables import read_geoframe
 
     run = RunRoot.of(root)
     scene_ids = run.scene_ids(run.meta_dir)
@@ -141,7 +140,7 @@ def read_chip_table(root: str | os.PathLike[str] | RunRoot, *,
                                      f"{run.meta_dir}; run `geofm chip --out {run.path}` first")
     frames = []
     for scene_id in scene_ids:
-        gdf = gpd.read_parquet(run.meta_path(scene_id))
+        gdf = read_geoframe(run.meta_path(scene_id), made_by="chip")
         gdf = gdf[gdf["valid"].astype(bool)]
         if len(gdf):
             frame = pd.DataFrame(gdf.drop(columns="geometry"))
@@ -179,6 +178,32 @@ def _check_label_files(labels: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return paths
 
 
+def open_label_raster(path: str | os.PathLike[str]) -> Any:
+    """Open a label GeoTIFF with rasterio (use as a context manager), checking its CRS.
+
+    Returns:
+        The open ``rasterio`` dataset.
+
+    Raises:
+        RasterError: the file is not a raster GDAL can read (not a TIFF, truncated), or
+            it has no CRS (so it cannot be placed on the chips).
+    """
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        src = rasterio.open(path)
+    except RasterioError as exc:
+        raise RasterError(f"label raster {path} cannot be read as a raster ({exc}); pass a "
+                          "GeoTIFF of class codes with --labels") from None
+    if src.crs is None:
+        src.close()
+        raise RasterError(f"label raster {path} has no CRS, so it cannot be placed on the "
+                          "chips; write one into it (e.g. `gdal_edit.py -a_srs EPSG:32633 "
+                          f"{path}`) or pass a georeferenced GeoTIFF with --labels")
+    return src
+
+
 def _check_overlap(path: Path, src: Any, table: pd.DataFrame) -> None:
     """Raise if the raster's footprint misses every chip (compared in WGS84)."""
     from rasterio.warp import transform_bounds
@@ -210,13 +235,16 @@ def align_labels(labels: Sequence[str | os.PathLike[str]], grid: ChipGrid) -> np
 
     Returns:
         int64 [H, W] label codes (0 = no label).
+
+    Raises:
+        RasterError: a label file is not a readable raster or has no CRS.
     """
     import rasterio
     from rasterio.warp import Resampling, reproject
 
     out = np.zeros((grid.height, grid.width), dtype=np.int64)
     for path in labels:
-        with rasterio.open(path) as src:
+        with open_label_raster(path) as src:
             dst = np.zeros((grid.height, grid.width), dtype=np.float64)
             nodata = src.nodata if src.nodata is not None else IGNORE
             reproject(rasterio.band(src, 1), dst, src_nodata=nodata, dst_nodata=IGNORE,
@@ -276,17 +304,16 @@ def load_labelled_chips(root: str | os.PathLike[str] | RunRoot,
 
     Raises:
         GeofmFileNotFoundError: a label file or the chip metadata is missing.
+        RasterError: a label file is not a readable raster or has no CRS.
         GeofmValueError: a raster misses the chips, no chip pixel is labelled, or a code
             exceeds ``n_classes``.
     """
-    import rasterio
-
     run = RunRoot.of(root)
     paths = _check_label_files(labels)
     table = read_chip_table(run, date_window_days=date_window_days, label_date=label_date)
     tag_names: dict[int, str] = {}
     for path in paths:
-        with rasterio.open(path) as src:
+        with open_label_raster(path) as src:
             _check_overlap(path, src, table)
             for key, value in src.tags().items():  # class_<code> tags, as predict writes
                 if key.startswith("class_") and key[6:].isdigit():

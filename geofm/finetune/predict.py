@@ -22,7 +22,7 @@ import pandas as pd
 from geofm.exceptions import CheckpointError, GeofmError, GeofmValueError
 from geofm.ids import encode_id
 from geofm.layout import RunRoot
-from geofm.manifest import StageRecord
+from geofm.manifest import StageRecord, stage_entry
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def write_class_map(path: str | os.PathLike[str], codes: np.ndarray, *, transfor
     return Path(path)
 
 
+@stage_entry("predict", root="out")
 def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str],
             out: str | os.PathLike[str], *, checkpoint: str | os.PathLike[str] | None = None,
             model: str | None = None, batch_size: int = 16, device: str = "auto",

@@ -20,7 +20,7 @@ from typing import Any
 from geofm.exceptions import GeofmValueError, SearchIndexError
 from geofm.index.table import ANN_MIN_ROWS
 from geofm.layout import RunRoot
-from geofm.manifest import StageRecord
+from geofm.manifest import StageRecord, stage_entry
 
 __all__ = ["ANN_MIN_ROWS", "build_index", "add_arguments", "run_cli", "main"]
 
@@ -108,6 +108,7 @@ def _changed_keys(table: Any, frame: Any) -> tuple[set[str], set[str]]:
     return keys, set(both.loc[differ, KEY])
 
 
+@stage_entry("index")
 def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
                 overwrite: bool = False, ann_min_rows: int = ANN_MIN_ROWS) -> StageRecord:
     """Consolidate the run and build (or extend) its LanceDB search index.

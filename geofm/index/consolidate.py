@@ -30,10 +30,10 @@ CHANGE_RENAMES = {"status": "change_status", "change": "change", "change_date": 
 
 def model_identity(root: RunRoot, scene_id: str) -> dict[str, Any]:
     """Model identity in the ``geofm`` schema metadata of one embeddings file."""
-    import pyarrow.parquet as pq
+    from geofm.tables import read_schema
 
     path = root.embeddings_path(scene_id)
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_schema(path, made_by="embed").metadata or {}
     raw = meta.get(b"geofm")
     if raw is None:
         raise GeofmValueError(
@@ -80,7 +80,8 @@ def read_scene(root: RunRoot, scene_id: str, embedding: str) -> tuple[gpd.GeoDat
     """
     import geopandas as gpd
     import numpy as np
-    import pyarrow.parquet as pq
+
+    from geofm.tables import read_geoframe, read_table
 
     meta_path = root.meta_path(scene_id)
     if not meta_path.exists():
@@ -88,8 +89,8 @@ def read_scene(root: RunRoot, scene_id: str, embedding: str) -> tuple[gpd.GeoDat
             f"{root.embeddings_path(scene_id)} has no chip metadata {meta_path}; "
             "re-run `geofm chip` for this scene"
         )
-    meta = gpd.read_parquet(meta_path).to_crs(4326)
-    emb = pq.read_table(root.embeddings_path(scene_id))
+    meta = read_geoframe(meta_path, made_by="chip").to_crs(4326)
+    emb = read_table(root.embeddings_path(scene_id), made_by="embed")
     chip_ids = emb.column("chip_id").to_pylist()
     by_id = meta.set_index("chip_id", drop=False)
     missing = [c for c in chip_ids if c not in by_id.index]
@@ -110,12 +111,12 @@ def read_scene(root: RunRoot, scene_id: str, embedding: str) -> tuple[gpd.GeoDat
 
 def read_changes(root: RunRoot) -> Any:
     """Per-chip change columns from ``analysis/changes.parquet`` (None when absent)."""
-    import pandas as pd
+    from geofm.tables import read_table
 
     path = root.analysis_dir / "changes.parquet"
     if not path.exists():
         return None
-    changes = pd.read_parquet(path)
+    changes = read_table(path, made_by="analyze").to_pandas()
     keep = [c for c in CHANGE_RENAMES if c in changes.columns]
     return changes[["chip_id", *keep]].rename(columns=CHANGE_RENAMES)
 

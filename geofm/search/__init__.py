@@ -31,7 +31,15 @@ _RESULT_COLUMNS = ["chip_id", "scene_id", "date", "similarity", "cloud_fraction"
                    "thumbnail_path", "change_status", "change", "change_date", "magnitude"]
 
 
-def _utc(value: str, *, end: bool = False) -> Any:
+def parse_utc(value: str, *, end: bool = False) -> Any:
+    """A date or timestamp as a UTC ``pandas.Timestamp`` (naive = UTC).
+
+    With ``end``, a bare day (``YYYY-MM-DD``) means its last microsecond, so an end date
+    is inclusive.
+
+    Raises:
+        GeofmValueError: ``value`` is not a date.
+    """
     import pandas as pd
 
     try:
@@ -74,10 +82,13 @@ def build_filter(*, exclude: Sequence[str] = (), start: str | None = None,
     terms = []
     if exclude:
         terms.append(f"chip_id NOT IN ({', '.join(sql_str(c) for c in exclude)})")
+    if start is not None and end is not None and parse_utc(start) > parse_utc(end, end=True):
+        raise GeofmValueError(f"start {start} is after end {end}: no date can match; give "
+                              "an earlier start or a later end")
     if start is not None:
-        terms.append(f"date >= timestamp '{_utc(start):%Y-%m-%d %H:%M:%S.%f}'")
+        terms.append(f"date >= timestamp '{parse_utc(start):%Y-%m-%d %H:%M:%S.%f}'")
     if end is not None:
-        terms.append(f"date <= timestamp '{_utc(end, end=True):%Y-%m-%d %H:%M:%S.%f}'")
+        terms.append(f"date <= timestamp '{parse_utc(end, end=True):%Y-%m-%d %H:%M:%S.%f}'")
     if bbox is not None:
         west, south, east, north = parse_bbox(bbox)
         terms.append(f"east >= {west!r} AND west <= {east!r} AND north >= {south!r} "
@@ -141,6 +152,9 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
     root = RunRoot.of(root)
     if k < 1:
         raise GeofmValueError(f"k must be >= 1, got {k}")
+    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
+        raise GeofmValueError(f"min_similarity is a cosine similarity in [-1, 1], got "
+                              f"{min_similarity}")
     table = open_table(root)
     info = IndexInfo.read(root)
     if embedding is not None and embedding != info.embedding:
@@ -198,21 +212,27 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``geofm search`` options to ``parser``."""
+    from geofm.cliargs import DateRangeBound, positive_int, similarity, utc_date
+    from geofm.cliargs import bbox as cli_bbox
+
     parser.add_argument("--root", required=True, help="run root with an index")
     parser.add_argument("--chip-id", action="append", default=[], metavar="ID",
                         help="query chip (repeat for several: their mean vector is used)")
-    parser.add_argument("--date", help="acquisition of the query chips, YYYY-MM-DD "
-                        "(default: the latest)")
+    parser.add_argument("--date", type=utc_date, help="acquisition of the query chips, "
+                        "YYYY-MM-DD (default: the latest)")
     parser.add_argument("--vector-file", metavar="F",
                         help="query vector: .npy ([D] or [N, D]) or .json list")
     parser.add_argument("--negative-chip-id", action="append", default=[], metavar="ID",
                         help="chip the results should not resemble (repeatable)")
-    parser.add_argument("--k", type=int, default=10, help="number of results (default 10)")
-    parser.add_argument("--min-similarity", type=float, metavar="S",
-                        help="drop results with cosine similarity below S")
-    parser.add_argument("--start", metavar="D", help="earliest acquisition date (inclusive)")
-    parser.add_argument("--end", metavar="D", help="latest acquisition date (inclusive)")
-    parser.add_argument("--bbox", metavar="W,S,E,N",
+    parser.add_argument("--k", type=positive_int, default=10,
+                        help="number of results (default 10)")
+    parser.add_argument("--min-similarity", type=similarity, metavar="S",
+                        help="drop results with cosine similarity below S (-1..1)")
+    parser.add_argument("--start", type=utc_date, action=DateRangeBound, metavar="D",
+                        help="earliest acquisition date (inclusive)")
+    parser.add_argument("--end", type=utc_date, action=DateRangeBound, metavar="D",
+                        help="latest acquisition date (inclusive)")
+    parser.add_argument("--bbox", type=cli_bbox, metavar="W,S,E,N",
                         help="WGS84 box the chip footprint must intersect (write "
                         "--bbox=W,S,E,N when W is negative)")
     parser.add_argument("--max-cloud", type=float, metavar="F",

@@ -82,9 +82,12 @@ def lookup_chips(table: lancedb.table.Table, chip_ids: Sequence[str], date: str 
     Raises:
         SearchIndexError: a chip id is not in the index (close ids are suggested), or
             it has no acquisition on ``date`` (its dates are listed).
+        GeofmValueError: ``date`` is not a date.
     """
     import pandas as pd
     import pyarrow as pa
+
+    from geofm.search import parse_utc
 
     ids = list(dict.fromkeys(chip_ids))
     where = f"chip_id IN ({', '.join(sql_str(c) for c in ids)})"
@@ -101,8 +104,7 @@ def lookup_chips(table: lancedb.table.Table, chip_ids: Sequence[str], date: str 
         if date is None:
             chosen.append(mine.iloc[-1])
             continue
-        day = pd.Timestamp(date)
-        day = day.tz_localize("UTC") if day.tzinfo is None else day.tz_convert("UTC")
+        day = parse_utc(date)
         on_day = mine[mine["date"].dt.normalize() == day.normalize()]
         if on_day.empty:
             dates = ", ".join(d.strftime("%Y-%m-%d") for d in mine["date"])
@@ -133,6 +135,8 @@ def read_vector_file(path: str | os.PathLike[str], info: IndexInfo) -> np.ndarra
 
     Raises:
         GeofmFileNotFoundError: the file does not exist.
+        GeofmValueError: the file is not valid JSON, not a numeric ``.npy`` array (object
+            arrays are never unpickled), or holds something other than numbers.
         SearchIndexError: the vector length, model or embedding differs from the index.
     """
     import numpy as np
@@ -141,10 +145,24 @@ def read_vector_file(path: str | os.PathLike[str], info: IndexInfo) -> np.ndarra
     if not path.exists():
         raise GeofmFileNotFoundError(f"vector file {path} does not exist")
     if path.suffix == ".npy":
-        values = np.load(path)
+        try:  # never unpickle: an object array is refused, not loaded
+            values = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise GeofmValueError(
+                f"vector file {path} is not a numeric .npy array ({exc}); save a float "
+                "array [D] or [N, D] with numpy.save (no object/pickled arrays)") from None
+        if not isinstance(values, np.ndarray) or values.dtype.kind not in "fiu":
+            raise GeofmValueError(
+                f"vector file {path} holds {getattr(values, 'dtype', type(values).__name__)} "
+                "values; save a float array [D] or [N, D] with numpy.save")
     elif path.suffix == ".json":
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise GeofmValueError(
+                f"vector file {path} is not valid JSON ({exc}); write a list of D numbers, "
+                'a list of such lists, or {"vector": [...]}') from None
         if isinstance(data, dict):
             for key, built in (("model", info.model), ("embedding", info.embedding)):
                 if key in data and data[key] != built:
@@ -154,7 +172,12 @@ def read_vector_file(path: str | os.PathLike[str], info: IndexInfo) -> np.ndarra
                         "vector with the index's model"
                     )
             data = data.get("vector")
-        values = np.asarray(data, dtype=np.float32)
+        try:
+            values = np.asarray(data, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise GeofmValueError(
+                f"vector file {path} does not hold numbers (a list of D numbers, a list of "
+                'such lists, or {"vector": [...]} expected)') from None
     else:
         raise GeofmValueError(f"vector file {path} must end in .npy or .json")
     values = np.atleast_2d(np.asarray(values, dtype=np.float32))

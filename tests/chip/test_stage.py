@@ -145,7 +145,7 @@ def _snapshot(root):
     for dirpath, _, files in os.walk(root):
         for name in files:
             p = os.path.join(dirpath, name)
-            if name != "run.json":
+            if name not in ("run.json", ".geofm.lock"):  # bookkeeping, not outputs
                 out[p] = (os.stat(p).st_mtime_ns, open(p, "rb").read())
     return out
 

@@ -156,7 +156,9 @@ def test_bad_checkpoint_fails_before_any_work(tiny_root: Path, tmp_path: Path, c
         embed(tiny_root, checkpoint=bad, device="cpu", progress=False)
     rr = RunRoot(tiny_root)
     assert not rr.embeddings_dir.exists()
-    assert "embed" not in read_manifest(tiny_root)["stages"]
+    entry = read_manifest(tiny_root)["stages"]["embed"]  # the fatal error is recorded
+    assert entry["status"] == "error" and match in entry["error"]
+    assert entry["config"]["checkpoint"] == str(bad)
 
 
 def test_wrong_architecture_checkpoint_fails_before_any_work(tiny_root: Path, ckpt: Path):

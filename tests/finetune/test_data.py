@@ -110,3 +110,39 @@ def test_missing_label_file(tmp_path):
 
     with pytest.raises(GeofmFileNotFoundError, match="label raster .*missing.tif does not exist"):
         load_labelled_chips(tmp_path, [tmp_path / "missing.tif"])
+
+
+def _no_crs_copy(src_path, path):
+    with rasterio.open(src_path) as src:
+        codes, transform = src.read(1), src.transform
+    return _label_raster(path, codes, transform=transform, crs=None)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda src, p: p.write_text("this is not a GeoTIFF"), "cannot be read as a raster"),
+    (lambda src, p: p.write_bytes(src.read_bytes()[:200]), "cannot be read as a raster"),
+    (_no_crs_copy, "has no CRS, so it cannot be placed on the chips"),
+])
+def test_cli_bad_label_raster_exits_1_naming_the_file(chipped_root, label_raster, tmp_path,
+                                                      capsys, make, message):
+    from geofm.cli import main
+
+    bad = tmp_path / "labels.tif"
+    make(label_raster, bad)
+    code = main(["finetune", "--root", str(chipped_root), "--labels", str(bad), "--out",
+                 str(tmp_path / "out"), "--model", "tiny", "--epochs", "1", "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"label raster {bad} {message}" in err
+    assert "--labels" in err
+
+
+def test_align_labels_refuses_a_raster_without_crs(tmp_path):
+    from geofm.exceptions import RasterError
+
+    path = _label_raster(tmp_path / "l.tif", np.ones((8, 8)), transform=from_origin(
+        X0, Y1, RES, RES), crs=None)
+    grid = ChipGrid(transform=from_origin(X0, Y1, RES, RES), width=8, height=8, epsg=32633)
+    with pytest.raises(RasterError, match="has no CRS"):
+        align_labels([path], grid)

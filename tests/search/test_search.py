@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -233,3 +234,40 @@ def test_distinct_gives_one_hit_per_place_with_its_best_acquisition(indexed):
     best = every.drop_duplicates("chip_id").head(5)
     assert list(res["chip_id"]) == list(best["chip_id"])
     np.testing.assert_allclose(res["similarity"], best["similarity"], rtol=1e-6)
+
+
+def _pickled_npy(path):
+    np.save(path, np.array([{"a": 1}, [1.0, 2.0]], dtype=object), allow_pickle=True)
+
+
+@pytest.mark.parametrize("name, write, message", [
+    ("broken.json", lambda p: p.write_text('[1.0, 2.0,'), r"broken\.json is not valid JSON"),
+    ("words.json", lambda p: p.write_text('["a", "b"]'), r"words\.json does not hold numbers"),
+    ("objects.npy", _pickled_npy, r"objects\.npy is not a numeric \.npy array"),
+    ("text.npy", lambda p: p.write_text("not numpy"), r"text\.npy is not a numeric \.npy"),
+    ("strings.npy", lambda p: np.save(p, np.array(["a", "b"])),
+     r"strings\.npy holds <U1 values"),
+])
+def test_cli_bad_vector_file_exits_1_naming_the_file(indexed, tmp_path, capsys, name, write,
+                                                     message):
+    root, _ = indexed
+    path = tmp_path / name
+    write(path)
+    assert main(["search", "--root", str(root), "--vector-file", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(message, err), err
+    assert str(path) in err
+
+
+def test_object_npy_is_never_unpickled(tmp_path, monkeypatch):
+    from geofm.search.query import read_vector_file
+
+    class Boom:
+        def __reduce__(self):
+            return (pytest.fail, ("the vector file was unpickled",))
+
+    np.save(tmp_path / "evil.npy", np.array([Boom()], dtype=object), allow_pickle=True)
+    info = IndexInfo(embedding="cls", dim=16, model={}, mean=[0.0] * 16, mean_rows=1)
+    with pytest.raises(GeofmValueError, match="no object/pickled arrays"):
+        read_vector_file(tmp_path / "evil.npy", info)

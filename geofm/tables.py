@@ -1,0 +1,87 @@
+"""Reading the Parquet tables the stages write, with one error for a broken file.
+
+Every stage that reads another stage's Parquet output (``meta/`` from chip,
+``embeddings/`` from embed, ``analysis/`` from analyze) goes through these functions. A
+file that is truncated (a killed write on a file system without atomic rename, a
+partial copy), is not Parquet, or lacks a column becomes a
+:class:`~geofm.exceptions.TableError` that names the file and the stage to re-run with
+``--overwrite``, instead of a pyarrow traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from geofm.exceptions import GeofmFileNotFoundError, TableError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    import pyarrow as pa
+
+
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike[str], made_by: str) -> Iterator[None]:
+    import pyarrow as pa
+
+    fix = f"re-run `geofm {made_by}` on this run root with --overwrite to rewrite it"
+    try:
+        yield
+    except FileNotFoundError:
+        raise GeofmFileNotFoundError(f"{os.fspath(path)} does not exist; {fix}") from None
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise TableError(
+            f"{os.fspath(path)} cannot be read as Parquet ({type(exc).__name__}: {reason}); it "
+            f"is probably truncated or was not written by `geofm {made_by}`: {fix}",
+            path=path, made_by=made_by) from exc
+
+
+def read_table(path: str | os.PathLike[str], *, made_by: str,
+               columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a stage's Parquet file (all columns or ``columns``) as an Arrow table.
+
+    Args:
+        path: the Parquet file.
+        made_by: the stage that writes it (``chip``, ``embed``, ``analyze``, ``index``);
+            named in the error's fix.
+        columns: columns to read; None reads all.
+
+    Raises:
+        TableError: the file is truncated, not Parquet, or lacks a column.
+        GeofmFileNotFoundError: the file does not exist.
+    """
+    import pyarrow.parquet as pq
+
+    with _reading(path, made_by):
+        return pq.read_table(path, columns=None if columns is None else list(columns))
+
+
+def read_schema(path: str | os.PathLike[str], *, made_by: str) -> pa.Schema:
+    """The Arrow schema (with its metadata) of a stage's Parquet file.
+
+    Raises:
+        TableError: the file is truncated or not Parquet.
+        GeofmFileNotFoundError: the file does not exist.
+    """
+    import pyarrow.parquet as pq
+
+    with _reading(path, made_by):
+        return pq.read_schema(path)
+
+
+def read_geoframe(path: str | os.PathLike[str], *, made_by: str,
+                  columns: Sequence[str] | None = None) -> gpd.GeoDataFrame:
+    """Read a stage's GeoParquet file (e.g. ``meta/<scene_id>.parquet``) as a GeoDataFrame.
+
+    Raises:
+        TableError: the file is truncated, not GeoParquet, or lacks a column.
+        GeofmFileNotFoundError: the file does not exist.
+    """
+    import geopandas as gpd
+
+    with _reading(path, made_by):
+        frame: Any = gpd.read_parquet(path, columns=None if columns is None else list(columns))
+        return frame

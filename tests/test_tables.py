@@ -1,0 +1,68 @@
+"""Broken stage Parquet files end in one TableError naming the file and the fix."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from geofm.cli import main
+from geofm.exceptions import GeofmFileNotFoundError, TableError
+from geofm.layout import RunRoot
+from geofm.tables import read_geoframe, read_schema, read_table
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_read_table_schema_and_geoframe_turn_pyarrow_errors_into_table_error(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": [1, 2]}), path)
+    assert read_table(path, made_by="embed").column("a").to_pylist() == [1, 2]
+    with pytest.raises(TableError, match=r"t\.parquet cannot be read as Parquet .*re-run "
+                                         r"`geofm embed` on this run root with --overwrite"):
+        read_table(path, made_by="embed", columns=["missing"])
+    with pytest.raises(TableError, match="not written by `geofm chip`") as info:
+        read_geoframe(path, made_by="chip")  # no "geo" metadata
+    assert info.value.path == path and info.value.made_by == "chip"
+    _truncate(path)
+    for read in (read_table, read_schema, read_geoframe):
+        with pytest.raises(TableError, match=r"probably truncated"):
+            read(path, made_by="analyze")
+    with pytest.raises(GeofmFileNotFoundError, match=r"gone\.parquet does not exist; re-run "
+                                                     r"`geofm chip`"):
+        read_table(tmp_path / "gone.parquet", made_by="chip")
+
+
+def _expect_exit_1(argv, path, writer, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{path} cannot be read as Parquet" in err
+    assert f"re-run `geofm {writer}` on this run root with --overwrite" in err
+
+
+@pytest.mark.filterwarnings("ignore:RANDOM WEIGHTS")
+def test_truncated_meta_fails_embed(chipped_root, writable_copy, capsys):
+    chipped = RunRoot(writable_copy(chipped_root))
+    bad = _truncate(chipped.meta_path(chipped.scene_ids(chipped.meta_dir)[0]))
+    _expect_exit_1(["embed", "--root", str(chipped.path), "--model", "tiny", "--no-progress",
+                    "--workers", "0"], bad, "chip", capsys)
+    assert not chipped.embeddings_dir.exists()
+
+
+def test_truncated_meta_fails_index(embedded_root, writable_copy, capsys):
+    embedded = RunRoot(writable_copy(embedded_root))
+    bad = _truncate(embedded.meta_path(embedded.scene_ids(embedded.embeddings_dir)[0]))
+    _expect_exit_1(["index", "--root", str(embedded.path)], bad, "chip", capsys)
+
+
+def test_truncated_embeddings_fail_analyze_and_index(embedded_root, writable_copy, capsys):
+    root = RunRoot(writable_copy(embedded_root))
+    bad = _truncate(root.embeddings_path(root.scene_ids(root.embeddings_dir)[-1]))
+    _expect_exit_1(["analyze", "--root", str(root.path), "--no-progress"], bad, "embed",
+                   capsys)
+    _expect_exit_1(["index", "--root", str(root.path)], bad, "embed", capsys)
