@@ -125,7 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``geofm checkpoint`` actions (``convert``) to ``parser``."""
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     conv = actions.add_parser(
-        "convert", help="rewrite a checkpoint as .safetensors (tensors + sizes, no code)",
+        "convert", allow_abbrev=False,  # --trust-pickle only when spelled out
+        help="rewrite a checkpoint as .safetensors (tensors + sizes, no code)",
         description="Rewrite a checkpoint as .safetensors: the encoder's tensors and its "
                     "sizes, which load without unpickling anything.")
     conv.add_argument("src", type=Path, metavar="IN", help=".ckpt, .pt/.pth or .safetensors")

@@ -76,6 +76,17 @@ def _allowed_names() -> set[str]:
             for e in allowed_globals()}
 
 
+def _py3_name(module: str, name: str) -> str:
+    """``module.name`` as Python 3 (and torch's unpickler) reads a protocol-2 GLOBAL."""
+    from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+
+    if (module, name) in NAME_MAPPING:
+        module, name = NAME_MAPPING[(module, name)]
+    elif module in IMPORT_MAPPING:
+        module = IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
 def _pickle_globals(path: Path, *, max_pickles: int = 8) -> list[str]:
     """Globals named by the pickles at the start of a non-zip file, read statically.
 
@@ -91,7 +102,8 @@ def _pickle_globals(path: Path, *, max_pickles: int = 8) -> list[str]:
             try:
                 for op, arg, _pos in pickletools.genops(f):
                     if op.name == "GLOBAL":
-                        found.append(str(arg).replace(" ", ".", 1))
+                        module, _, name = str(arg).partition(" ")
+                        found.append(_py3_name(module, name))
                     elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                         found.append(f"{strings[-2]}.{strings[-1]}")
                     if op.name in _STRING_OPS:
