@@ -71,6 +71,19 @@ def allowed_globals() -> list[Any]:
     return entries
 
 
+def _scoped_globals() -> Any:
+    """``torch.serialization.safe_globals`` for the entries not allowed already.
+
+    The context removes what it added on exit, so entries a caller allowed globally
+    before are left out of it (and stay allowed).
+    """
+    import torch
+
+    present = set(torch.serialization.get_safe_globals())
+    return torch.serialization.safe_globals([e for e in allowed_globals()
+                                             if e not in present])
+
+
 def _allowed_names() -> set[str]:
     return {e[1] if isinstance(e, tuple) else f"{e.__module__}.{e.__qualname__}"
             for e in allowed_globals()}
@@ -139,7 +152,7 @@ def refused_globals(path: str | os.PathLike[str]) -> list[str]:
     path = Path(path)
     if zipfile.is_zipfile(path):
         try:
-            with torch.serialization.safe_globals(allowed_globals()):
+            with _scoped_globals():
                 names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # a damaged zip: no names to report
             return []
@@ -172,7 +185,7 @@ def load_torch_file(path: str | os.PathLike[str], *, what: str, fix_refused: str
 
     path = Path(path)
     try:
-        with torch.serialization.safe_globals(allowed_globals()):
+        with _scoped_globals():
             return torch.load(path, map_location="cpu", weights_only=True,
                               mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:

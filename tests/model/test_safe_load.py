@@ -23,6 +23,9 @@ from geofm.exceptions import CheckpointError
 from geofm.model import load_encoder
 from geofm.model.safe_load import load_torch_file, refused_globals
 
+# torch notes that bare pickles (protocol 4/5) are not what torch.save writes
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+
 
 class Payload:
     """Unpickling this runs code: ``exec`` writes ``sentinel`` (what the loader must stop)."""
@@ -220,3 +223,16 @@ def test_other_objects_are_refused_and_named(tmp_path: Path, reference_ckpt: dic
     with pytest.raises(CheckpointError, match=r"dated\.ckpt' pickles builtins\.slice, "
                                               r"datetime\.date, which the safe loader"):
         load_encoder(path)
+
+
+def test_globals_a_caller_allowed_stay_allowed(tmp_path: Path, reference_ckpt: dict) -> None:
+    path = tmp_path / "namespace.ckpt"
+    torch.save({**reference_ckpt, "hyper_parameters": argparse.Namespace(dim=64)}, path)
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        load_torch_file(path, what="checkpoint", fix_refused="", fix_unreadable="")
+        assert argparse.Namespace in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
