@@ -38,8 +38,9 @@ def _trusted_load(path: Path) -> Any:
         "--trust-pickle: fully unpickling %s. This RUNS ANY CODE THE FILE CONTAINS, with "
         "your permissions; only do this for a file you trust, from a source you trust.",
         path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+    try:  # a file object: torch.load would hand a path named .safetensors to safetensors
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=False)
     except Exception as err:  # any reader failure means an unusable file
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r} even with --trust-pickle "
@@ -78,9 +79,9 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     from geofm.io import atomic_path
     from geofm.model.loading import (
         config_from_hparams,
+        config_to_metadata,
         encoder_state,
         file_sha256,
-        hparams_to_metadata,
         read_checkpoint,
         split_checkpoint,
     )
@@ -110,7 +111,7 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
                        err, dst)
         config = None
     if config is not None:
-        metadata.update(hparams_to_metadata(config))
+        metadata.update(config_to_metadata(config))
     # own contiguous copies: safetensors refuses tensors that share memory
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_path(dst) as tmp:

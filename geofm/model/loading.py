@@ -103,12 +103,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             "file); rename it to .pt to read it with the safe torch loader, or download "
             "a real .safetensors file")
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     try:
-        state = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # any reader failure means an unusable file
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r} ({type(err).__name__}: "
@@ -117,8 +116,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, hparams_from_metadata(metadata, path)
 
 
-def hparams_to_metadata(config: EncoderConfig) -> dict[str, str]:
-    """Encoder sizes as ``.safetensors`` string metadata (read by :func:`read_checkpoint`).
+def config_to_metadata(config: EncoderConfig) -> dict[str, str]:
+    """An encoder's sizes as ``.safetensors`` string metadata (read by :func:`read_checkpoint`).
 
     ``model_size`` is written only for a preset's own sizes, so a custom encoder
     reads back as ``custom``.
@@ -130,7 +129,7 @@ def hparams_to_metadata(config: EncoderConfig) -> dict[str, str]:
 
 
 def hparams_from_metadata(metadata: Mapping[str, str], path: Path) -> dict[str, Any]:
-    """Sizes stored by :func:`hparams_to_metadata`, parsed; other metadata is ignored."""
+    """Sizes stored by :func:`config_to_metadata`, parsed; other metadata is ignored."""
     out: dict[str, Any] = {}
     for key in (*SIZE_KEYS, "patch_size", "model_size"):
         if key not in metadata:

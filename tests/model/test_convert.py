@@ -143,3 +143,23 @@ def test_bad_outputs_and_command_lines(ckpt_path: Path, tmp_path: Path) -> None:
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
+
+
+def test_preset_sizes_and_misnamed_pickle(tmp_path: Path) -> None:
+    from geofm.exceptions import GeofmWarning
+
+    with pytest.warns(GeofmWarning):
+        tiny = load_encoder(preset="tiny", seed=1)
+    state = {"model.encoder." + k: v for k, v in tiny.state_dict().items()}
+    src = tmp_path / "tiny.safetensors"  # a torch pickle under a .safetensors name
+    torch.save({"state_dict": state, "hyper_parameters": {"model_size": "tiny"}}, src)
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors' is named \.safetensors "
+                                              r"but holds torch pickle data"):
+        convert_checkpoint(src, tmp_path / "out.safetensors")
+    out = convert_checkpoint(src, tmp_path / "out.safetensors", trust_pickle=True)
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["model_size"] == "tiny"
+    model = load_encoder(out)
+    assert model.preset == "tiny" and not model.random_init
+    for name, value in tiny.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
