@@ -209,7 +209,15 @@ def load_torch_file(path: str | os.PathLike[str], *, what: str, fix_refused: str
 
 
 def looks_like_torch_file(path: str | os.PathLike[str]) -> bool:
-    """True if a file starts like a ``torch.save`` zip or a pickle (protocol 2+)."""
+    """True if a file starts like a ``torch.save`` zip or a pickle, not like safetensors.
+
+    A safetensors file starts with its header length (8 bytes, little endian) and the
+    header's ``{``; that is checked first, since the length may begin with any byte.
+    """
+    path = Path(path)
     with open(path, "rb") as f:
-        head = f.read(4)
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+        head = f.read(9)
+    if head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
+        return False
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (
+        b"\x02", b"\x03", b"\x04", b"\x05"))

@@ -236,3 +236,23 @@ def test_globals_a_caller_allowed_stay_allowed(tmp_path: Path, reference_ckpt: d
     finally:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(before)
+
+
+def test_safetensors_is_told_from_a_pickle_by_its_header(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from geofm.model.safe_load import looks_like_torch_file
+
+    # a real safetensors file whose header length starts with the pickle PROTO byte 0x80
+    for pad in range(0, 400):
+        path = tmp_path / "w.safetensors"
+        save_file({"w": torch.ones(3)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        raise AssertionError("no header length with a 0x80 first byte")
+    assert not looks_like_torch_file(path)
+    torch.save({"w": torch.ones(3)}, tmp_path / "zip.pt")
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"w": 1}, protocol=2))
+    assert looks_like_torch_file(tmp_path / "zip.pt")
+    assert looks_like_torch_file(tmp_path / "raw.pt")
