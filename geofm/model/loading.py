@@ -344,8 +344,10 @@ def load_encoder(path: str | os.PathLike[str] | None = None, *,
 
     Raises:
         GeofmFileNotFoundError: ``path`` does not exist.
-        CheckpointError: corrupt file, unknown sizes, or any missing / unexpected /
-            mis-shaped encoder key.
+        CheckpointError: corrupt file, a file that pickles objects the safe loader
+            refuses (it is never unpickled; the message names the ``geofm checkpoint
+            convert`` fix), unknown sizes, or any missing / unexpected / mis-shaped
+            encoder key.
         GeofmValueError: neither ``path`` nor ``preset`` given, or an unknown preset.
     """
     import torch
