@@ -39,7 +39,8 @@ _PATH_PATHS = {
     for flavour in ("Posix", "Windows")
 }
 #: torch's own default allow-list entries outside ``torch.*`` (``_weights_only_unpickler``);
-#: only used to leave them out of the refused names of a non-zip pickle.
+#: only used, if torch's private list cannot be read, to leave them out of the refused
+#: names of a non-zip pickle.
 _TORCH_DEFAULTS = frozenset({"collections.OrderedDict", "collections.Counter", "_codecs.encode",
                              "builtins.bytearray", "builtins.set", "builtins.complex"})
 _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
@@ -100,11 +101,12 @@ def _py3_name(module: str, name: str) -> str:
     return f"{module}.{name}"
 
 
-def _pickle_globals(path: Path, *, max_pickles: int = 8) -> list[str]:
+def _pickle_globals(path: Path, *, max_pickles: int = 5) -> list[str]:
     """Globals named by the pickles at the start of a non-zip file, read statically.
 
-    A legacy ``torch.save`` file is a few pickles in a row followed by raw storage bytes;
-    scanning stops at the first thing that is not a pickle. Nothing is executed.
+    A legacy ``torch.save`` file is five pickles in a row (magic number, protocol, system
+    info, the object, storage keys) followed by raw storage bytes, which are not scanned;
+    scanning also stops at the first thing that is not a pickle. Nothing is executed.
     """
     found: list[str] = []
     with open(path, "rb") as f:
@@ -157,10 +159,20 @@ def refused_globals(path: str | os.PathLike[str]) -> list[str]:
         except Exception:  # a damaged zip: no names to report
             return []
     else:
-        allowed = _allowed_names() | _TORCH_DEFAULTS
-        names = [n for n in _pickle_globals(path)
-                 if n not in allowed and n != "torch" and not n.startswith("torch.")]
+        names = [n for n in _pickle_globals(path) if not _torch_allows(n)]
     return sorted(set(names))
+
+
+def _torch_allows(name: str) -> bool:
+    """Whether torch's default allow-list (or ours) has ``name`` (for messages only)."""
+    if name in _allowed_names():
+        return True
+    try:  # private, but exact; the public get_unsafe_globals_in_checkpoint needs a zip
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return name in _get_allowed_globals()
+    except (ImportError, AttributeError, TypeError):
+        return name in _TORCH_DEFAULTS or name.startswith("torch.")
 
 
 def load_torch_file(path: str | os.PathLike[str], *, what: str, fix_refused: str,

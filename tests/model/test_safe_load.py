@@ -256,3 +256,12 @@ def test_safetensors_is_told_from_a_pickle_by_its_header(tmp_path: Path) -> None
     (tmp_path / "raw.pt").write_bytes(pickle.dumps({"w": 1}, protocol=2))
     assert looks_like_torch_file(tmp_path / "zip.pt")
     assert looks_like_torch_file(tmp_path / "raw.pt")
+
+
+def test_legacy_file_names_refused_torch_classes(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"  # a whole module, pickled the pre-zip way
+    torch.save(torch.nn.Linear(2, 2), path, _use_new_zipfile_serialization=False)
+    assert refused_globals(path) == ["torch.nn.modules.linear.Linear"]
+    with pytest.raises(CheckpointError, match=r"model\.pt' pickles torch\.nn\.modules\.linear"
+                                              r"\.Linear, which the safe loader"):
+        load_encoder(path)
