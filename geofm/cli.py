@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("geofm.demo", "synth + run + example searches + report; no network, no weights"),
     "finetune": ("geofm.finetune", "train a head on the frozen encoder"),
     "predict": ("geofm.finetune.predict", "apply a trained head; write class-map GeoTIFFs"),
+    "checkpoint": ("geofm.model.convert", "convert a checkpoint to .safetensors (no code)"),
 }
 
 log = logging.getLogger("geofm")

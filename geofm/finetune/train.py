@@ -205,23 +205,30 @@ def save_head(path: str | os.PathLike[str], state: dict[str, Any], config: dict[
 def load_head(path: str | os.PathLike[str], *, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild a head from a checkpoint written by :func:`save_head`.
 
+    The file is read with the safe loader of :mod:`geofm.model.safe_load` (never runs
+    code from the file).
+
     Returns:
         ``(head in eval mode, config)``.
 
     Raises:
         GeofmFileNotFoundError: no such file.
-        CheckpointError: not a geofm head checkpoint.
+        CheckpointError: not a geofm head checkpoint: unreadable, truncated, pickling
+            objects the safe loader refuses, or of another layout.
     """
-    import torch
-
     from geofm.finetune.heads import build_head
+    from geofm.model.safe_load import load_torch_file
 
     path = Path(path)
     if not path.is_file():
         raise GeofmFileNotFoundError(f"head checkpoint {path} does not exist; train one with "
                                      "`geofm finetune --out DIR` (it writes DIR/best.pt)")
+    retrain = "Re-run `geofm finetune --out DIR` and pass the DIR/best.pt it writes."
+    blob = load_torch_file(path, what="head checkpoint",
+                           fix_refused="A head written by `geofm finetune` holds only "
+                                       f"tensors, numbers and strings. {retrain}",
+                           fix_unreadable=retrain)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         config, state = blob["config"], blob["state_dict"]
         # heads on several encoder layers take D * n_layers features (``feature_dim``)
         options = dict(config.get("head_options", {}))

@@ -3,9 +3,11 @@
 Formats: a Lightning ``.ckpt`` (encoder keys under ``model.encoder.``; decoder, teacher,
 projection and other keys ignored; sizes from ``hyper_parameters``), a bare encoder
 state dict (``.pt`` / ``.pth``, with or without the ``model.encoder.`` prefix) and
-``.safetensors``. Every encoder key must be present with the right shape and no extra
-encoder key may appear; anything else raises :class:`CheckpointError` listing the keys,
-before the model is returned.
+``.safetensors`` (sizes from its metadata, as written by ``geofm checkpoint convert``).
+Torch files are only ever read with torch's restricted unpickler
+(:mod:`geofm.model.safe_load`): a checkpoint never runs code. Every encoder key must be
+present with the right shape and no extra encoder key may appear; anything else raises
+:class:`CheckpointError` listing the keys, before the model is returned.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import hashlib
 import logging
 import math
 import os
-import pickle
 import re
 import warnings
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from geofm.exceptions import (
     GeofmWarning,
 )
 from geofm.model.presets import PRESETS, EncoderConfig, get_preset
+from geofm.model.safe_load import load_torch_file, looks_like_torch_file
 
 if TYPE_CHECKING:
     import torch
@@ -76,62 +78,84 @@ def _listing(keys: list[str]) -> str:
     return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
-def _load_pickle(path: Path, *, weights_only: bool) -> Any:
-    import torch
+def convert_command(path: Path) -> str:
+    """The ``geofm checkpoint convert`` command line that makes ``path`` safe to load."""
+    import shlex
 
-    try:  # memory-map zip checkpoints: only the encoder tensors are read into memory
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    return (f"geofm checkpoint convert {shlex.quote(str(path))} "
+            f"{shlex.quote(str(path.with_suffix('.safetensors')))} --trust-pickle")
 
 
-def _torch_load(path: Path) -> Any:
+def _read_torch(path: Path) -> Any:
+    return load_torch_file(
+        path, what="checkpoint",
+        fix_refused=("If you trust the file and where it came from, convert it once with "
+                     f"`{convert_command(path)}` (that runs the file's code) and pass the "
+                     ".safetensors file instead."),
+        fix_unreadable="Download or export it again.")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    if looks_like_torch_file(path):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is named .safetensors but holds torch pickle data, "
+            "which the safetensors reader refuses (geofm never unpickles a .safetensors "
+            "file); rename it to .pt to read it with the safe torch loader, or download "
+            "a real .safetensors file")
+    from safetensors import safe_open
+
     try:
-        return _load_pickle(path, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if path.suffix != ".ckpt" or "weights_only" not in str(err):
-            raise
-        # Lightning checkpoints may pickle non-tensor objects in their hyper-parameters
-        # (e.g. AttributeDict, Box), which the safe loader refuses.
-        logger.warning("%s: the safe loader (weights_only=True) refused the Lightning "
-                       "checkpoint's non-tensor objects (%s); loading it with full "
-                       "unpickling. Only load checkpoints you trust.", path,
-                       str(err).splitlines()[0])
-        return _load_pickle(path, weights_only=False)
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a checkpoint file into (state dict, hyper-parameters).
-
-    Args:
-        path: ``.ckpt``, ``.pt``, ``.pth`` or ``.safetensors`` file.
-
-    Returns:
-        The raw state dict (keys as stored) and the hyper-parameters (empty if none).
-
-    Raises:
-        GeofmFileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file cannot be read or holds no state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise GeofmFileNotFoundError(
-            f"checkpoint {str(path)!r} does not exist; give the path of a Clay .ckpt, "
-            "an encoder state dict (.pt/.pth) or a .safetensors file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = _torch_load(path)
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # any reader failure means an unusable file
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r} ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); the file is corrupt, "
             "truncated or not a checkpoint: download or export it again") from err
+    return state, hparams_from_metadata(metadata, path)
+
+
+def config_to_metadata(config: EncoderConfig) -> dict[str, str]:
+    """An encoder's sizes as ``.safetensors`` string metadata (read by :func:`read_checkpoint`).
+
+    ``model_size`` is written only for a preset's own sizes, so a custom encoder
+    reads back as ``custom``.
+    """
+    meta = {k: str(getattr(config, k)) for k in (*SIZE_KEYS, "patch_size")}
+    if config.name in PRESETS and PRESETS[config.name] == config:
+        meta["model_size"] = config.name
+    return meta
+
+
+def hparams_from_metadata(metadata: Mapping[str, str], path: Path) -> dict[str, Any]:
+    """Sizes stored by :func:`config_to_metadata`, parsed; other metadata is ignored."""
+    out: dict[str, Any] = {}
+    for key in (*SIZE_KEYS, "patch_size", "model_size"):
+        if key not in metadata:
+            continue
+        text = metadata[key]
+        try:
+            out[key] = (text if key == "model_size" else
+                        float(text) if key == "mlp_ratio" else int(text))
+        except ValueError as err:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: metadata {key}={text!r} is not a number; "
+                "convert the checkpoint again with `geofm checkpoint convert`") from err
+    return out
+
+
+def split_checkpoint(obj: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split an unpickled checkpoint into (state dict, hyper-parameters).
+
+    Args:
+        obj: a Lightning checkpoint (``state_dict`` + ``hyper_parameters``/``hparams``,
+            a mapping or an ``argparse.Namespace``-like object) or a bare state dict.
+        path: the file it came from (for messages).
+
+    Raises:
+        CheckpointError: ``obj`` holds no state dict of tensors.
+    """
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, "
                               "not a state dict; save model.state_dict(), not the model")
@@ -148,6 +172,35 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
         raise CheckpointError(f"checkpoint {str(path)!r} has non-tensor entries "
                               f"{_listing(sorted(map(str, bad)))}; it is not a state dict")
     return state, hparams
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a checkpoint file into (state dict, hyper-parameters), never running its code.
+
+    Torch files (``.ckpt``, ``.pt``, ``.pth``) are read with the restricted unpickler of
+    :func:`geofm.model.safe_load.load_torch_file`; ``.safetensors`` files with the
+    safetensors reader, their sizes from the metadata ``geofm checkpoint convert`` writes.
+
+    Args:
+        path: ``.ckpt``, ``.pt``, ``.pth`` or ``.safetensors`` file.
+
+    Returns:
+        The raw state dict (keys as stored) and the hyper-parameters (empty if none).
+
+    Raises:
+        GeofmFileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file cannot be read, pickles objects the safe loader refuses
+            (the message names them and the ``geofm checkpoint convert`` fix), or holds
+            no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GeofmFileNotFoundError(
+            f"checkpoint {str(path)!r} does not exist; give the path of a Clay .ckpt, "
+            "an encoder state dict (.pt/.pth) or a .safetensors file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return split_checkpoint(_read_torch(path), path)
 
 
 def encoder_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,8 +344,10 @@ def load_encoder(path: str | os.PathLike[str] | None = None, *,
 
     Raises:
         GeofmFileNotFoundError: ``path`` does not exist.
-        CheckpointError: corrupt file, unknown sizes, or any missing / unexpected /
-            mis-shaped encoder key.
+        CheckpointError: corrupt file, a file that pickles objects the safe loader
+            refuses (it is never unpickled; the message names the ``geofm checkpoint
+            convert`` fix), unknown sizes, or any missing / unexpected / mis-shaped
+            encoder key.
         GeofmValueError: neither ``path`` nor ``preset`` given, or an unknown preset.
     """
     import torch

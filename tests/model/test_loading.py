@@ -1,10 +1,11 @@
-"""Checkpoint loading: formats, strict key checks, identity, random init."""
+"""Checkpoint loading: formats, strict key checks, identity, random init.
+
+Refusing code in checkpoints is tested in test_safe_load.py, conversion in test_convert.py.
+"""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import logging
 from pathlib import Path
 
 import pytest
@@ -178,14 +179,22 @@ def test_bare_state_dict_of_a_preset_is_inferred(tmp_path: Path) -> None:
     torch.testing.assert_close(_encode(model, cube), _encode(tiny, cube), rtol=0, atol=0)
 
 
-def test_weights_only_fallback_is_logged(tmp_path: Path, ckpt: dict,
-                                         caplog: pytest.LogCaptureFixture) -> None:
-    hp = argparse.Namespace(**ckpt["hyper_parameters"])
-    path = _save(tmp_path, {**ckpt, "hyper_parameters": hp}, "namespace.ckpt")
-    with caplog.at_level(logging.WARNING, logger="geofm.model.loading"):
-        model = load_encoder(path)
-    assert model.identity["heads"] == 2
-    assert "weights_only=True" in caplog.text and "namespace.ckpt" in caplog.text
+def test_safetensors_sizes_from_metadata(tmp_path: Path, ckpt: dict, case: dict,
+                                         ckpt_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    bare = {k: v.contiguous() for k, v in _encoder_only(ckpt["state_dict"]).items()}
+    sizes = {"dim": "64", "depth": "2", "heads": "2", "dim_head": "32", "mlp_ratio": "2.0",
+             "patch_size": "8"}
+    save_file(bare, str(tmp_path / "sized.safetensors"), metadata=sizes)
+    model = load_encoder(tmp_path / "sized.safetensors")  # custom sizes, no preset needed
+    assert (model.preset, model.identity["heads"]) == ("custom", 2)
+    torch.testing.assert_close(_encode(model, case), _encode(load_encoder(ckpt_path), case),
+                               rtol=0, atol=0)
+    save_file(bare, str(tmp_path / "bad.safetensors"), metadata={**sizes, "heads": "two"})
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors': metadata heads='two' is "
+                                              r"not a number"):
+        load_encoder(tmp_path / "bad.safetensors")
 
 
 def test_random_init_warns_flags_and_is_seeded() -> None:
