@@ -85,7 +85,7 @@ class ModelIdentity:
                     seed: int | None = None) -> ModelIdentity:
         """The identity of an encoder built from ``config`` (no time_location/bands yet)."""
         return cls(preset=config.name, dim=config.dim, depth=config.depth, heads=config.heads,
-                   dim_head=config.dim_head, mlp_ratio=config.mlp_ratio,
+                   dim_head=config.dim_head, mlp_ratio=float(config.mlp_ratio),
                    patch_size=config.patch_size, random_init=random_init, sha256=sha256,
                    seed=seed if random_init else None, checkpoint=checkpoint)
 

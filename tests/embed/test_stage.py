@@ -92,10 +92,12 @@ def test_identity_in_parquet_metadata_and_run_json(tiny_root: Path, ckpt: Path):
     embed(tiny_root, checkpoint=ckpt, batch_size=8, device="cpu", progress=False)
     rr = RunRoot(tiny_root)
     scene_id = rr.scene_ids(rr.embeddings_dir)[0]
-    meta = json.loads(pq.read_schema(rr.embeddings_path(scene_id)).metadata[b"geofm"])
+    stored = json.loads(pq.read_schema(rr.embeddings_path(scene_id)).metadata[b"geofm"])
+    meta, run = stored["model"], stored["run"]
     assert meta["sha256"] == file_sha256(ckpt)
     assert meta["random_init"] is False and meta["dim"] == 64
-    assert meta["bands"] == "blue,green,red,nir" and meta["failed_chips"] == []
+    assert meta["bands"] == ["blue", "green", "red", "nir"] and run["failed_chips"] == []
+    assert run["chips"] == 3 and run["filled_chips"] == 0
     stage = read_manifest(tiny_root)["stages"]["embed"]
     assert stage["status"] == "ok"
     assert stage["model"]["sha256"] == meta["sha256"]
@@ -138,7 +140,7 @@ def test_other_model_outputs_need_overwrite(tiny_root: Path, ckpt: Path):
                        batch_size=16)
     rr = RunRoot(tiny_root)
     meta = json.loads(pq.read_schema(rr.embeddings_path(rr.scene_ids(rr.meta_dir)[0]))
-                      .metadata[b"geofm"])
+                      .metadata[b"geofm"])["model"]
     assert meta["random_init"] is True and meta["preset"] == "tiny" and meta["dim"] == 192
     assert record.extra["model"]["random_init"] is True
     assert read_manifest(tiny_root)["stages"]["embed"]["model"]["random_init"] is True
@@ -183,7 +185,8 @@ def test_unreadable_chip_is_reported_and_exit_code_is_1(tiny_root: Path, ckpt: P
     table = pq.read_table(rr.embeddings_path(scene_id))
     assert table.column("chip_id").to_pylist() == ["33UUP_64_0000_0000", "33UUP_64_0000_0002"]
     meta = json.loads(table.schema.metadata[b"geofm"])
-    assert meta["failed_chips"] == ["33UUP_64_0000_0001"]
+    assert meta["run"]["failed_chips"] == ["33UUP_64_0000_0001"]
+    assert meta["run"]["chips"] == 2
     # the other scenes are complete
     assert len(rr.scene_ids(rr.embeddings_dir)) == 3
     # a re-run retries the incomplete scene only (and fails again on the same chip)

@@ -25,7 +25,7 @@ def test_build_writes_table_info_and_manifest(tmp_path, make_embedded_root):
     record = build_index(tmp_path)
     n = len(truth) * 3
     assert record.counts == {"rows": n, "bad_vectors": 0, "added": n, "updated": 0,
-                             "table_rows": n}
+                             "table_rows": n, "failed_chips": 0, "unembedded_scenes": 0}
     info = IndexInfo.read(RunRoot.of(tmp_path))
     assert (info.embedding, info.dim, info.model["preset"], info.rows) == ("cls", 8, "tiny", n)
     table = open_table(RunRoot.of(tmp_path)).search().limit(None).to_arrow()
