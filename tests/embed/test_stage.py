@@ -146,6 +146,37 @@ def test_other_model_outputs_need_overwrite(tiny_root: Path, ckpt: Path):
     assert read_manifest(tiny_root)["stages"]["embed"]["model"]["random_init"] is True
 
 
+def _rewrite_metadata(path: Path, change) -> None:
+    table = pq.read_table(path)
+    stored = change(json.loads(table.schema.metadata[b"geofm"]))
+    pq.write_table(table.replace_schema_metadata({"geofm": json.dumps(stored)}), path)
+
+
+def test_resume_reads_the_older_flat_metadata_and_compares_bands(tiny_root: Path, ckpt: Path):
+    embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
+    rr = RunRoot(tiny_root)
+    scenes = rr.scene_ids(rr.embeddings_dir)
+
+    def flat(stored):  # the layout of earlier versions: identity, bands, failed_chips mixed
+        return {**stored["model"], "bands": ",".join(stored["model"]["bands"]),
+                "failed_chips": stored["run"]["failed_chips"]}
+
+    for scene in scenes:
+        _rewrite_metadata(rr.embeddings_path(scene), flat)
+    record = embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
+    assert record.counts["skipped_scenes"] == 3 and record.counts["chips"] == 0
+    # the checkpoint moved: the same file is the same model
+    moved = tiny_root.parent / "moved.ckpt"
+    moved.write_bytes(ckpt.read_bytes())
+    record = embed(tiny_root, checkpoint=moved, device="cpu", progress=False)
+    assert record.counts["skipped_scenes"] == 3
+    # a scene whose vectors were made from other bands is another model's output
+    _rewrite_metadata(rr.embeddings_path(scenes[1]), lambda m: {**m, "bands": "red,nir"})
+    with pytest.raises(GeofmFileExistsError, match=r"another model.*bands red,nir vs "
+                                                   r"blue,green,red,nir.*--overwrite"):
+        embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
+
+
 @pytest.mark.parametrize("content, match", [
     (None, "does not exist"),
     (b"not a checkpoint at all", "checkpoint"),
