@@ -84,6 +84,29 @@ def test_other_embedding_needs_overwrite(tmp_path, make_embedded_root):
     assert record.counts["table_rows"] == len(_keys(tmp_path))
 
 
+def test_index_of_another_model_needs_overwrite_run_facts_do_not(tmp_path, make_embedded_root):
+    make_embedded_root(tmp_path, n_classes=2, per_class=2, dim=8)
+    build_index(tmp_path)
+    root = RunRoot.of(tmp_path)
+
+    def rewrite(change):
+        for scene in root.scene_ids(root.embeddings_dir):
+            path = root.embeddings_path(scene)
+            table = pq.read_table(path)
+            stored = change(json.loads(table.schema.metadata[b"geofm"]))
+            pq.write_table(table.replace_schema_metadata({"geofm": json.dumps(stored)}), path)
+
+    # the same vectors, stored in the {model, run} layout with a run fact: still this index
+    rewrite(lambda flat: {"model": flat, "run": {"failed_chips": []}})
+    assert build_index(tmp_path).counts["added"] == 0
+    # every scene re-embedded with another seed: the index holds other vectors
+    rewrite(lambda m: {**m, "model": {**m["model"], "seed": 5}})
+    with pytest.raises(SearchIndexError, match=r"index vs run: seed None vs 5.*pass --overwrite"):
+        build_index(tmp_path)
+    build_index(tmp_path, overwrite=True)
+    assert IndexInfo.read(root).model["seed"] == 5
+
+
 def test_zero_vector_is_a_failure_not_indexed(tmp_path, make_embedded_root):
     truth = make_embedded_root(tmp_path, n_classes=2, per_class=2, dim=8)
     root = RunRoot.of(tmp_path)
