@@ -66,7 +66,8 @@ def write_scene(path: str | os.PathLike[str], *, scene_id: str, chip_ids: Sequen
         dates: acquisition times [N], ``datetime64`` UTC.
         embedding: CLS vectors float32 [N, D].
         embedding_mean: mean patch-token vectors float32 [N, D].
-        metadata: JSON-able dict stored under schema metadata key ``geofm``.
+        metadata: JSON-able dict stored under schema metadata key ``geofm`` (build it
+            with :func:`scene_metadata`).
         patches: optional patch tokens [N, L, D] (written as float16).
         patches_path: destination of ``patches`` (``embeddings/<scene_id>_patches.npy``).
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def head_encoder_identity(head_cfg: Mapping[str, Any]) -> ModelIdentity:
     """The encoder identity a head was trained with, from its ``best.pt`` config.
 
@@ -42,7 +43,8 @@ def head_encoder_identity(head_cfg: Mapping[str, Any]) -> ModelIdentity:
     return ModelIdentity.from_dict(stored)
 
 
-def check_encoder_identity(saved: ModelIdentity | Mapping[str, Any], current: ModelIdentity, *,
+def check_encoder_identity(saved: ModelIdentity | Mapping[str, Any],
+                           current: ModelIdentity | Mapping[str, Any], *,
                            head_path: str | os.PathLike[str]) -> None:
     """Raise :class:`CheckpointError` if a head was trained on another encoder.
 
@@ -59,6 +61,8 @@ def check_encoder_identity(saved: ModelIdentity | Mapping[str, Any], current: Mo
 
     if not isinstance(saved, ModelIdentity):
         saved = ModelIdentity.from_dict(saved)
+    if not isinstance(current, ModelIdentity):
+        current = ModelIdentity.from_dict(current)
     diffs = saved.differences(current)
     if diffs:
         said = "; ".join(f"{k}: head trained with {a!r}, now {b!r}" for k, (a, b) in diffs.items())
