@@ -89,6 +89,21 @@ class CheckpointError(GeofmError, ValueError):
     """A model checkpoint is missing, corrupt, or of another architecture."""
 
 
+class ModelMismatchError(GeofmValueError):
+    """Vectors of different models were to be used together (analysed, indexed).
+
+    Attributes:
+        paths: the two files whose models differ.
+        fields: the :class:`~geofm.model.identity.ModelIdentity` fields that differ.
+    """
+
+    def __init__(self, message: str, *, paths: tuple[str, str] = ("", ""),
+                 fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.paths = paths
+        self.fields = fields
+
+
 class ShapeError(GeofmError, ValueError):
     """An array has the wrong length along a named dimension."""
 

@@ -166,12 +166,17 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
 
     Returns:
         The stage record (counts ``chips``, ``observations``, ``changed``, ``no_change``,
-        ``insufficient``, ``plots``; ``run.json`` stage ``analyze``).
+        ``insufficient``, ``plots``, ``failed_chips`` and ``unembedded_scenes`` (valid
+        chips embed could not embed, left out and listed in ``extra["not_analysed"]``);
+        ``extra["model"]``: the embeddings' model identity; ``run.json`` stage ``analyze``).
 
     Raises:
         GeofmValueError: bad options (signal, dates, embedding kind, unknown plot chip).
         GeofmFileNotFoundError: no embeddings in the run root, or ``pca`` missing.
         GeofmFileExistsError: ``analysis/`` holds other results and ``overwrite`` is off.
+        ModelMismatchError: the embeddings files were made by different models (by
+            :meth:`geofm.model.identity.ModelIdentity.compatible`; files without model
+            metadata count as one unknown model).
     """
     rr = RunRoot.of(root)
     if embedding not in EMBEDDING_COLUMNS:
@@ -194,6 +199,8 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
     with StageRecord(rr, "analyze", config=config) as record:
         scene_ids = rr.scene_ids(rr.embeddings_dir)
         files = [rr.embeddings_path(s) for s in scene_ids]
+        if files:
+            _check_model(rr, scene_ids, files, record)
         fingerprint = _fingerprint(files, config) if files else ""
         changes_path = rr.analysis_dir / "changes.parquet"
         if changes_path.exists() and not overwrite:
@@ -273,6 +280,25 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
                                          for v in pca_model.explained_variance_ratio],
             "pca_samples": pca_model.n_samples}
     return record
+
+
+def _check_model(rr: RunRoot, scene_ids: list[str], files: list[Path],
+                 record: StageRecord) -> None:
+    """Refuse embeddings of two models; count and log the chips embed could not embed."""
+    from geofm.embed.writer import check_one_model, embedding_gaps
+
+    identity, infos = check_one_model(files, purpose="be analysed together",
+                                      require_metadata=False)
+    record.extra["model"] = identity.to_dict()
+    gaps = embedding_gaps(rr, dict(zip(scene_ids, infos, strict=True)))
+    record.counts.update(failed_chips=len(gaps["failed_chips"]),
+                         unembedded_scenes=len(gaps["scenes"]))
+    if gaps["failed_chips"] or gaps["scenes"]:
+        record.extra["not_analysed"] = gaps
+        log.warning("analyze: %d chip(s) that embed could not embed and %d scene(s) without "
+                    "embeddings are left out (listed in %s); re-run `geofm embed --root %s` "
+                    "to retry them", len(gaps["failed_chips"]), len(gaps["scenes"]),
+                    rr.manifest_path, rr.path)
 
 
 def _stored_fingerprint(path: Path) -> str | None:

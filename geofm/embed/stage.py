@@ -9,8 +9,12 @@ scene and a scene is written as soon as its last chip is embedded.
 Failures: an unreadable chip, a chip with too many invalid pixels (see
 :mod:`geofm.embed.dataset`) or a chip whose vectors are not finite is recorded with
 ``record.fail`` and left out; the scene's other chips are written, with the failed ids in
-the Parquet's ``geofm`` metadata (``failed_chips``), and such a scene is recomputed by the
-next run. No NaN vector is ever written.
+the Parquet's ``geofm`` metadata (``run.failed_chips``, see :mod:`geofm.embed.writer`), and
+such a scene is recomputed by the next run. No NaN vector is ever written.
+
+Resume: an existing scene file is reused only when its model identity is compatible
+(:meth:`geofm.model.identity.ModelIdentity.compatible`) with this run's, with the scene's
+bands; otherwise the stage stops before any work and asks for ``--overwrite``.
 
 ``patches``: ``"none"`` (default) and ``"mean"`` write the Parquet only (the mean of
 the patch tokens is always its ``embedding_mean`` column); ``"full"`` also writes the
@@ -42,11 +46,12 @@ from geofm.embed.dataset import (
     iter_tasks,
     read_scene_plan,
 )
-from geofm.embed.writer import read_scene_metadata, write_scene
+from geofm.embed.writer import read_scene_info, scene_metadata, write_scene
 from geofm.exceptions import GeofmError, GeofmFileExistsError, GeofmValueError, SensorError
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
 from geofm.manifest import StageRecord, stage_entry
+from geofm.model.identity import ModelIdentity, format_differences
 from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
@@ -55,8 +60,6 @@ PRESETS = ("tiny", "small", "base", "large")
 PATCHES = ("none", "mean", "full")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TIME_LOCATION = ("auto", "encode", "zero")
-#: identity fields that must agree for an existing Parquet to count as "done".
-_IDENTITY_KEYS = ("sha256", "preset", "random_init", "dim", "seed", "time_location")
 
 
 def resolve_time_location(time_location: str, *, random_init: bool) -> str:
@@ -93,7 +96,7 @@ def resolve_precision(precision: str | None, device: str) -> str:
 
 def load_model(*, checkpoint: str | os.PathLike[str] | None, model: str | None, device: str,
                seed: int = 0):  # type: ignore[no-untyped-def]
-    """Load the encoder (eval mode) and return ``(encoder, identity)``.
+    """Load the encoder (eval mode) and return ``(encoder, identity)`` (a ModelIdentity).
 
     Without ``checkpoint`` the weights are random (seeded with ``seed``): the loader
     emits a :class:`~geofm.exceptions.GeofmWarning`, the stage logs a warning and the
@@ -113,17 +116,14 @@ def load_model(*, checkpoint: str | os.PathLike[str] | None, model: str | None, 
     encoder = load_encoder(None if checkpoint is None else os.fspath(checkpoint),
                            preset=model, device=device, seed=seed)
     encoder.eval()
-    identity = dict(encoder.identity)
-    if identity.get("random_init"):
-        identity.setdefault("seed", seed)
+    identity: ModelIdentity = encoder.identity
+    if identity.random_init:
+        if identity.seed is None:
+            identity = identity.replace(seed=seed)
         log.warning("embedding with RANDOM weights (preset %r, seed %d): the vectors are "
                     "meaningless except for testing; pass --checkpoint for real ones",
-                    identity.get("preset"), seed)
+                    identity.preset, seed)
     return encoder, identity
-
-
-def _same_model(found: dict[str, Any], identity: dict[str, Any]) -> bool:
-    return all(found.get(k) == identity.get(k) for k in _IDENTITY_KEYS)
 
 
 @dataclass
@@ -136,26 +136,29 @@ class _SceneBuffer:
     mean: dict[int, np.ndarray] = field(default_factory=dict)
     patches: dict[int, np.ndarray] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+    filled: int = 0
 
 
-def _plan(root: RunRoot, *, identity: dict[str, Any], patches: str, overwrite: bool,
+def _plan(root: RunRoot, *, identity: ModelIdentity, patches: str, overwrite: bool,
           record: StageRecord) -> list[ScenePlan]:
     """Pending scenes; raise before any work if an output was made by another model."""
     plans, conflicts = [], []
     for scene_id in root.scene_ids(root.meta_dir):
+        plan = read_scene_plan(root, scene_id)
         out = root.embeddings_path(scene_id)
         if out.exists() and not overwrite:
-            found = read_scene_metadata(out)
-            if found is not None and not _same_model(found, identity):
-                conflicts.append(f"{out} (model {found.get('preset')!r}, sha256 "
-                                 f"{str(found.get('sha256'))[:12]})")
+            found = read_scene_info(out)
+            diffs = (found.model.differences(identity.replace(bands=plan.bands))
+                     if found is not None else {})
+            if diffs:
+                conflicts.append(f"{out} ({format_differences(diffs)})")
                 continue
-            complete = (found is not None and not found.get("failed_chips")
+            complete = (found is not None and not found.failed_chips
                         and (patches != "full" or root.patches_path(scene_id).exists()))
             if complete:
                 record.counts["skipped_scenes"] = record.counts.get("skipped_scenes", 0) + 1
                 continue
-        plans.append(read_scene_plan(root, scene_id))
+        plans.append(plan)
     for sensor, bands in {t.group for p in plans for t in p.tasks}:
         try:  # a band without Clay statistics: fail before any work
             get_sensor(sensor).normalisation(bands)
@@ -166,12 +169,12 @@ def _plan(root: RunRoot, *, identity: dict[str, Any], patches: str, overwrite: b
     if conflicts:
         raise GeofmFileExistsError(
             f"{len(conflicts)} embeddings file(s) were made by another model than "
-            f"{identity.get('preset')!r} (sha256 {str(identity.get('sha256'))[:12]}): "
+            f"{identity.describe()} (field: file's vs this run's): "
             f"{'; '.join(conflicts[:5])}. Pass --overwrite to recompute them with this model")
     return plans
 
 
-def _flush(root: RunRoot, buf: _SceneBuffer, *, identity: dict[str, Any], patches: str,
+def _flush(root: RunRoot, buf: _SceneBuffer, *, identity: ModelIdentity, patches: str,
            record: StageRecord) -> None:
     plan = buf.plan
     keep = [i for i in range(len(plan.tasks)) if i in buf.cls]
@@ -179,7 +182,8 @@ def _flush(root: RunRoot, buf: _SceneBuffer, *, identity: dict[str, Any], patche
         log.error("scene %s: none of its %d valid chips could be embedded; nothing written",
                   plan.scene_id, len(plan.tasks))
         return
-    meta = {**identity, "bands": ",".join(plan.bands), "failed_chips": buf.failed}
+    meta = scene_metadata(identity.replace(bands=plan.bands), failed_chips=buf.failed,
+                          chips=len(keep), filled_chips=buf.filled)
     write_scene(
         root.embeddings_path(plan.scene_id), scene_id=plan.scene_id,
         chip_ids=[plan.chip_ids[i] for i in keep], dates=plan.dates[keep],
@@ -265,11 +269,11 @@ def embed(
               "precision": prec, "compile": compile, "workers": workers,
               "max_invalid": max_invalid, "overwrite": overwrite, "seed": seed}
     encoder, identity = load_model(checkpoint=checkpoint, model=model, device=dev, seed=seed)
-    identity["time_location"] = resolve_time_location(
-        time_location, random_init=bool(identity.get("random_init")))
+    identity = identity.replace(time_location=resolve_time_location(
+        time_location, random_init=bool(identity.random_init)))
     config["time_location"] = time_location
     with StageRecord(root, "embed", config=config) as record:
-        record.extra["model"] = identity
+        record.extra["model"] = identity.to_dict()
         for key in ("scenes", "skipped_scenes", "chips", "failed_chips", "filled_chips"):
             record.counts[key] = 0
         plans = _plan(root, identity=identity, patches=patches, overwrite=overwrite,
@@ -285,7 +289,7 @@ def embed(
             return record
         forward = torch.compile(encoder) if compile else encoder
         runner = _Runner(forward, device=dev, precision=prec, want_patches=patches == "full",
-                         time_location=identity["time_location"] == "encode")
+                         time_location=identity.time_location == "encode")
         loader = _loader(tasks, batch_size=batch_size, workers=workers,
                          max_invalid=max_invalid, pin=dev.startswith("cuda"))
         with progress_bar(total=len(tasks), unit="chip", desc="embed",
@@ -390,6 +394,7 @@ def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], runner: _Run
                 buf.patches[task.position] = patches[j]
             record.counts["chips"] += 1
             record.counts["filled_chips"] += int(batch["invalid"][j] > 0)
+            buf.filled += int(batch["invalid"][j] > 0)
         done.append(task)
     return done
 

@@ -3,10 +3,17 @@
 Parquet columns (docs/contracts.md, "embed"): ``chip_id`` str, ``scene_id`` str,
 ``date`` timestamp[ns, UTC], ``embedding`` fixed_size_list<float32>[D] (CLS token),
 ``embedding_mean`` fixed_size_list<float32>[D] (mean of the patch tokens). The schema
-metadata key ``geofm`` holds JSON: the model identity (``checkpoint``, ``sha256``,
-``preset``, ``random_init``, ``dim``), ``bands`` and ``failed_chips`` (ids of the scene's
-valid chips that could not be embedded; the scene is retried by the next run when not
-empty).
+metadata key ``geofm`` holds JSON (:func:`scene_metadata`)::
+
+    {"model": {...ModelIdentity.to_dict(), bands included...},
+     "run": {"failed_chips": [...], "chips": N, "filled_chips": K}}
+
+``model`` decides whether two files hold the same kind of vectors
+(:meth:`geofm.model.identity.ModelIdentity.compatible`); ``run`` holds facts of the run
+that made the file (``failed_chips``: ids of the scene's valid chips that could not be
+embedded; the scene is retried by the next embed run when not empty) and is never
+compared. Files of the older flat layout (identity fields, ``bands`` and
+``failed_chips`` side by side) are still read (:func:`parse_scene_metadata`).
 """
 
 from __future__ import annotations
@@ -14,13 +21,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geofm.exceptions import GeofmValueError
+from geofm.exceptions import GeofmValueError, ModelMismatchError
 from geofm.io import atomic_path
+from geofm.model.identity import ModelIdentity, format_differences
+
+if TYPE_CHECKING:
+    from geofm.layout import RunRoot
 
 METADATA_KEY = b"geofm"
 
@@ -54,7 +66,8 @@ def write_scene(path: str | os.PathLike[str], *, scene_id: str, chip_ids: Sequen
         dates: acquisition times [N], ``datetime64`` UTC.
         embedding: CLS vectors float32 [N, D].
         embedding_mean: mean patch-token vectors float32 [N, D].
-        metadata: JSON-able dict stored under schema metadata key ``geofm``.
+        metadata: JSON-able dict stored under schema metadata key ``geofm`` (build it
+            with :func:`scene_metadata`).
         patches: optional patch tokens [N, L, D] (written as float16).
         patches_path: destination of ``patches`` (``embeddings/<scene_id>_patches.npy``).
 
@@ -114,3 +127,143 @@ def read_scene_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """The ``geofm`` metadata of one embeddings file, parsed.
+
+    Attributes:
+        model: the identity of the vectors (bands included).
+        run: facts of the run that wrote the file (``failed_chips``, ``chips``,
+            ``filled_chips``); never part of a model comparison.
+    """
+
+    model: ModelIdentity
+    run: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed_chips(self) -> list[str]:
+        """Ids of the scene's valid chips that embed could not embed."""
+        return [str(c) for c in self.run.get("failed_chips") or []]
+
+
+def scene_metadata(model: ModelIdentity, *, failed_chips: Sequence[str] = (), chips: int = 0,
+                   filled_chips: int = 0) -> dict[str, Any]:
+    """The ``geofm`` metadata of an embeddings file: ``{"model": ..., "run": ...}``.
+
+    Args:
+        model: identity of the vectors, with the scene's ``bands`` and ``time_location``.
+        failed_chips: ids of the scene's valid chips that could not be embedded.
+        chips: rows written.
+        filled_chips: rows whose nodata pixels were filled with the band mean.
+    """
+    return {"model": model.to_dict(),
+            "run": {"failed_chips": list(failed_chips), "chips": int(chips),
+                    "filled_chips": int(filled_chips)}}
+
+
+def parse_scene_metadata(meta: Mapping[str, Any]) -> SceneInfo:
+    """Parse ``geofm`` metadata of either layout (``model``/``run``, or the older flat one).
+
+    Raises:
+        GeofmValueError: the identity part is malformed.
+    """
+    if isinstance(meta.get("model"), Mapping):
+        run = meta.get("run")
+        return SceneInfo(ModelIdentity.from_dict(meta["model"]),
+                         dict(run) if isinstance(run, Mapping) else {})
+    # flat layout: identity fields, "bands" and "failed_chips" side by side
+    return SceneInfo(ModelIdentity.from_dict(meta),
+                     {"failed_chips": list(meta.get("failed_chips") or [])})
+
+
+def read_scene_info(path: str | os.PathLike[str]) -> SceneInfo | None:
+    """:class:`SceneInfo` of an embeddings Parquet (``None`` if absent/unreadable/malformed)."""
+    meta = read_scene_metadata(path)
+    if meta is None:
+        return None
+    try:
+        return parse_scene_metadata(meta)
+    except GeofmValueError:
+        return None
+
+
+def check_one_model(paths: Sequence[str | os.PathLike[str]], *, purpose: str,
+                    require_metadata: bool = True) -> tuple[ModelIdentity, list[SceneInfo]]:
+    """The model shared by every embeddings file, by the one rule; raise if two differ.
+
+    Args:
+        paths: ``embeddings/<scene_id>.parquet`` files (at least one).
+        purpose: what the vectors are for, for the message (``"share an index"``).
+        require_metadata: a file without ``geofm`` metadata is an error; otherwise its
+            model is unknown (every field ``None``), which matches only other unknowns.
+
+    Returns:
+        The first file's identity and every file's :class:`SceneInfo`, in order.
+
+    Raises:
+        ModelMismatchError: two files were made by models that differ (the message names
+            both files, the differing fields and the fix).
+        GeofmValueError: a file has no (readable) ``geofm`` metadata and
+            ``require_metadata`` is set.
+    """
+    infos: list[SceneInfo] = []
+    seen: list[tuple[ModelIdentity, Path]] = []  # one file per distinct identity
+    for raw in paths:
+        path = Path(raw)
+        info = read_scene_info(path)
+        if info is None:
+            if require_metadata:
+                raise GeofmValueError(
+                    f"{path} has no readable 'geofm' schema metadata (model identity); it "
+                    "was not written by `geofm embed`: re-embed with `geofm embed "
+                    "--overwrite`")
+            info = SceneInfo(ModelIdentity())
+        infos.append(info)
+        if any(info.model == known for known, _ in seen):
+            continue
+        for known, known_path in seen:
+            diffs = known.differences(info.model)
+            if diffs:
+                root = path.parent.parent
+                raise ModelMismatchError(
+                    f"{known_path} and {path} hold vectors of different models "
+                    f"({format_differences(diffs)}); vectors of different models cannot "
+                    f"{purpose}: re-run `geofm embed --root {root} --overwrite` with one "
+                    "model (same --checkpoint or --model, --seed, --time-location and "
+                    "chip bands) so that every scene is embedded the same way",
+                    paths=(str(known_path), str(path)), fields=tuple(diffs))
+        seen.append((info.model, path))
+    if not infos:
+        raise GeofmValueError("check_one_model needs at least one embeddings file")
+    return infos[0].model, infos
+
+
+def embedding_gaps(root: RunRoot, infos: Mapping[str, SceneInfo]) -> dict[str, list[str]]:
+    """Valid chips of the run that have no embedding: what downstream stages leave out.
+
+    Args:
+        root: the run root.
+        infos: :class:`SceneInfo` per embedded scene id.
+
+    Returns:
+        ``failed_chips``: ``scene_id/chip_id`` of chips listed as failed in the scenes'
+        metadata; ``scenes``: scene ids in ``meta/`` with valid chips but no embeddings
+        file (every chip failed, or embed has not run on them).
+    """
+    import pyarrow.parquet as pq
+
+    failed = [f"{scene}/{chip}" for scene, info in infos.items() for chip in info.failed_chips]
+    missing = []
+    if root.meta_dir.is_dir():
+        for scene in root.scene_ids(root.meta_dir):
+            if scene in infos or root.embeddings_path(scene).exists():
+                continue
+            try:
+                valid = pq.read_table(root.meta_path(scene), columns=["valid"]).column("valid")
+            except (OSError, KeyError, ValueError):
+                continue
+            if any(v is True for v in valid.to_pylist()):
+                missing.append(scene)
+    return {"failed_chips": failed, "scenes": missing}

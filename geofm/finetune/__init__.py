@@ -253,8 +253,9 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
                             n_classes=data.n_classes, epochs=epochs, batch_size=batch_size,
                             lr=lr, weight_decay=weight_decay, class_weights=weights,
                             patience=patience, seed=seed, device=device, progress=progress)
-        identity = dict(getattr(encoder, "identity", {}) or {})
-        identity["time_location"] = resolved_tl
+        # the one identity type: the encoder's, with how the head's inputs were built
+        identity = encoder.identity.replace(time_location=resolved_tl,
+                                            bands=tuple(data.bands)).to_dict()
         head_config = {"task": task, "dim": int(encoder.dim),
                        "patch_size": int(encoder.patch_size), "n_classes": data.n_classes,
                        "class_names": data.class_names, "bands": list(data.bands),

@@ -118,8 +118,7 @@ def resolve_time_location(encoder: Any, time_location: str = "auto") -> str:
     """
     from geofm.embed.stage import resolve_time_location as resolve
 
-    identity = dict(getattr(encoder, "identity", {}) or {})
-    return resolve(time_location, random_init=bool(identity.get("random_init")))
+    return resolve(time_location, random_init=bool(encoder.identity.random_init))
 
 
 def build_cache(chip_encoder: ChipEncoder, *, batch_size: int = 16,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,29 +24,53 @@ from geofm.ids import encode_id
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord, stage_entry
 
+if TYPE_CHECKING:
+    from geofm.model.identity import ModelIdentity
+
 log = logging.getLogger(__name__)
 
-#: identity fields that must agree between the head's encoder and the one loaded now.
-_IDENTITY_KEYS = ("dim", "preset", "sha256", "random_init", "seed")
+
+def head_encoder_identity(head_cfg: Mapping[str, Any]) -> ModelIdentity:
+    """The encoder identity a head was trained with, from its ``best.pt`` config.
+
+    Heads written before ``bands`` / ``time_location`` joined the identity get them from
+    the head config (heads from before ``time_location`` existed encoded it).
+    """
+    from geofm.model.identity import ModelIdentity
+
+    stored = dict(head_cfg.get("encoder") or {})
+    stored.setdefault("bands", head_cfg.get("bands"))
+    stored.setdefault("time_location", head_cfg.get("time_location", "encode"))
+    return ModelIdentity.from_dict(stored)
 
 
-def check_encoder_identity(saved: dict[str, Any], current: dict[str, Any], *,
+def check_encoder_identity(saved: ModelIdentity | Mapping[str, Any],
+                           current: ModelIdentity | Mapping[str, Any], *,
                            head_path: str | os.PathLike[str]) -> None:
     """Raise :class:`CheckpointError` if a head was trained on another encoder.
 
+    The rule is :meth:`geofm.model.identity.ModelIdentity.compatible`.
+
     Args:
-        saved: the encoder identity stored in the head checkpoint.
-        current: ``identity`` of the encoder loaded for prediction.
+        saved: the encoder identity the head was trained with
+            (:func:`head_encoder_identity`, or a stored identity dict).
+        current: identity of the encoder loaded for prediction, with the ``bands`` and
+            ``time_location`` the head's inputs are built with.
         head_path: the head checkpoint (for the message).
     """
-    diffs = [f"{k}: head trained with {saved.get(k)!r}, now {current.get(k)!r}"
-             for k in _IDENTITY_KEYS
-             if (k in saved or k in current) and saved.get(k) != current.get(k)]
+    from geofm.model.identity import ModelIdentity
+
+    if not isinstance(saved, ModelIdentity):
+        saved = ModelIdentity.from_dict(saved)
+    if not isinstance(current, ModelIdentity):
+        current = ModelIdentity.from_dict(current)
+    diffs = saved.differences(current)
     if diffs:
+        said = "; ".join(f"{k}: head trained with {a!r}, now {b!r}" for k, (a, b) in diffs.items())
         raise CheckpointError(
-            f"head {head_path} was trained on another encoder ({'; '.join(diffs)}); pass "
-            f"the encoder it was trained with (--checkpoint {saved.get('checkpoint')} or "
-            f"--model {saved.get('preset')}) or re-train the head")
+            f"head {head_path} was trained on another encoder ({said}); pass "
+            f"the encoder it was trained with (--checkpoint {saved.checkpoint} or "
+            f"--model {saved.preset}) or re-train the head")
 
 
 def _scene_grid(rows: pd.DataFrame, height: int, width: int) -> tuple[Any, int, int, float, float]:
@@ -133,7 +157,12 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
         head_module, head_cfg = load_head(head, device=device)
         encoder = load_encoder_for(checkpoint=checkpoint, model=model, device=device,
                                    encoder=encoder)
-        check_encoder_identity(head_cfg.get("encoder", {}), dict(encoder.identity),
+        bands = tuple(head_cfg["bands"])
+        # the head's inputs were built this way; heads from before the option encoded them
+        time_location = str(head_cfg.get("time_location", "encode"))
+        check_encoder_identity(head_encoder_identity(head_cfg),
+                               encoder.identity.replace(bands=bands,
+                                                        time_location=time_location),
                                head_path=head)
         if int(encoder.dim) != head_cfg["dim"] or int(encoder.patch_size) != head_cfg[
                 "patch_size"]:
@@ -146,9 +175,6 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
         if sensors != {head_cfg["sensor"]}:
             raise GeofmValueError(f"head {head} was trained on {head_cfg['sensor']} chips, the "
                                   f"run root {run.path} holds {', '.join(sorted(sensors))}")
-        bands = tuple(head_cfg["bands"])
-        # the head's inputs were built this way; heads from before the option encoded them
-        time_location = str(head_cfg.get("time_location", "encode"))
         # the encoder layers the head was trained on; heads from before the option: "last"
         layers = parse_layers(head_cfg.get("layers", ["last"]),
                               depth=len(encoder.transformer.layers))
@@ -182,7 +208,8 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
             written += 1
         record.counts.update(scenes=len(scene_ids), written=written, skipped=skipped,
                              chips=len(table[table["scene_id"].isin(scene_ids)]))
-        record.extra.update(model=dict(encoder.identity), head=str(head))
+        record.extra.update(model=encoder.identity.replace(
+            bands=bands, time_location=time_location).to_dict(), head=str(head))
     return record
 
 

@@ -126,11 +126,15 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
 
     Returns:
         The stage record; counts ``rows`` (in consolidated.parquet), ``added``,
-        ``updated``, ``table_rows``, ``bad_vectors``.
+        ``updated``, ``table_rows``, ``bad_vectors``, ``failed_chips`` and
+        ``unembedded_scenes`` (valid chips embed could not embed: not indexed, listed in
+        ``extra["not_indexed"]``, not a failure of this stage).
 
     Raises:
-        SearchIndexError: the existing index was built with another model, embedding or
-            dimension and ``overwrite`` was not given.
+        SearchIndexError: the existing index was built with another model (by
+            :meth:`geofm.model.identity.ModelIdentity.compatible`), embedding or dimension
+            and ``overwrite`` was not given.
+        ModelMismatchError: the run's scenes were embedded by different models.
         GeofmFileNotFoundError: the run root has no embeddings.
     """
     import numpy as np
@@ -145,6 +149,7 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
         table_schema,
         upsert,
     )
+    from geofm.model.identity import ModelIdentity, format_differences
 
     root = RunRoot.of(root)
     if ann_min_rows < 1:
@@ -160,23 +165,25 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
         record.counts.update(rows=len(frame), bad_vectors=int((~finite).sum()))
         if len(frame):
             write_consolidated(root, frame)
-        dim = int(vectors.shape[1]) if vectors.ndim == 2 else int(identity.get("dim", 0))
+        dim = int(vectors.shape[1]) if vectors.ndim == 2 else int(identity.dim or 0)
         db = connect(root)
         has_table = TABLE_NAME in db.list_tables().tables and info_path(root).exists()
         info = None
         if has_table and not overwrite:
             info = IndexInfo.read(root)
-            wanted = {"embedding": embedding, "dim": dim, "model": identity}
-            built = {"embedding": info.embedding, "dim": info.dim, "model": info.model}
-            if wanted != built:
+            diffs = {k: (a, b) for k, (a, b) in (("embedding", (info.embedding, embedding)),
+                                                 ("dim", (info.dim, dim))) if a != b}
+            diffs.update(ModelIdentity.from_dict(info.model).differences(identity))
+            if diffs:
                 raise SearchIndexError(
-                    f"the index in {root.index_dir} was built with {built}, but the run now "
-                    f"has {wanted}; pass --overwrite (overwrite=True) to rebuild it"
+                    f"the index in {root.index_dir} was built from other vectors than the "
+                    f"run's embeddings now hold (index vs run: {format_differences(diffs)}); "
+                    "pass --overwrite (overwrite=True) to rebuild it"
                 )
             table = db.open_table(TABLE_NAME)
         else:
             mean = vectors[finite].mean(axis=0) if finite.any() else np.zeros(dim, np.float32)
-            info = IndexInfo(embedding=embedding, dim=dim, model=identity,
+            info = IndexInfo(embedding=embedding, dim=dim, model=identity.to_dict(),
                              mean=[float(x) for x in mean], mean_rows=int(finite.sum()),
                              ann_min_rows=ann_min_rows)
             table = db.create_table(TABLE_NAME, schema=table_schema(dim), mode="overwrite")
@@ -194,7 +201,7 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
         info.rows = table.count_rows()
         info.write(root)
         record.counts.update(added=added, updated=updated, table_rows=info.rows)
-        record.extra["model"] = identity
+        record.extra["model"] = identity.to_dict()
         record.extra["index"] = {"embedding": embedding, "dim": dim, "ann": info.ann}
         log.info("index: %d rows added, %d updated, %d in the table", added, updated, info.rows)
     return record

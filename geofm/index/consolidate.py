@@ -9,7 +9,7 @@ returns one row per embedded chip and acquisition. Written as ``consolidated.par
 from __future__ import annotations
 
 import io
-import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import numpy as np
 
+    from geofm.embed.writer import SceneInfo
+    from geofm.model.identity import ModelIdentity
+
+log = logging.getLogger(__name__)
+
 #: embedding kind -> column of ``embeddings/<scene_id>.parquet``.
 EMBEDDING_COLUMNS = {"cls": "embedding", "mean": "embedding_mean"}
 #: columns of ``analysis/changes.parquet`` joined per chip, renamed for the index.
@@ -28,41 +33,23 @@ CHANGE_RENAMES = {"status": "change_status", "change": "change", "change_date": 
                   "magnitude": "magnitude"}
 
 
-def model_identity(root: RunRoot, scene_id: str) -> dict[str, Any]:
-    """Model identity in the ``geofm`` schema metadata of one embeddings file."""
-    from geofm.tables import read_schema
+def check_same_model(root: RunRoot, scene_ids: list[str]) -> tuple[ModelIdentity,
+                                                                  dict[str, SceneInfo]]:
+    """The model identity shared by every scene's embeddings (by the one rule).
 
-    path = root.embeddings_path(scene_id)
-    meta = read_schema(path, made_by="embed").metadata or {}
-    raw = meta.get(b"geofm")
-    if raw is None:
-        raise GeofmValueError(
-            f"{path} has no 'geofm' schema metadata (model identity); "
-            "it was not written by `geofm embed`: re-embed with `geofm embed --overwrite`"
-        )
-    identity: dict[str, Any] = json.loads(raw)
-    return identity
-
-
-def check_same_model(root: RunRoot, scene_ids: list[str]) -> dict[str, Any]:
-    """Return the model identity shared by every scene's embeddings.
+    Returns:
+        The shared identity and every scene's parsed metadata (run facts included).
 
     Raises:
-        GeofmValueError: two scenes were embedded with different models.
+        ModelMismatchError: two scenes were embedded with models that differ; the
+            message names both files and the differing fields.
+        GeofmValueError: a file has no ``geofm`` metadata.
     """
-    first: dict[str, Any] | None = None
-    for scene_id in scene_ids:
-        identity = model_identity(root, scene_id)
-        if first is None:
-            first, first_scene = identity, scene_id
-        elif identity != first:
-            raise GeofmValueError(
-                f"{root.embeddings_path(scene_id)} was embedded with model {identity} but "
-                f"{root.embeddings_path(first_scene)} with {first}; vectors of different "
-                "models cannot share an index: re-embed all scenes with one model "
-                "(`geofm embed --overwrite`)"
-            )
-    return first or {}
+    from geofm.embed.writer import check_one_model
+
+    identity, infos = check_one_model([root.embeddings_path(s) for s in scene_ids],
+                                      purpose="share an index")
+    return identity, dict(zip(scene_ids, infos, strict=True))
 
 
 def read_scene(root: RunRoot, scene_id: str, embedding: str) -> tuple[gpd.GeoDataFrame,
@@ -122,11 +109,15 @@ def read_changes(root: RunRoot) -> Any:
 
 
 def consolidate(root: RunRoot, *, embedding: str, record: StageRecord
-                ) -> tuple[gpd.GeoDataFrame, np.ndarray, dict[str, Any]]:
+                ) -> tuple[gpd.GeoDataFrame, np.ndarray, ModelIdentity]:
     """Every embedded chip and acquisition of the run, with metadata and changes.
 
     Scenes whose files cannot be joined are recorded as failures (``record.fail``)
-    and left out; the others go on.
+    and left out; the others go on. Valid chips that embed could not embed (listed in
+    the scenes' ``run.failed_chips``, or scenes without an embeddings file) are not
+    indexed; they are counted (``failed_chips``, ``unembedded_scenes``), listed in
+    ``record.extra["not_indexed"]`` and logged, without failing the stage: embed has
+    reported them already.
 
     Args:
         root: run root.
@@ -141,6 +132,7 @@ def consolidate(root: RunRoot, *, embedding: str, record: StageRecord
 
     Raises:
         GeofmFileNotFoundError: no embeddings in the run root.
+        ModelMismatchError: scenes embedded by different models.
     """
     import geopandas as gpd
     import numpy as np
@@ -156,7 +148,18 @@ def consolidate(root: RunRoot, *, embedding: str, record: StageRecord
             f"no embeddings in {root.embeddings_dir}; run `geofm embed --root {root.path}` "
             "before `geofm index`"
         )
-    identity = check_same_model(root, scene_ids)
+    from geofm.embed.writer import embedding_gaps
+
+    identity, infos = check_same_model(root, scene_ids)
+    gaps = embedding_gaps(root, infos)
+    record.counts.update(failed_chips=len(gaps["failed_chips"]),
+                         unembedded_scenes=len(gaps["scenes"]))
+    if gaps["failed_chips"] or gaps["scenes"]:
+        record.extra["not_indexed"] = gaps
+        log.warning("index: %d chip(s) that embed could not embed and %d scene(s) without "
+                    "embeddings are not indexed (listed in %s); re-run `geofm embed --root "
+                    "%s` to retry them", len(gaps["failed_chips"]), len(gaps["scenes"]),
+                    root.manifest_path, root.path)
     frames, vectors = [], []
     for scene_id in scene_ids:
         try:
@@ -167,7 +170,7 @@ def consolidate(root: RunRoot, *, embedding: str, record: StageRecord
         frames.append(frame)
         vectors.append(vec)
     if not frames:
-        return gpd.GeoDataFrame(), np.zeros((0, int(identity.get("dim", 0))), np.float32), identity
+        return gpd.GeoDataFrame(), np.zeros((0, int(identity.dim or 0)), np.float32), identity
     frame = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=4326)
     frame["date"] = pd.to_datetime(frame["date"], utc=True)
     changes = read_changes(root)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geofm.exceptions import GeofmValueError, ShapeError
+from geofm.model.identity import ModelIdentity
 from geofm.model.presets import EncoderConfig
 
 #: Width of the wavelength code and of the weight-generator tokens (Clay: 128).
@@ -276,7 +277,8 @@ class ClayEncoder(nn.Module):
         patch_size: patch side P, pixels.
         preset: preset name (``"custom"`` for explicit sizes).
         random_init: True when the weights are random (testing only).
-        identity: checkpoint path, sha256, preset, random_init and sizes.
+        identity: :class:`~geofm.model.identity.ModelIdentity` (checkpoint, sha256, preset,
+            random_init, seed and sizes; set by the loader).
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -286,7 +288,7 @@ class ClayEncoder(nn.Module):
         self.patch_size = config.patch_size
         self.preset = config.name
         self.random_init = False
-        self.identity: dict[str, Any] = {}
+        self.identity = ModelIdentity.from_config(config, random_init=False)
         if config.dim <= 8 or (config.dim - 8) % 4:
             raise GeofmValueError(f"encoder dim {config.dim} must be 8 plus a multiple of 4 "
                                   "(8 channels carry time and location)")

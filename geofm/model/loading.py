@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from geofm.model.encoder import ClayEncoder
+    from geofm.model.identity import ModelIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -307,16 +308,12 @@ def check_state(model: ClayEncoder, state: Mapping[str, Any], path: Path) -> Non
 
 
 def _identity(model: ClayEncoder, *, checkpoint: str | None, sha256: str | None,
-              seed: int | None) -> dict[str, Any]:
-    c = model.config
-    ident: dict[str, Any] = {
-        "checkpoint": checkpoint, "sha256": sha256, "preset": c.name,
-        "random_init": model.random_init, "dim": c.dim, "depth": c.depth, "heads": c.heads,
-        "dim_head": c.dim_head, "mlp_ratio": c.mlp_ratio, "patch_size": c.patch_size,
-    }
-    if seed is not None:
-        ident["seed"] = seed
-    return ident
+              seed: int | None) -> ModelIdentity:
+    """The loaded encoder's :class:`ModelIdentity` (no time_location / bands yet)."""
+    from geofm.model.identity import ModelIdentity
+
+    return ModelIdentity.from_config(model.config, random_init=model.random_init,
+                                     checkpoint=checkpoint, sha256=sha256, seed=seed)
 
 
 def _config_for(preset: str | EncoderConfig) -> EncoderConfig:

@@ -128,7 +128,8 @@ def read_vector_file(path: str | os.PathLike[str], info: IndexInfo) -> np.ndarra
 
     JSON is a list of D numbers, a list of such lists, or an object
     ``{"vector": [...], "model": {...}, "embedding": "cls"}``; when ``model`` or
-    ``embedding`` are given they must match the index.
+    ``embedding`` are given they must match the index (``model`` by
+    :meth:`geofm.model.identity.ModelIdentity.compatible`).
 
     Returns:
         float32 [N, D] raw (not normalised) vectors.
@@ -164,13 +165,24 @@ def read_vector_file(path: str | os.PathLike[str], info: IndexInfo) -> np.ndarra
                 f"vector file {path} is not valid JSON ({exc}); write a list of D numbers, "
                 'a list of such lists, or {"vector": [...]}') from None
         if isinstance(data, dict):
-            for key, built in (("model", info.model), ("embedding", info.embedding)):
-                if key in data and data[key] != built:
+            if "model" in data:
+                from geofm.model.identity import ModelIdentity, format_differences
+
+                diffs = ModelIdentity.from_dict(data["model"]).differences(
+                    ModelIdentity.from_dict(info.model))
+                if diffs:
                     raise SearchIndexError(
-                        f"{path} was computed with {key} {data[key]!r} but the index was "
-                        f"built with {built!r}; re-index with that {key} or compute the "
-                        "vector with the index's model"
+                        f"{path} was computed with model {data['model']!r} but the index "
+                        f"was built with another one (file vs index: "
+                        f"{format_differences(diffs)}); re-index with that model or compute "
+                        "the vector with the index's model"
                     )
+            if "embedding" in data and data["embedding"] != info.embedding:
+                raise SearchIndexError(
+                    f"{path} was computed with embedding {data['embedding']!r} but the index "
+                    f"was built with {info.embedding!r}; re-index with that embedding or "
+                    "compute the vector with the index's embedding"
+                )
             data = data.get("vector")
         try:
             values = np.asarray(data, dtype=np.float32)

@@ -92,10 +92,12 @@ def test_identity_in_parquet_metadata_and_run_json(tiny_root: Path, ckpt: Path):
     embed(tiny_root, checkpoint=ckpt, batch_size=8, device="cpu", progress=False)
     rr = RunRoot(tiny_root)
     scene_id = rr.scene_ids(rr.embeddings_dir)[0]
-    meta = json.loads(pq.read_schema(rr.embeddings_path(scene_id)).metadata[b"geofm"])
+    stored = json.loads(pq.read_schema(rr.embeddings_path(scene_id)).metadata[b"geofm"])
+    meta, run = stored["model"], stored["run"]
     assert meta["sha256"] == file_sha256(ckpt)
     assert meta["random_init"] is False and meta["dim"] == 64
-    assert meta["bands"] == "blue,green,red,nir" and meta["failed_chips"] == []
+    assert meta["bands"] == ["blue", "green", "red", "nir"] and run["failed_chips"] == []
+    assert run["chips"] == 3 and run["filled_chips"] == 0
     stage = read_manifest(tiny_root)["stages"]["embed"]
     assert stage["status"] == "ok"
     assert stage["model"]["sha256"] == meta["sha256"]
@@ -138,10 +140,41 @@ def test_other_model_outputs_need_overwrite(tiny_root: Path, ckpt: Path):
                        batch_size=16)
     rr = RunRoot(tiny_root)
     meta = json.loads(pq.read_schema(rr.embeddings_path(rr.scene_ids(rr.meta_dir)[0]))
-                      .metadata[b"geofm"])
+                      .metadata[b"geofm"])["model"]
     assert meta["random_init"] is True and meta["preset"] == "tiny" and meta["dim"] == 192
     assert record.extra["model"]["random_init"] is True
     assert read_manifest(tiny_root)["stages"]["embed"]["model"]["random_init"] is True
+
+
+def _rewrite_metadata(path: Path, change) -> None:
+    table = pq.read_table(path)
+    stored = change(json.loads(table.schema.metadata[b"geofm"]))
+    pq.write_table(table.replace_schema_metadata({"geofm": json.dumps(stored)}), path)
+
+
+def test_resume_reads_the_older_flat_metadata_and_compares_bands(tiny_root: Path, ckpt: Path):
+    embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
+    rr = RunRoot(tiny_root)
+    scenes = rr.scene_ids(rr.embeddings_dir)
+
+    def flat(stored):  # the layout of earlier versions: identity, bands, failed_chips mixed
+        return {**stored["model"], "bands": ",".join(stored["model"]["bands"]),
+                "failed_chips": stored["run"]["failed_chips"]}
+
+    for scene in scenes:
+        _rewrite_metadata(rr.embeddings_path(scene), flat)
+    record = embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
+    assert record.counts["skipped_scenes"] == 3 and record.counts["chips"] == 0
+    # the checkpoint moved: the same file is the same model
+    moved = tiny_root.parent / "moved.ckpt"
+    moved.write_bytes(ckpt.read_bytes())
+    record = embed(tiny_root, checkpoint=moved, device="cpu", progress=False)
+    assert record.counts["skipped_scenes"] == 3
+    # a scene whose vectors were made from other bands is another model's output
+    _rewrite_metadata(rr.embeddings_path(scenes[1]), lambda m: {**m, "bands": "red,nir"})
+    with pytest.raises(GeofmFileExistsError, match=r"another model.*bands red,nir vs "
+                                                   r"blue,green,red,nir.*--overwrite"):
+        embed(tiny_root, checkpoint=ckpt, device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("content, match", [
@@ -185,7 +218,8 @@ def test_unreadable_chip_is_reported_and_exit_code_is_1(tiny_root: Path, ckpt: P
     table = pq.read_table(rr.embeddings_path(scene_id))
     assert table.column("chip_id").to_pylist() == ["33UUP_64_0000_0000", "33UUP_64_0000_0002"]
     meta = json.loads(table.schema.metadata[b"geofm"])
-    assert meta["failed_chips"] == ["33UUP_64_0000_0001"]
+    assert meta["run"]["failed_chips"] == ["33UUP_64_0000_0001"]
+    assert meta["run"]["chips"] == 2
     # the other scenes are complete
     assert len(rr.scene_ids(rr.embeddings_dir)) == 3
     # a re-run retries the incomplete scene only (and fails again on the same chip)

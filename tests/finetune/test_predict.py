@@ -79,6 +79,44 @@ def test_head_from_another_encoder_is_refused(trained_head, chipped_root, tiny_e
                 progress=False)
 
 
+def test_head_keeps_the_shared_identity_and_other_seeds_are_refused(trained_head, chipped_root,
+                                                                   tmp_path):
+    from geofm.exceptions import GeofmWarning
+    from geofm.model import load_encoder
+    from geofm.model.identity import ModelIdentity
+
+    cfg = load_head(trained_head / "best.pt", device="cpu")[1]
+    saved = ModelIdentity.from_dict(cfg["encoder"])
+    # the head records how its inputs were made, in the one identity type
+    assert saved.bands == tuple(cfg["bands"]) and saved.time_location == cfg["time_location"]
+    assert saved.random_init and saved.seed == 0
+    with pytest.warns(GeofmWarning, match="RANDOM WEIGHTS"):
+        seed1 = load_encoder(preset="tiny", seed=1)
+    with pytest.raises(CheckpointError, match=r"another encoder \(seed: head trained with 0, "
+                                              r"now 1\)"):
+        predict(chipped_root, trained_head / "best.pt", tmp_path / "o", encoder=seed1,
+                progress=False)
+
+
+def test_head_from_before_bands_joined_the_identity_still_predicts(trained_head, chipped_root,
+                                                                   tiny_encoder, predicted,
+                                                                   tmp_path):
+    _, scene, _ = predicted
+    blob = torch.load(trained_head / "best.pt", weights_only=True)
+    for key in ("bands", "time_location"):  # older heads kept these beside the identity only
+        del blob["config"]["encoder"][key]
+    torch.save(blob, tmp_path / "old.pt")
+    record = predict(chipped_root, tmp_path / "old.pt", tmp_path / "o", encoder=tiny_encoder,
+                     scenes=[scene], progress=False)
+    assert record.counts["written"] == 1
+    # ... and their bands still count: a head of other bands is refused
+    blob["config"]["encoder"]["bands"] = ["red"]
+    torch.save(blob, tmp_path / "red.pt")
+    with pytest.raises(CheckpointError, match="bands: head trained with"):
+        predict(chipped_root, tmp_path / "red.pt", tmp_path / "o3", encoder=tiny_encoder,
+                scenes=[scene], progress=False)
+
+
 def test_cli_unknown_scene_is_an_error(trained_head, chipped_root, tmp_path):
     with pytest.warns(Warning, match="RANDOM WEIGHTS"):
         code = main(["--root", str(chipped_root), "--head", str(trained_head / "best.pt"),

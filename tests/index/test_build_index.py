@@ -25,7 +25,7 @@ def test_build_writes_table_info_and_manifest(tmp_path, make_embedded_root):
     record = build_index(tmp_path)
     n = len(truth) * 3
     assert record.counts == {"rows": n, "bad_vectors": 0, "added": n, "updated": 0,
-                             "table_rows": n}
+                             "table_rows": n, "failed_chips": 0, "unembedded_scenes": 0}
     info = IndexInfo.read(RunRoot.of(tmp_path))
     assert (info.embedding, info.dim, info.model["preset"], info.rows) == ("cls", 8, "tiny", n)
     table = open_table(RunRoot.of(tmp_path)).search().limit(None).to_arrow()
@@ -82,6 +82,29 @@ def test_other_embedding_needs_overwrite(tmp_path, make_embedded_root):
     record = build_index(tmp_path, embedding="mean", overwrite=True)
     assert IndexInfo.read(RunRoot.of(tmp_path)).embedding == "mean"
     assert record.counts["table_rows"] == len(_keys(tmp_path))
+
+
+def test_index_of_another_model_needs_overwrite_run_facts_do_not(tmp_path, make_embedded_root):
+    make_embedded_root(tmp_path, n_classes=2, per_class=2, dim=8)
+    build_index(tmp_path)
+    root = RunRoot.of(tmp_path)
+
+    def rewrite(change):
+        for scene in root.scene_ids(root.embeddings_dir):
+            path = root.embeddings_path(scene)
+            table = pq.read_table(path)
+            stored = change(json.loads(table.schema.metadata[b"geofm"]))
+            pq.write_table(table.replace_schema_metadata({"geofm": json.dumps(stored)}), path)
+
+    # the same vectors, stored in the {model, run} layout with a run fact: still this index
+    rewrite(lambda flat: {"model": flat, "run": {"failed_chips": []}})
+    assert build_index(tmp_path).counts["added"] == 0
+    # every scene re-embedded with another seed: the index holds other vectors
+    rewrite(lambda m: {**m, "model": {**m["model"], "seed": 5}})
+    with pytest.raises(SearchIndexError, match=r"index vs run: seed None vs 5.*pass --overwrite"):
+        build_index(tmp_path)
+    build_index(tmp_path, overwrite=True)
+    assert IndexInfo.read(root).model["seed"] == 5
 
 
 def test_zero_vector_is_a_failure_not_indexed(tmp_path, make_embedded_root):

@@ -19,7 +19,7 @@ def test_one_row_per_embedded_chip_and_date_with_metadata(tmp_path, make_embedde
     assert len(frame) == len(truth) * 3  # the invalid chip is not embedded -> not indexed
     assert set(frame["chip_id"]) == set(truth)
     assert vectors.shape == (len(frame), 8)
-    assert identity["preset"] == "tiny" and identity["dim"] == 8
+    assert identity.preset == "tiny" and identity.dim == 8
     assert frame.crs.to_epsg() == 4326
     assert frame.geometry.bounds["minx"].between(10, 20).all()  # lon/lat, not UTM metres
     emb = pq.read_table(root.embeddings_path(frame["scene_id"].iat[0]))

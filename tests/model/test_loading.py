@@ -57,9 +57,9 @@ def test_lightning_ckpt_identity_and_sizes_from_hparams(ckpt_path: Path) -> None
     assert (model.dim, model.patch_size, model.preset, model.random_init) == (64, 8, "custom",
                                                                               False)
     ident = model.identity
-    assert ident["checkpoint"] == str(ckpt_path)
-    assert ident["sha256"] == hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
-    assert (ident["dim"], ident["depth"], ident["heads"], ident["random_init"]) == (64, 2, 2,
+    assert ident.checkpoint == str(ckpt_path)
+    assert ident.sha256 == hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+    assert (ident.dim, ident.depth, ident.heads, ident.random_init) == (64, 2, 2,
                                                                                    False)
     assert not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -135,7 +135,7 @@ def test_named_model_size_in_hparams(tmp_path: Path) -> None:
     path = _save(tmp_path, {"state_dict": state,
                             "hyper_parameters": {"model_size": "tiny", "patch_size": 8}})
     model = load_encoder(path)
-    assert model.preset == "tiny" and model.identity["heads"] == 4
+    assert model.preset == "tiny" and model.identity.heads == 4
     for name, value in tiny.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
 
@@ -152,7 +152,7 @@ def test_bare_state_dict_and_safetensors_round_trip(tmp_path: Path, ckpt: dict,
     paths.append(tmp_path / "enc.safetensors")
     for path in paths:
         model = load_encoder(path, preset=TINY_REF)
-        assert model.identity["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert model.identity.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         torch.testing.assert_close(_encode(model, case), expected, rtol=0, atol=0)
 
 
@@ -188,7 +188,7 @@ def test_safetensors_sizes_from_metadata(tmp_path: Path, ckpt: dict, case: dict,
              "patch_size": "8"}
     save_file(bare, str(tmp_path / "sized.safetensors"), metadata=sizes)
     model = load_encoder(tmp_path / "sized.safetensors")  # custom sizes, no preset needed
-    assert (model.preset, model.identity["heads"]) == ("custom", 2)
+    assert (model.preset, model.identity.heads) == ("custom", 2)
     torch.testing.assert_close(_encode(model, case), _encode(load_encoder(ckpt_path), case),
                                rtol=0, atol=0)
     save_file(bare, str(tmp_path / "bad.safetensors"), metadata={**sizes, "heads": "two"})
@@ -206,8 +206,8 @@ def test_random_init_warns_flags_and_is_seeded() -> None:
         b = load_encoder(None, preset="tiny", seed=0)
     with pytest.warns(GeofmWarning):
         c = load_encoder(preset="tiny", seed=1)
-    assert a.random_init and a.identity["random_init"] and a.identity["checkpoint"] is None
-    assert (a.dim, a.preset, a.identity["depth"], a.identity["heads"]) == (192, "tiny", 6, 4)
+    assert a.random_init and a.identity.random_init and a.identity.checkpoint is None
+    assert (a.dim, a.preset, a.identity.depth, a.identity.heads) == (192, "tiny", 6, 4)
     assert torch.equal(a.cls_token, b.cls_token)
     assert not torch.equal(a.cls_token, c.cls_token)
 
