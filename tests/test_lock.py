@@ -192,7 +192,7 @@ def test_two_concurrent_embeds_second_fails_first_equals_a_clean_run(chipped_roo
         assert got.equals(want), scene
         meta = json.loads(got.schema.metadata[b"geofm"])
         assert meta == json.loads(want.schema.metadata[b"geofm"])
-        assert meta["preset"] == "tiny"
+        assert meta["model"]["preset"] == "tiny"
     entry = read_manifest(shared)["stages"]["embed"]
     assert entry["status"] == "ok" and entry["model"]["preset"] == "tiny"
 

@@ -47,7 +47,13 @@ from geofm.embed.dataset import (
     read_scene_plan,
 )
 from geofm.embed.writer import read_scene_info, scene_metadata, write_scene
-from geofm.exceptions import GeofmError, GeofmFileExistsError, GeofmValueError, SensorError
+from geofm.exceptions import (
+    GeofmError,
+    GeofmFileExistsError,
+    GeofmValueError,
+    SensorError,
+    TableError,
+)
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
 from geofm.manifest import StageRecord, stage_entry
@@ -147,7 +153,10 @@ def _plan(root: RunRoot, *, identity: ModelIdentity, patches: str, overwrite: bo
         plan = read_scene_plan(root, scene_id)
         out = root.embeddings_path(scene_id)
         if out.exists() and not overwrite:
-            found = read_scene_info(out)
+            try:
+                found = read_scene_info(out)
+            except TableError:  # a broken output is redone, like a missing one
+                found = None
             diffs = (found.model.differences(identity.replace(bands=plan.bands))
                      if found is not None else {})
             if diffs:

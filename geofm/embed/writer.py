@@ -112,13 +112,14 @@ def write_scene(path: str | os.PathLike[str], *, scene_id: str, chip_ids: Sequen
 
 
 def read_scene_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``geofm`` schema metadata of an embeddings Parquet (``None`` if absent/unreadable)."""
-    import pyarrow.parquet as pq
+    """The ``geofm`` schema metadata of an embeddings Parquet (``None`` if it has none).
 
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, ValueError):
-        return None
+    Raises:
+        TableError: the file is truncated or not Parquet (names the file and the fix).
+    """
+    from geofm.tables import read_schema
+
+    meta = read_schema(path, made_by="embed").metadata or {}
     raw = meta.get(METADATA_KEY)
     if raw is None:
         return None
@@ -179,7 +180,11 @@ def parse_scene_metadata(meta: Mapping[str, Any]) -> SceneInfo:
 
 
 def read_scene_info(path: str | os.PathLike[str]) -> SceneInfo | None:
-    """:class:`SceneInfo` of an embeddings Parquet (``None`` if absent/unreadable/malformed)."""
+    """:class:`SceneInfo` of an embeddings Parquet (``None``: metadata absent or malformed).
+
+    Raises:
+        TableError: the file is truncated or not Parquet.
+    """
     meta = read_scene_metadata(path)
     if meta is None:
         return None

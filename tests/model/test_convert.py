@@ -61,9 +61,9 @@ def geofm_log(caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
 def _same_tokens(path: Path, expected: tuple[dict, torch.Tensor]) -> None:
     cube, tokens = expected
     model = load_encoder(path)  # no preset: the sizes come from the metadata
-    assert (model.preset, model.dim, model.identity["depth"], model.identity["heads"],
+    assert (model.preset, model.dim, model.identity.depth, model.identity.heads,
             model.patch_size) == ("custom", 64, 2, 2, 8)
-    assert model.identity["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert model.identity.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     with torch.inference_mode():
         torch.testing.assert_close(model(cube), tokens, rtol=0, atol=0)
 

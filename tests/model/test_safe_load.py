@@ -199,7 +199,7 @@ def test_lightning_attribute_dict_loads_with_the_safe_loader(
                                                "root": PurePosixPath("/data/chips")}
     assert vars(obj["hyper_parameters"]["args"]) == {"lr": 1e-4}
     model = load_encoder(path)
-    assert (model.preset, model.dim, model.identity["heads"]) == ("custom", 64, 2)
+    assert (model.preset, model.dim, model.identity.heads) == ("custom", 64, 2)
 
 
 def test_namespace_hparams_load_safely(tmp_path: Path, reference_ckpt: dict,
@@ -209,7 +209,7 @@ def test_namespace_hparams_load_safely(tmp_path: Path, reference_ckpt: dict,
     torch.save({**reference_ckpt, "hyper_parameters": hp}, path)
     with caplog.at_level(logging.WARNING):
         model = load_encoder(path)
-    assert model.identity["heads"] == 2
+    assert model.identity.heads == 2
     assert not caplog.records  # no fallback, nothing to warn about
 
 
