@@ -175,6 +175,23 @@ def _torch_allows(name: str) -> bool:
         return name in _TORCH_DEFAULTS or name.startswith("torch.")
 
 
+#: First torch release whose ``weights_only=True`` loader has no known code-execution
+#: bypass (CVE-2025-32434 affects every release before it).
+SAFE_TORCH = (2, 6)
+
+
+def _require_safe_torch(path: Path, *, what: str) -> None:
+    """Refuse to unpickle anything on a torch whose restricted loader can be bypassed."""
+    import torch
+
+    release = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    if release < SAFE_TORCH:
+        raise CheckpointError(
+            f"refusing to read {what} {str(path)!r} with torch {torch.__version__}: its "
+            "weights_only loader can be made to run code (CVE-2025-32434); upgrade to "
+            "torch>=2.6, or load a .safetensors file (which never unpickles)")
+
+
 def load_torch_file(path: str | os.PathLike[str], *, what: str, fix_refused: str,
                     fix_unreadable: str) -> Any:
     """Unpickle a ``torch.save`` file with torch's restricted unpickler, never its code.
@@ -196,6 +213,7 @@ def load_torch_file(path: str | os.PathLike[str], *, what: str, fix_refused: str
     import torch
 
     path = Path(path)
+    _require_safe_torch(path, what=what)
     try:
         with _scoped_globals():
             return torch.load(path, map_location="cpu", weights_only=True,

@@ -265,3 +265,14 @@ def test_legacy_file_names_refused_torch_classes(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"model\.pt' pickles torch\.nn\.modules\.linear"
                                               r"\.Linear, which the safe loader"):
         load_encoder(path)
+
+
+def test_torch_with_a_known_weights_only_bypass_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    assert load_torch_file(path, what="checkpoint", fix_refused="", fix_unreadable="")
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(CheckpointError, match=r"plain\.pt'.*torch 2\.5\.1\+cpu.*"
+                                              r"CVE-2025-32434.*torch>=2\.6"):
+        load_torch_file(path, what="checkpoint", fix_refused="", fix_unreadable="")
