@@ -209,7 +209,7 @@ def grouped_prompt(task: str, props: Sequence[dict[str, Any]], *,
 
     def build(n: int) -> Prompt:
         head = (f"{task}\n\nThe {n} search results below are satellite image chips "
-                f"(Sentinel-2, WGS84 lon/lat), best match first"
+                f"(lon/lat in WGS84 degrees), best match first"
                 f"{f' (the first {n} of {total})' if n < total else ''}:\n")
         parts: list[str | ImagePart] = [head]
         for i in range(n):

@@ -6,8 +6,8 @@ one user message and returning the model's text:
 - :class:`BedrockProvider`: Amazon Bedrock's Converse API (``bedrock-runtime``
   ``converse``); images are ``image`` content blocks (PNG bytes). Region and profile
   come from the usual AWS configuration unless given. Throttling is retried by botocore's
-  ``adaptive`` retry mode (``AWS_MAX_ATTEMPTS`` attempts in all, default
-  :data:`AWS_MAX_ATTEMPTS`).
+  ``adaptive`` retry mode (:data:`AWS_MAX_ATTEMPTS` attempts in all, with client-side
+  rate limiting).
 - :class:`SageMakerProvider`: a SageMaker real-time endpoint (``sagemaker-runtime``
   ``invoke_endpoint``). Request/response formats (:data:`SAGEMAKER_FORMATS`):
 
@@ -152,7 +152,7 @@ def _aws_client(service: str, *, region: str | None, profile: str | None, provid
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, NoRegionError, ProfileNotFound
 
-    config = Config(retries={"mode": "adaptive", "max_attempts": AWS_MAX_ATTEMPTS})
+    config = Config(retries={"mode": "adaptive", "total_max_attempts": AWS_MAX_ATTEMPTS})
     try:
         session = boto3.Session(profile_name=profile, region_name=region)
         return session.client(service, config=config)
