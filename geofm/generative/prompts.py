@@ -126,8 +126,9 @@ def check_template(template: str, available: Sequence[str]) -> list[str]:
         if name is None:
             continue
         if name not in available or conversion is not None:
-            why = "positional {} is not allowed" if name == "" else \
-                f"unknown placeholder {{{name}}}"
+            why = ("positional {} is not allowed" if name == "" else
+                   f"conversion !{conversion} is not allowed" if name in available else
+                   f"unknown placeholder {{{name}}}")
             raise TemplateError(f"template {template!r}: {why}; available placeholders: "
                                 f"{listed}", template=template, placeholder=name,
                                 available=sorted(available))
@@ -227,7 +228,7 @@ def grouped_prompt(task: str, props: Sequence[dict[str, Any]], *,
         over = estimate_tokens(prompt) / max_prompt_tokens
         n = max(1, min(n - 1, int(n / over)))
         prompt = build(n)
-    if n < len(props):
+    if n < len(props) and estimate_tokens(prompt) <= max_prompt_tokens:
         warnings.warn(f"the grouped prompt carries {n} of {len(props)} hits: the others "
                       f"exceed max_prompt_tokens={max_prompt_tokens} (estimated)",
                       GeofmWarning, stacklevel=3)

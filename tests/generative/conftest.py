@@ -67,7 +67,8 @@ def server():  # type: ignore[no-untyped-def]
     httpd.requests = []
     httpd.reply = default_reply
     httpd.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
