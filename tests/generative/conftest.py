@@ -105,3 +105,18 @@ def indexed_root(tmp_path_factory, make_embedded_root):  # type: ignore[no-untyp
     build_index(root)
     write_thumbnails(root)
     return root
+
+
+@pytest.fixture
+def cli_log(caplog):  # type: ignore[no-untyped-def]
+    """``cli_log()`` -> what the ``geofm`` logger wrote during the test.
+
+    The CLI's logger does not propagate (``geofm.log.setup_logging``), so caplog's
+    handler is attached to it directly.
+    """
+    import logging
+
+    logger = logging.getLogger("geofm")
+    logger.addHandler(caplog.handler)
+    yield lambda: caplog.text
+    logger.removeHandler(caplog.handler)

@@ -56,9 +56,9 @@ def test_single_and_grouped_together_and_search_results_unchanged(indexed_root, 
         f"ANSWER to: {i}: {h['chip_id']}" for i, h in enumerate(plain, 1)]
 
 
-def test_unknown_placeholder_exits_2_before_any_call(indexed_root, server, capsys):
+def test_unknown_placeholder_exits_2_before_any_call(indexed_root, server, cli_log):
     code = main(_search(indexed_root, server, "--single-prompt", "Describe {chip} please"))
-    err = capsys.readouterr().err
+    err = cli_log()
     assert code == 2
     assert "unknown placeholder {chip}" in err
     for name in ("{chip_id}", "{date}", "{similarity}", "{cloud_fraction}", "{lon}", "{lat}",
@@ -67,23 +67,23 @@ def test_unknown_placeholder_exits_2_before_any_call(indexed_root, server, capsy
     assert server.requests == []
 
 
-def test_missing_provider_option_exits_2(indexed_root, capsys):
+def test_missing_provider_option_exits_2(indexed_root, cli_log):
     code = main(["search", "--root", str(indexed_root), "--chip-id", QUERY,
                  "--grouped-task", "x", "--generative-provider", "openai",
                  "--generative-model", "M"])
     assert code == 2
-    assert "needs --generative-base-url URL" in capsys.readouterr().err
+    assert "needs --generative-base-url URL" in cli_log()
 
 
-def test_failed_generation_prints_hits_and_exits_1(indexed_root, server, capsys):
+def test_failed_generation_prints_hits_and_exits_1(indexed_root, server, capsys, cli_log):
     server.reply = lambda body: (400, {"error": {"message": "prompt rejected by policy"}}, {})
     code = main(_search(indexed_root, server, "--grouped-task", "Summarise"))
-    captured = capsys.readouterr()
-    out = json.loads(captured.out)
+    out = json.loads(capsys.readouterr().out)
+    err = cli_log()
     assert code == 1
     assert len(out["results"]) == 5 and out["grouped"] is None
-    assert "openai model 'M'" in captured.err and "request refused (HTTP 400)" in captured.err
-    assert "prompt rejected by policy" in captured.err
+    assert "openai model 'M'" in err and "request refused (HTTP 400)" in err
+    assert "prompt rejected by policy" in err
 
 
 def test_with_images_sends_each_hits_thumbnail(indexed_root, server, capsys):
@@ -115,8 +115,8 @@ def test_table_and_geojson_carry_the_text(indexed_root, server, capsys):
             f"ANSWER to: Say {feature['properties']['chip_id']}"
 
 
-def test_generative_flags_need_a_prompt(indexed_root, capsys):
+def test_generative_flags_need_a_prompt(indexed_root, cli_log):
     code = main(["search", "--root", str(indexed_root), "--chip-id", QUERY,
                  "--generative-provider", "openai"])
     assert code == 2
-    assert "needs --single-prompt or --grouped-task" in capsys.readouterr().err
+    assert "needs --single-prompt or --grouped-task" in cli_log()
