@@ -22,7 +22,7 @@ LAKE_CHIP = "33UUP_64_0000_0003"
 def describer(body):
     """Row 0: forest (col 3: a forest lake), row 1: open water lake, row 2: urban."""
     chip_id = prompt_text(body).split()[-1]
-    row, col = int(chip_id.split("_")[2]), int(chip_id.split("_")[3])
+    row = int(chip_id.split("_")[2])
     text = {0: "dense forest", 1: "open water lake", 2: "urban buildings and roads"}[row]
     if chip_id == LAKE_CHIP:
         text = "forest lake"
