@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from geofm.exceptions import GenerationError, GeofmValueError
+from geofm.exceptions import GenerationError, GeofmFileNotFoundError, GeofmValueError
 from geofm.generative.prompts import DERIVED, MAX_GROUPED_HITS, MAX_PROMPT_TOKENS
 from geofm.generative.providers import DEFAULT_MAX_TOKENS, PROVIDERS, SAGEMAKER_FORMATS
 
@@ -130,6 +130,9 @@ class GenerativeRun:
             log.error("generation failed: %s", exc)
             generation = exc.partial if isinstance(exc.partial, Generation) else Generation()
             code = 1
+        except GeofmFileNotFoundError as exc:  # a thumbnail is missing: nothing was sent
+            log.error("generation failed: %s", exc)
+            generation, code = Generation(), 1
         text = format_generation(hits, generation, self.fmt,
                                  single=self.single_prompt is not None,
                                  grouped=self.grouped_task is not None)

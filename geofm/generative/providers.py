@@ -199,6 +199,8 @@ def _aws_error(exc: Exception, *, provider: str, model: str, region: str | None,
                     "ExpiredTokenException", "InvalidSignatureException"):
             reason = "access_denied" if code == "AccessDeniedException" else "credentials"
             return err(f"access denied ({code}: {message})", reason, access_fix)
+        # AWS answers an unknown model id or endpoint with ValidationException (like a bad
+        # option); only its message tells them apart, so it is read here, once.
         if code in ("ResourceNotFoundException",) or (
                 code == "ValidationException" and (
                     "not found" in message.lower() or "identifier" in message.lower()

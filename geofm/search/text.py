@@ -90,7 +90,9 @@ def text_search(root: RunRoot, table: lancedb.table.Table, info: IndexInfo, *, t
         else:
             builder = table.search(text, query_type="fts", fts_columns=FTS_COLUMN)
             score = "_score"
-        builder = builder.select(columns).limit(fetch)
+        # naming _score silences lance's scoring-autoprojection notice (hybrid cannot)
+        builder = builder.select(columns if query is not None else [*columns, score])
+        builder = builder.limit(fetch)
         if where:
             builder = builder.where(where, prefilter=True)
         rows = builder.to_arrow().to_pandas()

@@ -120,3 +120,16 @@ def test_generative_flags_need_a_prompt(indexed_root, cli_log):
                  "--generative-provider", "openai"])
     assert code == 2
     assert "needs --single-prompt or --grouped-task" in cli_log()
+
+
+def test_missing_thumbnail_prints_hits_and_exits_1(indexed_root, server, tmp_path, capsys,
+                                                    cli_log):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(indexed_root, root)
+    shutil.rmtree(root / "thumbnails")
+    code = main(_search(root, server, "--grouped-task", "Compare", "--with-images"))
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and len(out["results"]) == 5 and out["grouped"] is None
+    assert "drop --with-images" in cli_log() and server.requests == []
