@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import io
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,43 @@ class DescribeRequest:
     provider: Provider
     with_images: bool = False
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
+
+    @classmethod
+    def of(cls, value: DescribeRequest | Mapping[str, Any]) -> DescribeRequest:
+        """A request from itself or from a mapping (``geofm run`` YAML).
+
+        The mapping has ``prompt``, optional ``with_images`` and ``max_prompt_tokens``,
+        and ``provider`` plus :func:`~geofm.generative.providers.make_provider`'s options,
+        e.g. ``{prompt: "Describe {chip_id}", provider: bedrock, model: ID}``.
+
+        Raises:
+            GeofmValueError: not a mapping, no prompt, or bad provider options.
+            TemplateError: unknown placeholder in the prompt.
+        """
+        from geofm.generative import prompts as pr
+        from geofm.generative.providers import make_provider
+
+        if isinstance(value, DescribeRequest):
+            request = value
+        elif isinstance(value, Mapping):
+            options = dict(value)
+            prompt = options.pop("prompt", None)
+            if not isinstance(prompt, str) or not prompt:
+                raise GeofmValueError(f"index option 'describe' needs a 'prompt' string, got "
+                                      f"{value!r}")
+            with_images = bool(options.pop("with_images", False))
+            budget = int(options.pop("max_prompt_tokens", MAX_PROMPT_TOKENS))
+            try:
+                provider = make_provider(str(options.pop("provider", "")), **options)
+            except TypeError as exc:
+                raise GeofmValueError(f"index option 'describe': {exc}") from exc
+            request = cls(prompt=prompt, provider=provider, with_images=with_images,
+                          max_prompt_tokens=budget)
+        else:
+            raise GeofmValueError(f"index option 'describe' must be a mapping with 'prompt' "
+                                  f"and 'provider', got {value!r}")
+        pr.check_template(request.prompt, sorted({*DESCRIBE_COLUMNS, *pr.DERIVED}))
+        return request
 
     @property
     def key(self) -> str:
@@ -212,6 +250,10 @@ def describe_chips(root: str | RunRoot, request: DescribeRequest, *,
     finally:
         save()
     apply_text_index(table, done)
+    if record is not None:
+        record.extra["describe"] = {"prompt": request.prompt, "prompt_hash": key,
+                                    "provider": provider.name, "model": provider.model,
+                                    "with_images": request.with_images}
     counts = {"described": described, "cached": len(chips) - len(todo), "failed": failed}
     log.info("describe: %d chips described, %d from the cache, %d failed", *counts.values())
     return counts

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from geofm.exceptions import GeofmValueError, SearchIndexError
@@ -113,7 +113,7 @@ def _changed_keys(table: Any, frame: Any) -> tuple[set[str], set[str]]:
 
 def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
                 overwrite: bool = False, ann_min_rows: int = ANN_MIN_ROWS,
-                describe: DescribeRequest | None = None) -> StageRecord:
+                describe: DescribeRequest | Mapping[str, Any] | None = None) -> StageRecord:
     """Consolidate the run and build (or extend) its LanceDB search index.
 
     Args:
@@ -128,7 +128,8 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
             automatically; smaller tables are searched exactly.
         describe: generate one description per chip (cached) and build the full-text
             index for text search (:mod:`geofm.generative.describe`); failed chips are
-            recorded as failures.
+            recorded as failures. A mapping (``geofm run`` YAML) is read by
+            :meth:`~geofm.generative.describe.DescribeRequest.of`.
 
     Returns:
         The stage record; counts ``rows`` (in consolidated.parquet), ``added``,
@@ -155,6 +156,10 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
     root = RunRoot.of(root)
     if ann_min_rows < 1:
         raise GeofmValueError(f"ann_min_rows must be >= 1, got {ann_min_rows}")
+    if describe is not None:
+        from geofm.generative.describe import DescribeRequest
+
+        describe = DescribeRequest.of(describe)
     config = {"embedding": embedding, "overwrite": overwrite, "ann_min_rows": ann_min_rows}
     with StageRecord(root, "index", config=config) as record:
         frame, vectors, identity = consolidate(root, embedding=embedding, record=record)

@@ -151,3 +151,24 @@ def test_describe_with_images_library(indexed_root, server, tmp_path):
     counts = describe_chips(root, request)
     assert counts == {"described": 12, "cached": 0, "failed": 0}
     assert all(len(r["body"]["messages"][0]["content"]) == 2 for r in server.requests)
+
+
+def test_describe_from_a_mapping_as_in_pipeline_yaml(indexed_root, server, tmp_path):
+    from geofm.exceptions import GeofmValueError, TemplateError
+    from geofm.index import build_index
+
+    root = tmp_path / "root"
+    shutil.copytree(indexed_root, root)
+    server.reply = describer
+    options = {"prompt": "Describe {chip_id}", "provider": "openai",
+               "base_url": server.base_url, "model": "M"}
+    record = build_index(root, describe=options)
+    assert record.counts["described"] == 12 and not record.failures
+    assert record.extra["describe"]["model"] == "M"
+    with pytest.raises(GeofmValueError, match="needs a 'prompt' string"):
+        build_index(root, describe={"provider": "openai"})
+    with pytest.raises(GeofmValueError, match="unexpected keyword argument 'colour'"):
+        build_index(root, describe={**options, "colour": "red"})
+    with pytest.raises(TemplateError, match="unknown placeholder {nir}"):
+        build_index(root, describe={**options, "prompt": "{nir}"})
+    assert len(server.requests) == 12
