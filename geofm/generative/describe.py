@@ -12,8 +12,9 @@ The ``chips`` table then gets the text columns of
 :data:`geofm.index.table.TEXT_COLUMNS` on every row (``description``; ``search_text`` =
 description + chip id, tile, scene id and change status) and LanceDB's native full-text
 (BM25) index on ``search_text``, which ``geofm search --text`` queries. ``geofm index
---overwrite`` rebuilds the table without them; the next ``--describe`` restores them
-from the cache without model calls.
+--overwrite`` rebuilds the table without them, and rows that a later plain ``geofm
+index`` adds have none; the next ``--describe`` fills them from the cache and calls the
+model only for chips it has not described.
 """
 
 from __future__ import annotations

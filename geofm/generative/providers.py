@@ -170,8 +170,8 @@ def _aws_client(service: str, *, region: str | None, profile: str | None, provid
                               fix="check the AWS configuration") from exc
 
 
-def _aws_error(exc: Exception, *, provider: str, model: str, region: str | None,
-               not_found_fix: str, access_fix: str) -> GenerationError:
+def _aws_error(exc: Exception, *, provider: str, model: str, not_found_fix: str,
+               access_fix: str) -> GenerationError:
     """Translate a botocore exception into a :class:`GenerationError`."""
     from botocore.exceptions import (
         ClientError,
@@ -266,7 +266,7 @@ class BedrockProvider:
             if not type(exc).__module__.startswith("botocore"):
                 raise
             raise _aws_error(
-                exc, provider=self.name, model=self.model, region=region,
+                exc, provider=self.name, model=self.model,
                 not_found_fix=f"check --generative-model against `aws bedrock "
                 f"list-foundation-models --region {region}` (some models need an inference "
                 "profile id such as us.<model id>)",
@@ -389,7 +389,7 @@ class SageMakerProvider:
             if not type(exc).__module__.startswith("botocore"):
                 raise
             raise _aws_error(
-                exc, provider=self.name, model=self.model, region=region,
+                exc, provider=self.name, model=self.model,
                 not_found_fix=f"check --generative-endpoint against `aws sagemaker "
                 f"list-endpoints --region {region}` (the endpoint must be InService)",
                 access_fix="allow sagemaker:InvokeEndpoint on this endpoint for your identity",
@@ -437,7 +437,7 @@ class OpenAIProvider:
     model: str
     temperature: float | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     timeout: float = 120.0
     retries: int = 4
     backoff: float = 1.0

@@ -297,3 +297,19 @@ def test_make_provider_checks_options():
         make_provider("vertex", model="m")
     with pytest.raises(GeofmValueError, match="not a PNG"):
         ImagePart(b"GIF89a", "x")
+
+
+def test_missing_extra_names_the_install(monkeypatch):
+    import sys
+
+    from geofm.exceptions import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if boto3 were not installed
+    with pytest.raises(MissingExtraError, match=r'pip install "geofm\[generative\]"'):
+        BedrockProvider(model=MODEL).generate(Prompt(["hi"]))
+
+
+def test_api_key_is_not_in_the_repr(monkeypatch):
+    monkeypatch.setenv("GEOFM_OPENAI_API_KEY", "sk-secret")
+    provider = OpenAIProvider(base_url="http://127.0.0.1:1/v1", model="m")
+    assert provider.api_key == "sk-secret" and "sk-secret" not in repr(provider)
