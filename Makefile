@@ -2,7 +2,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,notebooks,sagemaker
+EXTRAS ?= dev,notebooks,sagemaker,generative
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geofm-installed
 PYTEST_ARGS ?=

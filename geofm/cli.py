@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("geofm.analyze", "PCA, similarity to baseline, change detection"),
     "index": ("geofm.index", "consolidate into GeoParquet + LanceDB"),
     "search": ("geofm.search", "similarity search over an indexed run"),
+    "report": ("geofm.generative.report", "language-model answers over a run's changed chips"),
     "run": ("geofm.pipeline", "run chip -> embed -> analyze -> index"),
     "demo": ("geofm.demo", "synth + run + example searches + report; no network, no weights"),
     "finetune": ("geofm.finetune", "train a head on the frozen encoder"),

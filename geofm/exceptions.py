@@ -145,6 +145,43 @@ class MissingExtraError(GeofmError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
 
+class GenerationError(GeofmError, RuntimeError):
+    """A language model call failed (credentials, access, endpoint, refusal, size).
+
+    Attributes:
+        provider: ``bedrock``, ``sagemaker`` or ``openai``.
+        model: the model id, endpoint name or served model name.
+        reason: a short code: ``credentials``, ``access_denied``, ``not_found``,
+            ``refused``, ``throttled``, ``connection``, ``prompt_too_large``, ``bad_response``,
+            ``config``.
+        fix: what the user can do about it.
+        partial: what was generated before the failure (a
+            :class:`geofm.generative.Generation`), when the caller set it.
+    """
+
+    def __init__(self, message: str, *, provider: str, model: str | None, reason: str,
+                 fix: str = "", partial: object = None) -> None:
+        self.provider, self.model, self.reason, self.fix = provider, model, reason, fix
+        self.partial = partial
+        text = f"{provider} model {model!r}: {message}"
+        super().__init__(f"{text}; {fix}" if fix else text)
+
+
+class TemplateError(GeofmValueError):
+    """A prompt template names a placeholder the results do not have.
+
+    Attributes:
+        template: the template text.
+        placeholder: the offending placeholder.
+        available: the placeholders that can be used.
+    """
+
+    def __init__(self, message: str, *, template: str, placeholder: str,
+                 available: list[str]) -> None:
+        self.template, self.placeholder, self.available = template, placeholder, available
+        super().__init__(message)
+
+
 class GeofmWarning(UserWarning):
     """Warnings geofm emits (random weights, skipped inputs); errors in tests."""
 

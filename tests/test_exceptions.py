@@ -26,3 +26,15 @@ def test_require_extra_names_the_install_command():
     require_extra("json", "dev")
     with pytest.raises(MissingExtraError, match=r'pip install "geofm\[sagemaker\]"'):
         require_extra("no_such_module_xyz", "sagemaker")
+
+
+def test_generation_and_template_errors_carry_fields():
+    from geofm.exceptions import GenerationError, TemplateError
+
+    err = GenerationError("access denied", provider="bedrock", model="m1",
+                          reason="access_denied", fix="enable model access")
+    assert isinstance(err, GeofmError) and isinstance(err, RuntimeError)
+    assert (err.provider, err.model, err.reason) == ("bedrock", "m1", "access_denied")
+    assert str(err) == "bedrock model 'm1': access denied; enable model access"
+    terr = TemplateError("bad", template="{x}", placeholder="x", available=["chip_id"])
+    assert isinstance(terr, ValueError) and terr.available == ["chip_id"]

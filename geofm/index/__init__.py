@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from geofm.exceptions import GeofmValueError, SearchIndexError
 from geofm.index.table import ANN_MIN_ROWS
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord, stage_entry
+
+if TYPE_CHECKING:
+    from geofm.generative.describe import DescribeRequest
 
 __all__ = ["ANN_MIN_ROWS", "build_index", "add_arguments", "run_cli", "main"]
 
@@ -110,7 +113,8 @@ def _changed_keys(table: Any, frame: Any) -> tuple[set[str], set[str]]:
 
 @stage_entry("index")
 def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
-                overwrite: bool = False, ann_min_rows: int = ANN_MIN_ROWS) -> StageRecord:
+                overwrite: bool = False, ann_min_rows: int = ANN_MIN_ROWS,
+                describe: DescribeRequest | Mapping[str, Any] | None = None) -> StageRecord:
     """Consolidate the run and build (or extend) its LanceDB search index.
 
     Args:
@@ -123,6 +127,10 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
             columns of existing rows are refreshed.
         ann_min_rows: table size (rows) from which an ANN index (IVF_SQ) is built
             automatically; smaller tables are searched exactly.
+        describe: generate one description per chip (cached) and build the full-text
+            index for text search (:mod:`geofm.generative.describe`); failed chips are
+            recorded as failures. A mapping (``geofm run`` YAML) is read by
+            :meth:`~geofm.generative.describe.DescribeRequest.of`.
 
     Returns:
         The stage record; counts ``rows`` (in consolidated.parquet), ``added``,
@@ -154,6 +162,10 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
     root = RunRoot.of(root)
     if ann_min_rows < 1:
         raise GeofmValueError(f"ann_min_rows must be >= 1, got {ann_min_rows}")
+    if describe is not None:
+        from geofm.generative.describe import DescribeRequest
+
+        describe = DescribeRequest.of(describe)
     config = {"embedding": embedding, "overwrite": overwrite, "ann_min_rows": ann_min_rows}
     with StageRecord(root, "index", config=config) as record:
         frame, vectors, identity = consolidate(root, embedding=embedding, record=record)
@@ -204,6 +216,10 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
         record.extra["model"] = identity.to_dict()
         record.extra["index"] = {"embedding": embedding, "dim": dim, "ann": info.ann}
         log.info("index: %d rows added, %d updated, %d in the table", added, updated, info.rows)
+        if describe is not None and info.rows:
+            from geofm.generative.describe import describe_chips
+
+            record.counts.update(describe_chips(root, describe, record=record))
     return record
 
 
@@ -216,12 +232,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rebuild the index from scratch (new run mean vector)")
     parser.add_argument("--ann-min-rows", type=int, default=ANN_MIN_ROWS,
                         help=f"build an ANN index from this many rows (default {ANN_MIN_ROWS})")
+    from geofm.generative.describe import add_arguments as add_describe_arguments
+
+    add_describe_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm index`` from parsed arguments; return the exit code."""
+    from geofm.generative.cli import usage_error
+    from geofm.generative.describe import request_from_args
+
+    try:
+        describe = request_from_args(args)
+    except GeofmValueError as exc:
+        return usage_error(exc)
     record = build_index(args.root, embedding=args.embedding, overwrite=args.overwrite,
-                         ann_min_rows=args.ann_min_rows)
+                         ann_min_rows=args.ann_min_rows, describe=describe)
     return 1 if record.failures else 0
 
 

@@ -131,6 +131,11 @@ def table_schema(dim: int) -> pa.Schema:
     ])
 
 
+#: optional text columns that ``geofm index --describe`` adds (see
+#: :mod:`geofm.generative.describe`): the generated ``description`` and ``search_text``
+#: (description + chip id, tile, scene id, change status), which has the full-text index.
+TEXT_COLUMNS = ("description", "search_text")
+FTS_COLUMN = "search_text"
 #: columns refreshed on rows already in the table when ``analyze`` has been re-run.
 CHANGE_COLUMNS = ("change_status", "change", "change_date", "magnitude")
 

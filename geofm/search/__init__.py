@@ -105,7 +105,8 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
            end: str | None = None, bbox: Sequence[float] | str | None = None,
            max_cloud: float | None = None, centre: bool = False,
            embedding: str | None = None, nprobes: int | None = None,
-           refine_factor: int | None = None, distinct: bool = False) -> gpd.GeoDataFrame:
+           refine_factor: int | None = None, distinct: bool = False,
+           text: str | None = None) -> gpd.GeoDataFrame:
     """Find the ``k`` chips most similar to a query.
 
     Args:
@@ -131,6 +132,9 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
         refine_factor: re-rank ``refine_factor * k`` ANN candidates exactly (default 20).
         distinct: one result per chip location (its most similar acquisition), so the
             ``k`` results are ``k`` different places.
+        text: full-text query over the descriptions of ``geofm index --describe``:
+            alone, or hybrid with ``chip_ids``/``vector`` (see :mod:`geofm.search.text`;
+            adds ``score`` and ``description``, ranked by ``score``).
 
     Returns:
         GeoDataFrame (EPSG:4326), best first: ``chip_id scene_id date similarity
@@ -163,6 +167,15 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
             f"not {embedding!r}; run `geofm index --root {root.path} --embedding {embedding} "
             "--overwrite` or search without --embedding"
         )
+    if text is not None:
+        from geofm.search.text import text_search
+
+        if negative_chip_ids:
+            raise GeofmValueError("--negative-chip-id cannot be combined with --text")
+        return text_search(root, table, info, text=text, chip_ids=chip_ids, date=date,
+                           vector=vector, k=k, min_similarity=min_similarity, start=start,
+                           end=end, bbox=bbox, max_cloud=max_cloud, centre=centre,
+                           nprobes=nprobes, refine_factor=refine_factor, distinct=distinct)
     query = build_query(table, info, chip_ids=chip_ids, date=date, vector=vector,
                         negative_chip_ids=negative_chip_ids, centre=centre)
     where = build_filter(exclude=query.exclude, start=start, end=end, bbox=bbox,
@@ -251,21 +264,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",
                         help="output format (default table)")
     parser.add_argument("--output", metavar="PATH", help="write to PATH instead of stdout")
+    # text search and generative answers (geofm.search.text, geofm.generative)
+    from geofm.generative.cli import add_arguments as add_generative_arguments
+
+    parser.add_argument("--text", metavar="QUERY",
+                        help="full-text query over `geofm index --describe` descriptions; "
+                        "hybrid with --chip-id / --vector-file")
+    add_generative_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm search`` from parsed arguments; return the exit code."""
+    from geofm.generative.cli import prepare, usage_error
     from geofm.io import write_text_atomic
     from geofm.search.output import format_results
 
-    if not args.chip_id and not args.vector_file:
-        raise GeofmValueError("give --chip-id ID (repeatable) or --vector-file F")
+    if not args.chip_id and not args.vector_file and not args.text:
+        raise GeofmValueError("give --chip-id ID (repeatable), --vector-file F or --text QUERY")
+    try:
+        generation = prepare(args, [*_RESULT_COLUMNS, *(("score", "description")
+                                                        if args.text else ())])
+    except GeofmValueError as exc:
+        return usage_error(exc)
     results = search(args.root, chip_ids=args.chip_id, date=args.date,
                      vector=args.vector_file, negative_chip_ids=args.negative_chip_id,
                      k=args.k, min_similarity=args.min_similarity, start=args.start,
                      end=args.end, bbox=args.bbox, max_cloud=args.max_cloud,
                      centre=args.centre, embedding=args.embedding, nprobes=args.nprobes,
-                     refine_factor=args.refine_factor, distinct=args.distinct)
+                     refine_factor=args.refine_factor, distinct=args.distinct,
+                     text=args.text)
+    if generation is not None:
+        return generation.write(results)
     text = format_results(results, args.format)
     if args.output:
         write_text_atomic(args.output, text + "\n")

@@ -78,9 +78,10 @@ def format_results(results: gpd.GeoDataFrame, fmt: str = "table") -> str:
     frame.index = range(1, len(frame) + 1)
     # Nearly parallel vectors (random or collapsed encoders) all round to 1.0000: show
     # as many decimals as it takes for the hits to differ (at most 8).
-    sims = frame["similarity"].to_numpy()
-    decimals = 4
-    while decimals < 8 and len(set(np.round(sims, decimals))) < len(set(sims)):
-        decimals += 1
-    frame["similarity"] = [f"{x:.{decimals}f}" for x in sims]
+    if "similarity" in frame:  # report rows (geofm.generative.report) have none
+        sims = frame["similarity"].to_numpy()
+        decimals = 4
+        while decimals < 8 and len(set(np.round(sims, decimals))) < len(set(sims)):
+            decimals += 1
+        frame["similarity"] = [f"{x:.{decimals}f}" for x in sims]
     return frame.to_string(float_format=lambda x: f"{x:.4f}")
