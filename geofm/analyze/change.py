@@ -41,7 +41,8 @@ class ChangeResult:
     on, or of all monitoring observations when there is no change; NaN if unknown),
     ``n_observations``, ``n_baseline`` (valid observations in the baseline period,
     before screening), ``n_monitor``, ``rmse`` (the floored scale, signal units),
-    ``coef`` ``[C, 9]`` and ``intercept`` of the seasonal model (see :func:`harmonic_design`).
+    ``coef`` ``[C, 9]`` and ``intercept`` of the seasonal model (see :func:`harmonic_design`),
+    ``confirm_index`` (column of the observation that completed the run, -1 if none).
     """
 
     predicted: np.ndarray
@@ -58,6 +59,165 @@ class ChangeResult:
     rmse: np.ndarray
     coef: np.ndarray
     intercept: np.ndarray
+    confirm_index: np.ndarray | None = None
+
+
+@dataclass
+class SeasonalFit:
+    """Each chip's seasonal model of the baseline period: the reference that scores later dates.
+
+    Attributes:
+        coef: float64 ``[C, K, 9]`` harmonic coefficients per component (see
+            :func:`~geofm.analyze.harmonic.harmonic_design`; unused terms are 0).
+        intercept: float64 ``[C, K]``.
+        scale: float64 ``[C, K]`` residual scale (the floored baseline RMSE, signal units).
+        fitted: bool ``[C]``: the chip had at least ``min_baseline`` baseline observations.
+        n_baseline: int ``[C]`` valid baseline observations (before screening).
+    """
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    scale: np.ndarray
+    fitted: np.ndarray
+    n_baseline: np.ndarray
+
+    def score(self, chip: np.ndarray, days: np.ndarray, values: np.ndarray, *,
+              chunk: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
+        """Score observations against their chip's model (no refit).
+
+        Args:
+            chip: int ``[M]`` chip row of each observation.
+            days: float ``[M]`` days since 1970-01-01 UTC.
+            values: float ``[M, K]`` the signal (one column per component).
+            chunk: observations scored together (memory ``chunk * 9`` floats).
+
+        Returns:
+            ``(predicted float64 [M, K], residual float64 [M])``: the model's value and the
+            scaled residual (several components: their combined score, see
+            :func:`combine_scores`); NaN for chips that were not fitted.
+        """
+        chip = np.asarray(chip, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64).reshape(chip.size, -1)
+        pred = np.full(values.shape, np.nan)
+        resid = np.full(chip.size, np.nan)
+        for lo in range(0, chip.size, chunk):
+            sl = slice(lo, lo + chunk)
+            c = chip[sl]
+            design = harmonic_design(np.asarray(days[sl], dtype=np.float64))
+            p = self.intercept[c] + np.einsum("mp,mkp->mk", design, self.coef[c])
+            z = combine_scores((values[sl] - p) / self.scale[c])
+            ok = self.fitted[c]
+            pred[sl] = np.where(ok[:, None], p, np.nan)
+            resid[sl] = np.where(ok, z, np.nan)
+        return pred, resid
+
+
+def fit_seasonal(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
+                 baseline: np.ndarray, threshold: float = 3.0, min_baseline: int = 6,
+                 alpha: float = 0.001, screen_threshold: float | None = None,
+                 rmse_floor: float = 0.5, obs_per_coef: float = 3.0,
+                 chunk: int = 16_384) -> tuple[SeasonalFit, np.ndarray]:
+    """Fit every chip's seasonal model on its baseline observations (see :func:`detect_changes`).
+
+    Args:
+        days: float ``[C, T]`` days since 1970-01-01 UTC.
+        signal: float ``[C, T, K]`` the monitored components.
+        valid: bool ``[C, T]`` real, finite observations.
+        baseline: bool ``[C, T]`` observations in the baseline period.
+        threshold, min_baseline, alpha, screen_threshold, rmse_floor, obs_per_coef, chunk:
+            as in :func:`detect_changes`.
+
+    Returns:
+        ``(fit, used)``: the :class:`SeasonalFit` and bool ``[C, T]`` the baseline
+        observations the final fit used (after screening).
+    """
+    screen = threshold if screen_threshold is None else screen_threshold
+    base = valid & baseline
+    n_base = base.sum(axis=1)
+    fitted = n_base >= min_baseline
+    fit_kw: dict[str, Any] = dict(alpha=alpha, chunk=chunk, obs_per_coef=obs_per_coef)
+    fit_w = base & fitted[:, None]
+    pred, rmse, coef, intercept = _fit(days, signal, fit_w, **fit_kw)
+    scale = _floored(rmse, fitted, rmse_floor)
+
+    # Screen baseline outliers once: drop |score| > screen, refit the chips that lost
+    # points (only if enough points remain).
+    score = combine_scores((signal - pred) / scale[:, None, :])
+    keep = fit_w & (np.abs(score) <= screen)
+    n_keep = keep.sum(axis=1)
+    redo = fitted & (n_keep < fit_w.sum(axis=1)) & (n_keep >= min_baseline)
+    used = fit_w.copy()
+    if redo.any():
+        idx = np.flatnonzero(redo)
+        _, rmse[idx], coef[idx], intercept[idx] = _fit(days[idx], signal[idx], keep[idx],
+                                                       **fit_kw)
+        used[idx] = keep[idx]
+        scale = _floored(rmse, fitted, rmse_floor)
+    return SeasonalFit(coef=coef, intercept=intercept, scale=scale, fitted=fitted,
+                       n_baseline=n_base), used
+
+
+def assess(fit: SeasonalFit, residual: np.ndarray, valid: np.ndarray, monitor: np.ndarray, *,
+           threshold: float = 3.0, consecutive: int = 3) -> dict[str, np.ndarray]:
+    """Turn scaled residuals into each chip's status (the CCDC rule; see :func:`detect_changes`).
+
+    This is the part of change detection that a new acquisition updates: it needs only
+    the residuals (scored once, against a fixed :class:`SeasonalFit`), never a refit.
+
+    Args:
+        fit: the chips' seasonal models (``fitted``, ``n_baseline``).
+        residual: float ``[C, T]`` scaled residuals, dates in order (NaN where none).
+        valid: bool ``[C, T]`` real observations.
+        monitor: bool ``[C, T]`` monitoring observations (outside the baseline period).
+        threshold: anomaly threshold on ``|residual|``.
+        consecutive: anomalies in a row (same side) that make a change.
+
+    Returns:
+        Per chip ``status``, ``change``, ``change_index``, ``confirm_index`` (column of
+        the observation that completed the run, -1 if none), ``magnitude``,
+        ``n_observations``, ``n_monitor``; per observation ``anomaly``.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    monitor = valid & np.asarray(monitor, dtype=bool)
+    n_chips, n_t = residual.shape
+    n_mon = monitor.sum(axis=1)
+    ok = fit.fitted & (n_mon >= consecutive)
+    absres = np.abs(residual)
+    anomaly = (np.nan_to_num(absres, nan=0.0) > threshold) & valid & ok[:, None]
+
+    # CCDC rule: >= `consecutive` anomalous monitoring observations in a row, all on the
+    # same side of the seasonal model (a run is broken by a normal monitoring
+    # observation or by a jump to the other side).
+    signed = np.sign(np.nan_to_num(residual, nan=0.0)) * (anomaly & monitor)
+    run = np.zeros(n_chips, dtype=np.int64)
+    side = np.zeros(n_chips)
+    start = np.full(n_chips, -1, dtype=np.int64)
+    change_index = np.full(n_chips, -1, dtype=np.int64)
+    confirm_index = np.full(n_chips, -1, dtype=np.int64)
+    for t in range(n_t):
+        s_t, m_t = signed[:, t], monitor[:, t]
+        extend = (s_t != 0) & (s_t == side) & (run > 0)
+        begin = (s_t != 0) & ~extend
+        run = np.where(extend, run + 1, np.where(begin, 1, np.where(m_t, 0, run)))
+        start = np.where(begin, t, start)
+        side = np.where(s_t != 0, s_t, np.where(m_t, 0.0, side))
+        found = (run >= consecutive) & (change_index < 0)
+        change_index[found] = start[found]
+        confirm_index[found] = t
+    change = (change_index >= 0) & ok
+
+    cols = np.arange(n_t)[None, :]
+    after = monitor & np.where(change[:, None], cols >= change_index[:, None], True)
+    masked = np.where(after, absres, np.nan)
+    has = after.any(axis=1) & ok
+    magnitude = np.full(n_chips, np.nan)
+    if has.any():
+        magnitude[has] = np.nanmedian(masked[has], axis=1)
+    status = np.where(~ok, INSUFFICIENT, np.where(change, CHANGE, NO_CHANGE)).astype(object)
+    return {"status": status, "change": change,
+            "change_index": np.where(change, change_index, -1),
+            "confirm_index": np.where(change, confirm_index, -1), "magnitude": magnitude,
+            "n_observations": valid.sum(axis=1), "n_monitor": n_mon, "anomaly": anomaly}
 
 
 def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
@@ -66,6 +226,10 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
                    screen_threshold: float | None = None, rmse_floor: float = 0.5,
                    obs_per_coef: float = 3.0, chunk: int = 16_384) -> ChangeResult:
     """Detect changes in many chips' series at once.
+
+    The three steps are public so that a run can be updated incrementally:
+    :func:`fit_seasonal` (the baseline reference), :meth:`SeasonalFit.score` (scaled
+    residuals of any observation against it) and :func:`assess` (the CCDC rule).
 
     Args:
         days: float ``[C, T]`` observation dates, days since 1970-01-01 UTC.
@@ -109,85 +273,50 @@ def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
             raise ShapeError(f"{name} has shape {np.shape(arr)} but signal has "
                              f"{np.shape(signal)}; inputs must be [chip, time] arrays (signal "
                              "[chip, time] or [chip, time, component]) of matching shape.")
+    check_parameters(threshold=threshold, consecutive=consecutive, min_baseline=min_baseline,
+                     rmse_floor=rmse_floor)
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(y3).all(axis=2)
+    baseline = valid & np.asarray(baseline, dtype=bool)
+    monitor = valid & np.asarray(monitor, dtype=bool) & ~baseline
+    y3 = np.where(valid[..., None], y3, 0.0)
+    days = np.where(valid, np.asarray(days, dtype=np.float64), 0.0)
+    fit, used = fit_seasonal(days, y3, valid, baseline=baseline, threshold=threshold,
+                             min_baseline=min_baseline, alpha=alpha,
+                             screen_threshold=screen_threshold, rmse_floor=rmse_floor,
+                             obs_per_coef=obs_per_coef, chunk=chunk)
+    rows, cols = np.nonzero(valid)
+    pred_m, resid_m = fit.score(rows, days[rows, cols], y3[rows, cols])
+    pred = np.full(y3.shape, np.nan)
+    pred[rows, cols] = pred_m
+    resid = np.full(shape, np.nan)
+    resid[rows, cols] = resid_m
+    out = assess(fit, resid, valid, monitor, threshold=threshold, consecutive=consecutive)
+    ok = out["status"] != INSUFFICIENT
+    rmse_out = np.where(fit.fitted[:, None], fit.scale, np.nan)
+    coef, intercept = fit.coef, fit.intercept
+    if not multi:
+        pred, rmse_out, coef, intercept = pred[..., 0], rmse_out[:, 0], coef[:, 0], intercept[:, 0]
+    return ChangeResult(predicted=pred, residual=resid, anomaly=out["anomaly"],
+                        baseline_used=used & ok[:, None], status=out["status"],
+                        change=out["change"], change_index=out["change_index"],
+                        magnitude=out["magnitude"], n_observations=out["n_observations"],
+                        n_baseline=fit.n_baseline, n_monitor=out["n_monitor"],
+                        rmse=rmse_out, coef=coef, intercept=intercept,
+                        confirm_index=out["confirm_index"])
+
+
+def check_parameters(*, threshold: float, consecutive: int, min_baseline: int,
+                     rmse_floor: float = 0.5) -> None:
+    """Validate change-detection parameters.
+
+    Raises:
+        GeofmValueError: if one is out of range.
+    """
     if threshold <= 0 or consecutive < 1 or min_baseline < 1 or rmse_floor < 0:
         raise GeofmValueError(
             f"invalid parameters threshold={threshold}, consecutive={consecutive}, "
             f"min_baseline={min_baseline}, rmse_floor={rmse_floor}: threshold must be > 0, "
             "consecutive and min_baseline >= 1, rmse_floor >= 0.")
-    screen = threshold if screen_threshold is None else screen_threshold
-    valid = np.asarray(valid, dtype=bool) & np.isfinite(y3).all(axis=2)
-    baseline = valid & np.asarray(baseline, dtype=bool)
-    monitor = valid & np.asarray(monitor, dtype=bool) & ~baseline
-    y3 = np.where(valid[..., None], y3, 0.0)
-    n_chips, n_t, n_comp = y3.shape
-    fit_kw: dict[str, Any] = dict(alpha=alpha, chunk=chunk, obs_per_coef=obs_per_coef)
-
-    n_obs = valid.sum(axis=1)
-    n_base = baseline.sum(axis=1)
-    n_mon = monitor.sum(axis=1)
-    ok = (n_base >= min_baseline) & (n_mon >= consecutive)
-    days = np.where(valid, np.asarray(days, dtype=np.float64), 0.0)
-
-    fit_w = baseline & ok[:, None]
-    pred, rmse, coef, intercept = _fit(days, y3, fit_w, **fit_kw)
-    scale = _floored(rmse, ok, rmse_floor)
-
-    # Screen baseline outliers once: drop |score| > screen, refit the chips that lost
-    # points (only if enough points remain).
-    score = _score((y3 - pred) / scale[:, None, :])
-    keep = fit_w & (np.abs(score) <= screen)
-    n_keep = keep.sum(axis=1)
-    redo = ok & (n_keep < fit_w.sum(axis=1)) & (n_keep >= min_baseline)
-    used = fit_w.copy()
-    if redo.any():
-        idx = np.flatnonzero(redo)
-        pred[idx], rmse[idx], coef[idx], intercept[idx] = _fit(days[idx], y3[idx], keep[idx],
-                                                               **fit_kw)
-        used[idx] = keep[idx]
-        scale = _floored(rmse, ok, rmse_floor)
-
-    live = valid & ok[:, None]
-    resid = np.where(live, _score((y3 - pred) / scale[:, None, :]), np.nan)
-    pred = np.where(live[..., None], pred, np.nan)
-    absres = np.abs(resid)
-    anomaly = np.nan_to_num(absres, nan=0.0) > threshold
-
-    # CCDC rule: >= `consecutive` anomalous monitoring observations in a row, all on the
-    # same side of the seasonal model (a run is broken by a normal monitoring
-    # observation or by a jump to the other side).
-    signed = np.sign(np.nan_to_num(resid, nan=0.0)) * (anomaly & monitor)
-    run = np.zeros(n_chips, dtype=np.int64)
-    side = np.zeros(n_chips)
-    start = np.full(n_chips, -1, dtype=np.int64)
-    change_index = np.full(n_chips, -1, dtype=np.int64)
-    for t in range(n_t):
-        s_t, m_t = signed[:, t], monitor[:, t]
-        extend = (s_t != 0) & (s_t == side) & (run > 0)
-        begin = (s_t != 0) & ~extend
-        run = np.where(extend, run + 1, np.where(begin, 1, np.where(m_t, 0, run)))
-        start = np.where(begin, t, start)
-        side = np.where(s_t != 0, s_t, np.where(m_t, 0.0, side))
-        found = (run >= consecutive) & (change_index < 0)
-        change_index[found] = start[found]
-    change = (change_index >= 0) & ok
-
-    cols = np.arange(n_t)[None, :]
-    after = monitor & np.where(change[:, None], cols >= change_index[:, None], True)
-    masked = np.where(after, absres, np.nan)
-    has = after.any(axis=1) & ok
-    magnitude = np.full(n_chips, np.nan)
-    if has.any():
-        magnitude[has] = np.nanmedian(masked[has], axis=1)
-
-    status = np.where(~ok, INSUFFICIENT, np.where(change, CHANGE, NO_CHANGE)).astype(object)
-    rmse_out = np.where(ok[:, None], scale, np.nan)
-    if not multi:
-        pred, rmse_out, coef, intercept = pred[..., 0], rmse_out[:, 0], coef[:, 0], intercept[:, 0]
-    return ChangeResult(predicted=pred, residual=resid, anomaly=anomaly & valid,
-                        baseline_used=used & ok[:, None], status=status, change=change,
-                        change_index=np.where(change, change_index, -1), magnitude=magnitude,
-                        n_observations=n_obs, n_baseline=n_base, n_monitor=n_mon,
-                        rmse=rmse_out, coef=coef, intercept=intercept)
 
 
 #: Number of leading design columns of each model size (degree 1, 2, 3 in sin/cos).
@@ -230,8 +359,8 @@ def _fit(days: np.ndarray, y: np.ndarray, weights: np.ndarray, *, alpha: float, 
     return pred, rmse, coef, intercept
 
 
-def _score(z: np.ndarray) -> np.ndarray:
-    """Combine per-component scaled residuals ``[C, T, K]`` into one score ``[C, T]``.
+def combine_scores(z: np.ndarray) -> np.ndarray:
+    """Combine per-component scaled residuals ``[..., K]`` into one score ``[...]``.
 
     One component: the signed residual itself. Several: the normal equivalent
     (Wilson-Hilferty) of the chi-square statistic ``sum_k z_k^2`` with ``K`` degrees of
