@@ -100,3 +100,86 @@ def resolve_href(href: str, base: str | os.PathLike[str] | None = None) -> str:
             base_path = base_path.parent
         path = base_path / path
     return os.path.normpath(str(path))
+
+
+class StagedFiles:
+    """Several files that must change together: staged in a folder, then committed at once.
+
+    Write every file to :meth:`path` (a file in a hidden staging folder beside the
+    targets), then call :meth:`commit`: it writes a ``COMMITTED`` marker listing the
+    files (atomically) and renames each onto its target. A process killed before the
+    marker leaves the targets untouched; one killed after it leaves the marker, and
+    :meth:`recover` (call it, holding the root's lock, before reading the targets)
+    finishes the renames. Either way a reader never sees a mix of two versions once
+    ``recover`` has run.
+
+    Args:
+        folder: the folder of the target files.
+        name: the staging folder's name inside ``folder``.
+    """
+
+    MARKER = "COMMITTED"
+
+    def __init__(self, folder: str | os.PathLike[str], *, name: str = ".pending") -> None:
+        self.folder = Path(folder)
+        self.staging = self.folder / name
+        self.names: list[str] = []
+
+    def path(self, name: str) -> Path:
+        """The staging path of target ``folder/name`` (``name`` may hold sub-folders)."""
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or name == self.MARKER:
+            raise ValueError(f"staged file name {name!r} must be a relative path inside "
+                             f"{self.folder}")
+        if name not in self.names:
+            self.names.append(name)
+        out = self.staging / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def begin(self) -> StagedFiles:
+        """Start a new group: recover any earlier one, then create an empty staging folder."""
+        self.recover()
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def commit(self) -> None:
+        """Publish every staged file (marker first, then one rename per file)."""
+        present = [n for n in self.names if (self.staging / n).exists()]
+        write_json_atomic(self.staging / self.MARKER, present)
+        self._finish()
+
+    def recover(self) -> bool:
+        """Finish a committed group left by a killed process, or drop an uncommitted one.
+
+        Returns:
+            True if an interrupted commit was completed.
+        """
+        import shutil
+
+        if not self.staging.exists():
+            return False
+        done = (self.staging / self.MARKER).exists()
+        if done:
+            self._finish()
+        else:
+            shutil.rmtree(self.staging)
+        return done
+
+    def _finish(self) -> None:
+        import shutil
+
+        with open(self.staging / self.MARKER, encoding="utf-8") as fh:
+            names = json.load(fh)
+        for name in names:
+            src = self.staging / name
+            if src.exists():  # absent: renamed before an interruption
+                dst = self.folder / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _replace(src, dst)
+        shutil.rmtree(self.staging)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """``os.replace`` (its own function so tests can interrupt a commit between renames)."""
+    os.replace(src, dst)

@@ -97,6 +97,70 @@ class RunRoot:
         """Folder of per-chip timeline plots."""
         return self.analysis_dir / "plots"
 
+    @property
+    def timeseries_path(self) -> Path:
+        """``analysis/timeseries.parquet``: a row per chip and date."""
+        return self.analysis_dir / "timeseries.parquet"
+
+    @property
+    def changes_path(self) -> Path:
+        """``analysis/changes.parquet``: GeoParquet, a row per chip (its current status)."""
+        return self.analysis_dir / "changes.parquet"
+
+    @property
+    def change_map_path(self) -> Path:
+        """``analysis/change_map.geojson``: the change map as a GeoJSON layer."""
+        return self.analysis_dir / "change_map.geojson"
+
+    @property
+    def pca_path(self) -> Path:
+        """``analysis/pca.npz``: the reference PCA basis."""
+        return self.analysis_dir / "pca.npz"
+
+    @property
+    def reference_path(self) -> Path:
+        """``analysis/reference.npz``: each chip's seasonal fit and residual scale."""
+        return self.analysis_dir / "reference.npz"
+
+    @property
+    def reference_means_path(self) -> Path:
+        """``analysis/reference_means.npy``: float32 [C, D] unit baseline mean embeddings."""
+        return self.analysis_dir / "reference_means.npy"
+
+    @property
+    def analysis_state_path(self) -> Path:
+        """``analysis/state.json``: the reference, the analysed scenes, the update history."""
+        return self.analysis_dir / "state.json"
+
+    @property
+    def alerts_path(self) -> Path:
+        """``analysis/alerts.parquet``: GeoParquet, every alert of every update."""
+        return self.analysis_dir / "alerts.parquet"
+
+    @property
+    def alerts_geojson_path(self) -> Path:
+        """``analysis/alerts.geojson``: the alerts of the latest update."""
+        return self.analysis_dir / "alerts.geojson"
+
+    @property
+    def overlaps_path(self) -> Path:
+        """``analysis/overlaps.parquet``: pairs of chips of different tiles on the same ground."""
+        return self.analysis_dir / "overlaps.parquet"
+
+    @property
+    def rasters_dir(self) -> Path:
+        """``analysis/rasters/``: change-map COGs (one per tile) and their mosaic VRT."""
+        return self.analysis_dir / "rasters"
+
+    def change_raster_path(self, tile: str) -> Path:
+        """Cloud-Optimized GeoTIFF change map of one tile, in its native CRS."""
+        return self.inside(self.rasters_dir / f"{check_part(tile, what='tile')}.tif")
+
+    @property
+    def mosaic_path(self) -> Path:
+        """``analysis/rasters/mosaic.vrt``: the tiles' change maps as one virtual raster."""
+        return self.rasters_dir / "mosaic.vrt"
+
     # --- index stage ------------------------------------------------------------------
     @property
     def index_dir(self) -> Path:

@@ -124,8 +124,13 @@ def fit_seasonal(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,
         signal: float ``[C, T, K]`` the monitored components.
         valid: bool ``[C, T]`` real, finite observations.
         baseline: bool ``[C, T]`` observations in the baseline period.
-        threshold, min_baseline, alpha, screen_threshold, rmse_floor, obs_per_coef, chunk:
-            as in :func:`detect_changes`.
+        threshold: screening threshold (default for ``screen_threshold``).
+        min_baseline: fewest baseline observations for a fit.
+        alpha: Lasso penalty.
+        screen_threshold: see :func:`detect_changes`.
+        rmse_floor: see :func:`detect_changes`.
+        obs_per_coef: see :func:`detect_changes`.
+        chunk: chips fitted together.
 
     Returns:
         ``(fit, used)``: the :class:`SeasonalFit` and bool ``[C, T]`` the baseline

@@ -1,11 +1,18 @@
-"""The ``analyze`` stage: PCA, cosine to baseline, change detection, map and plots.
+"""The ``analyze`` stage: PCA, cosine to baseline, change detection, alerts, maps, plots.
 
 Reads ``embeddings/<scene_id>.parquet`` and ``meta/<scene_id>.parquet`` of a run root
-and writes ``analysis/`` (see docs/contracts.md, "analyze"). The embeddings are
+and writes ``analysis/`` (see docs/contracts.md, "analyze").
+
+The first analysis (and every refit) fits the **reference**: the embeddings are
 streamed twice, one file at a time (memory: one file plus ``[chips, D]`` baseline
 sums plus the PCA sample): pass 1 collects the PCA sample and the per-chip baseline
-sums, pass 2 projects every vector and takes its cosine to the chip's baseline mean.
-Change detection then runs on all chips at once (batched Lasso, no per-chip loop).
+sums, pass 2 projects every vector and takes its cosine to the chip's baseline mean;
+the seasonal models are fitted on all chips at once (batched Lasso, no per-chip loop).
+A later analysis of a grown root is an **update**: only the new files are streamed
+(once), projected onto the stored PCA basis and scored against the stored fits; the
+published series plus the new scores are then re-assessed (the CCDC rule, a cheap
+``[chips, dates]`` scan). Both end in :func:`_publish`, which writes one update's
+files together (:class:`geofm.io.StagedFiles`).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +32,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, ChangeResult, detect_changes
+from geofm.analyze.alerts import alerts_frame, format_alerts, list_alerts, previous_alerts
+from geofm.analyze.alerts import geojson as alerts_geojson
+from geofm.analyze.change import (
+    CHANGE,
+    INSUFFICIENT,
+    NO_CHANGE,
+    SeasonalFit,
+    assess,
+    check_parameters,
+    fit_seasonal,
+)
+from geofm.analyze.overlaps import duplicate_changes, find_overlaps
 from geofm.analyze.reduce import PCAModel, fit_pca
+from geofm.analyze.reference import (
+    Reference,
+    file_signature,
+    load_means,
+    read_state,
+    save_means,
+    write_state,
+)
 from geofm.analyze.series import (
     EMBEDDING_COLUMNS,
     NS_PER_DAY,
@@ -35,7 +62,7 @@ from geofm.analyze.series import (
 )
 from geofm.analyze.similarity import BaselineMeans
 from geofm.exceptions import GeofmFileExistsError, GeofmValueError
-from geofm.io import atomic_path, write_text_atomic
+from geofm.io import StagedFiles
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
 from geofm.manifest import StageRecord, stage_entry
@@ -48,7 +75,6 @@ CENTER_MODES = ("scene", "none")
 #: Fewest valid chips in a scene for its median embedding to be subtracted.
 MIN_CENTER_CHIPS = 8
 
-OUTPUT_NAMES = ("timeseries.parquet", "changes.parquet", "change_map.geojson", "pca.npz")
 _FINGERPRINT_KEY = b"geofm_analyze"
 
 
@@ -107,6 +133,15 @@ def _signal_column(signal: str, n_components: int) -> int | None | slice:
                           f"pc1..pc{n_components} (raise n_components for a higher component).")
 
 
+#: Options that shape the reference (the fits every update is scored against): changing
+#: one needs ``refit``. The others (plots, t-SNE) only change what is drawn.
+REFERENCE_OPTIONS = ("embedding", "baseline_start", "monitor_start", "signal", "n_components",
+                     "threshold", "consecutive", "min_baseline", "alpha", "center", "pca",
+                     "pca_samples", "seed")
+#: Per-chip columns of ``changes.parquet`` taken from the chip metadata (first row).
+CHIP_META_COLUMNS = ("tile", "epsg", "minx", "miny", "maxx", "maxy")
+
+
 @stage_entry("analyze")
 def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             baseline_start: str | None = None, monitor_start: str | None = None,
@@ -115,8 +150,23 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             center: str = "none", tsne: bool = False, plot_chips: Sequence[str] = (),
             max_plots: int | None = 100,
             pca: str | os.PathLike[str] | None = None, pca_samples: int = 50_000,
-            seed: int = 0, overwrite: bool = False, progress: bool = True) -> StageRecord:
+            seed: int = 0, refit: bool = False, overwrite: bool = False,
+            rasters: bool = True, progress: bool = True) -> StageRecord:
     """Reduce, compare to baseline and detect changes for every chip of a run root.
+
+    The first analysis of a root fixes its **reference**: the PCA basis, the baseline
+    period and each chip's seasonal fit and residual scale (see
+    :mod:`geofm.analyze.reference`). A later call on a root with new (or re-embedded)
+    embedding files is an **update**: only the new observations are read, projected and
+    scored against the reference; each chip's status is then re-assessed over its whole
+    scored series (a change is confirmed after ``consecutive`` anomalies, dated at the
+    first), and the chips that became ``change`` are written as alerts
+    (:mod:`geofm.analyze.alerts`). Earlier observations keep their scores: the result
+    equals a from-scratch analysis over all observations given the same PCA basis and
+    baseline period, as long as the new observations fall after the baseline period
+    (late observations inside it are scored, not fitted on) and on days not analysed
+    before for that chip. Chips first seen in an update have no fit: ``insufficient
+    data`` until a refit. Without new files the call is skipped.
 
     Args:
         root: run root with ``embeddings/`` (and ``meta/`` for footprints, thumbnails).
@@ -144,17 +194,25 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             ``none`` (default) uses the embeddings as they are. Caution: when many chips
             change the same way, the scene median moves and unchanged chips inherit
             the shift (more false alarms in the synthetic benchmark).
-        tsne: also write ``analysis/tsne.parquet`` (seeded subsample, 2-D t-SNE of PCs).
+        tsne: also write ``analysis/tsne.parquet`` (seeded subsample, 2-D t-SNE of PCs;
+            made with the reference, not redrawn by updates).
         plot_chips: chip ids to plot in addition to the changed chips.
         max_plots: at most this many changed chips are plotted (largest magnitude
-            first); None plots every changed chip. ``plot_chips`` are always plotted.
+            first); None plots every changed chip. ``plot_chips`` are always plotted. An
+            update plots only the chips it alerts on (and ``plot_chips``).
         pca: an existing ``pca.npz`` to project onto (same axes as an earlier run);
             default fits a new PCA on this run.
         pca_samples: PCA is fitted on a seeded uniform subsample of at most this many
             vectors (memory bound); exact when the run is smaller.
         seed: seed of the PCA subsample and t-SNE.
-        overwrite: recompute although ``analysis/`` holds results of other inputs or
-            options. Results of the same inputs and options are kept either way.
+        refit: start a new reference: refit the PCA (unless ``pca``) and every baseline
+            on all observations, rescore everything. Past change dates and magnitudes
+            may move; alerts are the chips that are ``change`` now and were not before.
+        overwrite: the same as ``refit`` (the older name). Without either, options that
+            shape the reference (:data:`REFERENCE_OPTIONS`) must equal the reference's.
+        rasters: also write the change map as Cloud-Optimized GeoTIFFs, one per tile,
+            and their mosaic VRT (``analysis/rasters/``, see
+            :mod:`geofm.analyze.rasters`).
         progress: show progress bars.
 
     Outputs (``analysis/``): ``timeseries.parquet`` (a row per chip and date: ``chip_id``,
@@ -162,18 +220,24 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
     ``residual`` = scaled residual (for ``pcs``: the combined score; ``signal`` and
     ``predicted`` then show pc1), ``anomaly``, ``baseline`` = used in the fit),
     ``changes.parquet`` (GeoParquet, WGS84), ``change_map.geojson``, ``pca.npz``,
-    ``plots/<chip_id>.png`` and, with ``tsne``, ``tsne.parquet``.
+    ``reference.npz``, ``reference_means.npy``, ``state.json`` (analysed files, update
+    history), ``alerts.parquet`` / ``alerts.geojson``, ``rasters/``,
+    ``plots/<chip_id>.png`` and, with ``tsne``, ``tsne.parquet``. One update's files are
+    published together (a killed update leaves the previous state or completes).
 
     Returns:
-        The stage record (counts ``chips``, ``observations``, ``changed``, ``no_change``,
-        ``insufficient``, ``plots``, ``failed_chips`` and ``unembedded_scenes`` (valid
-        chips embed could not embed, left out and listed in ``extra["not_analysed"]``);
-        ``extra["model"]``: the embeddings' model identity; ``run.json`` stage ``analyze``).
+        The stage record (counts ``chips``, ``observations``, ``new_observations``,
+        ``changed``, ``no_change``, ``insufficient``, ``alerts``, ``plots``,
+        ``failed_chips`` and ``unembedded_scenes`` (valid chips embed could not embed,
+        left out and listed in ``extra["not_analysed"]``); ``extra["model"]``: the
+        embeddings' model identity; ``extra["updates"]``: the history of updates;
+        ``run.json`` stage ``analyze``).
 
     Raises:
         GeofmValueError: bad options (signal, dates, embedding kind, unknown plot chip).
         GeofmFileNotFoundError: no embeddings in the run root, or ``pca`` missing.
-        GeofmFileExistsError: ``analysis/`` holds other results and ``overwrite`` is off.
+        GeofmFileExistsError: ``analysis/`` was made with other reference options (or by
+            a geofm without references) and neither ``refit`` nor ``overwrite`` is set.
         ModelMismatchError: the embeddings files were made by different models (by
             :meth:`geofm.model.identity.ModelIdentity.compatible`; files without model
             metadata count as one unknown model).
@@ -181,105 +245,444 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
     rr = RunRoot.of(root)
     if embedding not in EMBEDDING_COLUMNS:
         raise GeofmValueError(f"embedding={embedding!r} is not valid: use 'cls' or 'mean'.")
-    column = EMBEDDING_COLUMNS[embedding]
     signal_pc = _signal_column(signal, n_components)
     if center not in CENTER_MODES:
         raise GeofmValueError(f"center={center!r} is not valid: use 'scene' or 'none'.")
+    check_parameters(threshold=threshold, consecutive=consecutive, min_baseline=min_baseline)
     config = dict(embedding=embedding, baseline_start=baseline_start,
                   monitor_start=monitor_start, signal=signal, n_components=n_components,
                   threshold=threshold, consecutive=consecutive, min_baseline=min_baseline,
                   alpha=alpha, center=center, tsne=tsne, plot_chips=list(plot_chips),
                   max_plots=max_plots, pca=None if pca is None else str(pca),
-                  pca_samples=pca_samples, seed=seed)
+                  pca_samples=pca_samples, seed=seed, refit=refit or overwrite)
+    opts = _Options(column=EMBEDDING_COLUMNS[embedding], signal=signal, signal_pc=signal_pc,
+                    n_components=n_components, threshold=threshold, consecutive=consecutive,
+                    min_baseline=min_baseline, alpha=alpha, center=center,
+                    pca_samples=pca_samples, seed=seed, progress=progress)
     pca_model = None if pca is None else PCAModel.load(pca)
     if pca_model is not None and pca_model.n_components < n_components:
         raise GeofmValueError(f"{pca} has {pca_model.n_components} components but "
                               f"n_components={n_components}; lower --n-components.")
+    ref_options = {k: config[k] for k in REFERENCE_OPTIONS}
 
     with StageRecord(rr, "analyze", config=config) as record:
+        staged = StagedFiles(rr.analysis_dir)
+        if staged.recover():
+            log.warning("analyze: completed the publication of an update that was "
+                        "interrupted in %s", rr.analysis_dir)
         scene_ids = rr.scene_ids(rr.embeddings_dir)
         files = [rr.embeddings_path(s) for s in scene_ids]
-        if files:
-            _check_model(rr, scene_ids, files, record)
-        fingerprint = _fingerprint(files, config) if files else ""
-        changes_path = rr.analysis_dir / "changes.parquet"
-        if changes_path.exists() and not overwrite:
-            if _stored_fingerprint(changes_path) == fingerprint and all(
-                    (rr.analysis_dir / n).exists() for n in OUTPUT_NAMES):
-                log.info("analysis/ is up to date with these embeddings and options; skipped")
-                record.counts.update(_counts_from(changes_path))
-                record.counts["skipped"] = 1
-                return record
+        if not files:
+            index_embeddings([], [])  # raises: run `geofm embed` first
+        _check_model(rr, scene_ids, files, record)
+        signatures = {s: file_signature(f) for s, f in zip(scene_ids, files, strict=True)}
+        state = read_state(rr)
+        fresh = refit or overwrite or state is None
+        if state is None and rr.changes_path.exists() and not fresh:
             raise GeofmFileExistsError(
-                f"{changes_path} holds results of other embeddings or options; pass "
-                "overwrite=True (--overwrite) to recompute.")
-        index = index_embeddings(files, scene_ids, column=column)
-        unknown = sorted(set(plot_chips) - set(index.chip_ids.tolist()))
-        if unknown:
-            raise GeofmValueError(f"plot_chips {unknown[:5]} are not chips of {rr.path}; "
-                                  "use chip ids from meta/<scene>.parquet.")
-        start, mon = baseline_window(int(index.obs_ns.min()), baseline_start=baseline_start,
-                                     monitor_start=monitor_start)
-        log.info("%d embeddings of %d chips in %d files; baseline %s..%s, monitoring from %s",
-                 index.n_rows, index.chip_ids.size, len(files), start.date(), mon.date(),
-                 mon.date())
-        row_ns = index.obs_ns[index.row_obs]
-        row_in_base = (row_ns >= start.value) & (row_ns < mon.value)
-
-        # Pass 1: PCA sample and per-chip baseline sums.
-        pass1 = _pass_one(index, column, center, row_in_base, record, rr,
-                          fit=pca_model is None,
-                          max_samples=pca_samples, seed=seed, progress=progress)
-        row_ok, means, sample = pass1
-        if pca_model is None:
-            pca_model = fit_pca(sample, n_components=n_components)
-            del sample
-        if pca_model.dim != index.dim:
-            raise GeofmValueError(f"PCA {pca} was fitted on dimension {pca_model.dim} but the "
-                                  f"embeddings have {index.dim}; fit a new one (omit --pca).")
-        # Pass 2: projections and cosine to the baseline mean, per observation.
-        obs_pcs, obs_cos, obs_ok = _pass_two(index, column, center, row_ok, means, pca_model,
-                                             n_components, progress=progress)
-        del means
-
-        series = _pad(index, obs_ok)
-        sig_obs = obs_cos if signal_pc is None else obs_pcs[:, signal_pc]
-        multi = isinstance(signal_pc, slice)
-        days = series.take(index.obs_days, np.nan)
-        obs_ns = index.obs_ns
-        in_base = (obs_ns >= start.value) & (obs_ns < mon.value)
-        result = detect_changes(
-            days, series.take(sig_obs, np.nan), series.valid,
-            baseline=series.take(in_base, False), monitor=series.take(obs_ns >= mon.value, False),
-            threshold=threshold, consecutive=consecutive, min_baseline=min_baseline,
-            alpha=alpha)
-
-        rr.analysis_dir.mkdir(parents=True, exist_ok=True)
-        pca_model.save(rr.analysis_dir / "pca.npz")
-        _write_timeseries(rr, index, series, obs_ok, obs_pcs, obs_cos,
-                          sig_obs[:, 0] if multi else sig_obs, result, n_components)
-        geoms = _footprints(rr, index.chip_ids, record)
-        change_ns = np.where(result.change, series.take(obs_ns, 0)[
-            np.arange(result.change.size), np.maximum(result.change_index, 0)], 0)
-        _write_changes(changes_path, rr, index.chip_ids, geoms, result, change_ns, fingerprint)
-        if tsne:
-            _write_tsne(rr, index, obs_ok, obs_pcs, seed=seed)
-        n_plots = _write_plots(rr, index, series, result, None if multi else sig_obs, signal,
-                               threshold,
-                               plot_chips, max_plots, progress=progress)
-
-        status = result.status
-        record.counts.update(
-            embeddings=index.n_rows, observations=int(obs_ok.sum()), chips=int(status.size),
-            changed=int((status == CHANGE).sum()), no_change=int((status == NO_CHANGE).sum()),
-            insufficient=int((status == INSUFFICIENT).sum()), plots=n_plots)
-        record.extra["analysis"] = {
-            "baseline_start": str(start.date()), "monitor_start": str(mon.date()),
-            "signal": signal, "embedding": embedding,
-            "explained_variance_ratio": [round(float(v), 6)
-                                         for v in pca_model.explained_variance_ratio],
-            "pca_samples": pca_model.n_samples}
+                f"{rr.changes_path} holds results of other embeddings or options (written "
+                "without an analysis reference); pass overwrite=True (--overwrite) or "
+                "refit=True (--refit) to start a new reference.")
+        if not fresh:
+            assert state is not None
+            stored = state["reference"]["options"]
+            if stored != json.loads(json.dumps(ref_options, default=str)):
+                diff = sorted(k for k in ref_options if stored.get(k) != ref_options[k])
+                raise GeofmFileExistsError(
+                    f"{rr.changes_path} holds results of other embeddings or options (the "
+                    f"reference {state['reference']['id']} differs in {diff}); pass "
+                    "overwrite=True (--overwrite) or refit=True (--refit) to start a new "
+                    "reference, or use the reference's options.")
+            todo = sorted(s for s in scene_ids if state["scenes"].get(s) != signatures[s])
+            gone = sorted(set(state["scenes"]) - set(signatures))
+            record.extra["reference"] = state["reference"]
+            if not todo and not gone and all(p.exists() for p in _outputs(rr)):
+                log.info("analysis/ is up to date with these embeddings and options; skipped")
+                record.counts.update(_counts_from(rr.changes_path))
+                record.counts["skipped"] = 1
+                record.extra["updates"] = state["updates"]
+                return record
+            work = _update(rr, record, state, todo, gone, opts, plot_chips)
+        else:
+            work = _reference(rr, record, files, scene_ids, opts, pca_model, plot_chips,
+                              baseline_start=baseline_start, monitor_start=monitor_start,
+                              tsne=tsne, pca_path=pca)
+            state = {"reference": {"id": work.reference.id, "options": json.loads(
+                json.dumps(ref_options, default=str)),
+                "baseline_start": str(pd.Timestamp(work.reference.baseline_start_ns,
+                                                   tz="UTC").date()),
+                "monitor_start": str(pd.Timestamp(work.reference.monitor_start_ns,
+                                                  tz="UTC").date())},
+                "scenes": {}, "updates": (state or {}).get("updates", [])}
+            todo, gone = scene_ids, []
+        state["scenes"] = {s: signatures[s] for s in scene_ids}
+        _publish(rr, record, staged, work, state, opts, scene_added=todo, scene_removed=gone,
+                 fingerprint=_fingerprint(files, config), plot_chips=plot_chips,
+                 max_plots=max_plots, rasters=rasters)
     return record
+
+
+@dataclass
+class _Options:
+    column: str
+    signal: str
+    signal_pc: int | None | slice
+    n_components: int
+    threshold: float
+    consecutive: int
+    min_baseline: int
+    alpha: float
+    center: str
+    pca_samples: int
+    seed: int
+    progress: bool
+
+
+@dataclass
+class _Obs:
+    """Scored observations, one entry per (chip, day): the content of timeseries.parquet."""
+
+    chip: np.ndarray    # int64 [M] row in the work's chip_ids
+    ns: np.ndarray      # int64 [M] ns since the epoch, UTC
+    scene: np.ndarray   # int64 [M] index into ``scenes``
+    scenes: list[str]
+    pcs: np.ndarray     # float32 [M, K]
+    cos: np.ndarray     # float32 [M]
+    sig: np.ndarray     # float32 [M] the signal (pc1 for ``pcs``)
+    pred: np.ndarray    # float32 [M] the model's value of ``sig``
+    resid: np.ndarray   # float32 [M] scaled residual / combined score
+    base: np.ndarray    # bool [M] used in the baseline fit
+
+    _FIELDS = ("chip", "ns", "scene", "pcs", "cos", "sig", "pred", "resid", "base")
+
+    def take(self, idx: np.ndarray) -> _Obs:
+        """The observations at ``idx``."""
+        return _Obs(scenes=self.scenes, **{f: getattr(self, f)[idx] for f in self._FIELDS})
+
+    @classmethod
+    def concat(cls, a: _Obs, b: _Obs) -> _Obs:
+        """``a`` then ``b`` (scene codes remapped onto the union of their scene lists)."""
+        scenes = sorted(set(a.scenes) | set(b.scenes))
+        pos = {s: i for i, s in enumerate(scenes)}
+        remap_a = np.array([pos[s] for s in a.scenes] or [0], dtype=np.int64)
+        remap_b = np.array([pos[s] for s in b.scenes] or [0], dtype=np.int64)
+        parts = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in cls._FIELDS
+                 if f != "scene"}
+        parts["scene"] = np.concatenate([remap_a[a.scene], remap_b[b.scene]])
+        return cls(scenes=scenes, **parts)
+
+    def values(self, signal_pc: int | None | slice) -> np.ndarray:
+        """float64 ``[M, K']`` the monitored components (cosine, one PC or all)."""
+        if signal_pc is None:
+            return self.cos.astype(np.float64)[:, None]
+        if isinstance(signal_pc, slice):
+            return self.pcs[:, signal_pc].astype(np.float64)
+        return self.pcs[:, signal_pc].astype(np.float64)[:, None]
+
+
+@dataclass
+class _Work:
+    """What an analysis (reference or update) hands to :func:`_publish`."""
+
+    chip_ids: np.ndarray
+    fit: SeasonalFit
+    reference: Reference
+    obs: _Obs
+    kind: str                      # "reference" | "update"
+    n_rows: int                    # embedding rows read
+    n_new: int                     # observations scored now
+    files: dict[str, Any]          # extra staged files: name -> writer(path)
+    meta: pd.DataFrame             # per chip: geometry, tile, native grid (_chip_meta)
+
+
+def _reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: list[str],
+               o: _Options, pca_model: PCAModel | None, plot_chips: Sequence[str], *,
+               baseline_start: str | None, monitor_start: str | None, tsne: bool,
+               pca_path: str | os.PathLike[str] | None) -> _Work:
+    """Analyse every observation and fit a new reference."""
+    index = index_embeddings(files, scene_ids, column=o.column)
+    _check_plot_chips(plot_chips, index.chip_ids, rr)
+    start, mon = baseline_window(int(index.obs_ns.min()), baseline_start=baseline_start,
+                                 monitor_start=monitor_start)
+    log.info("%d embeddings of %d chips in %d files; baseline %s..%s, monitoring from %s",
+             index.n_rows, index.chip_ids.size, len(files), start.date(), mon.date(),
+             mon.date())
+    row_ns = index.obs_ns[index.row_obs]
+    row_in_base = (row_ns >= start.value) & (row_ns < mon.value)
+    # Pass 1: PCA sample and per-chip baseline sums.
+    row_ok, means, sample = _pass_one(index, o.column, o.center, row_in_base, record, rr,
+                                      fit=pca_model is None, max_samples=o.pca_samples,
+                                      seed=o.seed, progress=o.progress)
+    if pca_model is None:
+        pca_model = fit_pca(sample, n_components=o.n_components)
+    del sample
+    if pca_model.dim != index.dim:
+        raise GeofmValueError(f"PCA {pca_path} was fitted on dimension {pca_model.dim} but "
+                              f"the embeddings have {index.dim}; fit a new one (omit --pca).")
+    # Pass 2: projections and cosine to the baseline mean, per observation.
+    obs_pcs, obs_cos, obs_ok = _pass_two(index, o.column, o.center, row_ok, means, pca_model,
+                                         o.n_components, progress=o.progress)
+    sel = np.flatnonzero(obs_ok)
+    obs = _Obs(chip=index.obs_chip[sel], ns=index.obs_ns[sel], scene=index.obs_scene[sel],
+               scenes=list(index.scene_ids), pcs=obs_pcs[sel], cos=obs_cos[sel],
+               sig=np.zeros(sel.size, np.float32), pred=np.zeros(sel.size, np.float32),
+               resid=np.zeros(sel.size, np.float32), base=np.zeros(sel.size, bool))
+    obs.sig = obs.values(o.signal_pc)[:, 0].astype(np.float32)
+
+    # The reference fit, on the baseline observations laid out [chip, date].
+    grid = _Padded(obs.chip, index.chip_ids.size, np.ones(sel.size, dtype=bool))
+    y = grid.take(obs.values(o.signal_pc), np.nan)
+    valid = grid.valid & np.isfinite(y).all(axis=2)
+    days = np.where(valid, grid.take(obs.ns / NS_PER_DAY, np.nan), 0.0)
+    y = np.where(valid[..., None], y, 0.0)
+    in_base = valid & grid.take((obs.ns >= start.value) & (obs.ns < mon.value), False)
+    fit, used = fit_seasonal(days, y, valid, baseline=in_base, threshold=o.threshold,
+                             min_baseline=o.min_baseline, alpha=o.alpha)
+    del y, days
+    obs.base = grid.gather(used)
+    _score(obs, fit, o.signal_pc, np.arange(sel.size))
+    created = pd.Timestamp.now(tz="UTC")
+    reference = Reference(id=f"ref-{created:%Y%m%dT%H%M%S.%fZ}", chip_ids=index.chip_ids,
+                          fit=fit, baseline_start_ns=start.value, monitor_start_ns=mon.value)
+    extra: dict[str, Any] = {
+        "pca.npz": pca_model.save, "reference.npz": reference.save,
+        "reference_means.npy": lambda p: save_means(p, means)}
+    if tsne:
+        extra["tsne.parquet"] = lambda p: _write_tsne(p, obs, index.chip_ids, seed=o.seed)
+    record.extra["analysis"] = {
+        "baseline_start": str(start.date()), "monitor_start": str(mon.date()),
+        "signal": o.signal, "embedding": o.column,
+        "explained_variance_ratio": [round(float(v), 6)
+                                     for v in pca_model.explained_variance_ratio],
+        "pca_samples": pca_model.n_samples}
+    geoms = _chip_meta(rr, index.chip_ids, record)
+    return _Work(chip_ids=index.chip_ids, fit=fit, reference=reference, obs=obs,
+                 kind="reference", n_rows=index.n_rows, n_new=sel.size, files=extra,
+                 meta=geoms)
+
+
+def _update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[str],
+            gone: list[str], o: _Options, plot_chips: Sequence[str]) -> _Work:
+    """Score the observations of new (or re-embedded) files against the stored reference."""
+    reference = Reference.load(rr.reference_path)
+    pca_model = PCAModel.load(rr.pca_path)
+    old = _read_timeseries(rr, o.n_components, drop_scenes=set(todo) | set(gone))
+    files = [rr.embeddings_path(s) for s in todo]
+    index = index_embeddings(files, todo, column=o.column) if files else None
+    new_chips = index.chip_ids if index is not None else np.array([], dtype=object)
+    chip_ids = np.union1d(reference.chip_ids.astype(str), new_chips.astype(str)).astype(object)
+    _check_plot_chips(plot_chips, chip_ids, rr)
+    fit, ref_pos = reference.extend(chip_ids)
+    old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
+    old_obs = _Obs(chip=old_chip[old.pop("chip")], scenes=old.pop("scenes"), **old)
+    n_rows = 0
+    if index is not None:
+        if pca_model.dim != index.dim:
+            raise GeofmValueError(f"{rr.pca_path} was fitted on dimension {pca_model.dim} but "
+                                  f"the new embeddings have {index.dim}; they come from another "
+                                  "model: re-embed them, or refit (--refit).")
+        n_rows = index.n_rows
+        local = np.searchsorted(chip_ids, index.chip_ids)   # local chip -> global row
+        pos = ref_pos[local]
+        means = np.full((index.chip_ids.size, index.dim), np.nan, dtype=np.float32)
+        known = pos >= 0
+        if known.any():
+            ref_means = load_means(rr.reference_means_path, reference.chip_ids.size)
+            means[known] = ref_means[pos[known]]
+        pcs, cos, obs_ok = _pass_two(index, o.column, o.center, None, means, pca_model,
+                                     o.n_components, progress=o.progress, record=record, rr=rr)
+        sel = np.flatnonzero(obs_ok)
+        new = _Obs(chip=local[index.obs_chip[sel]], ns=index.obs_ns[sel],
+                   scene=index.obs_scene[sel], scenes=list(index.scene_ids), pcs=pcs[sel],
+                   cos=cos[sel], sig=np.zeros(sel.size, np.float32),
+                   pred=np.zeros(sel.size, np.float32), resid=np.zeros(sel.size, np.float32),
+                   base=np.zeros(sel.size, bool))
+        new.sig = new.values(o.signal_pc)[:, 0].astype(np.float32)
+        _score(new, fit, o.signal_pc, np.arange(sel.size))
+        seen = set(zip(old_obs.chip.tolist(), (old_obs.ns // NS_PER_DAY).tolist(),
+                       strict=True)) if sel.size < old_obs.chip.size else None
+        if seen is not None:
+            again = sum((c, d) in seen for c, d in zip(new.chip.tolist(),
+                                                       (new.ns // NS_PER_DAY).tolist(),
+                                                       strict=True))
+            if again:
+                log.warning("analyze: %d new observation(s) fall on a day already analysed for "
+                            "their chip; they are kept beside the earlier one (a refit would "
+                            "average them)", again)
+        merged = _Obs.concat(old_obs, new)
+    else:
+        merged, sel = old_obs, np.array([], dtype=np.int64)
+    log.info("analyze update: %d new file(s) (%d embeddings, %d observations) scored against "
+             "reference %s; %d file(s) dropped", len(todo), n_rows, sel.size, reference.id,
+             len(gone))
+    geoms = _chip_meta(rr, chip_ids, record, known=_stored_chip_meta(rr))
+    return _Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=merged, kind="update",
+                 n_rows=n_rows, n_new=int(sel.size), files={}, meta=geoms)
+
+
+def _score(obs: _Obs, fit: SeasonalFit, signal_pc: int | None | slice,
+           idx: np.ndarray) -> None:
+    """Fill ``pred``, ``resid`` of the observations ``idx`` from the chips' fits."""
+    pred, resid = fit.score(obs.chip[idx], obs.ns[idx] / NS_PER_DAY, obs.values(signal_pc)[idx])
+    obs.pred[idx] = pred[:, 0].astype(np.float32)
+    obs.resid[idx] = resid.astype(np.float32)
+
+
+def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: _Work,
+             state: dict[str, Any], o: _Options, *, scene_added: list[str],
+             scene_removed: list[str], fingerprint: str, plot_chips: Sequence[str],
+             max_plots: int | None, rasters: bool) -> None:
+    """Assess every chip, find the alerts and publish all outputs of this analysis at once."""
+    obs = work.obs.take(np.lexsort((work.obs.ns, work.obs.chip)))
+    n_chips = work.chip_ids.size
+    grid = _Padded(obs.chip, n_chips, np.ones(obs.chip.size, dtype=bool))
+    valid = grid.take(np.isfinite(obs.values(o.signal_pc)).all(axis=1), False)
+    monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
+    resid = grid.take(obs.resid.astype(np.float64), np.nan)
+    out = assess(work.fit, resid, valid, monitor, threshold=o.threshold,
+                 consecutive=o.consecutive)
+    status = out["status"]
+    ns_grid = grid.take(obs.ns, 0)
+    rows = np.arange(n_chips)
+    change_ns = np.where(out["change"], ns_grid[rows, np.maximum(out["change_index"], 0)], 0)
+    confirm = np.maximum(out["confirm_index"], 0)
+    confirm_ns = ns_grid[rows, confirm]
+    confirm_scene = grid.take(obs.scene, -1)[rows, confirm]
+
+    previous = _previous_status(rr)
+    prev = np.array([previous.get(c) for c in work.chip_ids.tolist()], dtype=object)
+    alert = out["change"] & (prev != CHANGE)
+    now = pd.Timestamp.now(tz="UTC")
+    update_no = len(state["updates"]) + 1
+    meta = work.meta
+    overlaps = find_overlaps(meta)
+    duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, meta,
+                                  overlaps=overlaps)
+    idx = np.flatnonzero(alert)
+    new_alerts = alerts_frame({
+        "chip_id": work.chip_ids[idx].astype(str), "tile": meta["tile"].to_numpy()[idx],
+        "change_date": change_ns[idx], "magnitude": out["magnitude"][idx],
+        "previous_status": prev[idx], "detected_at": [now] * idx.size,
+        "update": [update_no] * idx.size, "reference_id": [work.reference.id] * idx.size,
+        "confirmed_scene_id": [obs.scenes[s] for s in confirm_scene[idx]],
+        "confirmed_date": confirm_ns[idx], "duplicate_of": duplicate[idx]},
+        list(meta["geometry"].to_numpy()[idx]))
+    history = previous_alerts(rr)
+    all_alerts = new_alerts if not len(history) else pd.concat([history, new_alerts],
+                                                               ignore_index=True)
+    counts = {"chips": int(n_chips), "changed": int((status == CHANGE).sum()),
+              "no_change": int((status == NO_CHANGE).sum()),
+              "insufficient": int((status == INSUFFICIENT).sum())}
+    n_alerts = int(idx.size)
+    n_distinct = int(pd.isna(duplicate[idx]).sum())
+    entry = {"update": update_no, "at": now.isoformat(), "kind": work.kind,
+             "reference_id": work.reference.id, "scenes_added": len(scene_added),
+             "scenes_removed": len(scene_removed), "new_observations": work.n_new,
+             "alerts": n_alerts, "distinct_alerts": n_distinct,
+             "status_moves": _moves(prev, status), **counts}
+    if len(scene_added) <= 20:
+        entry["scene_ids"] = list(scene_added)
+    state["updates"] = [*state["updates"], entry]
+
+    staged.begin()
+    for name, writer in work.files.items():
+        writer(staged.path(name))
+    _write_timeseries(staged.path("timeseries.parquet"), obs, work.chip_ids,
+                      grid.gather(out["anomaly"]), o.n_components)
+    _write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
+                   work.chip_ids, meta, out, work.fit, change_ns, fingerprint, duplicate)
+    new_alerts_path = staged.path("alerts.geojson")
+    new_alerts_path.write_text(alerts_geojson(new_alerts), encoding="utf-8")
+    all_alerts = all_alerts.reset_index(drop=True)
+    all_alerts.to_parquet(staged.path("alerts.parquet"), index=False)
+    if rasters:
+        from geofm.analyze.rasters import write_change_rasters
+
+        write_change_rasters(staged, rr, meta, out, change_ns, duplicate)
+    overlaps.to_parquet(staged.path("overlaps.parquet"), index=False)
+    write_state(staged.path("state.json"), state)
+    staged.commit()
+
+    plot = idx if work.kind == "update" else np.flatnonzero(out["change"])
+    n_plots = _write_plots(rr, work.chip_ids, obs, grid, out, work.fit, plot, o, plot_chips,
+                           max_plots)
+    record.counts.update(embeddings=work.n_rows, observations=int(obs.chip.size),
+                         new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
+                         **counts)
+    record.extra["reference"] = state["reference"]
+    record.extra["updates"] = state["updates"]
+    log.info("analyze %s %d: %d new observation(s), %d alert(s) (%d distinct places)",
+             work.kind, update_no, work.n_new, n_alerts, n_distinct)
+
+
+def _moves(prev: np.ndarray, status: np.ndarray) -> dict[str, int]:
+    """Counts of status moves ``"<before> -> <after>"`` (``none`` before the first)."""
+    out: dict[str, int] = {}
+    for p, s in zip(prev.tolist(), status.tolist(), strict=True):
+        if p != s:
+            key = f"{p or 'none'} -> {s}"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _outputs(rr: RunRoot) -> list[Path]:
+    return [rr.timeseries_path, rr.changes_path, rr.change_map_path, rr.pca_path,
+            rr.reference_path, rr.reference_means_path, rr.analysis_state_path,
+            rr.alerts_path, rr.alerts_geojson_path]
+
+
+def _check_plot_chips(plot_chips: Sequence[str], chip_ids: np.ndarray, rr: RunRoot) -> None:
+    unknown = sorted(set(plot_chips) - set(chip_ids.tolist()))
+    if unknown:
+        raise GeofmValueError(f"plot_chips {unknown[:5]} are not chips of {rr.path}; "
+                              "use chip ids from meta/<scene>.parquet.")
+
+
+def _previous_status(rr: RunRoot) -> dict[str, str]:
+    """Chip id -> status as last published (empty before the first analysis)."""
+    if not rr.changes_path.is_file():
+        return {}
+    table = read_table(rr.changes_path, made_by="analyze", columns=["chip_id", "status"])
+    return dict(zip(table.column("chip_id").to_pylist(), table.column("status").to_pylist(),
+                    strict=True))
+
+
+def _read_timeseries(rr: RunRoot, n_components: int, *, drop_scenes: set[str]
+                     ) -> dict[str, Any]:
+    """The published observations (minus those of ``drop_scenes``) as :class:`_Obs` fields."""
+    import pyarrow.compute as pc
+
+    cols = ["chip_id", "scene_id", "date", *(f"pc{k + 1}" for k in range(n_components)),
+            "cosine_to_baseline", "signal", "predicted", "residual", "baseline"]
+    table = read_table(rr.timeseries_path, made_by="analyze", columns=cols)
+    codes: dict[str, tuple[np.ndarray, list[str]]] = {}
+    for name in ("chip_id", "scene_id"):
+        col = table.column(name)
+        col = col.cast(pa.string()) if not pa.types.is_dictionary(col.type) else col
+        arr = col.combine_chunks()
+        if not pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_encode()
+        idx = arr.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        codes[name] = (idx, [str(v) for v in arr.dictionary.to_pylist()])
+    scene_idx, scenes = codes["scene_id"]
+    keep = ~np.isin(np.asarray(scenes, dtype=object), list(drop_scenes))[scene_idx] \
+        if scenes else np.ones(scene_idx.size, dtype=bool)
+    date = table.column("date")
+    if date.type.unit != "ns":
+        date = date.cast(pa.timestamp("ns", tz="UTC"))
+
+    def num(name: str, dtype: Any) -> np.ndarray:
+        return np.asarray(table.column(name).to_numpy(), dtype=dtype)[keep]
+
+    chip_idx, chip_names = codes["chip_id"]
+    return {"chip": chip_idx[keep], "chip_ids": np.asarray(chip_names, dtype=object),
+            "ns": np.asarray(pc.cast(date, pa.int64()).to_numpy(), dtype=np.int64)[keep],
+            "scene": scene_idx[keep], "scenes": scenes,
+            "pcs": np.stack([num(f"pc{k + 1}", np.float32) for k in range(n_components)],
+                            axis=1),
+            "cos": num("cosine_to_baseline", np.float32), "sig": num("signal", np.float32),
+            "pred": num("predicted", np.float32), "resid": num("residual", np.float32),
+            "base": num("baseline", bool)}
 
 
 def _check_model(rr: RunRoot, scene_ids: list[str], files: list[Path],
@@ -301,12 +704,6 @@ def _check_model(rr: RunRoot, scene_ids: list[str], files: list[Path],
                     rr.manifest_path, rr.path)
 
 
-def _stored_fingerprint(path: Path) -> str | None:
-    meta = read_schema(path, made_by="analyze").metadata or {}
-    value = meta.get(_FINGERPRINT_KEY)
-    return None if value is None else value.decode()
-
-
 def _counts_from(path: Path) -> dict[str, int]:
     status = read_table(path, made_by="analyze", columns=["status"]).column("status").to_numpy(
         zero_copy_only=False)
@@ -325,6 +722,20 @@ def _vectors(index: ObservationIndex, column: str, center: str
         yield i, vectors, ok
 
 
+def _record_bad(record: StageRecord, rr: RunRoot, index: ObservationIndex, i: int,
+                ok: np.ndarray) -> None:
+    """Record the bad rows (``~ok``) of file ``i`` as one failure of its scene."""
+    if ok.all():
+        return
+    rows = slice(index.offsets[i], index.offsets[i + 1])
+    bad = np.flatnonzero(~ok)
+    chips = index.chip_ids[index.row_chip[rows][bad]][:5].tolist()
+    record.fail(index.scene_ids[i], f"{bad.size} embedding(s) null, of the wrong "
+                f"length or not finite (chips {chips}); those rows are left out. "
+                "Re-embed this scene with `geofm embed --overwrite`.",
+                path=os.path.relpath(index.files[i], rr.path))
+
+
 def _pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.ndarray,
               record: StageRecord, rr: RunRoot, *, fit: bool, max_samples: int, seed: int,
               progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -338,12 +749,7 @@ def _pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np
     for i, vectors, ok in _vectors(index, column, center):
         rows = slice(index.offsets[i], index.offsets[i + 1])
         if not ok.all():
-            bad = np.flatnonzero(~ok)
-            chips = index.chip_ids[index.row_chip[rows][bad]][:5].tolist()
-            record.fail(index.scene_ids[i], f"{bad.size} embedding(s) null, of the wrong "
-                        f"length or not finite (chips {chips}); those rows are left out. "
-                        "Re-embed this scene with `geofm embed --overwrite`.",
-                        path=os.path.relpath(index.files[i], rr.path))
+            _record_bad(record, rr, index, i, ok)
             row_ok[rows] = ok
         weight = index.row_weight[rows] * (row_in_base[rows] & ok)
         means.add(index.row_chip[rows], vectors, weight)
@@ -358,10 +764,16 @@ def _pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np
     return row_ok, means.unit_means(), sample
 
 
-def _pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarray,
+def _pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarray | None,
               means: np.ndarray,
-              pca: PCAModel, n_components: int, *, progress: bool
+              pca: PCAModel, n_components: int, *, progress: bool,
+              record: StageRecord | None = None, rr: RunRoot | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Project every row and take its cosine to the chip's unit baseline mean.
+
+    ``row_ok`` None: the rows' own validity is used, and bad rows are recorded as
+    failures in ``record`` (the update path, which has no pass 1).
+    """
     n_obs = index.n_obs
     pcs = np.zeros((n_obs, n_components), dtype=np.float64)
     wsum = np.zeros(n_obs)
@@ -370,9 +782,14 @@ def _pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndar
     bar = progress_bar(total=len(index.files), desc="analyze: project + cosine", unit="file",
                        disable=not progress)
     comps = pca.components[:n_components]
-    for i, vectors, _ in _vectors(index, column, center):
+    for i, vectors, valid in _vectors(index, column, center):
         rows = slice(index.offsets[i], index.offsets[i + 1])
-        ok = row_ok[rows]
+        if row_ok is None:
+            assert record is not None and rr is not None
+            _record_bad(record, rr, index, i, valid)
+            ok = valid
+        else:
+            ok = row_ok[rows]
         obs = index.row_obs[rows]
         w = index.row_weight[rows] * ok
         proj = (vectors - pca.mean) @ comps.T
@@ -428,123 +845,160 @@ class _Padded:
         return grid[self.chip, self.col]
 
 
-def _pad(index: ObservationIndex, obs_ok: np.ndarray) -> _Padded:
-    return _Padded(index.obs_chip, index.chip_ids.size, obs_ok)
+def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
+               known: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per chip (rows in ``chip_ids`` order): ``geometry`` (WGS84 shapely) and the native grid.
 
-
-def _write_timeseries(rr: RunRoot, index: ObservationIndex, series: _Padded, obs_ok: np.ndarray,
-                      pcs: np.ndarray, cos: np.ndarray, sig: np.ndarray, result: ChangeResult,
-                      n_components: int) -> None:
-    sel = np.flatnonzero(obs_ok)
-    chip_dict = pa.array(index.chip_ids.tolist(), type=pa.string())
-    scene_dict = pa.array(index.scene_ids, type=pa.string())
-    cols: dict[str, pa.Array] = {
-        "chip_id": pa.DictionaryArray.from_arrays(pa.array(index.obs_chip[sel].astype(np.int32)),
-                                                  chip_dict),
-        "scene_id": pa.DictionaryArray.from_arrays(
-            pa.array(index.obs_scene[sel].astype(np.int32)), scene_dict),
-        "date": pa.array(index.obs_ns[sel], type=pa.timestamp("ns", tz="UTC")),
-    }
-    for k in range(n_components):
-        cols[f"pc{k + 1}"] = pa.array(pcs[sel, k].astype(np.float32))
-    cols["cosine_to_baseline"] = pa.array(cos[sel])
-    cols["signal"] = pa.array(np.asarray(sig[sel], dtype=np.float32))
-    predicted = series.gather(result.predicted)[sel]
-    if predicted.ndim == 2:  # signal "pcs": the prediction of pc1, like `signal`
-        predicted = predicted[:, 0]
-    cols["predicted"] = pa.array(predicted.astype(np.float32))
-    cols["residual"] = pa.array(series.gather(result.residual)[sel].astype(np.float32))
-    cols["anomaly"] = pa.array(series.gather(result.anomaly)[sel])
-    cols["baseline"] = pa.array(series.gather(result.baseline_used)[sel])
-    table = pa.table(cols)
-    with atomic_path(rr.analysis_dir / "timeseries.parquet") as tmp:
-        pq.write_table(table, tmp)
-
-
-def _footprints(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord) -> list[Any]:
-    """WGS84 footprint (shapely) per chip from ``meta/``; None where no meta row has one."""
+    Columns ``chip_id``, ``geometry`` and :data:`CHIP_META_COLUMNS` (``tile``, ``epsg``,
+    native ``minx miny maxx maxy``; None / NaN where the metadata lacks them), from
+    ``known`` (the published ``changes.parquet``) where it has the chip, else from the
+    first ``meta/`` row of the chip.
+    """
     import shapely
 
-    wanted = pd.Index(chip_ids)
-    wkb: list[Any] = [None] * chip_ids.size
-    missing = np.ones(chip_ids.size, dtype=bool)
+    n = chip_ids.size
+    frame = pd.DataFrame({"chip_id": chip_ids.astype(str)})
+    wkb: list[Any] = [None] * n
+    extra: dict[str, list[Any]] = {c: [None] * n for c in CHIP_META_COLUMNS}
+    missing = np.ones(n, dtype=bool)
+    wanted = pd.Index(frame["chip_id"])
+    if known is not None and len(known):
+        pos = wanted.get_indexer(known["chip_id"].astype(str))
+        hit = np.flatnonzero(pos >= 0)
+        for col, values in (("geometry", known["geometry"].to_numpy()),
+                            *((c, known[c].to_numpy()) for c in CHIP_META_COLUMNS
+                              if c in known)):
+            target = wkb if col == "geometry" else extra[col]
+            for j, v in zip(pos[hit], values[hit], strict=True):
+                target[j] = v
+        missing[pos[hit]] = False
     for scene in rr.scene_ids(rr.meta_dir):
         if not missing.any():
             break
-        table = read_table(rr.meta_path(scene), made_by="chip", columns=["chip_id", "geometry"])
+        path = rr.meta_path(scene)
+        names = read_schema(path, made_by="chip").names
+        cols = ["chip_id", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
+        table = read_table(path, made_by="chip", columns=cols)
         ids = table.column("chip_id").to_numpy(zero_copy_only=False)
         pos = wanted.get_indexer(ids)
         new = np.flatnonzero(pos >= 0)
         new = new[missing[pos[new]]]
         if new.size:
-            geo = table.column("geometry").take(pa.array(new)).to_pylist()
-            for j, g in zip(pos[new], geo, strict=True):
-                wkb[j] = g
+            taken = table.take(pa.array(new))
+            for col in cols[1:]:
+                target = wkb if col == "geometry" else extra[col]
+                for j, v in zip(pos[new], taken.column(col).to_pylist(), strict=True):
+                    target[j] = v
             missing[pos[new]] = False
-    if missing.any():
+    no_geom = np.array([g is None for g in wkb], dtype=bool)
+    if no_geom.any():
         log.warning("%d chip(s) have no footprint in %s (e.g. %s); they get no geometry",
-                    int(missing.sum()), rr.meta_dir, chip_ids[missing][:3].tolist())
-        record.counts["chips_without_footprint"] = int(missing.sum())
-    return list(shapely.from_wkb(np.array(wkb, dtype=object)))
+                    int(no_geom.sum()), rr.meta_dir, chip_ids[no_geom][:3].tolist())
+        record.counts["chips_without_footprint"] = int(no_geom.sum())
+    geoms = [g if g is None or not isinstance(g, bytes | bytearray) else shapely.from_wkb(g)
+             for g in wkb]
+    frame["geometry"] = pd.Series(geoms, dtype=object)
+    frame["tile"] = pd.Series(extra["tile"], dtype=object)
+    frame["epsg"] = pd.array([None if v is None or pd.isna(v) else int(v)
+                              for v in extra["epsg"]], dtype="Int32")
+    for c in ("minx", "miny", "maxx", "maxy"):
+        frame[c] = np.array([np.nan if v is None else float(v) for v in extra[c]])
+    return frame
 
 
-def _write_changes(path: Path, rr: RunRoot, chip_ids: np.ndarray, geoms: list[Any],
-                   result: ChangeResult, change_ns: np.ndarray, fingerprint: str) -> None:
+def _stored_chip_meta(rr: RunRoot) -> pd.DataFrame | None:
+    """The per-chip columns of the published ``changes.parquet`` (None if absent)."""
+    import shapely
+
+    if not rr.changes_path.is_file():
+        return None
+    names = read_schema(rr.changes_path, made_by="analyze").names
+    cols = ["chip_id", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
+    frame = read_table(rr.changes_path, made_by="analyze", columns=cols).to_pandas()
+    frame["geometry"] = list(shapely.from_wkb(frame["geometry"].to_numpy()))
+    return frame
+
+
+def _write_timeseries(path: Path, obs: _Obs, chip_ids: np.ndarray, anomaly: np.ndarray,
+                      n_components: int) -> None:
+    chip_dict = pa.array(chip_ids.tolist(), type=pa.string())
+    scene_dict = pa.array(obs.scenes, type=pa.string())
+    cols: dict[str, pa.Array] = {
+        "chip_id": pa.DictionaryArray.from_arrays(pa.array(obs.chip.astype(np.int32)),
+                                                  chip_dict),
+        "scene_id": pa.DictionaryArray.from_arrays(pa.array(obs.scene.astype(np.int32)),
+                                                   scene_dict),
+        "date": pa.array(obs.ns, type=pa.timestamp("ns", tz="UTC")),
+    }
+    for k in range(n_components):
+        cols[f"pc{k + 1}"] = pa.array(obs.pcs[:, k].astype(np.float32))
+    cols["cosine_to_baseline"] = pa.array(obs.cos.astype(np.float32))
+    cols["signal"] = pa.array(obs.sig.astype(np.float32))
+    cols["predicted"] = pa.array(obs.pred.astype(np.float32))
+    cols["residual"] = pa.array(obs.resid.astype(np.float32))
+    cols["anomaly"] = pa.array(np.asarray(anomaly, dtype=bool))
+    cols["baseline"] = pa.array(obs.base.astype(bool))
+    pq.write_table(pa.table(cols), path)
+
+
+def _write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd.DataFrame,
+                   out: dict[str, np.ndarray], fit: SeasonalFit, change_ns: np.ndarray,
+                   fingerprint: str, duplicate: np.ndarray) -> None:
     import geopandas as gpd
     import shapely
 
-    change_date = pd.to_datetime(np.where(result.change, change_ns, np.iinfo(np.int64).min),
-                                 utc=True)
-    change_date = change_date.where(result.change)
+    change = out["change"]
+    change_date = pd.to_datetime(np.where(change, change_ns, np.iinfo(np.int64).min), utc=True)
+    change_date = change_date.where(change)
+    ok = out["status"] != INSUFFICIENT
+    rmse = np.where(ok, fit.scale[:, 0], np.nan)
     frame = gpd.GeoDataFrame({
         "chip_id": chip_ids.astype(str),
-        "n_observations": result.n_observations.astype(np.int32),
-        "n_baseline": result.n_baseline.astype(np.int32),
-        "status": result.status.astype(str),
-        "change": result.change.astype(bool),
+        "n_observations": out["n_observations"].astype(np.int32),
+        "n_baseline": fit.n_baseline.astype(np.int32),
+        "status": out["status"].astype(str),
+        "change": change.astype(bool),
         "change_date": change_date,
-        "magnitude": result.magnitude.astype(np.float32),
-        "rmse": (result.rmse if result.rmse.ndim == 1 else result.rmse[:, 0]).astype(np.float32),
-    }, geometry=gpd.GeoSeries(geoms, crs="EPSG:4326"))
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
-        table = pq.read_table(tmp)  # add the inputs' fingerprint beside the "geo" metadata
-        meta = dict(table.schema.metadata or {})
-        meta[_FINGERPRINT_KEY] = fingerprint.encode()
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
+        "magnitude": out["magnitude"].astype(np.float32),
+        "rmse": rmse.astype(np.float32),
+        **{c: meta[c] for c in CHIP_META_COLUMNS},
+        "duplicate_of": pd.Series(duplicate, dtype=object),
+    }, geometry=gpd.GeoSeries(list(meta["geometry"]), crs="EPSG:4326"))
+    frame.to_parquet(path, index=False)
+    table = pq.read_table(path)  # add the inputs' fingerprint beside the "geo" metadata
+    schema_meta = dict(table.schema.metadata or {})
+    schema_meta[_FINGERPRINT_KEY] = fingerprint.encode()
+    pq.write_table(table.replace_schema_metadata(schema_meta), path)
 
-    features = []
-    for i, geom in enumerate(geoms):
-        if geom is None:
-            continue
-        mag = result.magnitude[i]
-        features.append({
-            "type": "Feature", "geometry": json.loads(shapely.to_geojson(geom)),
-            "properties": {
-                "chip_id": str(chip_ids[i]), "status": str(result.status[i]),
-                "change": bool(result.change[i]),
-                "change_date": None if not result.change[i] else str(change_date[i].date()),
-                "intensity": None if not np.isfinite(mag) else round(float(mag), 4),
-                "n_observations": int(result.n_observations[i])}})
-    text = json.dumps({"type": "FeatureCollection", "features": features})
-    write_text_atomic(rr.analysis_dir / "change_map.geojson", text)
+    geoms = np.asarray(list(meta["geometry"]), dtype=object)
+    texts = shapely.to_geojson(geoms)
+    magnitude = out["magnitude"]
+    parts = []
+    for i in np.flatnonzero([g is not None for g in geoms]):
+        mag = magnitude[i]
+        props = {"chip_id": str(chip_ids[i]), "status": str(out["status"][i]),
+                 "change": bool(change[i]),
+                 "change_date": None if not change[i] else str(change_date[i].date()),
+                 "intensity": None if not np.isfinite(mag) else round(float(mag), 4),
+                 "n_observations": int(out["n_observations"][i]),
+                 "duplicate_of": duplicate[i]}
+        parts.append(f'{{"type": "Feature", "geometry": {texts[i]}, '
+                     f'"properties": {json.dumps(props)}}}')
+    geojson_path.write_text('{"type": "FeatureCollection", "features": [' + ", ".join(parts)
+                            + "]}", encoding="utf-8")
 
 
-def _write_tsne(rr: RunRoot, index: ObservationIndex, obs_ok: np.ndarray, pcs: np.ndarray,
-                *, seed: int) -> None:
+def _write_tsne(path: Path, obs: _Obs, chip_ids: np.ndarray, *, seed: int) -> None:
     from geofm.analyze.reduce import tsne
 
-    sel = np.flatnonzero(obs_ok)
-    if sel.size < 5:
-        log.warning("t-SNE skipped: only %d observations", sel.size)
+    if obs.chip.size < 5:
+        log.warning("t-SNE skipped: only %d observations", obs.chip.size)
         return
-    rows, coords = tsne(pcs[sel], seed=seed)
-    obs = sel[rows]
-    table = pa.table({"chip_id": pa.array(index.chip_ids[index.obs_chip[obs]].tolist()),
-                      "date": pa.array(index.obs_ns[obs], type=pa.timestamp("ns", tz="UTC")),
+    rows, coords = tsne(obs.pcs, seed=seed)
+    table = pa.table({"chip_id": pa.array(chip_ids[obs.chip[rows]].tolist()),
+                      "date": pa.array(obs.ns[rows], type=pa.timestamp("ns", tz="UTC")),
                       "tsne1": pa.array(coords[:, 0]), "tsne2": pa.array(coords[:, 1])})
-    with atomic_path(rr.analysis_dir / "tsne.parquet") as tmp:
-        pq.write_table(table, tmp)
+    pq.write_table(table, path)
 
 
 def _thumbnails(rr: RunRoot, chip_ids: set[str]) -> dict[tuple[str, int], Path]:
@@ -563,49 +1017,55 @@ def _thumbnails(rr: RunRoot, chip_ids: set[str]) -> dict[tuple[str, int], Path]:
     return out
 
 
-def _write_plots(rr: RunRoot, index: ObservationIndex, series: _Padded, result: ChangeResult,
-                 sig_obs: np.ndarray | None, signal: str, threshold: float,
-                 plot_chips: Sequence[str],
-                 max_plots: int | None, *, progress: bool) -> int:
+
+
+def _write_plots(rr: RunRoot, chip_ids: np.ndarray, obs: _Obs, grid: _Padded,
+                 out: dict[str, np.ndarray], fit: SeasonalFit, changed: np.ndarray,
+                 o: _Options, plot_chips: Sequence[str], max_plots: int | None) -> int:
     from geofm.analyze.plots import Timeline, plot_timeline
 
-    changed = np.flatnonzero(result.change)
-    changed = changed[np.argsort(-np.nan_to_num(result.magnitude[changed], nan=0.0),
-                                 kind="stable")]
+    magnitude = out["magnitude"]
+    changed = changed[np.argsort(-np.nan_to_num(magnitude[changed], nan=0.0), kind="stable")]
     if max_plots is not None:
         changed = changed[:max(max_plots, 0)]
-    position = {c: i for i, c in enumerate(index.chip_ids.tolist())}
+    position = {c: i for i, c in enumerate(chip_ids.tolist())}
     chosen = list(dict.fromkeys([*changed.tolist(), *(position[c] for c in plot_chips)]))
     if not chosen:
         return 0
-    thumbs = _thumbnails(rr, {str(index.chip_ids[c]) for c in chosen})
-    days_grid = series.take(index.obs_days, np.nan)
+    multi = isinstance(o.signal_pc, slice)
+    thumbs = _thumbnails(rr, {str(chip_ids[c]) for c in chosen})
+    days_grid = grid.take(obs.ns / NS_PER_DAY, np.nan)
+    valid_grid = grid.take(np.isfinite(obs.values(o.signal_pc)).all(axis=1), False)
     # One signal: plot it with its seasonal fit. Several PCs: plot the combined score,
     # whose "fit" is 0 and whose band is +-threshold.
-    sig_grid = result.residual if sig_obs is None else series.take(sig_obs, np.nan)
-    n_coef = result.coef.shape[-1]
-    for c in progress_bar(chosen, desc="analyze: plots", unit="plot", disable=not progress):
-        valid = series.valid[c]
+    sig_grid = grid.take(obs.resid if multi else obs.sig, np.nan)
+    base_grid = grid.take(obs.base, False)
+    n_coef = fit.coef.shape[-1]
+    for c in progress_bar(chosen, desc="analyze: plots", unit="plot", disable=not o.progress):
+        valid = valid_grid[c]
         days = days_grid[c][valid]
-        cid = str(index.chip_ids[c])
+        cid = str(chip_ids[c])
         whole = np.floor(days).astype(np.int64)
-        if result.change[c]:
-            k = int(result.change_index[c])
+        if out["change"][c]:
+            k = int(out["change_index"][c])
             first_after = int(valid[:k].sum())
             before_day = whole[first_after - 1] if first_after > 0 else whole[0]
             after_day = whole[min(first_after, whole.size - 1)]
             change_day: float | None = float(days_grid[c, k])
-        else:
+        elif whole.size:
             before_day, after_day, change_day = whole[0], whole[-1], None
+        else:
+            continue
+        fitted = bool(fit.fitted[c])
         plot_timeline(Timeline(
             chip_id=cid, days=days, signal=sig_grid[c][valid],
-            baseline=result.baseline_used[c][valid], anomaly=result.anomaly[c][valid],
-            coef=result.coef[c] if sig_obs is not None else np.zeros(n_coef),
-            intercept=float(result.intercept[c]) if sig_obs is not None else 0.0,
-            rmse=float(result.rmse[c]) if sig_obs is not None else 1.0, threshold=threshold,
-            status=str(result.status[c]), change_day=change_day,
-            signal_name=signal if sig_obs is not None else f"anomaly score ({signal})",
-            score=sig_obs is None,
+            baseline=base_grid[c][valid], anomaly=out["anomaly"][c][valid],
+            coef=fit.coef[c, 0] if not multi and fitted else np.zeros(n_coef),
+            intercept=float(fit.intercept[c, 0]) if not multi and fitted else 0.0,
+            rmse=float(fit.scale[c, 0]) if not multi and fitted else 1.0,
+            threshold=o.threshold, status=str(out["status"][c]), change_day=change_day,
+            signal_name=o.signal if not multi else f"anomaly score ({o.signal})",
+            score=multi,
             before=thumbs.get((cid, int(before_day))), after=thumbs.get((cid, int(after_day)))),
             rr.plots_dir / f"{cid}.png")
     return len(chosen)
@@ -639,23 +1099,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-plots", type=int, default=100,
                         help="plot at most N changed chips, largest first (-1: all)")
     parser.add_argument("--pca", help="project onto an existing pca.npz instead of fitting")
-    parser.add_argument("--overwrite", action="store_true", help="recompute analysis/")
+    parser.add_argument("--refit", action="store_true",
+                        help="start a new reference: refit PCA and baselines on all "
+                        "observations and rescore them (default: score only new ones)")
+    parser.add_argument("--overwrite", action="store_true", help="the same as --refit")
+    parser.add_argument("--no-rasters", action="store_true",
+                        help="do not write the change-map COGs and mosaic (analysis/rasters/)")
+    parser.add_argument("--since", metavar="DATE",
+                        help="after the analysis, print the alerts detected since DATE")
+    parser.add_argument("--alerts-format", choices=("table", "json", "geojson"),
+                        default="table", help="how --since prints alerts (default table)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm analyze`` from parsed arguments; return the exit code."""
+    from geofm.analyze.alerts import parse_since
+
+    since = None if args.since is None else parse_since(args.since)
     record = analyze(
         args.root, embedding=args.embedding, baseline_start=args.baseline_start,
         monitor_start=args.monitor_start, signal=args.signal, n_components=args.n_components,
         threshold=args.threshold, consecutive=args.consecutive, min_baseline=args.min_baseline,
         tsne=args.tsne, plot_chips=[c for c in args.plot_chips.split(",") if c],
         max_plots=None if args.max_plots < 0 else args.max_plots, pca=args.pca,
-        center=args.center,
+        center=args.center, refit=args.refit, rasters=not args.no_rasters,
         overwrite=args.overwrite, progress=not args.no_progress)
     c = record.counts
-    log.info("analyze: %s chips, %s changed, %s no change, %s insufficient data",
-             c.get("chips"), c.get("changed"), c.get("no_change"), c.get("insufficient"))
+    log.info("analyze: %s chips, %s changed, %s no change, %s insufficient data, %s alert(s)",
+             c.get("chips"), c.get("changed"), c.get("no_change"), c.get("insufficient"),
+             c.get("alerts", 0))
+    if since is not None:
+        frame = list_alerts(args.root, since=since)
+        if args.alerts_format == "table":
+            print(format_alerts(frame))
+        elif args.alerts_format == "geojson":
+            print(alerts_geojson(frame))
+        else:
+            features = json.loads(alerts_geojson(frame))["features"]
+            print(json.dumps([{**f["properties"], "geometry": f["geometry"]}
+                              for f in features]))
     return 1 if record.failures else 0
 
 

@@ -1,0 +1,161 @@
+"""The analysis reference: what the first analysis of a run fixes for every later update.
+
+A run's first ``geofm analyze`` (and every ``--refit``) fits the reference: the PCA
+basis (``analysis/pca.npz``), the baseline period, each chip's seasonal model and
+residual scale (``analysis/reference.npz``) and each chip's unit baseline mean
+embedding (``analysis/reference_means.npy``, float32 ``[C, D]``, read memory-mapped).
+Later updates score new observations against it and never refit.
+
+``analysis/state.json`` says which reference is current (its id, options and baseline
+period), which embedding files were analysed (name -> size and mtime) and the history of
+updates. The files of one update are published together (:class:`geofm.io.StagedFiles`),
+so the state always describes the outputs beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geofm.analyze.change import SeasonalFit
+from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
+from geofm.io import atomic_path, write_json_atomic
+from geofm.layout import RunRoot
+
+#: Version of the ``state.json`` / ``reference.npz`` layout.
+STATE_VERSION = 1
+
+
+@dataclass
+class Reference:
+    """Each chip's seasonal model, fitted on the baseline period of the reference analysis.
+
+    Attributes:
+        id: reference id (``ref-<UTC time>``), recorded in every alert.
+        chip_ids: str ``[C]`` sorted chip ids the fits belong to.
+        fit: the :class:`~geofm.analyze.change.SeasonalFit` (rows = ``chip_ids``).
+        baseline_start_ns: start of the baseline period, ns since the epoch (UTC).
+        monitor_start_ns: start of monitoring (end of the baseline, exclusive).
+    """
+
+    id: str
+    chip_ids: np.ndarray
+    fit: SeasonalFit
+    baseline_start_ns: int
+    monitor_start_ns: int
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``reference.npz`` atomically and return its path."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, version=np.int64(STATE_VERSION), id=np.str_(self.id),
+                     chip_ids=np.asarray(self.chip_ids, dtype=str),
+                     coef=self.fit.coef, intercept=self.fit.intercept, scale=self.fit.scale,
+                     fitted=self.fit.fitted, n_baseline=self.fit.n_baseline,
+                     baseline_start_ns=np.int64(self.baseline_start_ns),
+                     monitor_start_ns=np.int64(self.monitor_start_ns))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Reference:
+        """Read a ``reference.npz``.
+
+        Raises:
+            GeofmFileNotFoundError: the file does not exist.
+        """
+        if not Path(path).is_file():
+            raise GeofmFileNotFoundError(
+                f"{path} is missing, so analysis/ has no reference to update; run "
+                "`geofm analyze --refit` to fit a new one.")
+        with np.load(path, allow_pickle=False) as data:
+            fit = SeasonalFit(coef=data["coef"], intercept=data["intercept"],
+                              scale=data["scale"], fitted=data["fitted"],
+                              n_baseline=data["n_baseline"])
+            return cls(id=str(data["id"]), chip_ids=data["chip_ids"].astype(object), fit=fit,
+                       baseline_start_ns=int(data["baseline_start_ns"]),
+                       monitor_start_ns=int(data["monitor_start_ns"]))
+
+    def extend(self, chip_ids: np.ndarray) -> tuple[SeasonalFit, np.ndarray]:
+        """The fits laid out on ``chip_ids`` (a superset, sorted); chips not in it are unfitted.
+
+        Returns:
+            ``(fit, position)``: the fit with one row per ``chip_ids`` entry, and int64
+            ``[len(chip_ids)]`` the row of each in this reference (-1 if new).
+        """
+        pos = np.searchsorted(self.chip_ids, chip_ids)
+        pos = np.minimum(pos, max(self.chip_ids.size - 1, 0))
+        known = (self.chip_ids.size > 0) & (self.chip_ids[pos] == chip_ids) \
+            if self.chip_ids.size else np.zeros(chip_ids.size, dtype=bool)
+        pos = np.where(known, pos, -1)
+        f = self.fit
+        src = np.maximum(pos, 0)
+
+        def take(a: np.ndarray, fill: Any) -> np.ndarray:
+            out = a[src].copy() if a.shape[0] else np.zeros((chip_ids.size, *a.shape[1:]),
+                                                             a.dtype)
+            out[~known] = fill
+            return out
+
+        return SeasonalFit(coef=take(f.coef, 0.0), intercept=take(f.intercept, 0.0),
+                           scale=take(f.scale, 1.0), fitted=take(f.fitted, False),
+                           n_baseline=take(f.n_baseline, 0)), pos
+
+
+def save_means(path: str | os.PathLike[str], means: np.ndarray) -> Path:
+    """Write the float32 ``[C, D]`` unit baseline means as ``.npy`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(means, dtype=np.float32))
+    return Path(path)
+
+
+def load_means(path: str | os.PathLike[str], n_chips: int) -> np.ndarray:
+    """Memory-map the reference means (``[C, D]`` float32).
+
+    Raises:
+        GeofmFileNotFoundError: the file is missing.
+        GeofmValueError: it does not have ``n_chips`` rows.
+    """
+    if not Path(path).is_file():
+        raise GeofmFileNotFoundError(f"{path} is missing; run `geofm analyze --refit` to fit "
+                                     "a new reference.")
+    means = np.load(path, mmap_mode="r")
+    if means.ndim != 2 or means.shape[0] != n_chips:
+        raise GeofmValueError(f"{path} has shape {means.shape} but the reference has {n_chips} "
+                              "chips; run `geofm analyze --refit`.")
+    return means
+
+
+def read_state(root: RunRoot) -> dict[str, Any] | None:
+    """``analysis/state.json`` as a dict, or None if there is none.
+
+    Raises:
+        GeofmValueError: the file is not a geofm analysis state.
+    """
+    path = root.analysis_state_path
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state: dict[str, Any] = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise GeofmValueError(f"{path} is not valid JSON ({exc}); run `geofm analyze --refit` "
+                              "to rebuild analysis/.") from exc
+    if state.get("version") != STATE_VERSION:
+        raise GeofmValueError(f"{path} has state version {state.get('version')!r}, expected "
+                              f"{STATE_VERSION}; run `geofm analyze --refit`.")
+    return state
+
+
+def write_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write a state dict as JSON atomically."""
+    return write_json_atomic(path, {**state, "version": STATE_VERSION})
+
+
+def file_signature(path: Path) -> str:
+    """``"<size>:<mtime_ns>"`` of an embeddings file: a changed file is analysed again."""
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
