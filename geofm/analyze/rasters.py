@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Nodata value of every band.
 NODATA = -9999.0
-#: Block (and smallest overview) size of the COGs, in pixels (chips).
-BLOCKSIZE = 16
+#: Block (and smallest overview) size of the COGs, in pixels (chips); GDAL's minimum.
+BLOCKSIZE = 128
 #: Band names, in band order.
 BANDS = ("status", "change_date", "magnitude")
 #: ``status`` band codes.

@@ -1105,18 +1105,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="the same as --refit")
     parser.add_argument("--no-rasters", action="store_true",
                         help="do not write the change-map COGs and mosaic (analysis/rasters/)")
-    parser.add_argument("--since", metavar="DATE",
+    parser.add_argument("--since", metavar="DATE", type=_since_arg,
                         help="after the analysis, print the alerts detected since DATE")
     parser.add_argument("--alerts-format", choices=("table", "json", "geojson"),
                         default="table", help="how --since prints alerts (default table)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    """Run ``geofm analyze`` from parsed arguments; return the exit code."""
+def _since_arg(value: str) -> pd.Timestamp:
     from geofm.analyze.alerts import parse_since
 
-    since = None if args.since is None else parse_since(args.since)
+    try:
+        return parse_since(value)
+    except GeofmValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``geofm analyze`` from parsed arguments; return the exit code."""
+    since = args.since
     record = analyze(
         args.root, embedding=args.embedding, baseline_start=args.baseline_start,
         monitor_start=args.monitor_start, signal=args.signal, n_components=args.n_components,

@@ -1,0 +1,250 @@
+"""Incremental analysis: updates score only new observations against the stored reference."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from geofm.analyze import analyze, main
+from geofm.analyze.alerts import list_alerts
+from geofm.exceptions import GeofmFileExistsError
+from geofm.layout import RunRoot
+
+DIM = 12
+N_DATES = 30
+CUT = 24          # the first analysis sees dates 0..CUT-1, the update adds CUT..N_DATES-1
+N_CHIPS = 8
+START = pd.Timestamp("2021-01-03", tz="UTC")
+# chip -> date index of a planted step. Baseline = 2021 (dates 0..18), monitoring from 19.
+STEPS = {0: 19,   # confirmed at 21: before the cut
+         1: 22,   # run starts before the cut (22, 23), confirmed by the update (24)
+         2: 26}   # after the cut, confirmed at 28
+SPARSE = 3        # chip 3 misses dates 20..23: too few monitoring dates before the cut
+X0, Y0, SIZE = 399960.0, 5800020.0, 640.0
+
+
+def _date(t):
+    return START + pd.Timedelta(days=20 * t)
+
+
+def _scene(t, tile="33UUP"):
+    return f"S2A_{tile}_{_date(t):%Y%m%d}_0_L2A"
+
+
+def write_dates(root, dates, *, tiles=("33UUP",), seed=0):
+    """Write meta + embeddings for the given date indexes (each date seeded on its own).
+
+    A second tile (``33UVP``) re-chips the same ground: its chips have the same
+    footprints (and the same planted steps), with other ids.
+    """
+    import shapely
+    from pyproj import Transformer
+
+    rr = RunRoot.of(root)
+    to_wgs = Transformer.from_crs(32633, 4326, always_xy=True)
+    base = np.random.default_rng(seed).normal(size=(N_CHIPS, DIM)) * 0.3 + 3.0
+    season = np.random.default_rng(seed + 1).normal(size=DIM) * 0.3
+    for t in dates:
+        rng = np.random.default_rng([seed, t])
+        noise = 0.02 * rng.normal(size=(N_CHIPS, DIM))
+        phase = 2 * np.pi * _date(t).day_of_year / 365.25
+        for tile in tiles:
+            rows, meta = [], []
+            for c in range(N_CHIPS):
+                if c == SPARSE and 20 <= t < CUT:
+                    continue
+                v = base[c] + np.sin(phase) * season + noise[c]
+                if c in STEPS and t >= STEPS[c]:
+                    v = v + 6.0 * np.eye(DIM)[0]
+                cid = f"{tile}_64_0000_{c:04d}"
+                minx, maxy = X0 + c * SIZE, Y0
+                poly = shapely.transform(
+                    shapely.box(minx, maxy - SIZE, minx + SIZE, maxy),
+                    lambda xy: np.column_stack(to_wgs.transform(xy[:, 0], xy[:, 1])))
+                rows.append((cid, v.astype(np.float32)))
+                meta.append(dict(chip_id=cid, scene_id=_scene(t, tile), tile=tile,
+                                 date=_date(t), row=0, col=c, epsg=32633, minx=minx,
+                                 miny=maxy - SIZE, maxx=minx + SIZE, maxy=maxy, valid=True,
+                                 geometry=poly))
+            emb = np.stack([v for _, v in rows])
+            scene = _scene(t, tile)
+            table = pa.table({
+                "chip_id": [cid for cid, _ in rows], "scene_id": [scene] * len(rows),
+                "date": pa.array([_date(t).value] * len(rows), type=pa.timestamp("ns", tz="UTC")),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), DIM),
+                "embedding_mean": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), DIM)})
+            rr.embeddings_dir.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, rr.embeddings_path(scene))
+            rr.meta_dir.mkdir(parents=True, exist_ok=True)
+            gpd.GeoDataFrame(meta, geometry="geometry", crs="EPSG:4326").to_parquet(
+                rr.meta_path(scene))
+    return rr
+
+
+OPTS = dict(n_components=3, max_plots=0, progress=False)
+
+
+def _changes(rr):
+    return pq.read_table(rr.changes_path).to_pandas().sort_values("chip_id").reset_index(
+        drop=True).drop(columns=["geometry"])
+
+
+def _timeseries(rr):
+    ts = pq.read_table(rr.timeseries_path).to_pandas()
+    for col in ("chip_id", "scene_id"):
+        ts[col] = ts[col].astype(str)
+    return ts.sort_values(["chip_id", "date"]).reset_index(drop=True)
+
+
+def _alerts(rr):
+    frame = gpd.read_parquet(rr.alerts_path).drop(columns=["detected_at", "reference_id"])
+    return frame.sort_values(["update", "chip_id"]).reset_index(drop=True)
+
+
+@pytest.fixture
+def grown(tmp_path):
+    """A root analysed over dates 0..CUT-1, then grown by the dates CUT..N_DATES-1."""
+    rr = write_dates(tmp_path / "inc", range(CUT))
+    first = analyze(rr.path, **OPTS)
+    write_dates(rr.path, range(CUT, N_DATES))
+    return rr, first
+
+
+def test_update_equals_from_scratch_with_the_same_reference(grown, tmp_path):
+    rr, first = grown
+    assert first.counts["alerts"] == 1
+    before = _changes(rr).set_index("chip_id")
+    update = analyze(rr.path, **OPTS)
+    assert update.counts["new_observations"] == (N_DATES - CUT) * N_CHIPS
+    assert update.counts["embeddings"] == (N_DATES - CUT) * N_CHIPS  # only new files read
+
+    scratch = write_dates(tmp_path / "scratch", range(N_DATES))
+    shutil.copy(rr.pca_path, tmp_path / "ref_pca.npz")
+    analyze(scratch.path, pca=tmp_path / "ref_pca.npz", **OPTS)
+    pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(scratch))
+
+    after = _changes(rr).set_index("chip_id")
+    cid = [f"33UUP_64_0000_{c:04d}" for c in range(N_CHIPS)]
+    for c, t in STEPS.items():
+        assert after.loc[cid[c], "status"] == "change"
+        assert after.loc[cid[c], "change_date"] == _date(t)
+    # history is not rewritten: chip 0's change keeps its date
+    assert before.loc[cid[0], "change_date"] == after.loc[cid[0], "change_date"]
+    assert before.loc[cid[3], "status"] == "insufficient data"
+    assert after.loc[cid[3], "status"] == "no change"
+    assert set(after.index[after.status == "change"]) == {cid[c] for c in STEPS}
+
+
+def test_alerts_are_the_changes_confirmed_by_each_update(grown, capsys):
+    rr, first = grown
+    alerts = gpd.read_parquet(rr.alerts_path)
+    assert alerts["chip_id"].tolist() == ["33UUP_64_0000_0000"]
+    assert alerts["confirmed_date"].iloc[0] == _date(21)
+    cut_time = pd.Timestamp.now(tz="UTC")
+    update = analyze(rr.path, **OPTS)
+    assert update.counts["alerts"] == 2
+
+    geo = json.loads(rr.alerts_geojson_path.read_text())
+    props = {f["properties"]["chip_id"]: f["properties"] for f in geo["features"]}
+    assert sorted(props) == ["33UUP_64_0000_0001", "33UUP_64_0000_0002"]  # this update only
+    p1 = props["33UUP_64_0000_0001"]
+    assert p1["change_date"] == str(_date(22).date())  # the first of the run, before the cut
+    assert p1["confirmed_scene_id"] == _scene(24) and p1["previous_status"] == "no change"
+    assert props["33UUP_64_0000_0002"]["confirmed_scene_id"] == _scene(28)
+    assert geo["features"][0]["geometry"]["type"] == "Polygon"
+    assert p1["magnitude"] > 3 and p1["update"] == 2
+
+    everything = gpd.read_parquet(rr.alerts_path)
+    assert len(everything) == 3 and sorted(everything["update"]) == [1, 2, 2]
+    since = list_alerts(rr.path, since=cut_time)
+    assert sorted(since["chip_id"]) == ["33UUP_64_0000_0001", "33UUP_64_0000_0002"]
+
+    manifest = json.loads(rr.manifest_path.read_text())
+    updates = manifest["stages"]["analyze"]["updates"]
+    assert [u["kind"] for u in updates] == ["reference", "update"]
+    assert [u["alerts"] for u in updates] == [1, 2]
+    assert updates[1]["scenes_added"] == N_DATES - CUT
+    assert updates[1]["status_moves"] == {"no change -> change": 2,
+                                          "insufficient data -> no change": 1}
+
+    # nothing new: skipped, the history stays; --since lists alerts (CLI)
+    assert main(["--root", str(rr.path), "--n-components", "3", "--max-plots", "0",
+                 "--no-progress", "--since", cut_time.isoformat(),
+                 "--alerts-format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(a["chip_id"] for a in listed) == ["33UUP_64_0000_0001", "33UUP_64_0000_0002"]
+    manifest = json.loads(rr.manifest_path.read_text())
+    assert manifest["stages"]["analyze"]["counts"]["skipped"] == 1
+    assert len(manifest["stages"]["analyze"]["updates"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(rr.path), "--since", "tomorrow-ish"])
+    assert exc.value.code == 2
+    assert "since='tomorrow-ish' is not a date" in capsys.readouterr().err
+
+
+def test_refit_starts_a_new_reference(grown):
+    rr, _ = grown
+    analyze(rr.path, **OPTS)
+    ref = json.loads(rr.analysis_state_path.read_text())["reference"]["id"]
+    with pytest.raises(GeofmFileExistsError, match=r"differs in \['threshold'\].*--refit"):
+        analyze(rr.path, threshold=4.0, **OPTS)
+    record = analyze(rr.path, threshold=4.0, refit=True, **OPTS)
+    state = json.loads(rr.analysis_state_path.read_text())
+    assert state["reference"]["id"] != ref and state["reference"]["options"]["threshold"] == 4.0
+    assert [u["kind"] for u in state["updates"]] == ["reference", "update", "reference"]
+    # the refit rescored everything; alerts are only chips that became "change" now
+    assert record.counts["observations"] == N_DATES * N_CHIPS - 4
+    assert record.counts["alerts"] == 0 and record.counts["changed"] == 3
+
+
+KILLER = """
+import os, signal, sys
+import geofm.io, geofm.analyze.stage as stage
+point, count = sys.argv[2], int(sys.argv[3])
+calls = [0]
+def die(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] >= count:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+if point == "rename":
+    real = geofm.io._replace
+    geofm.io._replace = die
+else:
+    real = stage._write_changes
+    stage._write_changes = die
+stage.analyze(sys.argv[1], n_components=3, max_plots=0, progress=False)
+"""
+
+
+@pytest.mark.parametrize("point,count", [("write", 1), ("rename", 3)])
+def test_kill_9_during_an_update_then_rerun(grown, tmp_path, point, count):
+    rr, _ = grown
+    clean = RunRoot.of(tmp_path / "clean")
+    shutil.copytree(rr.path, clean.path)
+    analyze(clean.path, **OPTS)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(rr.path), point, str(count)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (rr.analysis_dir / ".pending").exists()
+    record = analyze(rr.path, **OPTS)
+    if point == "rename":  # committed before the kill: the re-run finds it done
+        assert record.counts.get("skipped") == 1
+    pd.testing.assert_frame_equal(_changes(rr), _changes(clean))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(clean))
+    pd.testing.assert_frame_equal(_alerts(rr), _alerts(clean))
+    assert not (rr.analysis_dir / ".pending").exists()
+    state = json.loads(rr.analysis_state_path.read_text())
+    assert [u["kind"] for u in state["updates"]] == ["reference", "update"]
