@@ -18,7 +18,9 @@ neighbour overviews (``OVERVIEWS=AUTO``), DEFLATE-compressed.
 
 ``analysis/rasters/mosaic.vrt`` puts all tiles that share a CRS into one virtual
 raster (a GDAL VRT written here as XML: tiles as ``ComplexSource`` with their nodata,
-so one tile's empty pixels do not hide another's). Tiles in other CRSs (another UTM
+so one tile's empty pixels do not hide another's; where tiles overlap, the tile first by
+code is drawn on top: it holds the chip that duplicates point to, so the mosaic shows
+each change once). Tiles in other CRSs (another UTM
 zone) get one mosaic per CRS, ``mosaic_<epsg>.vrt``; nothing is reprojected.
 """
 
@@ -159,7 +161,7 @@ def mosaic_vrt(tiles: list[dict[str, Any]], *, epsg: int) -> str:
 
     Returns:
         The XML text (sources relative to the VRT; fractional offsets where tile grids
-        are not aligned).
+        are not aligned; the tile first by name drawn last, on top).
     """
     from pyproj import CRS
 
@@ -178,7 +180,7 @@ def mosaic_vrt(tiles: list[dict[str, Any]], *, epsg: int) -> str:
         lines += [f'  <VRTRasterBand dataType="Float32" band="{b}">',
                   f"    <Description>{band}</Description>",
                   f"    <NoDataValue>{NODATA}</NoDataValue>"]
-        for t in tiles:
+        for t in sorted(tiles, key=lambda t: t["name"], reverse=True):
             scale = t["size"] / size
             xoff = (t["x0"] - x0) / size
             yoff = (y0 - t["y0"]) / size
