@@ -86,9 +86,8 @@ def test_stage_writes_one_cog_per_tile(tmp_path):
     import geopandas as gpd
     import rasterio
 
-    from tests.analyze.test_incremental import OPTS, STEPS, _date, write_dates
-
     from geofm.analyze import analyze
+    from tests.analyze.test_incremental import OPTS, STEPS, _date, write_dates
 
     rr = write_dates(tmp_path / "root", range(30))
     analyze(rr.path, **OPTS)
