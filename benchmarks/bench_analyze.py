@@ -12,9 +12,16 @@ RSS. Baselines measured in the same run:
   no I/O), against sklearn ``Lasso`` fitted chip by chip on ``--sklearn-chips`` chips
   (extrapolated linearly).
 
+``--update`` measures the cost of an incremental update instead: ``--chips`` chips x
+``--dates`` dates are analysed from scratch (the reference), then one more date is
+written and ``analyze`` run again (an update: only the new file is read and scored);
+both runs without plots or rasters, each in a fresh subprocess. Reported: both wall
+times and the update's share of the full run (goal <= 5 %).
+
 Usage::
 
     python benchmarks/bench_analyze.py --chips 20000 --dates 60
+    python benchmarks/bench_analyze.py --update --chips 20000 --dates 60
     python benchmarks/bench_analyze.py --quick
 """
 
@@ -37,7 +44,12 @@ DIM = 768
 
 
 def write_run_root(root: Path, n_chips: int, n_dates: int, *, seed: int = 0,
-                   change_fraction: float = 0.05) -> None:
+                   change_fraction: float = 0.05, only: range | None = None) -> None:
+    """Write ``n_dates`` dates of synthetic embeddings (``only``: just those date indexes).
+
+    Each date draws its clouds and noise from its own seeded generator, so writing the
+    dates in two goes gives the same files as writing them at once.
+    """
     import geopandas as gpd
     import shapely
 
@@ -59,6 +71,9 @@ def write_run_root(root: Path, n_chips: int, n_dates: int, *, seed: int = 0,
     rr.embeddings_dir.mkdir(parents=True, exist_ok=True)
     rr.meta_dir.mkdir(parents=True, exist_ok=True)
     for t, date in enumerate(dates):
+        if only is not None and t not in only:
+            continue
+        rng = np.random.default_rng([seed, t])
         scene = f"S2A_33UUP_{date:%Y%m%d}_0_L2A"
         present = rng.random(n_chips) > 0.15  # clouds: 15% of chips missing per date
         idx = np.flatnonzero(present)
@@ -119,6 +134,27 @@ def detect_only(n_chips: int, n_dates: int, sk_chips: int) -> dict:
     return {"batched_s": t_batched, "sklearn_loop_s_extrapolated": t_sk}
 
 
+def update_cost(work: Path, n_chips: int, n_dates: int, *, signal: str) -> dict:
+    """Full analysis of ``n_dates`` dates, then an update with one more date; times."""
+    root = work / f"update_{n_chips}_{n_dates}"
+    total = n_dates + 1
+    t0 = time.perf_counter()
+    if not (root / "embeddings").exists():
+        write_run_root(root, n_chips, total, only=range(n_dates))
+    t_gen = time.perf_counter() - t0
+    call = (f"from geofm.analyze import analyze\nr = analyze({str(root)!r}, signal={signal!r}, "
+            "max_plots=0, rasters=False, progress=False{extra})\nprint('COUNTS', r.counts)")
+    t_full, rss_full = run_child(call.format(extra=", refit=True"))
+    write_run_root(root, n_chips, total, only=range(n_dates, total))
+    t_up, rss_up = run_child(call.format(extra=""))
+    stage = json.loads((root / "run.json").read_text())["stages"]["analyze"]
+    assert stage["updates"][-1]["kind"] == "update", stage["updates"][-1]
+    return dict(chips=n_chips, dates=n_dates, gen_s=t_gen, full_s=t_full, update_s=t_up,
+                share=t_up / t_full, full_rss_mib=rss_full, update_rss_mib=rss_up,
+                new_observations=stage["counts"]["new_observations"],
+                alerts=stage["counts"]["alerts"], changed=stage["counts"]["changed"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chips", type=int, nargs="+", default=[10_000, 20_000])
@@ -128,7 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signal", default="pc1")
     parser.add_argument("--quick", action="store_true", help="2,000 chips x 24 dates")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--update", action="store_true",
+                        help="time an update of one new date against the full analysis")
     args = parser.parse_args(argv)
+    if args.update:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = args.work or Path(tmp)
+            print("| chips | dates | full analysis s | update (+1 date) s | update / full "
+                  "| full peak RSS MiB | update peak RSS MiB | new observations | alerts |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for n in args.chips:
+                r = update_cost(work, n, args.dates, signal=args.signal)
+                print(f"| {r['chips']} | {r['dates']} | {r['full_s']:.1f} | "
+                      f"{r['update_s']:.1f} | {100 * r['share']:.1f} % | "
+                      f"{r['full_rss_mib']:.0f} | {r['update_rss_mib']:.0f} | "
+                      f"{r['new_observations']} | {r['alerts']} |", flush=True)
+        return 0
     if args.quick:
         args.chips, args.dates, args.detect_chips, args.sklearn_chips = [2000], 24, 20_000, 100
     rows = []

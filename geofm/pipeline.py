@@ -14,7 +14,10 @@ function, so the schema *is* the library API and cannot drift from it::
 
 Unknown keys and values of the wrong type are errors that list what is valid. Command
 line flags override the file (``--set embed.batch_size=32`` reaches any option).
-Re-running resumes: every stage skips work whose output is complete.
+Re-running resumes: every stage skips work whose output is complete. Re-running on a
+grown item set (a STAC search window moved forward) does only the new work: chip and
+embed process the new scenes, analyze updates incrementally against its reference
+(alerts for what changed, see :mod:`geofm.analyze.alerts`), index appends.
 """
 
 from __future__ import annotations

@@ -105,3 +105,35 @@ def test_run_with_a_bad_scene_keeps_the_rest_and_fails(synth_dir, tmp_path):
     assert stages["chip"]["status"] == "failed"
     assert first.name in json.dumps(stages["chip"]["failures"])
     assert stages["index"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_run_on_a_growing_item_set_does_only_new_work(synth_dir, tmp_path):
+    """The monitoring loop: `geofm run` again after new acquisitions arrive."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    items = sorted((data / "items").glob("*.json"),
+                   key=lambda p: json.loads(p.read_text())["properties"]["datetime"])
+    later = data / "later"
+    later.mkdir()
+    for p in items[-3:]:  # the last three acquisitions arrive later
+        p.rename(later / p.name)
+    root = tmp_path / "run"
+    argv = ["run", "--items", str(data / "items"), "--root", str(root), "--chip-size", "64",
+            "--model", "tiny", "--no-progress"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+        for p in later.iterdir():
+            p.rename(data / "items" / p.name)
+        assert main(argv) == 0
+    stages = json.loads((root / "run.json").read_text())["stages"]
+    assert stages["chip"]["counts"]["skipped_scenes"] == len(items) - 3
+    updates = stages["analyze"]["updates"]
+    assert [u["kind"] for u in updates] == ["reference", "update"]
+    assert updates[1]["scenes_added"] == 3
+    assert stages["analyze"]["counts"]["embeddings"] < stages["analyze"]["counts"][
+        "observations"]  # only the new files were read
+    emb = pd.concat(pd.read_parquet(p) for p in sorted((root / "embeddings").glob("*.parquet")))
+    assert len(pd.read_parquet(root / "analysis" / "timeseries.parquet")) == len(emb)
+    assert len(pd.read_parquet(root / "consolidated.parquet")) == len(emb) > 0
