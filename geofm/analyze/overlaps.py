@@ -140,6 +140,18 @@ def overlap_groups(overlaps: pd.DataFrame) -> dict[str, str]:
     return {k: v[1] for k, v in rep.items()}
 
 
+def place_of(root: Any) -> dict[str, str]:
+    """Chip id -> representative chip of its place, from ``analysis/overlaps.parquet``.
+
+    Empty when the run has no overlaps (one tile, or not analysed yet): every chip is
+    then its own place. Used by ``search(..., distinct=True)``.
+    """
+    from geofm.layout import RunRoot
+
+    pairs = read_overlaps(RunRoot.of(root).overlaps_path)
+    return {} if pairs is None or not len(pairs) else overlap_groups(pairs)
+
+
 def read_overlaps(path: Any) -> pd.DataFrame | None:
     """``analysis/overlaps.parquet`` as a DataFrame (None if absent)."""
     from pathlib import Path

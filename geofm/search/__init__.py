@@ -131,7 +131,9 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
             index's, 32); raise it for higher recall on weakly clustered vectors.
         refine_factor: re-rank ``refine_factor * k`` ANN candidates exactly (default 20).
         distinct: one result per chip location (its most similar acquisition), so the
-            ``k`` results are ``k`` different places.
+            ``k`` results are ``k`` different places; chips of overlapping tiles on the
+            same ground (``analysis/overlaps.parquet``, :mod:`geofm.analyze.overlaps`)
+            count as one place.
         text: full-text query over the descriptions of ``geofm index --describe``:
             alone, or hybrid with ``chip_ids``/``vector`` (see :mod:`geofm.search.text`;
             adds ``score`` and ``description``, ranked by ``score``).
@@ -185,6 +187,7 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
     if len(query.negatives):
         columns.append(query.column)
     fetch = k if box is None and not len(query.negatives) and not distinct else 2 * k + 10
+    places = _places(root) if distinct else {}
     while True:
         builder: Any = table.search(query.vector, vector_column_name=query.column)
         builder = builder.distance_type("cosine").select(columns).limit(fetch)
@@ -207,7 +210,7 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
             rows = rows[to_neg <= to_pos]
         if distinct:
             rows = rows.sort_values("similarity", ascending=False, kind="stable")
-            rows = rows.drop_duplicates("chip_id")
+            rows = rows[~_place_keys(rows["chip_id"], places).duplicated()]
         if len(rows) >= k or got < fetch:
             break
         fetch *= 4
@@ -221,6 +224,18 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
                              "embedding": info.embedding, "filter": where,
                              "negatives": list(negative_chip_ids)}
     return result
+
+
+def _places(root: RunRoot) -> dict[str, str]:
+    """Chip id -> representative chip of its place across overlapping tiles."""
+    from geofm.analyze.overlaps import place_of
+
+    return place_of(root)
+
+
+def _place_keys(chip_ids: Any, places: dict[str, str]) -> Any:
+    """Per result row, its place: the representative chip, or the chip itself."""
+    return chip_ids.map(lambda c: places.get(c, c))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

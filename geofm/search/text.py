@@ -59,7 +59,7 @@ def text_search(root: RunRoot, table: lancedb.table.Table, info: IndexInfo, *, t
     import shapely
 
     from geofm.index.table import FTS_COLUMN, TEXT_COLUMNS
-    from geofm.search import _RESULT_COLUMNS, build_filter, parse_bbox
+    from geofm.search import _RESULT_COLUMNS, _place_keys, _places, build_filter, parse_bbox
     from geofm.search.query import build_query
 
     if not text.strip():
@@ -78,6 +78,7 @@ def text_search(root: RunRoot, table: lancedb.table.Table, info: IndexInfo, *, t
     if query is not None:
         columns.append(query.column)
     fetch = k if box is None and not distinct else 2 * k + 10
+    places = _places(root) if distinct else {}
     while True:
         builder: Any
         if query is not None:
@@ -110,7 +111,7 @@ def text_search(root: RunRoot, table: lancedb.table.Table, info: IndexInfo, *, t
             rows = rows[shapely.intersects(rows["geometry"].to_numpy(), box)]
         rows = rows.sort_values("score", ascending=False, kind="stable")
         if distinct:
-            rows = rows.drop_duplicates("chip_id")
+            rows = rows[~_place_keys(rows["chip_id"], places).duplicated()]
         if len(rows) >= k or got < fetch:
             break
         fetch *= 4

@@ -236,6 +236,25 @@ def test_distinct_gives_one_hit_per_place_with_its_best_acquisition(indexed):
     np.testing.assert_allclose(res["similarity"], best["similarity"], rtol=1e-6)
 
 
+def test_distinct_counts_overlapping_chips_of_two_tiles_as_one_place(tmp_path,
+                                                                     make_embedded_root):
+    root = RunRoot.of(tmp_path / "root")
+    make_embedded_root(root.path, n_classes=3, per_class=8, dim=16, noise=0.3)
+    build_index(root.path)
+    plain = search(root.path, chip_ids=[QUERY], k=4, distinct=True)
+    first, second = plain["chip_id"].iloc[:2]
+    # as if `second` were the other tile's chip of the same ground as `first`
+    pairs = pd.DataFrame({"chip_id": [first, second], "other_chip_id": [second, first],
+                          "tile": ["33UUP", "33UVP"], "other_tile": ["33UVP", "33UUP"],
+                          "share": np.float32([1.0, 1.0])})
+    root.analysis_dir.mkdir()
+    pairs.to_parquet(root.overlaps_path, index=False)
+    res = search(root.path, chip_ids=[QUERY], k=4, distinct=True)
+    assert first in set(res["chip_id"]) and second not in set(res["chip_id"])
+    assert len(res) == 4
+    assert list(res["chip_id"].iloc[1:3]) == list(plain["chip_id"].iloc[2:4])
+
+
 def _pickled_npy(path):
     np.save(path, np.array([{"a": 1}, [1.0, 2.0]], dtype=object), allow_pickle=True)
 
