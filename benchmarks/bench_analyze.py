@@ -141,6 +141,9 @@ def update_cost(work: Path, n_chips: int, n_dates: int, *, signal: str) -> dict:
     t0 = time.perf_counter()
     if not (root / "embeddings").exists():
         write_run_root(root, n_chips, total, only=range(n_dates))
+    for folder in ("embeddings", "meta"):  # a kept --work root: back to n_dates dates
+        for extra in sorted((root / folder).glob("*.parquet"))[n_dates:]:
+            extra.unlink()
     t_gen = time.perf_counter() - t0
     call = (f"from geofm.analyze import analyze\nr = analyze({str(root)!r}, signal={signal!r}, "
             "max_plots=0, rasters=False, progress=False{extra})\nprint('COUNTS', r.counts)")

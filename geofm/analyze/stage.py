@@ -75,8 +75,6 @@ CENTER_MODES = ("scene", "none")
 #: Fewest valid chips in a scene for its median embedding to be subtracted.
 MIN_CENTER_CHIPS = 8
 
-_FINGERPRINT_KEY = b"geofm_analyze"
-
 
 def _parse_date(value: str | pd.Timestamp | None, name: str) -> pd.Timestamp | None:
     if value is None:
@@ -499,12 +497,12 @@ def _update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[
                    base=np.zeros(sel.size, bool))
         new.sig = new.values(o.signal_pc)[:, 0].astype(np.float32)
         _score(new, fit, o.signal_pc, np.arange(sel.size))
-        seen = set(zip(old_obs.chip.tolist(), (old_obs.ns // NS_PER_DAY).tolist(),
-                       strict=True)) if sel.size < old_obs.chip.size else None
-        if seen is not None:
-            again = sum((c, d) in seen for c, d in zip(new.chip.tolist(),
-                                                       (new.ns // NS_PER_DAY).tolist(),
-                                                       strict=True))
+        if old_obs.chip.size and sel.size:
+            span = np.int64(1) << 32  # chip-day keys: chip * 2**32 + day
+            new_day = new.ns // NS_PER_DAY
+            late = np.flatnonzero(old_obs.ns // NS_PER_DAY >= new_day.min())
+            again = int(np.isin(new.chip * span + new_day, old_obs.chip[late] * span
+                                + old_obs.ns[late] // NS_PER_DAY).sum()) if late.size else 0
             if again:
                 log.warning("analyze: %d new observation(s) fall on a day already analysed for "
                             "their chip; they are kept beside the earlier one (a refit would "
@@ -583,6 +581,7 @@ def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: _Work,
     if len(scene_added) <= 20:
         entry["scene_ids"] = list(scene_added)
     state["updates"] = [*state["updates"], entry]
+    state["fingerprint"] = fingerprint  # of the embeddings files and options
 
     staged.begin()
     for name, writer in work.files.items():
@@ -590,7 +589,7 @@ def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: _Work,
     _write_timeseries(staged.path("timeseries.parquet"), obs, work.chip_ids,
                       grid.gather(out["anomaly"]), o.n_components)
     _write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
-                   work.chip_ids, meta, out, work.fit, change_ns, fingerprint, duplicate)
+                   work.chip_ids, meta, out, work.fit, change_ns, duplicate)
     new_alerts_path = staged.path("alerts.geojson")
     new_alerts_path.write_text(alerts_geojson(new_alerts), encoding="utf-8")
     all_alerts = all_alerts.reset_index(drop=True)
@@ -943,7 +942,7 @@ def _write_timeseries(path: Path, obs: _Obs, chip_ids: np.ndarray, anomaly: np.n
 
 def _write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd.DataFrame,
                    out: dict[str, np.ndarray], fit: SeasonalFit, change_ns: np.ndarray,
-                   fingerprint: str, duplicate: np.ndarray) -> None:
+                   duplicate: np.ndarray) -> None:
     import geopandas as gpd
     import shapely
 
@@ -965,10 +964,6 @@ def _write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: p
         "duplicate_of": pd.Series(duplicate, dtype=object),
     }, geometry=gpd.GeoSeries(list(meta["geometry"]), crs="EPSG:4326"))
     frame.to_parquet(path, index=False)
-    table = pq.read_table(path)  # add the inputs' fingerprint beside the "geo" metadata
-    schema_meta = dict(table.schema.metadata or {})
-    schema_meta[_FINGERPRINT_KEY] = fingerprint.encode()
-    pq.write_table(table.replace_schema_metadata(schema_meta), path)
 
     geoms = np.asarray(list(meta["geometry"]), dtype=object)
     texts = shapely.to_geojson(geoms)
