@@ -275,6 +275,7 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
         _check_model(rr, scene_ids, files, record)
         signatures = {s: file_signature(f) for s, f in zip(scene_ids, files, strict=True)}
         state = read_state(rr)
+        published = _published_changes(rr)
         fresh = refit or overwrite or state is None
         if state is None and rr.changes_path.exists() and not fresh:
             raise GeofmFileExistsError(
@@ -300,7 +301,7 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
                 record.counts["skipped"] = 1
                 record.extra["updates"] = state["updates"]
                 return record
-            work = _update(rr, record, state, todo, gone, opts, plot_chips)
+            work = _update(rr, record, state, todo, gone, opts, plot_chips, published)
         else:
             work = _reference(rr, record, files, scene_ids, opts, pca_model, plot_chips,
                               baseline_start=baseline_start, monitor_start=monitor_start,
@@ -314,7 +315,8 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
                 "scenes": {}, "updates": (state or {}).get("updates", [])}
             todo, gone = scene_ids, []
         state["scenes"] = {s: signatures[s] for s in scene_ids}
-        _publish(rr, record, staged, work, state, opts, scene_added=todo, scene_removed=gone,
+        _publish(rr, record, staged, work, state, opts, published, scene_added=todo,
+                 scene_removed=gone,
                  fingerprint=_fingerprint(files, config), plot_chips=plot_chips,
                  max_plots=max_plots, rasters=rasters)
     return record
@@ -460,7 +462,8 @@ def _reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: l
 
 
 def _update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[str],
-            gone: list[str], o: _Options, plot_chips: Sequence[str]) -> _Work:
+            gone: list[str], o: _Options, plot_chips: Sequence[str],
+            published: pd.DataFrame | None) -> _Work:
     """Score the observations of new (or re-embedded) files against the stored reference."""
     reference = Reference.load(rr.reference_path)
     pca_model = PCAModel.load(rr.pca_path)
@@ -513,7 +516,7 @@ def _update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[
     log.info("analyze update: %d new file(s) (%d embeddings, %d observations) scored against "
              "reference %s; %d file(s) dropped", len(todo), n_rows, sel.size, reference.id,
              len(gone))
-    geoms = _chip_meta(rr, chip_ids, record, known=_stored_chip_meta(rr))
+    geoms = _chip_meta(rr, chip_ids, record, known=published)
     return _Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=merged, kind="update",
                  n_rows=n_rows, n_new=int(sel.size), files={}, meta=geoms)
 
@@ -527,11 +530,12 @@ def _score(obs: _Obs, fit: SeasonalFit, signal_pc: int | None | slice,
 
 
 def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: _Work,
-             state: dict[str, Any], o: _Options, *, scene_added: list[str],
+             state: dict[str, Any], o: _Options, published: pd.DataFrame | None, *,
+             scene_added: list[str],
              scene_removed: list[str], fingerprint: str, plot_chips: Sequence[str],
              max_plots: int | None, rasters: bool) -> None:
     """Assess every chip, find the alerts and publish all outputs of this analysis at once."""
-    obs = work.obs.take(np.lexsort((work.obs.ns, work.obs.chip)))
+    obs = work.obs.take(_chip_date_order(work.obs.chip, work.obs.ns))
     n_chips = work.chip_ids.size
     grid = _Padded(obs.chip, n_chips, np.ones(obs.chip.size, dtype=bool))
     valid = grid.take(np.isfinite(obs.values(o.signal_pc)).all(axis=1), False)
@@ -547,8 +551,10 @@ def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: _Work,
     confirm_ns = ns_grid[rows, confirm]
     confirm_scene = grid.take(obs.scene, -1)[rows, confirm]
 
-    previous = _previous_status(rr)
-    prev = np.array([previous.get(c) for c in work.chip_ids.tolist()], dtype=object)
+    prev: np.ndarray = np.full(work.chip_ids.size, None, dtype=object)
+    if published is not None and len(published):
+        pos = pd.Index(published["chip_id"].astype(str)).get_indexer(work.chip_ids.astype(str))
+        prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
     alert = out["change"] & (prev != CHANGE)
     now = pd.Timestamp.now(tz="UTC")
     update_no = len(state["updates"]) + 1
@@ -637,13 +643,18 @@ def _check_plot_chips(plot_chips: Sequence[str], chip_ids: np.ndarray, rr: RunRo
                               "use chip ids from meta/<scene>.parquet.")
 
 
-def _previous_status(rr: RunRoot) -> dict[str, str]:
-    """Chip id -> status as last published (empty before the first analysis)."""
-    if not rr.changes_path.is_file():
-        return {}
-    table = read_table(rr.changes_path, made_by="analyze", columns=["chip_id", "status"])
-    return dict(zip(table.column("chip_id").to_pylist(), table.column("status").to_pylist(),
-                    strict=True))
+def _chip_date_order(chip: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """Indexes that sort observations by chip, then date (stable).
+
+    A stable sort on the chip alone when dates already ascend within each chip (the
+    published series followed by newer observations: two sorted runs, merged in linear
+    time), else a full lexicographic sort.
+    """
+    order = np.argsort(chip, kind="stable")
+    c, t = chip[order], ns[order]
+    if np.any((c[1:] == c[:-1]) & (t[1:] < t[:-1])):
+        order = np.lexsort((ns, chip))
+    return order
 
 
 def _read_timeseries(rr: RunRoot, n_components: int, *, drop_scenes: set[str]
@@ -905,14 +916,18 @@ def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
     return frame
 
 
-def _stored_chip_meta(rr: RunRoot) -> pd.DataFrame | None:
-    """The per-chip columns of the published ``changes.parquet`` (None if absent)."""
+def _published_changes(rr: RunRoot) -> pd.DataFrame | None:
+    """The published ``changes.parquet`` (None before the first analysis).
+
+    Columns ``chip_id``, ``status``, ``geometry`` (shapely) and the
+    :data:`CHIP_META_COLUMNS` it has.
+    """
     import shapely
 
     if not rr.changes_path.is_file():
         return None
     names = read_schema(rr.changes_path, made_by="analyze").names
-    cols = ["chip_id", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
+    cols = ["chip_id", "status", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
     frame = read_table(rr.changes_path, made_by="analyze", columns=cols).to_pandas()
     frame["geometry"] = list(shapely.from_wkb(frame["geometry"].to_numpy()))
     return frame
