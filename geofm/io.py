@@ -129,8 +129,10 @@ class StagedFiles:
         """The staging path of target ``folder/name`` (``name`` may hold sub-folders)."""
         rel = Path(name)
         if rel.is_absolute() or ".." in rel.parts or name == self.MARKER:
-            raise ValueError(f"staged file name {name!r} must be a relative path inside "
-                             f"{self.folder}")
+            from geofm.exceptions import GeofmValueError
+
+            raise GeofmValueError(f"staged file name {name!r} must be a relative path inside "
+                                  f"{self.folder} (and not {self.MARKER!r})")
         if name not in self.names:
             self.names.append(name)
         out = self.staging / rel

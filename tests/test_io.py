@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -47,3 +48,60 @@ def test_resolve_href(href, base, expected):
 def test_is_remote():
     assert is_remote("s3://b/k") and is_remote("https://h/x")
     assert not is_remote("/tmp/x") and not is_remote("file:///tmp/x")
+
+
+def _staged(folder, **files):
+    from geofm.io import StagedFiles
+
+    group = StagedFiles(folder).begin()
+    for name, text in files.items():
+        group.path(name.replace("__", "/")).write_text(text)
+    return group
+
+
+def test_staged_files_publish_together(tmp_path):
+    (tmp_path / "a.txt").write_text("old a")
+    group = _staged(tmp_path, **{"a.txt": "new a", "sub__b.txt": "new b"})
+    assert (tmp_path / "a.txt").read_text() == "old a"  # nothing visible before commit
+    group.commit()
+    assert (tmp_path / "a.txt").read_text() == "new a"
+    assert (tmp_path / "sub" / "b.txt").read_text() == "new b"
+    assert not (tmp_path / ".pending").exists()
+
+
+def test_staged_files_recover_rolls_back_or_forward(tmp_path, monkeypatch):
+    import geofm.io
+    from geofm.io import StagedFiles
+
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "b.txt").write_text("old b")
+    _staged(tmp_path, **{"a.txt": "new a", "b.txt": "new b"})  # killed before commit
+    assert StagedFiles(tmp_path).recover() is False
+    assert (tmp_path / "a.txt").read_text() == "old a" and not (tmp_path / ".pending").exists()
+
+    group = _staged(tmp_path, **{"a.txt": "new a", "b.txt": "new b"})
+    calls = []
+
+    def die_after_one(src, dst):
+        if calls:
+            raise KeyboardInterrupt  # the process stops between two renames
+        calls.append(dst)
+        os.replace(src, dst)
+
+    monkeypatch.setattr(geofm.io, "_replace", die_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        group.commit()
+    assert (tmp_path / "a.txt").read_text() == "new a"
+    assert (tmp_path / "b.txt").read_text() == "old b"  # a mix, until recovery
+    monkeypatch.undo()
+    assert StagedFiles(tmp_path).recover() is True
+    assert (tmp_path / "b.txt").read_text() == "new b"
+    assert not (tmp_path / ".pending").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "COMMITTED"])
+def test_staged_names_stay_inside(tmp_path, name):
+    from geofm.io import StagedFiles
+
+    with pytest.raises(ValueError, match="must be a relative path"):
+        StagedFiles(tmp_path).path(name)
