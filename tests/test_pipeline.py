@@ -79,8 +79,9 @@ def test_run_end_to_end_counts_agree(synth_dir, tmp_path):
     assert len(consolidated) == len(emb)
 
     # a re-run resumes: nothing is recomputed, no file changes
+    # (run.json records the re-run; the writer lock file names its holder on every run)
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()
-              and p.name != "run.json"}
+              and p.name not in ("run.json", ".geofm.lock")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["run", "--config", str(config), "--no-progress"]) == 0
