@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("geofm.demo", "synth + run + example searches + report; no network, no weights"),
     "finetune": ("geofm.finetune", "train a head on the frozen encoder"),
     "predict": ("geofm.finetune.predict", "apply a trained head; write class-map GeoTIFFs"),
+    "serve": ("geofm.serve", "the map app over a run root: changes, timelines, search"),
 }
 
 log = logging.getLogger("geofm")
