@@ -806,9 +806,10 @@
     chipCanvas.addTo(map);
     wire();
     renderQueryLists();
+    renderChanges();
     route(true);
   }
 
-  window.geofm = { state, selectChip, runSearch };
+  window.geofm = { state, selectChip, runSearch, get map() { return map; } };
   document.addEventListener("DOMContentLoaded", start);
 })();
