@@ -22,7 +22,8 @@ Routes (all ``GET``; JSON unless said otherwise):
 ========================================  =============================================
 
 Errors come back as ``{"error": message, "kind": class name}`` with status 400 (bad
-parameter), 404 (unknown chip or file), 409 (missing or incompatible search index).
+parameter), 404 (unknown chip or file), 409 (missing or incompatible search index), 403
+(on a loopback address, a request whose ``Host`` is not this machine: DNS rebinding).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "geofm-serve"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
+    def log_message(self, format: str, *args: Any) -> None:
         """Request lines go to the debug log, not to stderr."""
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -138,16 +139,20 @@ class Handler(BaseHTTPRequestHandler):
         self._json({"error": message, "kind": kind, **fields}, status)
 
     # --- dispatch -----------------------------------------------------------------------
-    def do_HEAD(self) -> None:  # noqa: N802 (stdlib name)
+    def do_HEAD(self) -> None:
         """Like GET without the body."""
         self.do_GET()
 
-    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+    def do_GET(self) -> None:
         """Answer one GET request."""
         url = urlsplit(self.path)
         params = parse_qs(url.query, keep_blank_values=True)
         path = unquote(url.path)
         data = self.server.data
+        if not self._host_allowed():
+            self._error(403, "this server answers only requests addressed to this machine "
+                        "(Host localhost or 127.0.0.1)", "Forbidden")
+            return
         try:
             if path in ("/", "/index.html"):
                 self._static("index.html", cache=False)
@@ -189,6 +194,28 @@ class Handler(BaseHTTPRequestHandler):
                 self._error(500, f"internal error: {type(exc).__name__}: {exc}", "InternalError")
             except OSError:
                 pass
+
+    def _host_allowed(self) -> bool:
+        """On a loopback address, only ``Host: localhost / 127.x / [::1]`` requests.
+
+        A web page elsewhere cannot then read the app through DNS rebinding (a name of
+        its own that resolves to 127.0.0.1); with ``--host 0.0.0.0`` any Host is served.
+        """
+        import ipaddress
+
+        bound = str(self.server.server_address[0])
+        try:
+            if not ipaddress.ip_address(bound).is_loopback:
+                return True
+        except ValueError:
+            return True
+        host = urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     def _static(self, rel: str, *, cache: bool) -> None:
         base = self.server.static

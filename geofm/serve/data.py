@@ -159,10 +159,11 @@ def _numbers(values: Any, digits: int = 6) -> list[float | None]:
 def quad_corners(geometries: Any) -> np.ndarray:
     """WGS84 footprint polygons -> their 4 corners, float32 [N, 4, 2] (lon, lat).
 
-    A polygon is simplified (vertices within 1 % of its size of a straight edge are
-    dropped, which leaves a projected, densified chip box with its 4 corners); one that
-    is then not a quadrilateral is replaced by its minimum rotated rectangle. Missing or empty
-    geometries give NaN corners.
+    A chip footprint is a box in the native CRS, densified and projected, so its exterior
+    ring turns sharply at 4 vertices (about 90 degrees) and hardly at all elsewhere; those
+    4 vertices are kept, in ring order. A polygon without 4 such clear corners (a
+    triangle, a pentagon, a circle) is replaced by its minimum rotated rectangle.
+    Missing or empty geometries give NaN corners.
 
     Args:
         geometries: array-like of shapely geometries (or None), length N.
@@ -174,20 +175,33 @@ def quad_corners(geometries: Any) -> np.ndarray:
     out = np.full((geoms.size, 4, 2), np.nan, dtype=np.float32)
     ok = np.array([g is not None for g in geoms], dtype=bool)
     ok[ok] = ~shapely.is_empty(geoms[ok])
-    if not ok.any():
+    idx = np.flatnonzero(ok)
+    if not idx.size:
         return out
-    # Footprints are projected, densified boxes: their edges bow by far less than 1 % of
-    # the chip size, so Douglas-Peucker at that tolerance keeps exactly the corners.
-    tolerance = 0.01 * np.sqrt(shapely.area(geoms[ok]))
-    polys = shapely.simplify(geoms[ok], tolerance, preserve_topology=True)
-    quad = shapely.get_num_coordinates(polys) == 5
-    polys[~quad] = shapely.oriented_envelope(polys[~quad])
-    rings = shapely.get_exterior_ring(polys)
+    rings = shapely.get_exterior_ring(geoms[idx])
     counts = shapely.get_num_coordinates(rings)
-    good = counts == 5  # a degenerate envelope (a line or a point) stays NaN
-    coords = shapely.get_coordinates(rings[good]).reshape(-1, 5, 2)[:, :4]
-    idx = np.flatnonzero(ok)[good]
-    out[idx] = coords
+    done = np.zeros(idx.size, dtype=bool)
+    for count in np.unique(counts[counts >= 5]):  # usually one value: every chip alike
+        sel = np.flatnonzero(counts == count)
+        pts = shapely.get_coordinates(rings[sel]).reshape(sel.size, count, 2)[:, :-1]
+        back = pts - np.roll(pts, 1, axis=1)
+        ahead = np.roll(pts, -1, axis=1) - pts
+        turn = np.abs(np.arctan2(back[..., 0] * ahead[..., 1] - back[..., 1] * ahead[..., 0],
+                                 (back * ahead).sum(axis=-1)))
+        order = np.argsort(-turn, axis=1)
+        corners = np.sort(order[:, :4], axis=1)
+        fourth = np.take_along_axis(turn, order[:, 3:4], axis=1)[:, 0]
+        fifth = (np.take_along_axis(turn, order[:, 4:5], axis=1)[:, 0] if count > 5
+                 else np.zeros(sel.size))
+        clear = (fourth > 0.35) & (fifth < 0.1)  # 4 turns of > 20 degrees, no 5th > 6
+        out[idx[sel[clear]]] = np.take_along_axis(pts[clear], corners[clear][..., None],
+                                                  axis=1)
+        done[sel[clear]] = True
+    rest = np.flatnonzero(~done)
+    if rest.size:
+        boxes = shapely.get_exterior_ring(shapely.oriented_envelope(geoms[idx[rest]]))
+        good = shapely.get_num_coordinates(boxes) == 5  # a degenerate envelope stays NaN
+        out[idx[rest[good]]] = shapely.get_coordinates(boxes[good]).reshape(-1, 5, 2)[:, :4]
     return out
 
 
@@ -228,6 +242,9 @@ class RunData:
         self._lock = threading.Lock()
         self._layer: ChipLayer | None = None
         self._blobs: dict[str, bytes] = {}
+        #: scene id -> (smallest, largest) chip id in its meta file (a tile's chips share
+        #: a prefix, so a chip's acquisitions are looked up in its tile's files only).
+        self._id_ranges: dict[str, tuple[str, str] | None] = {}
 
     # --- what exists --------------------------------------------------------------------
     @property
@@ -263,11 +280,9 @@ class RunData:
             "changed", "no_change", "insufficient", "not_analysed", "acquisitions",
             "indexed"}, "model" (identity or None), "random_weights" (bool or None),
             "analysis" (bool), "index" (bool), "missing" [{"stage", "message",
-            "command"}], "timeline" {"signal", "threshold", "baseline_start",
-            "monitor_start"}}``.
+            "command"}], "bounds" (WGS84 W, S, E, N), "timeline" {"signal",
+            "threshold", "baseline_start", "monitor_start"}}``.
         """
-        import numpy as np
-
         from geofm.manifest import read_manifest
 
         manifest = read_manifest(self.root)
@@ -317,7 +332,6 @@ class RunData:
                          "threshold": float(config.get("threshold", 3.0)),
                          "baseline_start": extra.get("baseline_start"),
                          "monitor_start": extra.get("monitor_start")},
-            "footprints": int(np.isfinite(layer.corners[:, 0, 0]).sum()),
         }
 
     def _model_identity(self, stages: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -374,16 +388,17 @@ class RunData:
         geometry: dict[str, Any] = {}
         for scene in self.root.scene_ids(self.root.meta_dir):
             path = self.root.meta_path(scene)
-            ids = pq.read_table(path, columns=["chip_id"]).column("chip_id")
-            ids_np = ids.to_numpy(zero_copy_only=False)
-            new = np.flatnonzero(~pd.Index(ids_np).isin(pd.Index(list(geometry))))
-            if not new.size:
+            ids = pq.read_table(path, columns=["chip_id"]).column("chip_id").to_pylist()
+            present = [c for c in ids if c is not None]
+            self._id_ranges[scene] = (min(present), max(present)) if present else None
+            new = [j for j, cid in enumerate(ids) if cid not in geometry]
+            if not new:
                 continue
             names = pq.read_schema(path).names
             wkb = (pq.read_table(path, columns=["geometry"]).column("geometry")
-                   .take(pa.array(new)).to_pylist() if "geometry" in names else [None] * new.size)
+                   .take(pa.array(new)).to_pylist() if "geometry" in names else [None] * len(new))
             for j, g in zip(new, wkb, strict=True):
-                geometry.setdefault(str(ids_np[j]), g)
+                geometry.setdefault(str(ids[j]), g)
         chip_ids = sorted(geometry)
         n = len(chip_ids)
         wkb_arr = np.array([geometry[c] for c in chip_ids], dtype=object)
@@ -474,8 +489,12 @@ class RunData:
     def _acquisitions(self, chip_id: str) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
+        self.layer()  # fills _id_ranges
         rows: list[dict[str, Any]] = []
         for scene in self.root.scene_ids(self.root.meta_dir):
+            span = self._id_ranges.get(scene, ("", "\U0010ffff"))  # a file added since: read
+            if span is None or not span[0] <= chip_id <= span[1]:
+                continue
             path = self.root.meta_path(scene)
             names = set(pq.read_schema(path).names)
             table = pq.read_table(path, columns=[c for c in _META_COLUMNS if c in names],

@@ -21,11 +21,11 @@ def _snapshot(root):
             for p in sorted(root.rglob("*")) if p.is_file() or p.is_dir()}
 
 
-def _raw_get(server, path):
+def _raw_get(server, path, headers=None):
     """GET ``path`` exactly as written (no client-side normalisation of ``..``)."""
     host, port = server.server.server_address[:2]
     conn = http.client.HTTPConnection(host, port, timeout=10)
-    conn.request("GET", path)
+    conn.request("GET", path, headers=headers or {})
     resp = conn.getresponse()
     body = resp.read()
     conn.close()
@@ -147,6 +147,14 @@ def test_paths_outside_the_root_or_static_folder_are_refused(server):
         status, body = _raw_get(server, path)
         assert status == 404, path
         assert b"run.json" not in body or b"error" in body
+
+
+def test_requests_for_another_host_name_are_refused(server):
+    port = server.server.server_address[1]
+    status, body = _raw_get(server, "/api/run", {"Host": f"evil.example:{port}"})
+    assert status == 403 and b"addressed to this machine" in body
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert _raw_get(server, "/api/run", {"Host": host})[0] == 200
 
 
 def test_static_app_and_vendored_leaflet_are_served(server):

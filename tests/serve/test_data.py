@@ -29,8 +29,10 @@ def test_quad_corners_keeps_four_corners_of_densified_rotated_and_odd_polygons()
     square = shapely.Polygon([(0, 0), (1, 0), (1, 1), (0, 1)])
     dense = shapely.segmentize(shapely.affinity.rotate(square, 10, origin=(0, 0)), 0.1)
     triangle = shapely.Polygon([(0, 0), (2, 0), (1, 1)])
-    out = quad_corners([square, dense, None, triangle, shapely.Polygon()])
-    assert out.shape == (5, 4, 2) and out.dtype == np.float32
+    mid_edge = shapely.Polygon([(0.5, 0), (1, 0), (1, 1), (0, 1), (0, 0)])  # starts mid-edge
+    out = quad_corners([square, dense, None, triangle, shapely.Polygon(), mid_edge])
+    assert out.shape == (6, 4, 2) and out.dtype == np.float32
+    assert {tuple(p) for p in out[5]} == {(0, 0), (1, 0), (1, 1), (0, 1)}
     assert {tuple(p) for p in out[0]} == {(0, 0), (1, 0), (1, 1), (0, 1)}
     want = np.asarray(shapely.affinity.rotate(square, 10, origin=(0, 0)).exterior.coords)[:4]
     assert np.allclose(sorted(map(tuple, out[1])), sorted(map(tuple, want)), atol=1e-6)

@@ -546,7 +546,7 @@
     parts.push(`<line x1="${m.l}" x2="${W - m.r}" y1="${H - m.b}" y2="${H - m.b}" stroke="#888"/>`);
     if (Number.isFinite(monitor) && monitor > t0 && monitor < t1) {
       parts.push(`<line x1="${X(monitor).toFixed(1)}" x2="${X(monitor).toFixed(1)}" y1="${m.t}" y2="${H - m.b}" stroke="#999" stroke-dasharray="2 3"/>`);
-      parts.push(`<text x="${(X(monitor) + 3).toFixed(1)}" y="${m.t + 9}">monitoring</text>`);
+      parts.push(`<text x="${(X(monitor) + 3).toFixed(1)}" y="${H - m.b - 4}">monitoring</text>`);
     }
     if (Number.isFinite(change)) {
       parts.push(`<line class="change" x1="${X(change).toFixed(1)}" x2="${X(change).toFixed(1)}" y1="${m.t}" y2="${H - m.b}" stroke="#d7301f" stroke-width="1.5" stroke-dasharray="5 3"/>`);
@@ -627,6 +627,7 @@
       status.textContent = `${body.results.length} result${body.results.length === 1 ? "" : "s"} in ${ms.toFixed(0)} ms (search ${(body.seconds * 1000).toFixed(0)} ms)`;
       grid.innerHTML = thumbGrid(body.results, "result");
       grid.dataset.done = String(token);
+      highlight("similar", []);
       highlight("result", body.results.map((r) => r.chip_id), (c, rank) => `result #${rank + 1}: ${c}`);
       params.set("format", "geojson");
       download.href = "/api/search?" + params;
