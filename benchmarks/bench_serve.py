@@ -17,8 +17,10 @@ Measured, with the server in this process (a thread, like the tests):
 - browser (system Chromium via Playwright, if installed): from navigation to the map's
   first drawn tiles (``body[data-ready]``), against a cold server (layer not built yet)
   and a warm one; redrawing after a zoom-in of 3 levels;
-- search: ``/api/search`` latency over random query chips (the chip page's similar
-  chips query, the same with a bbox of one tile, and two chips with a negative);
+- search: ``/api/search`` latency: the first query after start (it loads the table;
+  ``geofm serve`` does one such query itself while it warms up), then random query
+  chips (the chip page's similar chips query, the same with a bbox of one tile, and
+  two chips with a negative);
 - chip page: ``/api/chip`` latency.
 
     python benchmarks/bench_serve.py                 # 100,000 chips
@@ -287,6 +289,11 @@ def main() -> None:
         "2 chips + 1 negative, k=10": lambda q: f"chip={q[0]}&chip={q[1]}&neg={q[2]}&k=10",
     }
     searches = {}
+    q = [pool[i] for i in rng.choice(len(pool), 3, replace=False)]
+    seconds, status, body = get(url + "api/search?" + variants["similar (k=8, distinct)"](q))
+    assert status == 200, body[:300]
+    searches["first search after start (cold table)"] = {"ms": 1000 * seconds}
+    print(f"first search (cold): {1000 * seconds:.0f} ms", flush=True)
     for name, make in variants.items():
         times, server_times = [], []
         for _ in range(args.queries):

@@ -328,6 +328,7 @@ def serve(root: str | os.PathLike[str] | RunRoot, *, host: str = DEFAULT_HOST,
 
 
 def _warm(data: RunData) -> None:
+    """Read the chip layer and open the search index before the first page asks."""
     started = time.perf_counter()
     try:
         data.blob("chips.json")
@@ -337,3 +338,10 @@ def _warm(data: RunData) -> None:
         return
     log.info("chip layer ready: %d chips in %.2f s", len(data.layer()),
              time.perf_counter() - started)
+    if data.has_index():
+        # The first query loads the table (and its ANN index) from disk: seconds on a
+        # large run. One search here makes the first one in the page fast.
+        try:
+            data.warm_search()
+        except GeofmError as exc:
+            log.debug("search warm-up skipped: %s", exc)

@@ -627,6 +627,17 @@ class RunData:
                                    f"`{_stage_hint('index', self.root.path)}` first")
         return search(self.root, **options)
 
+    def warm_search(self) -> None:
+        """Run one search (the first changed or first chip, k=1) to load the index."""
+        import numpy as np
+
+        layer = self.layer()
+        if not len(layer):
+            return
+        changed = np.flatnonzero(layer.status == 1)
+        first = layer.chip_ids[int(changed[0]) if changed.size else 0]
+        self.search({"chip_ids": [first], "k": 1})
+
 
 def _one(params: Mapping[str, Sequence[str]], name: str) -> str | None:
     values = [v for v in params.get(name, ()) if v.strip()]

@@ -83,10 +83,21 @@ def _start(root: Path) -> tuple[subprocess.Popen, str, list[str]]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_logs_its_url_and_stops_cleanly_on_a_signal(served_root, sig):
+    def snapshot():
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in served_root.rglob("*")}
+
+    before = snapshot()
     proc, url, lines = _start(served_root)
     try:
         with urllib.request.urlopen(url + "api/run", timeout=30) as resp:
             assert json.loads(resp.read())["counts"]["chips"] == 9
+        assert proc.stderr is not None
+        while "chip layer ready" not in lines[-1]:  # the warm-up (layer, one search) ran
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+        time.sleep(0.5)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -94,6 +105,7 @@ def test_serve_logs_its_url_and_stops_cleanly_on_a_signal(served_root, sig):
             proc.kill()
     assert proc.returncode == 0, "".join(lines) + err
     assert "stopped;" in err and "Traceback" not in err
+    assert snapshot() == before  # serving, warm-up included, wrote nothing into the root
     with pytest.raises(OSError):  # the port is closed
         urllib.request.urlopen(url + "api/run", timeout=5)
 
