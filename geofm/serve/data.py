@@ -386,11 +386,16 @@ class RunData:
         # Every chip id of the run with its first footprint; a scene's file normally lists
         # every chip of its tile, so later files only add ids of other tiles.
         geometry: dict[str, Any] = {}
+        seen: dict[tuple[int, str | None, str | None], list[str]] = {}
         for scene in self.root.scene_ids(self.root.meta_dir):
             path = self.root.meta_path(scene)
             ids = pq.read_table(path, columns=["chip_id"]).column("chip_id").to_pylist()
             present = [c for c in ids if c is not None]
             self._id_ranges[scene] = (min(present), max(present)) if present else None
+            key = (len(ids), ids[0] if ids else None, ids[-1] if ids else None)
+            if seen.get(key) == ids:  # the chips of a file read before (same tile)
+                continue
+            seen[key] = ids
             new = [j for j, cid in enumerate(ids) if cid not in geometry]
             if not new:
                 continue
@@ -464,6 +469,8 @@ class RunData:
         first = acq[0] if acq else {}
         meta = {k: first.get(k) for k in ("tile", "row", "col", "epsg", "minx", "miny", "maxx",
                                           "maxy", "sensor", "bands")}
+        for k in ("minx", "miny", "maxx", "maxy"):
+            meta[k] = _number(meta[k], 3)
         for entry in acq:
             for k in meta:
                 entry.pop(k, None)

@@ -773,7 +773,9 @@
 
   async function start() {
     const t0 = performance.now();
-    map = L.map("map", { zoomControl: true, maxZoom: 22, worldCopyJump: false });
+    // no tile fade-in: chips appear at once, in their final colour
+    map = L.map("map", { zoomControl: true, maxZoom: 22, worldCopyJump: false,
+                         fadeAnimation: false });
     map.attributionControl.setPrefix("Leaflet");
     let run; let meta; let buffer;
     try {
