@@ -241,6 +241,7 @@ class RunData:
                 f"there is nothing to show; run `{_stage_hint('chip', self.root.path)}` first")
         self._lock = threading.Lock()
         self._layer: ChipLayer | None = None
+        self._layer_key: tuple[Any, ...] = ()
         self._blobs: dict[str, bytes] = {}
         #: scene id -> (smallest, largest) chip id in its meta file (a tile's chips share
         #: a prefix, so a chip's acquisitions are looked up in its tile's files only).
@@ -353,11 +354,28 @@ class RunData:
         return None
 
     # --- the chip layer -----------------------------------------------------------------
+    def _inputs_key(self) -> tuple[Any, ...]:
+        """What the layer is read from, by modification time: ``meta/`` and the changes."""
+        def stamp(path: Path) -> int | None:
+            try:
+                return path.stat().st_mtime_ns
+            except OSError:
+                return None
+
+        return stamp(self.root.meta_dir), stamp(self.changes_path)
+
     def layer(self) -> ChipLayer:
-        """The chip layer (computed on first use, then cached)."""
+        """The chip layer, cached; read again when ``meta/`` or the analysis changed.
+
+        So a server left running picks up a stage that finishes meanwhile (``analyze``
+        replaces ``changes.parquet``; ``chip`` adds files to ``meta/``).
+        """
         with self._lock:
-            if self._layer is None:
+            key = self._inputs_key()
+            if self._layer is None or key != self._layer_key:
                 self._layer = self._read_layer()
+                self._layer_key = key
+                self._blobs = {}
             return self._layer
 
     def blob(self, name: str) -> bytes:
@@ -366,6 +384,8 @@ class RunData:
 
         layer = self.layer()
         with self._lock:
+            if self._layer is not None:  # the newest, if it was read again meanwhile
+                layer = self._layer
             if name not in self._blobs:
                 if name == "chips.json":
                     self._blobs[name] = json.dumps(layer.payload(),

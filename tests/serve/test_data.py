@@ -65,6 +65,18 @@ def test_layer_lists_every_chip_with_the_analysis_status_and_footprint(served_ro
     assert west < east and south < north and 10 < west < 20 and 40 < south < 60
 
 
+def test_layer_is_read_again_when_the_analysis_appears(bare_root, served_root, tmp_path):
+    root = tmp_path / "run"
+    shutil.copytree(bare_root, root)
+    data = RunData(root)
+    assert (data.layer().status == NOT_ANALYSED).all()
+    first = data.blob("chips.json")
+    assert data.layer() is data.layer()  # cached while nothing changes
+    shutil.copytree(served_root / "analysis", root / "analysis")  # analyze finished
+    assert (data.layer().status != NOT_ANALYSED).all()
+    assert data.blob("chips.json") != first and data.summary()["analysis"]
+
+
 def test_layer_without_analysis_marks_chips_not_analysed(bare_root):
     layer = RunData(bare_root).layer()
     assert (layer.status == NOT_ANALYSED).all() and pd.isna(layer.change_date).all()
