@@ -290,7 +290,7 @@
     const bounds = chipBounds(ids);
     if (!bounds) return;
     const ne = bounds.getNorthEast(); const sw = bounds.getSouthWest();
-    const grow = Math.max(ne.lat - sw.lat, ne.lng - sw.lng) * 2;
+    const grow = Math.max(ne.lat - sw.lat, ne.lng - sw.lng);  // one chip of context around
     map.fitBounds(L.latLngBounds([sw.lat - grow, sw.lng - grow], [ne.lat + grow, ne.lng + grow]),
                   { maxZoom: 17, animate: false });
   }
