@@ -298,4 +298,3 @@ def test_app_requests_nothing_but_its_own_server(app):
     assert {"/", "/static/app.js", "/static/vendor/leaflet/leaflet.js", "/api/run",
             "/api/chips", "/api/chips/footprints.bin"} <= paths
     app.check()
-    json.dumps(app.requests)  # plain strings

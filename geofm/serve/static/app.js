@@ -546,11 +546,13 @@
     parts.push(`<line x1="${m.l}" x2="${W - m.r}" y1="${H - m.b}" y2="${H - m.b}" stroke="#888"/>`);
     if (Number.isFinite(monitor) && monitor > t0 && monitor < t1) {
       parts.push(`<line x1="${X(monitor).toFixed(1)}" x2="${X(monitor).toFixed(1)}" y1="${m.t}" y2="${H - m.b}" stroke="#999" stroke-dasharray="2 3"/>`);
-      parts.push(`<text x="${(X(monitor) + 3).toFixed(1)}" y="${H - m.b - 4}">monitoring</text>`);
+      const right = X(monitor) > W * 0.75;
+      parts.push(`<text x="${(X(monitor) + (right ? -3 : 3)).toFixed(1)}" y="${H - m.b - 4}" text-anchor="${right ? "end" : "start"}">monitoring</text>`);
     }
     if (Number.isFinite(change)) {
       parts.push(`<line class="change" x1="${X(change).toFixed(1)}" x2="${X(change).toFixed(1)}" y1="${m.t}" y2="${H - m.b}" stroke="#d7301f" stroke-width="1.5" stroke-dasharray="5 3"/>`);
-      parts.push(`<text x="${(X(change) + 3).toFixed(1)}" y="${m.t + 20}" fill="#d7301f">change ${esc(tl.change_date)}</text>`);
+      const right = X(change) > W * 0.65;  // label on the side with room
+      parts.push(`<text x="${(X(change) + (right ? -3 : 3)).toFixed(1)}" y="${m.t + 20}" text-anchor="${right ? "end" : "start"}" fill="#d7301f">change ${esc(tl.change_date)}</text>`);
     }
     // observations
     t.forEach((ti, i) => {
