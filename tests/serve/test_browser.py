@@ -11,7 +11,6 @@ Skipped, with the reason, only when no Chromium is installed (``make browser``).
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -98,8 +97,8 @@ class Session:
             (round(point[0]), round(point[1])))
         return tuple(rgb)  # type: ignore[return-value]
 
-    def click_chip(self, chip_id: str, *, shift: bool = False) -> None:
-        """Click the centre of ``chip_id`` on the map (with shift held if asked)."""
+    def chip_point(self, chip_id: str) -> tuple[float, float]:
+        """Page coordinates of the centre of ``chip_id`` on the map."""
         box = self.page.locator("#map").bounding_box()
         x, y = self.page.evaluate("""(id) => {
             const s = geofm.state; const ll = s.layer.latlngs(s.layer.position.get(id));
@@ -107,9 +106,14 @@ class Session:
                 [ll.reduce((a, p) => a + p[0], 0) / 4, ll.reduce((a, p) => a + p[1], 0) / 4]);
             return [pt.x, pt.y];
         }""", chip_id)
+        return box["x"] + x, box["y"] + y
+
+    def click_chip(self, chip_id: str, *, shift: bool = False) -> None:
+        """Click the centre of ``chip_id`` on the map (with shift held if asked)."""
+        x, y = self.chip_point(chip_id)
         if shift:
             self.page.keyboard.down("Shift")
-        self.page.mouse.click(box["x"] + x, box["y"] + y)
+        self.page.mouse.click(x, y)
         if shift:
             self.page.keyboard.up("Shift")
 
@@ -204,8 +208,13 @@ def test_chip_page_shows_timeline_thumbnails_and_similar_chips(app, served_root,
     assert all(c in grid for c in want["chip_id"])
     sims = page.locator("#similar .thumb b").evaluate_all("bs => bs.map(b => +b.textContent)")
     assert sims == pytest.approx(list(want["similarity"]), abs=1e-4)
-    # the selected chip and its similar chips are outlined on the map
+    # the selected chip and its similar chips are outlined on the map; hovering one
+    # names its rank
     assert page.locator(".leaflet-overlay-pane path").count() == 1 + len(want)
+    page.mouse.move(*app.chip_point(want["chip_id"].iloc[0]))
+    page.wait_for_function("(id) => document.getElementById('map').title.startsWith(id)",
+                           arg=want["chip_id"].iloc[0])
+    assert "similar #1" in page.get_attribute("#map", "title")
     assert page.url.endswith(f"/?chip={cid}")
     page.screenshot(path=str(tmp_path / "chip.png"))
     if os.environ.get("GEOFM_UPDATE_SCREENSHOTS"):

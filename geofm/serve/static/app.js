@@ -33,6 +33,7 @@
   let map = null;
   let chipCanvas = null;
   const highlightGroups = {};
+  const highlightLabels = {};
 
   // ---------------------------------------------------------------- helpers
   function $(selector, root) { return (root || document).querySelector(selector); }
@@ -262,18 +263,18 @@
   }
 
   // ---------------------------------------------------------------- highlights
+  /** Outline ``ids`` on the map as ``kind``; ``label(id, rank)`` joins the hover text. */
   function highlight(kind, ids, label) {
     const group = highlightGroups[kind];
     group.clearLayers();
-    const seen = new Set();
+    const labels = new Map();
     ids.forEach((id, rank) => {
       const i = state.layer.position.get(id);
-      if (i === undefined || !state.layer.has[i] || seen.has(id)) return;
-      seen.add(id);
-      const poly = L.polygon(state.layer.latlngs(i), { ...HIGHLIGHT[kind], interactive: false });
-      if (label) poly.bindTooltip(label(id, rank), { className: "chip-tip" });
-      group.addLayer(poly);
+      if (i === undefined || !state.layer.has[i] || labels.has(id)) return;
+      labels.set(id, label ? label(id, rank) : kind);
+      group.addLayer(L.polygon(state.layer.latlngs(i), { ...HIGHLIGHT[kind], interactive: false }));
     });
+    highlightLabels[kind] = labels;
     if (highlightGroups.selected) highlightGroups.selected.bringToFront();
   }
 
@@ -406,7 +407,7 @@
     }
     delete panel.dataset.unknown;
     state.selected = id;
-    highlight("selected", [id], (c) => c);
+    highlight("selected", [id], () => "open");
     renderChanges();
     if (zoom) zoomTo([id]);
     panel.dataset.chipLoaded = "";
@@ -481,7 +482,7 @@
       box.innerHTML = thumbGrid(body.results, "similar");
       box.dataset.loaded = id;
       highlight("similar", body.results.map((r) => r.chip_id),
-        (c, rank) => `similar #${rank + 1}: ${c}`);
+        (c, rank) => `similar #${rank + 1}`);
     } catch (error) {
       if (token === state.chipToken) box.innerHTML = `<p class="error">${esc(error.message)}</p>`;
     }
@@ -573,8 +574,8 @@
     const item = (id, list) => `<span data-chip="${esc(id)}">${esc(id)}<button type="button" data-remove="${list}" data-chip="${esc(id)}" title="remove">×</button></span>`;
     $("#query-chips").innerHTML = state.query.map((id) => item(id, "query")).join("");
     $("#negative-chips").innerHTML = state.negatives.map((id) => item(id, "negatives")).join("");
-    highlight("query", state.query, (c) => `query: ${c}`);
-    highlight("negative", state.negatives, (c) => `negative: ${c}`);
+    highlight("query", state.query, () => "query");
+    highlight("negative", state.negatives, () => "negative");
   }
 
   function addTo(list, id) {
@@ -630,7 +631,7 @@
       grid.innerHTML = thumbGrid(body.results, "result");
       grid.dataset.done = String(token);
       highlight("similar", []);
-      highlight("result", body.results.map((r) => r.chip_id), (c, rank) => `result #${rank + 1}: ${c}`);
+      highlight("result", body.results.map((r) => r.chip_id), (c, rank) => `result #${rank + 1}`);
       params.set("format", "geojson");
       download.href = "/api/search?" + params;
       download.classList.remove("disabled");
@@ -751,7 +752,9 @@
         const i = chipAt(pending);
         const container = map.getContainer();
         if (i < 0) { container.title = ""; container.style.cursor = ""; } else {
-          container.title = `${state.layer.ids[i]} · ${STATUS_LABELS[state.layer.status[i]]}`;
+          const id = state.layer.ids[i];
+          const roles = Object.values(highlightLabels).map((m) => m.get(id)).filter(Boolean);
+          container.title = [id, STATUS_LABELS[state.layer.status[i]], ...roles].join(" · ");
           container.style.cursor = "pointer";
         }
         pending = null;
