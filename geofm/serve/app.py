@@ -221,7 +221,7 @@ class Handler(BaseHTTPRequestHandler):
         base = self.server.static
         try:
             target = (base / rel).resolve(strict=True)
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, a NUL byte
             target = None
         if target is None or not target.is_relative_to(base) or not target.is_file():
             self._error(404, f"no static file {rel!r}", "NotFound")

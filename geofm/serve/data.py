@@ -632,7 +632,7 @@ class RunData:
             return None
         try:
             target = (self.root.path / rel).resolve(strict=True)
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):
             return None
         if not target.is_relative_to(self.root.path) or not target.is_file():
             return None

@@ -143,7 +143,8 @@ def test_bad_search_requests_say_what_is_wrong(server, query, status, message):
 def test_paths_outside_the_root_or_static_folder_are_refused(server):
     for path in ("/files/../run.json", "/files/%2e%2e/%2e%2e/etc/passwd", "/files/run.json",
                  "/files/meta/x.parquet", "/files//etc/hostname.png",
-                 "/static/../data.py", "/static/%2e%2e/app.py", "/nope"):
+                 "/static/../data.py", "/static/%2e%2e/app.py", "/static/a%00b.js",
+                 "/files/a%00b.png", "/nope"):
         status, body = _raw_get(server, path)
         assert status == 404, path
         assert b"run.json" not in body or b"error" in body
