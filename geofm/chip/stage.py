@@ -149,6 +149,10 @@ def chip(
     loaded = load_items(items)
     loaded.require_scenes()
     scenes = loaded.scenes
+    sensors = sorted({s.sensor for s in scenes})
+    if len(sensors) > 1:
+        raise GeofmValueError(f"the items mix sensors ({', '.join(sensors)}); chip one sensor "
+                              "per run root (search or pass the items of each separately)")
     sensor = get_sensor(scenes[0].sensor)
     band_names = sensor.resolve(bands)
     if aoi is not None:
@@ -182,17 +186,20 @@ def chip(
             log.error("item %s failed: %s", unit, err)
         results = _run_scenes(todo, opts, workers=workers, progress=progress)
         harmonisation: dict[str, str] = {}
+        detail: dict[str, dict[str, Any]] = {}
         for res in results:
             if res.error is not None:
                 record.fail(res.scene_id, res.error, asset=res.asset, path=res.path)
                 log.error("scene %s failed: %s", res.scene_id, res.error)
             else:
                 harmonisation[res.scene_id] = res.harmonisation
+                detail[res.scene_id] = {**res.harmonisation_detail, "assets": res.assets}
         record.counts.update(
             scenes=len(scenes) + len(loaded.errors), skipped_scenes=skipped,
             failed_scenes=sum(r.error is not None for r in results) + len(loaded.errors),
             chips=sum(r.chips for r in results), valid_chips=sum(r.valid for r in results))
         record.extra["harmonisation"] = harmonisation
+        record.extra["harmonisation_detail"] = detail
         record.extra["coverage"] = coverage_summary(run)
     return record
 
