@@ -237,8 +237,9 @@ def _origin(text: str) -> tuple[float, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``geofm chip`` options to ``parser``."""
-    parser.add_argument("--items", required=True,
-                        help="folder of STAC item JSONs, an ItemCollection, or one item")
+    parser.add_argument("--items", default=None,
+                        help="folder of STAC item JSONs, an ItemCollection, or one item "
+                             "(or search a STAC API with --stac)")
     parser.add_argument("--out", "--root", dest="out", required=True, help="run root folder")
     parser.add_argument("--chip-size", type=int, default=256, help="chip edge, pixels (256)")
     parser.add_argument("--bands", default=None,
@@ -257,6 +258,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo completed scenes")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
+    _add_search_arguments(parser)
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        west, south, east, north = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bbox must be W,S,E,N in degrees, got "
+                                         f"{text!r}") from None
+    return west, south, east, north
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--stac`` search options (:mod:`geofm.chip.search`)."""
+    group = parser.add_argument_group("STAC API search (instead of --items)")
+    group.add_argument("--stac", default=None, metavar="URL",
+                       help="search this STAC API and chip what it finds (items saved in "
+                            "ROOT/items/)")
+    group.add_argument("--collection", default=None, metavar="NAME[,NAME]",
+                       help="collection(s) to search, e.g. sentinel-2-l2a")
+    group.add_argument("--bbox", type=_bbox, default=None, metavar="W,S,E,N",
+                       help="search area in degrees (or give --aoi)")
+    group.add_argument("--datetime", default=None, metavar="START/END",
+                       help="acquisition dates, e.g. 2024-01-01/2024-12-31")
+    group.add_argument("--max-cloud-cover", type=float, default=None, metavar="PCT",
+                       help="keep items whose eo:cloud_cover is at most PCT percent")
+    group.add_argument("--max-items", type=int, default=None, metavar="N",
+                       help="keep at most N acquisitions")
+
+
+def _items_from_cli(args: argparse.Namespace) -> str | int:
+    """The items to chip: ``--items``, or the file a ``--stac`` search saved; 2 if misused."""
+    import sys
+
+    from geofm.chip.search import StacQuery, aoi_geometry, search_items
+
+    def usage(message: str) -> int:
+        print(f"geofm chip: error: {message}", file=sys.stderr)
+        return 2
+
+    if (args.items is None) == (args.stac is None):
+        return usage("give either --items PATH or --stac URL --collection NAME")
+    if args.items is not None:
+        if args.collection or args.bbox or args.datetime or args.max_cloud_cover is not None \
+                or args.max_items is not None:
+            return usage("--collection, --bbox, --datetime, --max-cloud-cover and "
+                         "--max-items go with --stac, not --items")
+        return str(args.items)
+    if not args.collection:
+        return usage("--stac needs --collection NAME (e.g. sentinel-2-l2a)")
+    if args.bbox is not None and args.aoi is not None:
+        return usage("give the search area as --bbox or as --aoi, not both")
+    if args.aoi is not None and not Path(args.aoi).is_file():
+        raise GeofmFileNotFoundError(f"AOI file {args.aoi} does not exist; pass a GeoJSON "
+                                     "polygon file with --aoi")
+    query = StacQuery(
+        url=args.stac, collections=tuple(c.strip() for c in args.collection.split(",")
+                                         if c.strip()),
+        bbox=args.bbox, intersects=aoi_geometry(args.aoi) if args.aoi else None,
+        datetime=args.datetime, max_cloud_cover=args.max_cloud_cover,
+        max_items=args.max_items)
+    return str(search_items(args.out, query, overwrite=args.overwrite))
 
 
 def format_coverage(coverage: dict[str, Any]) -> str:
@@ -271,8 +334,11 @@ def format_coverage(coverage: dict[str, Any]) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Run ``geofm chip`` from parsed arguments; 1 if any scene failed."""
-    record = chip(args.items, args.out, chip_size=args.chip_size, bands=args.bands,
+    """Run ``geofm chip`` from parsed arguments; 1 if any scene failed, 2 if misused."""
+    items = _items_from_cli(args)
+    if isinstance(items, int):
+        return items
+    record = chip(items, args.out, chip_size=args.chip_size, bands=args.bands,
                   aoi=args.aoi, max_cloud=args.max_cloud, max_nodata=args.max_nodata,
                   grid_origin=args.grid_origin, cloud_mask=args.cloud_mask,
                   workers=args.workers, overwrite=args.overwrite, progress=args.progress)
