@@ -40,8 +40,10 @@ class Scene:
         sensor: geofm sensor name, e.g. ``"sentinel-2-l2a"``.
         epsg: EPSG code from ``proj:epsg`` / ``proj:code`` (``None`` if the item has none).
         hrefs: asset key -> local path or remote URI, resolved against the item's location.
-        baseline: ``s2:processing_baseline`` (e.g. ``"04.00"``) or ``None``.
-        offset_applied: ``earthsearch:boa_offset_applied`` (the +1000 is already removed).
+        baseline: the processing baseline the offset decision used (e.g. ``"05.11"``,
+            see ``harmonisation.baseline_source``), ``None`` for other sensors.
+        offset_applied: ``earthsearch:boa_offset_applied`` as the item states it (evidence
+            only: ``harmonisation`` decides).
         source: where the item was read from (for messages).
         bbox: the item's WGS84 ``bbox`` (west, south, east, north), if it has one.
         bands: band name -> the asset holding it (:func:`geofm.chip.assets.resolve_bands`).
