@@ -71,7 +71,9 @@ def _open(scene: Scene, key: str):  # type: ignore[no-untyped-def]
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    href = scene.href(key)
+    from geofm.io import readable_href
+
+    href = readable_href(scene.href(key))
     try:
         return rasterio.open(href)
     except RasterioIOError as exc:

@@ -453,6 +453,21 @@ def test_unusable_items_are_clear_errors(tmp_path):
         scene.href("blue")
 
 
+def test_unsigned_planetary_computer_hrefs_name_the_extra(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("planetary_computer") is not None:
+        pytest.skip("planetary-computer is installed: hrefs would be signed (needs network)")
+    item = localise(planetary_computer(), tmp_path / "cogs", {"B02": TRUTH["blue"]})
+    items = tmp_path / "pc.json"
+    items.write_text(json.dumps(item))
+    rec = chip(items, tmp_path / "root", chip_size=32, bands="blue,green", progress=False)
+    (failure,) = rec.failures
+    assert "blob.core.windows.net" in failure.reason  # green: still the provider's href
+    assert "needs a SAS signature" in failure.reason
+    assert 'pip install "geofm[planetary-computer]"' in failure.reason
+
+
 # --- the same tests on real published items, when they are at hand --------------------
 
 #: Real published items (tests/data/stac_items/README.md says where each comes from).
