@@ -183,3 +183,18 @@ def test_search_errors(catalog, tmp_path, capsys, geofm_log):
         main(["chip", "--stac", url, "--collection", "x", "--bbox", "1,2", "--out", "r"])
     assert exit_.value.code == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_pipeline_yaml_searches_then_chips(catalog, tmp_path):
+    from geofm.pipeline import PipelineConfig, run_pipeline
+
+    url, _ = catalog
+    config = PipelineConfig.from_mapping({
+        "root": str(tmp_path / "run"), "stages": ["chip"], "progress": False,
+        "stac": {"url": url, "collections": "sentinel-2-l2a", "bbox": [14.9, 50.4, 15.1, 50.6],
+                 "datetime": "2024-06-01/2024-06-30"},
+        "chip": {"chip_size": 32, "max_cloud": 1.0}})
+    record = run_pipeline(config)["chip"]
+    assert record.failures == [] and record.counts["scenes"] == 2
+    assert record.config["items"].endswith(".json") and "/items/search-" in \
+        record.config["items"]
