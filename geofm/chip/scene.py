@@ -77,11 +77,23 @@ def _open(scene: Scene, key: str):  # type: ignore[no-untyped-def]
     try:
         return rasterio.open(href)
     except RasterioIOError as exc:
-        missing = "No such file" in str(exc) or "does not exist" in str(exc)
-        reason = ("file does not exist; download it or fix the asset href" if missing else
-                  f"cannot open ({exc}); the COG is truncated or corrupt: re-download it")
         raise _asset_error(RasterError, f"item {scene.scene_id!r}, asset {key!r}: {href}: "
-                           f"{reason}", key, href) from None
+                           f"{open_failure(str(exc))}", key, href) from None
+
+
+def open_failure(text: str) -> str:
+    """What a GDAL open error means, and the fix: missing, denied, unreachable, corrupt."""
+    if "No such file" in text or "does not exist" in text or "response code: 404" in text:
+        return "file does not exist (HTTP 404 for a URL); download it or fix the asset href"
+    if "response code: 403" in text or "response code: 401" in text:
+        return ("access denied (HTTP 403/401): an expired or missing signature (Planetary "
+                "Computer: sign again), missing credentials, or a requester-pays bucket "
+                "(set AWS_REQUEST_PAYER=requester)")
+    if "Could not connect" in text or "Could not resolve" in text or "timed out" in text \
+            or "Connection refused" in text:
+        return (f"cannot reach the server ({text[:160]}); check the network and the URL, or "
+                "raise GDAL_HTTP_TIMEOUT / GDAL_HTTP_MAX_RETRY")
+    return f"cannot open ({text}); the COG is truncated or corrupt: re-download it"
 
 
 def _check_crs(scene: Scene, key: str, src) -> int:  # type: ignore[no-untyped-def]

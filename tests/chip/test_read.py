@@ -107,3 +107,53 @@ def test_bilinear_and_nearest_equal_gdal_reproject_within_one_dn(tmp_path, tif, 
         assert both.mean() > 0.9
         diff = np.abs(ours.astype(np.int32) - gdal.astype(np.int32))[both]
         assert diff.max() <= (1 if ours_kind == "bilinear" else 0), (name, diff.max())
+
+
+def test_remote_open_failures_get_different_messages(tmp_path):
+    """404, 403 (an expired signature) and a refused connection, from a local server."""
+    import http.server
+    import json
+    import socket
+    import threading
+
+    from geofm.chip import chip
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(403 if "denied" in self.path else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    port = server.server_address[1]
+    cases = {"missing": f"http://127.0.0.1:{port}/gone.tif",
+             "denied": f"http://127.0.0.1:{port}/denied.tif?se=2020-01-01&sig=old",
+             "refused": f"http://127.0.0.1:{free}/x.tif"}
+    items = tmp_path / "items"
+    items.mkdir()
+    for name, url in cases.items():
+        (items / f"{name}.json").write_text(json.dumps({
+            "type": "Feature", "id": name, "collection": "sentinel-2-l2a",
+            "geometry": {"type": "Point", "coordinates": [15, 50]},
+            "properties": {"datetime": "2021-06-01T10:00:00Z", "proj:epsg": 32633},
+            "assets": {k: {"href": url} for k in ("blue", "green", "red", "nir")}}))
+    try:
+        import rasterio
+
+        with rasterio.Env(GDAL_HTTP_MAX_RETRY=0):
+            rec = chip(items, tmp_path / "root", cloud_mask=False, progress=False)
+    finally:
+        server.shutdown()
+    reasons = {f.unit: f.reason for f in rec.failures}
+    assert "does not exist (HTTP 404" in reasons["missing"]
+    assert "access denied (HTTP 403/401): an expired" in reasons["denied"]
+    assert "cannot reach the server" in reasons["refused"]
