@@ -111,7 +111,9 @@ def chip(
     For every scene: chips of ``chip_size`` x ``chip_size`` pixels on the grid anchored
     at the item raster's upper-left corner (or ``grid_origin``), 20/60 m bands resampled
     bilinear onto the finest selected band's grid (SCL nearest), the +1000 DN offset of
-    processing baseline >= 04.00 removed, screened by SCL cloud and nodata fractions.
+    Sentinel-2 baseline >= 04.00 removed where the evidence says it is in the DNs
+    (:mod:`geofm.chip.harmonise`), screened by the mask band's cloud and nodata
+    fractions (SCL, or Landsat QA_PIXEL).
     Writes ``chips/<scene>/<chip>.nc`` and ``thumbnails/<scene>/<chip>.png`` for valid
     chips and ``meta/<scene>.parquet`` (every chip) last; a scene whose meta exists is
     skipped unless ``overwrite``. A failing scene is recorded in ``run.json`` and the
@@ -122,8 +124,11 @@ def chip(
             ``pystac.Item`` objects.
         root: run root folder.
         chip_size: chip edge in pixels of the finest selected band (10 m for S2).
-        bands: asset keys (list or comma string); ``None`` = sensor defaults
-            (``blue,green,red,nir``), ``"all"`` = the bands Clay was trained on.
+        bands: band names or the provider's names (list or comma string: ``blue,nir``
+            or ``B02,B08``; :meth:`geofm.sensors.Sensor.resolve`); ``None`` = sensor
+            defaults (``blue,green,red,nir``), ``"all"`` = the bands Clay was trained on.
+            Each band's asset is found by the item's metadata
+            (:func:`geofm.chip.assets.resolve_bands`), not by its key.
         aoi: GeoJSON with polygon(s), any CRS (WGS84 if unstated); keep chips whose
             footprint intersects it.
         max_cloud: largest cloud fraction (SCL 3, 8, 9, 10) of a valid chip, 0..1.
@@ -243,8 +248,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "--root", dest="out", required=True, help="run root folder")
     parser.add_argument("--chip-size", type=int, default=256, help="chip edge, pixels (256)")
     parser.add_argument("--bands", default=None,
-                        help="comma list of asset keys (default blue,green,red,nir); 'all' = "
-                             "the ten bands Clay was trained on")
+                        help="comma list of bands by name (blue,nir) or provider name "
+                             "(B02,B08) (default blue,green,red,nir); 'all' = the ten bands "
+                             "Clay was trained on")
     parser.add_argument("--aoi", default=None, help="GeoJSON polygon(s), any CRS (WGS84 default)")
     parser.add_argument("--max-cloud", type=float, default=0.05,
                         help="largest cloud fraction of a valid chip (0.05)")
