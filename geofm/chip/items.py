@@ -150,7 +150,12 @@ def _epsg_of(where: dict[str, Any], prefix: str, check: _Checker) -> int | None:
 
 
 def _tile(props: dict[str, Any], check: _Checker) -> str | None:
-    """Grid code from ``grid:code``, ``s2:mgrs_tile`` or ``mgrs:*``; checked as a path part."""
+    """Grid code from ``grid:code``, ``s2:mgrs_tile``, ``mgrs:*`` or ``landsat:wrs_*``.
+
+    Landsat items without ``grid:code`` (USGS, Planetary Computer) get the code Earth
+    Search writes, ``WRS2-<path><row>``, so one scene has one tile code on every
+    provider. The code is checked as a path part.
+    """
     field, tile = None, None
     code = props.get("grid:code")
     if code is not None and code != "":
@@ -161,6 +166,15 @@ def _tile(props: dict[str, Any], check: _Checker) -> str | None:
         tile = code.split("-", 1)[1] if code.upper().startswith("MGRS-") else code
     elif props.get("s2:mgrs_tile"):
         field, tile = "properties.s2:mgrs_tile", str(props["s2:mgrs_tile"])
+    elif props.get("landsat:wrs_path") is not None and props.get("landsat:wrs_row") is not None:
+        field = "properties.landsat:wrs_path"
+        try:
+            path, row = int(props["landsat:wrs_path"]), int(props["landsat:wrs_row"])
+        except (TypeError, ValueError):
+            raise check.error(field, f"landsat:wrs_path/row {props['landsat:wrs_path']!r}/"
+                              f"{props['landsat:wrs_row']!r} are not numbers; write them "
+                              "like '028' / '030'") from None
+        tile = f"WRS{props.get('landsat:wrs_type', '2')}-{path:03d}{row:03d}"
     else:
         zone, band, square = (props.get(k) for k in ("mgrs:utm_zone", "mgrs:latitude_band",
                                                       "mgrs:grid_square"))

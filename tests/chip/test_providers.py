@@ -424,7 +424,7 @@ def test_landsat_qa_pixel_clouds_fill_and_scale(tmp_path):
         assert rec.failures == []
         scene, meta = _meta(tmp_path / name)
         tile = meta["tile"].iloc[0]
-        assert meta["sensor"].iloc[0] == "landsat-c2-l2" and tile == "EPSG32615"
+        assert meta["sensor"].iloc[0] == "landsat-c2-l2" and tile == "WRS2-028030"
         assert meta.loc[f"{tile}_16_0000_0000", "cloud_fraction"] == 1.0
         assert meta.loc[f"{tile}_16_0001_0001", "nodata_fraction"] == 0.5
         assert meta.loc[f"{tile}_16_0000_0001", "cloud_fraction"] == 0.0
