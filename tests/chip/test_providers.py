@@ -501,3 +501,27 @@ def test_real_published_items_chip_unchanged(rel, tmp_path):
     first = meta.index[1]
     array, _ = read_chip_array(RunRoot.of(root).chip_path(scene_id, first), ["blue"])
     np.testing.assert_array_equal(array[0], TRUTH["blue"][:32, 32:])
+
+
+def test_landsat_fixed_grid_origin_keeps_ids_across_shifted_acquisitions(tmp_path):
+    """Landsat rasters of one path/row start at different corners on different dates;
+    a --grid-origin on the 30 m lattice (x, y = 15 mod 30) gives one footprint one id."""
+    qa = np.full((32, 32), 1 << 6, np.uint16)
+    dn = {k: np.full((32, 32), 9000, np.uint16) for k in LS_BANDS}
+    ids = []
+    for shift in (0, 3):  # the second acquisition starts 3 pixels further east and south
+        item = usgs_landsat()
+        item["id"] += f"_{shift}"
+        t = item["properties"]["proj:transform"]
+        item["properties"]["proj:transform"] = [30, 0, t[2] + 30 * shift, 0, -30,
+                                                t[5] - 30 * shift]
+        item = localise(item, tmp_path / "cogs", {**dn, "qa_pixel": qa})
+        (tmp_path / f"i{shift}.json").write_text(json.dumps(item))
+        rec = chip(tmp_path / f"i{shift}.json", tmp_path / f"r{shift}", chip_size=8,
+                   grid_origin=(15.0, 9300015.0), progress=False)
+        assert rec.failures == []
+        _, meta = _meta(tmp_path / f"r{shift}")
+        ids.append(meta[["minx", "maxy"]].apply(tuple, axis=1).to_dict())
+    common = set(ids[0]) & set(ids[1])
+    assert len(common) >= 4
+    assert all(ids[0][c] == ids[1][c] for c in common)
