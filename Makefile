@@ -8,7 +8,7 @@ STAMP := $(VENV)/.geofm-installed
 PYTEST_ARGS ?=
 DEMO_OUT ?= demo-run
 
-.PHONY: setup test test-fast demo lint clean
+.PHONY: setup browser test test-fast demo lint clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,21 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-test: setup
+# The browser tests of `geofm serve` (tests/serve) drive the system Chromium through
+# Playwright; browsers are never downloaded. Installed with apt when missing; where
+# there is no apt the browser tests skip and say why.
+CHROMIUM ?= chromium
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing $(CHROMIUM) (Debian package) for the browser tests"; \
+	    SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(CHROMIUM); \
+	  else \
+	    echo "warning: no $(CHROMIUM) and no apt-get: the browser tests (tests/serve) will be skipped"; \
+	  fi; }
+
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

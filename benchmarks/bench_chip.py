@@ -39,6 +39,17 @@ EPSG = 32633
 X0, Y0 = 300000.0, 5500020.0
 
 
+def _footprint(size: int) -> dict:
+    """WGS84 GeoJSON polygon of the tile (items need a located geometry)."""
+    from pyproj import Transformer
+
+    to_wgs = Transformer.from_crs(EPSG, 4326, always_xy=True)
+    edge = size * 10.0
+    corners = [(X0, Y0), (X0 + edge, Y0), (X0 + edge, Y0 - edge), (X0, Y0 - edge), (X0, Y0)]
+    return {"type": "Polygon",
+            "coordinates": [[list(to_wgs.transform(x, y)) for x, y in corners]]}
+
+
 def make_tile(folder: Path, size: int, seed: int = 0) -> Path:
     """Write the synthetic item + COGs; return the items folder."""
     import rasterio
@@ -79,7 +90,8 @@ def make_tile(folder: Path, size: int, seed: int = 0) -> Path:
     items = folder / "items"
     items.mkdir(exist_ok=True)
     item = {"type": "Feature", "stac_version": "1.0.0", "id": item_id,
-            "collection": "sentinel-2-l2a", "geometry": None, "bbox": None, "links": [],
+            "collection": "sentinel-2-l2a", "geometry": _footprint(size), "bbox": None,
+            "links": [],
             "properties": {"datetime": "2021-06-01T10:00:00Z", "proj:epsg": EPSG,
                            "grid:code": "MGRS-33UUP", "s2:processing_baseline": "02.14"},
             "assets": {k: {"href": h} for k, h in hrefs.items()}}

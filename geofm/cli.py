@@ -36,6 +36,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("geofm.finetune", "train a head on the frozen encoder"),
     "predict": ("geofm.finetune.predict", "apply a trained head; write class-map GeoTIFFs"),
     "checkpoint": ("geofm.model.convert", "convert a checkpoint to .safetensors (no code)"),
+    "serve": ("geofm.serve", "the map app over a run root: changes, timelines, search"),
 }
 
 log = logging.getLogger("geofm")

@@ -215,6 +215,7 @@ def run_cli(args: argparse.Namespace) -> int:
                   chip_size=args.chip_size, progress=not args.no_progress)
     print(report.markdown())
     print(f"\nReport written to {args.out / 'report.md'}")
+    print(f"Browse the run on a map: geofm serve --root {args.out / 'run'}")
     return 1 if any(s.get("status") != "ok" for s in report.stages.values()) else 0
 
 

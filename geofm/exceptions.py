@@ -67,6 +67,21 @@ class UnsafePathError(GeofmError, ValueError):
         return (self.__class__, self.args, self.__dict__)
 
 
+class CatalogError(GeofmError, ConnectionError):
+    """A STAC API cannot be reached, or answers a search with an error.
+
+    Attributes:
+        url: the API's URL.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep the fields across pickling
+        return (self.__class__, self.args, self.__dict__)
+
+
 class RasterError(GeofmError, OSError):
     """A raster (COG, NetCDF chip, label GeoTIFF) cannot be read or is inconsistent."""
 

@@ -185,3 +185,30 @@ class StagedFiles:
 def _replace(src: Path, dst: Path) -> None:
     """``os.replace`` (its own function so tests can interrupt a commit between renames)."""
     os.replace(src, dst)
+
+
+#: Hosts of Planetary Computer's blob storage, whose hrefs need a SAS token to be read.
+PLANETARY_COMPUTER_HOSTS = (".blob.core.windows.net",)
+
+
+def readable_href(href: str) -> str:
+    """``href`` ready for GDAL: Planetary Computer blob URLs get signed (SAS token).
+
+    Raises:
+        MissingExtraError: an unsigned Planetary Computer href and the
+            ``planetary-computer`` package is not installed (the message names the extra).
+    """
+    parsed = urlparse(str(href))
+    if not (parsed.scheme == "https" and parsed.netloc.endswith(PLANETARY_COMPUTER_HOSTS)
+            and "sig=" not in parsed.query):
+        return href
+    try:
+        import planetary_computer
+    except ImportError:
+        from geofm.exceptions import MissingExtraError
+
+        raise MissingExtraError(
+            f"{href} is a Planetary Computer asset and needs a SAS signature; install the "
+            "signer with: pip install \"geofm[planetary-computer]\" (or sign the items with "
+            "planetary_computer.sign before chipping)") from None
+    return str(planetary_computer.sign(href))

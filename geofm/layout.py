@@ -72,6 +72,15 @@ class RunRoot:
         """GeoParquet with a row per chip of one scene (valid or not)."""
         return self.inside(self.meta_dir / f"{encode_id(scene_id)}.parquet")
 
+    @property
+    def items_dir(self) -> Path:
+        """Folder of STAC items a run found itself (``geofm chip --stac``)."""
+        return self.path / "items"
+
+    def search_items_path(self, digest: str) -> Path:
+        """ItemCollection saved by one STAC API search: ``items/search-<digest>.json``."""
+        return self.inside(self.items_dir / f"search-{check_part(digest, what='digest')}.json")
+
     # --- embed stage ------------------------------------------------------------------
     @property
     def embeddings_dir(self) -> Path:

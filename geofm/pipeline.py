@@ -4,6 +4,10 @@ The configuration file maps each stage to the keyword arguments of its library
 function, so the schema *is* the library API and cannot drift from it::
 
     items: data/items          # folder of STAC items, an ItemCollection, or one item
+    # or, instead of items, search a STAC API first (geofm.chip.search.StacQuery fields):
+    # stac: {url: https://earth-search.aws.element84.com/v1, collections: [sentinel-2-c1-l2a],
+    #        bbox: [-55.2, -9.9, -55.0, -9.7], datetime: 2023-01-01/2023-12-31,
+    #        max_cloud_cover: 30, max_items: 100}     # (aoi: FILE instead of bbox)
     root: runs/amazon-2023     # run root
     stages: [chip, embed, analyze, index]
     overwrite: false
@@ -44,7 +48,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "analyze": ("geofm.analyze", "analyze"),
     "index": ("geofm.index", "build_index"),
 }
-_TOP_LEVEL = ("items", "root", "stages", "overwrite", "progress")
+_TOP_LEVEL = ("items", "stac", "root", "stages", "overwrite", "progress")
+#: keys of the ``stac`` mapping: :class:`geofm.chip.search.StacQuery` fields (an ``aoi``
+#: file stands for ``intersects``).
+_STAC_KEYS = ("url", "collections", "bbox", "aoi", "datetime", "max_cloud_cover", "max_items")
 
 
 def stage_function(stage: str) -> Callable[..., StageRecord]:
@@ -65,7 +72,9 @@ class PipelineConfig:
     """A validated pipeline configuration.
 
     Attributes:
-        items: STAC items (folder, ItemCollection or one item); needed when ``chip`` runs.
+        items: STAC items (folder, ItemCollection or one item); needed when ``chip`` runs,
+            unless ``stac`` is given.
+        stac: a STAC API search (``_STAC_KEYS``) whose saved items ``chip`` reads.
         root: run root.
         stages: stages to run, in pipeline order.
         overwrite: recompute outputs that exist.
@@ -75,6 +84,7 @@ class PipelineConfig:
 
     root: Path
     items: Path | None = None
+    stac: dict[str, Any] | None = None
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     overwrite: bool = False
     progress: bool = True
@@ -98,9 +108,21 @@ class PipelineConfig:
             raise GeofmValueError(f"{source}: unknown stage(s) {', '.join(bad)}; "
                                   f"valid stages: {', '.join(STAGES)}")
         stages = [s for s in STAGES if s in stages]
-        if "chip" in stages and not data.get("items"):
+        stac = data.get("stac")
+        if stac is not None:
+            if not isinstance(stac, Mapping) or not stac.get("url") or \
+                    not stac.get("collections"):
+                raise GeofmValueError(f"{source}: 'stac' must be a mapping with at least "
+                                      "'url' and 'collections'")
+            bad_keys = sorted(set(stac) - set(_STAC_KEYS))
+            if bad_keys:
+                raise GeofmValueError(f"{source}: unknown stac key(s) {', '.join(bad_keys)}; "
+                                      f"valid keys: {', '.join(_STAC_KEYS)}")
+            if data.get("items"):
+                raise GeofmValueError(f"{source}: give 'items' or 'stac', not both")
+        if "chip" in stages and not data.get("items") and stac is None:
             raise GeofmValueError(f"{source}: 'items' is required when the chip stage runs; "
-                                  "set it in the file or pass --items")
+                                  "set it in the file or pass --items (or give 'stac')")
         options: dict[str, dict[str, Any]] = {}
         for stage in stages:
             given = data.get(stage) or {}
@@ -109,7 +131,8 @@ class PipelineConfig:
                                       f"got {type(given).__name__}")
             options[stage] = _validate_options(stage, dict(given), source=source)
         items = Path(data["items"]) if data.get("items") else None
-        return cls(root=Path(data["root"]), items=items, stages=stages,
+        return cls(root=Path(data["root"]), items=items,
+                   stac=dict(stac) if stac is not None else None, stages=stages,
                    overwrite=bool(data.get("overwrite", False)),
                    progress=bool(data.get("progress", True)), options=options)
 
@@ -153,6 +176,9 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("items", "root"):
         if data.get(key) and not Path(str(data[key])).is_absolute() and "://" not in str(data[key]):
             data[key] = str(path.parent / str(data[key]))
+    stac = data.get("stac")
+    if isinstance(stac, dict) and stac.get("aoi") and not Path(str(stac["aoi"])).is_absolute():
+        stac["aoi"] = str(path.parent / str(stac["aoi"]))
     return data
 
 
@@ -186,7 +212,8 @@ def _run_stages(config: PipelineConfig) -> dict[str, StageRecord]:
         log.info("stage %s: %s", stage, kwargs)
         func = stage_function(stage)
         if stage == "chip":
-            records[stage] = func(config.items, config.root, **kwargs)
+            items = config.items if config.stac is None else _search(config)
+            records[stage] = func(items, config.root, **kwargs)
         else:
             records[stage] = func(config.root, **kwargs)
         failures = records[stage].failures
@@ -194,6 +221,21 @@ def _run_stages(config: PipelineConfig) -> dict[str, StageRecord]:
             log.error("stage %s: %d unit(s) failed (see %s); continuing with the rest",
                       stage, len(failures), Path(config.root) / "run.json")
     return records
+
+
+def _search(config: PipelineConfig) -> Path:
+    """Run the configuration's STAC search; the saved items file (see ``geofm.chip.search``)."""
+    from geofm.chip.search import StacQuery, aoi_geometry, search_items
+
+    stac = dict(config.stac or {})
+    collections = stac.pop("collections")
+    aoi = stac.pop("aoi", None)
+    bbox = stac.pop("bbox", None)
+    query = StacQuery(
+        collections=(collections,) if isinstance(collections, str) else tuple(collections),
+        bbox=None if bbox is None else tuple(float(v) for v in bbox),  # type: ignore[arg-type]
+        intersects=aoi_geometry(aoi) if aoi else None, **stac)
+    return search_items(config.root, query, overwrite=config.overwrite)
 
 
 def _parse_set(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:

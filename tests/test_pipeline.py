@@ -38,6 +38,20 @@ def test_items_required_for_chip():
     assert config.stages == ["embed", "index"]  # pipeline order, whatever the file says
 
 
+def test_stac_instead_of_items():
+    config = PipelineConfig.from_mapping({"root": "r", "stac": {
+        "url": "http://127.0.0.1:1", "collections": ["sentinel-2-l2a"]}})
+    assert config.items is None and config.stac["collections"] == ["sentinel-2-l2a"]
+    with pytest.raises(GeofmValueError, match="'items' or 'stac', not both"):
+        PipelineConfig.from_mapping({"root": "r", "items": "i", "stac": {
+            "url": "u", "collections": "c"}})
+    with pytest.raises(GeofmValueError, match="unknown stac key.*valid keys: url"):
+        PipelineConfig.from_mapping({"root": "r", "stac": {"url": "u", "collections": "c",
+                                                           "cloud": 3}})
+    with pytest.raises(GeofmValueError, match="at least 'url' and 'collections'"):
+        PipelineConfig.from_mapping({"root": "r", "stac": {"url": "u"}})
+
+
 def test_yaml_paths_resolve_against_the_file(tmp_path):
     path = tmp_path / "conf" / "pipeline.yaml"
     path.parent.mkdir()
@@ -79,8 +93,9 @@ def test_run_end_to_end_counts_agree(synth_dir, tmp_path):
     assert len(consolidated) == len(emb)
 
     # a re-run resumes: nothing is recomputed, no file changes
+    # (run.json records the re-run; the writer lock file names its holder on every run)
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()
-              and p.name != "run.json"}
+              and p.name not in ("run.json", ".geofm.lock")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["run", "--config", str(config), "--no-progress"]) == 0

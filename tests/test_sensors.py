@@ -53,3 +53,23 @@ def test_every_clay_band_is_usable():
     for sensor in SENSORS.values():
         mean, std = sensor.normalisation(sensor.clay_bands)
         assert (std > 0).all() and len(mean) == len(sensor.clay_bands)
+
+
+def test_provider_band_names_resolve_to_band_names():
+    s2 = get_sensor("sentinel-2-l2a")
+    assert s2.resolve("B02,green,b8a,SCL") == ("blue", "green", "nir08", "scl")
+    assert s2.band("B11").name == "swir16"
+    landsat = get_sensor("landsat-c2-l2")
+    assert landsat.resolve(["SR_B2", "OLI_B5"]) == ("blue", "nir08")
+    assert landsat.band("blue").offset == -0.2 and landsat.mask_band == "qa_pixel"
+    with pytest.raises(GeofmError, match=r"or the provider names B01=coastal, B02=blue"):
+        s2.resolve("B13")
+
+
+def test_sensor_for_collection():
+    from geofm.sensors import sensor_for_collection
+
+    assert sensor_for_collection("sentinel-2-c1-l2a").name == "sentinel-2-l2a"
+    assert sensor_for_collection("landsat-c2l2-sr").name == "landsat-c2-l2"
+    assert sensor_for_collection("cop-dem-glo-30") is None
+    assert sensor_for_collection(None) is None

@@ -1,9 +1,11 @@
-"""Load STAC items and read the facts chipping needs: CRS, tile, date, baseline, hrefs.
+"""Load STAC items and read the facts chipping needs: CRS, tile, date, bands, harmonisation.
 
 Items come from the internet, so every field geofm uses is checked where it enters
 (docs/contracts.md, "Items geofm accepts"): a malformed item raises :class:`ItemError`
 naming the item, its file, the field and the fix, never a bare ``TypeError``. The item
-id and tile code must be usable as file names (:mod:`geofm.ids`).
+id and tile code must be usable as file names (:mod:`geofm.ids`). Bands are found by the
+item's own metadata (:mod:`geofm.chip.assets`), the Sentinel-2 offset is decided from all
+its evidence (:mod:`geofm.chip.harmonise`), so every provider's original items work.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from geofm.chip.assets import AssetBand, resolve_bands
+from geofm.chip.harmonise import Harmonisation, decide, version
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError, ItemError
 from geofm.ids import ID_FIX, TILE_FIX, id_problem, tile_problem
 from geofm.io import resolve_href
-from geofm.sensors import S2_OFFSET_BASELINE, SENSORS
+from geofm.sensors import SENSORS, Sensor, get_sensor, sensor_for_collection
 
 #: Sensor assumed when an item's collection is not one geofm knows.
 DEFAULT_SENSOR = "sentinel-2-l2a"
@@ -36,10 +40,16 @@ class Scene:
         sensor: geofm sensor name, e.g. ``"sentinel-2-l2a"``.
         epsg: EPSG code from ``proj:epsg`` / ``proj:code`` (``None`` if the item has none).
         hrefs: asset key -> local path or remote URI, resolved against the item's location.
-        baseline: ``s2:processing_baseline`` (e.g. ``"04.00"``) or ``None``.
-        offset_applied: ``earthsearch:boa_offset_applied`` (the +1000 is already removed).
+        baseline: the processing baseline the offset decision used (e.g. ``"05.11"``,
+            see ``harmonisation.baseline_source``), ``None`` for other sensors.
+        offset_applied: ``earthsearch:boa_offset_applied`` as the item states it (evidence
+            only: ``harmonisation`` decides).
         source: where the item was read from (for messages).
         bbox: the item's WGS84 ``bbox`` (west, south, east, north), if it has one.
+        bands: band name -> the asset holding it (:func:`geofm.chip.assets.resolve_bands`).
+        harmonisation: the offset decision and its evidence (:mod:`geofm.chip.harmonise`).
+        collection: the item's ``collection`` (``None`` if it names none).
+        cloud_cover: ``eo:cloud_cover`` in percent, if given.
     """
 
     scene_id: str
@@ -52,34 +62,36 @@ class Scene:
     offset_applied: bool
     source: str
     bbox: tuple[float, float, float, float] | None = None
+    bands: dict[str, AssetBand] = field(default_factory=dict)
+    harmonisation: Harmonisation = Harmonisation(0, "not sentinel-2")
+    collection: str | None = None
+    cloud_cover: float | None = None
 
     @property
     def remove_offset(self) -> bool:
-        """True if the +1000 BOA offset of baseline >= 04.00 must be subtracted."""
-        if self.sensor != "sentinel-2-l2a" or self.baseline is None or self.offset_applied:
-            return False
-        return _version(self.baseline) >= _version(S2_OFFSET_BASELINE)
+        """True if the +1000 BOA offset must be subtracted (before chipping's data check)."""
+        return self.harmonisation.offset_dn > 0
 
-    def href(self, key: str) -> str:
-        """Resolved href of asset ``key``; raise :class:`ItemError` naming the fix."""
+    def asset_band(self, name: str) -> AssetBand:
+        """The asset holding band ``name``; raise :class:`ItemError` naming the fix."""
         try:
-            return self.hrefs[key]
+            return self.bands[name]
         except KeyError:
-            fix = ("pass --no-cloud-mask to chip without cloud screening" if key == "scl"
+            sensor = get_sensor(self.sensor)
+            mask = name == sensor.mask_band
+            fix = ("pass --no-cloud-mask to chip without cloud screening" if mask
                    else "choose bands the item has with --bands")
+            known = sensor.band(name).names if name in sensor.band_names else (name,)
             raise ItemError(
-                f"item {self.scene_id!r} ({self.source}) has no asset {key!r}; it has "
+                f"item {self.scene_id!r} ({self.source}) has no asset {name!r} (looked for "
+                f"band names / common names / asset keys {', '.join(known)}); it has "
                 f"{', '.join(sorted(self.hrefs)) or 'no assets'}; add the asset or {fix}",
-                item=self.scene_id, path=self.source, field=f"assets.{key}",
-                asset=key) from None
+                item=self.scene_id, path=self.source, field=f"assets.{name}",
+                asset=name) from None
 
-
-def _version(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in str(text).split("."))
-    except ValueError:
-        raise GeofmValueError(f"cannot parse processing baseline {text!r}; expected e.g. "
-                              "'04.00'") from None
+    def href(self, name: str) -> str:
+        """Resolved href of band ``name``; raise :class:`ItemError` naming the fix."""
+        return self.asset_band(name).href
 
 
 #: GeoJSON geometry types an item's ``geometry`` may have.
@@ -138,7 +150,12 @@ def _epsg_of(where: dict[str, Any], prefix: str, check: _Checker) -> int | None:
 
 
 def _tile(props: dict[str, Any], check: _Checker) -> str | None:
-    """Grid code from ``grid:code``, ``s2:mgrs_tile`` or ``mgrs:*``; checked as a path part."""
+    """Grid code from ``grid:code``, ``s2:mgrs_tile``, ``mgrs:*`` or ``landsat:wrs_*``.
+
+    Landsat items without ``grid:code`` (USGS, Planetary Computer) get the code Earth
+    Search writes, ``WRS2-<path><row>``, so one scene has one tile code on every
+    provider. The code is checked as a path part.
+    """
     field, tile = None, None
     code = props.get("grid:code")
     if code is not None and code != "":
@@ -149,6 +166,15 @@ def _tile(props: dict[str, Any], check: _Checker) -> str | None:
         tile = code.split("-", 1)[1] if code.upper().startswith("MGRS-") else code
     elif props.get("s2:mgrs_tile"):
         field, tile = "properties.s2:mgrs_tile", str(props["s2:mgrs_tile"])
+    elif props.get("landsat:wrs_path") is not None and props.get("landsat:wrs_row") is not None:
+        field = "properties.landsat:wrs_path"
+        try:
+            path, row = int(props["landsat:wrs_path"]), int(props["landsat:wrs_row"])
+        except (TypeError, ValueError):
+            raise check.error(field, f"landsat:wrs_path/row {props['landsat:wrs_path']!r}/"
+                              f"{props['landsat:wrs_row']!r} are not numbers; write them "
+                              "like '028' / '030'") from None
+        tile = f"WRS{props.get('landsat:wrs_type', '2')}-{path:03d}{row:03d}"
     else:
         zone, band, square = (props.get(k) for k in ("mgrs:utm_zone", "mgrs:latitude_band",
                                                       "mgrs:grid_square"))
@@ -278,30 +304,58 @@ def scene_from_dict(item_dict: dict[str, Any], *, base: str | os.PathLike[str] |
         epsg = next((e for k, a in assets.items()
                      if (e := _epsg_of(a, f"assets.{k}.", check)) is not None), None)
     collection = item_dict.get("collection")
-    sensor = collection if isinstance(collection, str) and collection in SENSORS \
-        else DEFAULT_SENSOR
+    collection = collection if isinstance(collection, str) and collection else None
+    sensor = _sensor(collection, props, check)
     tile = _tile(props, check) or (f"EPSG{epsg}" if epsg is not None else "UNKNOWN")
     baseline = props.get("s2:processing_baseline")
     if baseline is not None:
         baseline = str(baseline)
         try:
-            _version(baseline)
-        except GeofmValueError:
+            version(baseline)
+        except ValueError:
             raise check.error("properties.s2:processing_baseline",
                               f"properties.s2:processing_baseline {baseline!r} is not a "
                               "version; write it like '04.00'") from None
-    applied = props.get("earthsearch:boa_offset_applied", False)
-    if applied is None:
-        applied = False
-    if not isinstance(applied, bool):
+    flag = props.get("earthsearch:boa_offset_applied")
+    if flag is not None and not isinstance(flag, bool):
         raise check.error("properties.earthsearch:boa_offset_applied",
-                          f"properties.earthsearch:boa_offset_applied {applied!r} is not "
+                          f"properties.earthsearch:boa_offset_applied {flag!r} is not "
                           "true or false; write a JSON boolean")
+    bands = resolve_bands(assets, hrefs, sensor)
+    when = _date(props, check)
+    harmonisation = Harmonisation(0, "not sentinel-2")
+    if sensor.name == DEFAULT_SENSOR:
+        declared = [b.offset for b in bands.values() if b.offset is not None
+                    and not sensor.band(b.band).is_mask]
+        harmonisation = decide(props=props, item_id=scene_id, when=when,
+                               declared_offsets=declared, flag=flag)
+    cover = props.get("eo:cloud_cover")
     return Scene(
-        scene_id=scene_id, date=_date(props, check), tile=tile, sensor=sensor, epsg=epsg,
-        hrefs=hrefs, baseline=baseline, offset_applied=applied, source=source,
-        bbox=_bbox(item_dict, check),
+        scene_id=scene_id, date=when, tile=tile, sensor=sensor.name, epsg=epsg,
+        hrefs=hrefs, baseline=harmonisation.baseline, offset_applied=bool(flag),
+        source=source, bbox=_bbox(item_dict, check), bands=bands,
+        harmonisation=harmonisation, collection=collection,
+        cloud_cover=float(cover) if isinstance(cover, int | float)
+        and not isinstance(cover, bool) else None,
     )
+
+
+def _sensor(collection: str | None, props: dict[str, Any], check: _Checker) -> Sensor:
+    """The item's sensor: by its collection, else its platform; no collection -> Sentinel-2."""
+    found = sensor_for_collection(collection)
+    if found is not None:
+        return found
+    platform = " ".join(str(props.get(k, "")) for k in ("platform", "constellation")).lower()
+    if "sentinel-2" in platform or any(k.startswith("s2:") for k in props):
+        return get_sensor(DEFAULT_SENSOR)
+    if "landsat" in platform or any(k.startswith("landsat:") for k in props):
+        return get_sensor("landsat-c2-l2")
+    if collection is None:
+        return get_sensor(DEFAULT_SENSOR)
+    known = sorted({c for s in SENSORS.values() for c in (s.name, *s.collections)})
+    raise check.error("collection", f"collection {collection!r} is not one geofm can chip "
+                      f"(Sentinel-2 L2A or Landsat C2 L2, or: {', '.join(known)}); search "
+                      "one of those collections")
 
 
 def _read_json(path: Path) -> Any:
@@ -346,6 +400,14 @@ def _self_href(item_dict: dict[str, Any]) -> str | None:
                 and isinstance(link.get("href"), str) and link["href"]:
             return str(link["href"])
     return None
+
+
+def _pystac_dict(item: Any) -> Any:
+    """A ``pystac.Item`` as its dict, offline: hrefs as written, no catalog root fetched."""
+    try:
+        return item.to_dict(transform_hrefs=False)
+    except TypeError:  # an object with a to_dict() that takes no such option
+        return item.to_dict()
 
 
 @dataclass(frozen=True)
@@ -416,7 +478,7 @@ def load_items(items: str | os.PathLike[str] | Iterable[Any]) -> LoadedItems:
     else:
         for i, entry in enumerate(items):
             item: Any = entry
-            as_dict: Any = (item.to_dict() if hasattr(item, "to_dict") else
+            as_dict: Any = (_pystac_dict(item) if hasattr(item, "to_dict") else
                             dict(item) if isinstance(item, dict) else item)
             href = getattr(item, "get_self_href", lambda: None)() or (
                 _self_href(as_dict) if isinstance(as_dict, dict) else None)

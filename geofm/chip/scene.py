@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from geofm.chip.grid import Cell, ChipGrid, chip_id, footprints_wgs84, load_aoi
+from geofm.chip.harmonise import Harmonisation
 from geofm.chip.items import Scene
 from geofm.chip.read import TargetGrid, read_to_grid
 from geofm.chip.screen import cloud_mask, fractions, is_valid, nodata_mask
@@ -16,7 +17,7 @@ from geofm.chip.thumbs import rgb_indices, to_rgb8, write_png
 from geofm.chipfile import write_chip
 from geofm.exceptions import GeofmError, ItemError, RasterError
 from geofm.layout import RunRoot
-from geofm.sensors import S2_BOA_ADD_OFFSET, get_sensor
+from geofm.sensors import S2_BOA_ADD_OFFSET, Band, get_sensor
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,12 @@ class SceneResult:
     asset: str | None = None
     path: str | None = None
     harmonisation: str = ""
+    harmonisation_detail: dict[str, Any] = field(default_factory=dict)
+    assets: dict[str, str] = field(default_factory=dict)
 
 
-def harmonisation_note(scene: Scene) -> str:
-    """Human-readable note of what was done to the DNs of ``scene``."""
-    if scene.remove_offset:
-        return (f"subtracted {S2_BOA_ADD_OFFSET} DN (processing baseline {scene.baseline}; "
-                "nonzero DN clipped at 1)")
-    if scene.offset_applied:
-        return "none (earthsearch:boa_offset_applied is true)"
-    return f"none (processing baseline {scene.baseline or 'unknown'})"
+#: Longest edge, pixels, of the decimated read the offset data check uses (COG overviews).
+DATA_CHECK_PIXELS = 256
 
 
 def _asset_error(cls: type[GeofmError], message: str, key: str, href: str) -> GeofmError:
@@ -74,15 +71,29 @@ def _open(scene: Scene, key: str):  # type: ignore[no-untyped-def]
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    href = scene.href(key)
+    from geofm.io import readable_href
+
+    href = readable_href(scene.href(key))
     try:
         return rasterio.open(href)
     except RasterioIOError as exc:
-        missing = "No such file" in str(exc) or "does not exist" in str(exc)
-        reason = ("file does not exist; download it or fix the asset href" if missing else
-                  f"cannot open ({exc}); the COG is truncated or corrupt: re-download it")
         raise _asset_error(RasterError, f"item {scene.scene_id!r}, asset {key!r}: {href}: "
-                           f"{reason}", key, href) from None
+                           f"{open_failure(str(exc))}", key, href) from None
+
+
+def open_failure(text: str) -> str:
+    """What a GDAL open error means, and the fix: missing, denied, unreachable, corrupt."""
+    if "No such file" in text or "does not exist" in text or "response code: 404" in text:
+        return "file does not exist (HTTP 404 for a URL); download it or fix the asset href"
+    if "response code: 403" in text or "response code: 401" in text:
+        return ("access denied (HTTP 403/401): an expired or missing signature (Planetary "
+                "Computer: sign again), missing credentials, or a requester-pays bucket "
+                "(set AWS_REQUEST_PAYER=requester)")
+    if "Could not connect" in text or "Could not resolve" in text or "timed out" in text \
+            or "Connection refused" in text:
+        return (f"cannot reach the server ({text[:160]}); check the network and the URL, or "
+                "raise GDAL_HTTP_TIMEOUT / GDAL_HTTP_MAX_RETRY")
+    return f"cannot open ({text}); the COG is truncated or corrupt: re-download it"
 
 
 def _check_crs(scene: Scene, key: str, src) -> int:  # type: ignore[no-untyped-def]
@@ -107,7 +118,8 @@ def chip_scene(scene: Scene, opts: ChipOptions) -> SceneResult:
     import rasterio
     from rasterio.errors import RasterioError
 
-    result = SceneResult(scene.scene_id, harmonisation=harmonisation_note(scene))
+    result = SceneResult(scene.scene_id, harmonisation=scene.harmonisation.note,
+                         harmonisation_detail=scene.harmonisation.record())
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
             _chip_scene(scene, opts, result)
@@ -125,12 +137,15 @@ def _chip_scene(scene: Scene, opts: ChipOptions, result: SceneResult) -> None:
     sensor = get_sensor(scene.sensor)
     bands = sensor.select(opts.bands)
     root = RunRoot.of(opts.root)
+    mask = sensor.mask_band if opts.cloud_mask else None
     sources: dict[str, Any] = {}
     try:
         for b in bands:
             sources[b.name] = _open(scene, b.name)
-        if opts.cloud_mask:
-            sources["scl"] = _open(scene, "scl")
+        if mask is not None:
+            sources[mask] = _open(scene, mask)
+        result.assets = {name: f"{scene.bands[name].key} ({scene.bands[name].how})"
+                         for name in sources}
         ref_key = min(opts.bands, key=lambda k: abs(sources[k].transform.a))
         ref = sources[ref_key]
         epsg = _check_crs(scene, ref_key, ref)
@@ -150,19 +165,51 @@ def _chip_scene(scene: Scene, opts: ChipOptions, result: SceneResult) -> None:
             aoi = load_aoi(opts.aoi, epsg)
             boxes = box(*np.array([c.bounds for c in cells]).T)
             cells = [c for c, keep in zip(cells, intersects(boxes, aoi), strict=True) if keep]
-        rows = _process_cells(scene, opts, sources, bands, grid, cells, epsg, root, result)
+        harmonisation = scene.harmonisation
+        if harmonisation.offset_dn:
+            harmonisation = _check_offset_in_data(scene, harmonisation, sources, bands)
+            result.harmonisation = harmonisation.note
+            result.harmonisation_detail = harmonisation.record()
+        rows = _process_cells(scene, opts, sources, bands, grid, cells, epsg, root, result,
+                              harmonisation, mask)
         _write_meta(root, scene, opts, rows, epsg)
     finally:
         for src in sources.values():
             src.close()
 
 
+def _check_offset_in_data(scene: Scene, harmonisation: Harmonisation,
+                          sources: dict[str, Any], bands: tuple[Band, ...]) -> Harmonisation:
+    """Rule 5 of :mod:`geofm.chip.harmonise`: is the +1000 really in the DNs?
+
+    Reads every selected band decimated to at most ``DATA_CHECK_PIXELS`` a side (from the
+    COG's overviews) and takes the band with the largest share of valid DNs below 1000.
+    """
+    from rasterio.enums import Resampling
+
+    worst, worst_band = 0.0, bands[0].name
+    for b in bands:
+        src = sources[b.name]
+        step = max(1, -(-max(src.height, src.width) // DATA_CHECK_PIXELS))
+        shape = (max(1, src.height // step), max(1, src.width // step))
+        sample = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+        nodata = scene.asset_band(b.name).nodata
+        valid = sample != nodata if nodata is not None else np.ones(sample.shape, bool)
+        if valid.sum() >= 16:
+            share = float((sample[valid] < S2_BOA_ADD_OFFSET).mean())
+            if share > worst:
+                worst, worst_band = share, b.name
+    return harmonisation.after_data_check(worst, worst_band)
+
+
 def _process_cells(scene: Scene, opts: ChipOptions, sources: dict[str, Any], bands: tuple,
                    grid: ChipGrid, cells: list[Cell], epsg: int, root: RunRoot,
-                   result: SceneResult) -> list[dict[str, Any]]:
+                   result: SceneResult, harmonisation: Harmonisation,
+                   mask: str | None) -> list[dict[str, Any]]:
     size = opts.chip_size
     names = [b.name for b in bands]
-    nodata = bands[0].nodata
+    nodata = scene.asset_band(names[0]).nodata
+    mask_nodata = scene.asset_band(mask).nodata if mask is not None else None
     rgb = rgb_indices(names)
     by_row: dict[int, list[Cell]] = {}
     for cell in cells:
@@ -174,13 +221,15 @@ def _process_cells(scene: Scene, opts: ChipOptions, sources: dict[str, Any], ban
         strip = TargetGrid(x0=grid.origin[0] + cmin * grid.cell_metres,
                            y0=grid.origin[1] - row * grid.cell_metres, res=grid.res,
                            height=size, width=(cmax - cmin + 1) * size)
-        pixels = np.stack([_read_band(scene, k, sources[k], strip, b.resolution > grid.res + 1e-9,
-                                      b.nodata) for k, b in zip(names, bands, strict=True)])
-        scl = (_read_band(scene, "scl", sources["scl"], strip, False, 0)
-               if opts.cloud_mask else None)
-        missing = nodata_mask(pixels, scl, nodata=nodata)
-        clouds = cloud_mask(scl, snow=opts.snow_is_cloud) if scl is not None else None
-        if scene.remove_offset:
+        pixels = np.stack([_read_band(scene, k, sources[k], strip,
+                                      abs(sources[k].transform.a) > grid.res + 1e-9, nodata)
+                           for k in names])
+        layer = (_read_band(scene, mask, sources[mask], strip, False, mask_nodata)
+                 if mask is not None else None)
+        missing = nodata_mask(pixels, layer, nodata=nodata, sensor=scene.sensor)
+        clouds = (cloud_mask(layer, snow=opts.snow_is_cloud, sensor=scene.sensor)
+                  if layer is not None else None)
+        if harmonisation.offset_dn:
             pixels = _remove_offset(pixels)
         x_all, y = strip.x_centres(), strip.y_centres()
         for cell in row_cells:
@@ -194,7 +243,8 @@ def _process_cells(scene: Scene, opts: ChipOptions, sources: dict[str, Any], ban
                 thumb_path = root.thumbnail_path(scene.scene_id, cid)
                 chip_px = pixels[:, :, sl]
                 write_chip(chip_path, chip_px, bands=names, x=x_all[sl], y=y, epsg=epsg,
-                           date=scene.date, nodata=nodata, scale=bands[0].scale, offset=0.0,
+                           date=scene.date, nodata=nodata,
+                           scale=scene.asset_band(names[0]).scale, offset=bands[0].offset,
                            attrs={"chip_id": cid, "scene_id": scene.scene_id,
                                   "sensor": scene.sensor, "tile": scene.tile,
                                   "harmonisation": result.harmonisation})

@@ -115,7 +115,9 @@ def chip(
     For every scene: chips of ``chip_size`` x ``chip_size`` pixels on the grid anchored
     at the item raster's upper-left corner (or ``grid_origin``), 20/60 m bands resampled
     bilinear onto the finest selected band's grid (SCL nearest), the +1000 DN offset of
-    processing baseline >= 04.00 removed, screened by SCL cloud and nodata fractions.
+    Sentinel-2 baseline >= 04.00 removed where the evidence says it is in the DNs
+    (:mod:`geofm.chip.harmonise`), screened by the mask band's cloud and nodata
+    fractions (SCL, or Landsat QA_PIXEL).
     Writes ``chips/<scene>/<chip>.nc`` and ``thumbnails/<scene>/<chip>.png`` for valid
     chips and ``meta/<scene>.parquet`` (every chip) last; a scene whose meta exists is
     skipped unless ``overwrite``. A failing scene is recorded in ``run.json`` and the
@@ -126,8 +128,11 @@ def chip(
             ``pystac.Item`` objects.
         root: run root folder.
         chip_size: chip edge in pixels of the finest selected band (10 m for S2).
-        bands: asset keys (list or comma string); ``None`` = sensor defaults
-            (``blue,green,red,nir``), ``"all"`` = the bands Clay was trained on.
+        bands: band names or the provider's names (list or comma string: ``blue,nir``
+            or ``B02,B08``; :meth:`geofm.sensors.Sensor.resolve`); ``None`` = sensor
+            defaults (``blue,green,red,nir``), ``"all"`` = the bands Clay was trained on.
+            Each band's asset is found by the item's metadata
+            (:func:`geofm.chip.assets.resolve_bands`), not by its key.
         aoi: GeoJSON with polygon(s), any CRS (WGS84 if unstated); keep chips whose
             footprint intersects it.
         max_cloud: largest cloud fraction (SCL 3, 8, 9, 10) of a valid chip, 0..1.
@@ -153,6 +158,10 @@ def chip(
     loaded = load_items(items)
     loaded.require_scenes()
     scenes = loaded.scenes
+    sensors = sorted({s.sensor for s in scenes})
+    if len(sensors) > 1:
+        raise GeofmValueError(f"the items mix sensors ({', '.join(sensors)}); chip one sensor "
+                              "per run root (search or pass the items of each separately)")
     sensor = get_sensor(scenes[0].sensor)
     band_names = sensor.resolve(bands)
     if aoi is not None:
@@ -186,17 +195,20 @@ def chip(
             log.error("item %s failed: %s", unit, err)
         results = _run_scenes(todo, opts, workers=workers, progress=progress)
         harmonisation: dict[str, str] = {}
+        detail: dict[str, dict[str, Any]] = {}
         for res in results:
             if res.error is not None:
                 record.fail(res.scene_id, res.error, asset=res.asset, path=res.path)
                 log.error("scene %s failed: %s", res.scene_id, res.error)
             else:
                 harmonisation[res.scene_id] = res.harmonisation
+                detail[res.scene_id] = {**res.harmonisation_detail, "assets": res.assets}
         record.counts.update(
             scenes=len(scenes) + len(loaded.errors), skipped_scenes=skipped,
             failed_scenes=sum(r.error is not None for r in results) + len(loaded.errors),
             chips=sum(r.chips for r in results), valid_chips=sum(r.valid for r in results))
         record.extra["harmonisation"] = harmonisation
+        record.extra["harmonisation_detail"] = detail
         record.extra["coverage"] = coverage_summary(run)
     return record
 
@@ -236,14 +248,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``geofm chip`` options to ``parser``."""
     from geofm.cliargs import positive_int
 
-    parser.add_argument("--items", required=True,
-                        help="folder of STAC item JSONs, an ItemCollection, or one item")
+    parser.add_argument("--items", default=None,
+                        help="folder of STAC item JSONs, an ItemCollection, or one item "
+                             "(or search a STAC API with --stac)")
     parser.add_argument("--out", "--root", dest="out", required=True, help="run root folder")
     parser.add_argument("--chip-size", type=positive_int, default=256,
                         help="chip edge, pixels (256)")
     parser.add_argument("--bands", default=None,
-                        help="comma list of asset keys (default blue,green,red,nir); 'all' = "
-                             "the ten bands Clay was trained on")
+                        help="comma list of bands by name (blue,nir) or provider name "
+                             "(B02,B08) (default blue,green,red,nir); 'all' = the ten bands "
+                             "Clay was trained on")
     parser.add_argument("--aoi", default=None, help="GeoJSON polygon(s), any CRS (WGS84 default)")
     parser.add_argument("--max-cloud", type=float, default=0.05,
                         help="largest cloud fraction of a valid chip (0.05)")
@@ -258,6 +272,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo completed scenes")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
+    _add_search_arguments(parser)
+
+
+def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--stac`` search options (:mod:`geofm.chip.search`)."""
+    from geofm.cliargs import bbox, positive_int
+
+    group = parser.add_argument_group("STAC API search (instead of --items)")
+    group.add_argument("--stac", default=None, metavar="URL",
+                       help="search this STAC API and chip what it finds (items saved in "
+                            "ROOT/items/)")
+    group.add_argument("--collection", default=None, metavar="NAME[,NAME]",
+                       help="collection(s) to search, e.g. sentinel-2-l2a")
+    group.add_argument("--bbox", type=bbox, default=None, metavar="W,S,E,N",
+                       help="search area in degrees (or give --aoi)")
+    group.add_argument("--datetime", default=None, metavar="START/END",
+                       help="acquisition dates, e.g. 2024-01-01/2024-12-31")
+    group.add_argument("--max-cloud-cover", type=float, default=None, metavar="PCT",
+                       help="keep items whose eo:cloud_cover is at most PCT percent")
+    group.add_argument("--max-items", type=positive_int, default=None, metavar="N",
+                       help="keep at most N acquisitions")
+
+
+def _items_from_cli(args: argparse.Namespace) -> str | int:
+    """The items to chip: ``--items``, or the file a ``--stac`` search saved; 2 if misused."""
+    import sys
+
+    from geofm.chip.search import StacQuery, aoi_geometry, search_items
+
+    def usage(message: str) -> int:
+        print(f"geofm chip: error: {message}", file=sys.stderr)
+        return 2
+
+    if (args.items is None) == (args.stac is None):
+        return usage("give either --items PATH or --stac URL --collection NAME")
+    if args.items is not None:
+        if args.collection or args.bbox or args.datetime or args.max_cloud_cover is not None \
+                or args.max_items is not None:
+            return usage("--collection, --bbox, --datetime, --max-cloud-cover and "
+                         "--max-items go with --stac, not --items")
+        return str(args.items)
+    if not args.collection:
+        return usage("--stac needs --collection NAME (e.g. sentinel-2-l2a)")
+    if args.bbox is not None and args.aoi is not None:
+        return usage("give the search area as --bbox or as --aoi, not both")
+    if args.aoi is not None and not Path(args.aoi).is_file():
+        raise GeofmFileNotFoundError(f"AOI file {args.aoi} does not exist; pass a GeoJSON "
+                                     "polygon file with --aoi")
+    query = StacQuery(
+        url=args.stac, collections=tuple(c.strip() for c in args.collection.split(",")
+                                         if c.strip()),
+        bbox=args.bbox, intersects=aoi_geometry(args.aoi) if args.aoi else None,
+        datetime=args.datetime, max_cloud_cover=args.max_cloud_cover,
+        max_items=args.max_items)
+    return str(search_items(args.out, query, overwrite=args.overwrite))
 
 
 def format_coverage(coverage: dict[str, Any]) -> str:
@@ -272,8 +341,11 @@ def format_coverage(coverage: dict[str, Any]) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Run ``geofm chip`` from parsed arguments; 1 if any scene failed."""
-    record = chip(args.items, args.out, chip_size=args.chip_size, bands=args.bands,
+    """Run ``geofm chip`` from parsed arguments; 1 if any scene failed, 2 if misused."""
+    items = _items_from_cli(args)
+    if isinstance(items, int):
+        return items
+    record = chip(items, args.out, chip_size=args.chip_size, bands=args.bands,
                   aoi=args.aoi, max_cloud=args.max_cloud, max_nodata=args.max_nodata,
                   grid_origin=args.grid_origin, cloud_mask=args.cloud_mask,
                   workers=args.workers, overwrite=args.overwrite, progress=args.progress)

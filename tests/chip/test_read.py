@@ -74,3 +74,86 @@ def test_unknown_resampling(tmp_path, tif):
     with rasterio.open(tmp_path / "a.tif") as src, \
             pytest.raises(GeofmValueError, match="resampling 'cubic'"):
         read_to_grid(src, _grid(), resampling="cubic")
+
+
+@pytest.mark.parametrize("res", [20, 60])
+def test_bilinear_and_nearest_equal_gdal_reproject_within_one_dn(tmp_path, tif, res):
+    """On a real Sentinel-2 tile grid (MGRS 33UWP: origin 499980, 5400000, EPSG:32633),
+    20 m / 60 m -> 10 m: the hand-written path equals GDAL's ``reproject`` (bilinear for
+    reflectance, nearest for SCL) within 1 DN wherever neither has nodata, away from the
+    raster edge."""
+    from affine import Affine
+    from rasterio.warp import Resampling, reproject
+
+    x0, y0, n = 499980.0, 5400000.0, 48
+    rng = np.random.default_rng(res)
+    coarse = rng.integers(1, 10000, (n, n)).astype(np.uint16)
+    coarse[10:13, 20:22] = 0  # nodata holes
+    tif(tmp_path / "b.tif", coarse, res, x0=x0, y0=y0)
+    scl = rng.integers(0, 12, (n, n)).astype(np.uint8)
+    tif(tmp_path / "scl.tif", scl, res, x0=x0, y0=y0)
+    size = n * res // 10 - 2 * res // 10  # stay one coarse pixel inside the edge
+    grid = TargetGrid(x0=x0 + res, y0=y0 - res, res=10.0, height=size, width=size)
+    for name, method, ours_kind in (("b.tif", Resampling.bilinear, "bilinear"),
+                                    ("scl.tif", Resampling.nearest, "nearest")):
+        with rasterio.open(tmp_path / name) as src:
+            ours = read_to_grid(src, grid, resampling=ours_kind, nodata=0)
+            gdal = np.zeros((size, size), src.dtypes[0])
+            reproject(rasterio.band(src, 1), gdal, src_transform=src.transform,
+                      src_crs=src.crs, src_nodata=0, dst_transform=Affine(
+                          10.0, 0, grid.x0, 0, -10.0, grid.y0), dst_crs=src.crs,
+                      dst_nodata=0, resampling=method)
+        both = (ours != 0) & (gdal != 0)
+        assert both.mean() > 0.9
+        diff = np.abs(ours.astype(np.int32) - gdal.astype(np.int32))[both]
+        assert diff.max() <= (1 if ours_kind == "bilinear" else 0), (name, diff.max())
+
+
+def test_remote_open_failures_get_different_messages(tmp_path):
+    """404, 403 (an expired signature) and a refused connection, from a local server."""
+    import http.server
+    import json
+    import socket
+    import threading
+
+    from geofm.chip import chip
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(403 if "denied" in self.path else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    port = server.server_address[1]
+    cases = {"missing": f"http://127.0.0.1:{port}/gone.tif",
+             "denied": f"http://127.0.0.1:{port}/denied.tif?se=2020-01-01&sig=old",
+             "refused": f"http://127.0.0.1:{free}/x.tif"}
+    items = tmp_path / "items"
+    items.mkdir()
+    for name, url in cases.items():
+        (items / f"{name}.json").write_text(json.dumps({
+            "type": "Feature", "id": name, "collection": "sentinel-2-l2a",
+            "geometry": {"type": "Point", "coordinates": [15, 50]},
+            "properties": {"datetime": "2021-06-01T10:00:00Z", "proj:epsg": 32633},
+            "assets": {k: {"href": url} for k in ("blue", "green", "red", "nir")}}))
+    try:
+        import rasterio
+
+        with rasterio.Env(GDAL_HTTP_MAX_RETRY=0):
+            rec = chip(items, tmp_path / "root", cloud_mask=False, progress=False)
+    finally:
+        server.shutdown()
+    reasons = {f.unit: f.reason for f in rec.failures}
+    assert "does not exist (HTTP 404" in reasons["missing"]
+    assert "access denied (HTTP 403/401): an expired" in reasons["denied"]
+    assert "cannot reach the server" in reasons["refused"]

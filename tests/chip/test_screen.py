@@ -28,3 +28,16 @@ def test_fractions_and_validity():
     assert np.isnan(cf) and nf == 0.25
     assert is_valid(cf, 0.0, max_cloud=0.0, max_nodata=0.0)
     assert not is_valid(cf, nf, max_cloud=1.0, max_nodata=0.2)
+
+
+def test_landsat_qa_pixel_bits():
+    clear, fill = 1 << 6, 1
+    qa = np.array([[clear, clear | 1 << 1, clear | 1 << 2, clear | 1 << 3],
+                   [clear | 1 << 4, clear | 1 << 5, fill, clear | 1 << 7]], np.uint16)
+    landsat = "landsat-c2-l2"
+    np.testing.assert_array_equal(cloud_mask(qa, sensor=landsat),
+                                  [[False, True, True, True], [True, False, False, False]])
+    assert cloud_mask(qa, snow=True, sensor=landsat)[1, 1]
+    bands = np.ones((1, 2, 4), np.uint16)
+    np.testing.assert_array_equal(nodata_mask(bands, qa, sensor=landsat),
+                                  [[False] * 4, [False, False, True, False]])

@@ -416,17 +416,6 @@ def test_aoi_missing_every_item_or_unreadable_fails_before_work(synth_dir, tmp_p
 
 # --- untrusted items: ids stay file names inside the root; bad items are errors -------------
 
-@pytest.fixture
-def geofm_log(caplog):
-    """Capture the ``geofm`` logger (the CLI's handler does not propagate)."""
-    import logging
-
-    logger = logging.getLogger("geofm")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def _tree(top, skip):
     """Every path under ``top`` except those under ``skip`` (relative, sorted)."""
     return sorted(str(p.relative_to(top)) for p in top.rglob("*")
