@@ -952,7 +952,8 @@ def _write_timeseries(path: Path, obs: _Obs, chip_ids: np.ndarray, anomaly: np.n
     cols["residual"] = pa.array(obs.resid.astype(np.float32))
     cols["anomaly"] = pa.array(np.asarray(anomaly, dtype=bool))
     cols["baseline"] = pa.array(obs.base.astype(bool))
-    pq.write_table(pa.table(cols), path)
+    # dictionary-encode only the ids: trying it on the float columns doubles the write time
+    pq.write_table(pa.table(cols), path, use_dictionary=["chip_id", "scene_id"])
 
 
 def _write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd.DataFrame,
