@@ -484,14 +484,10 @@ def _update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[
                                   "model: re-embed them, or refit (--refit).")
         n_rows = index.n_rows
         local = np.searchsorted(chip_ids, index.chip_ids)   # local chip -> global row
-        pos = ref_pos[local]
-        means = np.full((index.chip_ids.size, index.dim), np.nan, dtype=np.float32)
-        known = pos >= 0
-        if known.any():
-            ref_means = load_means(rr.reference_means_path, reference.chip_ids.size)
-            means[known] = ref_means[pos[known]]
-        pcs, cos, obs_ok = _pass_two(index, o.column, o.center, None, means, pca_model,
-                                     o.n_components, progress=o.progress, record=record, rr=rr)
+        ref_means = load_means(rr.reference_means_path, reference.chip_ids.size)
+        pcs, cos, obs_ok = _pass_two(index, o.column, o.center, None, ref_means, pca_model,
+                                     o.n_components, progress=o.progress, record=record, rr=rr,
+                                     mean_rows=ref_pos[local])
         sel = np.flatnonzero(obs_ok)
         new = _Obs(chip=local[index.obs_chip[sel]], ns=index.obs_ns[sel],
                    scene=index.obs_scene[sel], scenes=list(index.scene_ids), pcs=pcs[sel],
@@ -777,12 +773,15 @@ def _pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np
 def _pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarray | None,
               means: np.ndarray,
               pca: PCAModel, n_components: int, *, progress: bool,
-              record: StageRecord | None = None, rr: RunRoot | None = None
+              record: StageRecord | None = None, rr: RunRoot | None = None,
+              mean_rows: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Project every row and take its cosine to the chip's unit baseline mean.
 
     ``row_ok`` None: the rows' own validity is used, and bad rows are recorded as
-    failures in ``record`` (the update path, which has no pass 1).
+    failures in ``record`` (the update path, which has no pass 1). ``mean_rows``: the
+    row of ``means`` of each of the index's chips (-1: none, the cosine is NaN); default
+    the chip's own index.
     """
     n_obs = index.n_obs
     pcs = np.zeros((n_obs, n_components), dtype=np.float64)
@@ -809,11 +808,13 @@ def _pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndar
         else:
             np.add.at(pcs, obs, proj * w[:, None])
         single = (index.row_weight[rows] == 1.0) & ok
-        ref = means[index.row_chip[rows][single]]
-        vec = vectors[single]
-        norm = np.linalg.norm(vec, axis=1)
+        every = bool(single.all())
+        vec = vectors if every else vectors[single]
+        chips = index.row_chip[rows] if every else index.row_chip[rows][single]
+        ref = _mean_of(means, chips, mean_rows)
         with np.errstate(invalid="ignore", divide="ignore"):
-            cos[obs[single]] = np.einsum("nd,nd->n", vec, ref) / norm
+            cos[obs if every else obs[single]] = np.einsum("nd,nd->n", vec, ref) / np.sqrt(
+                np.einsum("nd,nd->n", vec, vec))
         for r in np.flatnonzero(~single & ok):
             o = int(obs[r])
             dup_sums[o] = dup_sums.get(o, 0.0) + w[r] * vectors[r].astype(np.float64)
@@ -821,13 +822,26 @@ def _pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndar
     bar.close()
     for o, vec in dup_sums.items():
         norm = np.linalg.norm(vec)
-        ref = means[index.obs_chip[o]]
+        ref = _mean_of(means, index.obs_chip[o:o + 1], mean_rows)[0]
         cos[o] = float(vec @ ref / norm) if norm > 0 else np.nan
     obs_ok = wsum > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         pcs = (pcs / wsum[:, None]).astype(np.float32)
     cos = np.where(obs_ok, cos, np.nan).astype(np.float32)
     return pcs, cos, obs_ok
+
+
+def _mean_of(means: np.ndarray, chips: np.ndarray, mean_rows: np.ndarray | None) -> np.ndarray:
+    """float32 ``[n, D]`` unit baseline means of ``chips`` (NaN rows where there is none)."""
+    if mean_rows is None:
+        return np.asarray(means[chips])
+    pos = mean_rows[chips]
+    known = pos >= 0
+    if known.all():
+        return np.asarray(means[pos])
+    out = np.full((chips.size, means.shape[1]), np.nan, dtype=np.float32)
+    out[known] = means[pos[known]]
+    return out
 
 
 class _Padded:
