@@ -100,15 +100,21 @@ def write_run_root(root: Path, n_chips: int, n_dates: int, *, seed: int = 0,
                          geometry=geoms[idx], crs="EPSG:4326").to_parquet(rr.meta_path(scene))
 
 
-def run_child(code: str) -> tuple[float, float]:
-    """Run python code in a fresh process; return (wall seconds, peak RSS MiB)."""
+def run_child(code: str, *, cpu: bool = False) -> tuple[float, ...]:
+    """Run python code in a fresh process; return (wall seconds, peak RSS MiB[, CPU s]).
+
+    CPU seconds (user + system of the child, imports included) are less sensitive than
+    wall time to other jobs on a shared machine.
+    """
     probe = ("import resource, time, sys\nt0 = time.perf_counter()\n" + code +
-             "\nprint('RESULT', time.perf_counter() - t0, "
-             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+             "\nru = resource.getrusage(resource.RUSAGE_SELF)"
+             "\nprint('RESULT', time.perf_counter() - t0, ru.ru_maxrss / 1024, "
+             "ru.ru_utime + ru.ru_stime)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT")][-1].split()
-    return float(line[1]), float(line[2])
+    return (float(line[1]), float(line[2]), float(line[3])) if cpu else \
+        (float(line[1]), float(line[2]))
 
 
 def detect_only(n_chips: int, n_dates: int, sk_chips: int) -> dict:
@@ -147,13 +153,14 @@ def update_cost(work: Path, n_chips: int, n_dates: int, *, signal: str) -> dict:
     t_gen = time.perf_counter() - t0
     call = (f"from geofm.analyze import analyze\nr = analyze({str(root)!r}, signal={signal!r}, "
             "max_plots=0, rasters=False, progress=False{extra})\nprint('COUNTS', r.counts)")
-    t_full, rss_full = run_child(call.format(extra=", refit=True"))
+    t_full, rss_full, cpu_full = run_child(call.format(extra=", refit=True"), cpu=True)
     write_run_root(root, n_chips, total, only=range(n_dates, total))
-    t_up, rss_up = run_child(call.format(extra=""))
+    t_up, rss_up, cpu_up = run_child(call.format(extra=""), cpu=True)
     stage = json.loads((root / "run.json").read_text())["stages"]["analyze"]
     assert stage["updates"][-1]["kind"] == "update", stage["updates"][-1]
     return dict(chips=n_chips, dates=n_dates, gen_s=t_gen, full_s=t_full, update_s=t_up,
-                share=t_up / t_full, full_rss_mib=rss_full, update_rss_mib=rss_up,
+                share=t_up / t_full, full_cpu_s=cpu_full, update_cpu_s=cpu_up,
+                cpu_share=cpu_up / cpu_full, full_rss_mib=rss_full, update_rss_mib=rss_up,
                 new_observations=stage["counts"]["new_observations"],
                 alerts=stage["counts"]["alerts"], changed=stage["counts"]["changed"])
 
@@ -174,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             work = args.work or Path(tmp)
             print("| chips | dates | full analysis s | update (+1 date) s | update / full "
+                  "| CPU s full / update | CPU update / full "
                   "| full peak RSS MiB | update peak RSS MiB | new observations | alerts |")
-            print("|---|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
             for n in args.chips:
                 r = update_cost(work, n, args.dates, signal=args.signal)
                 print(f"| {r['chips']} | {r['dates']} | {r['full_s']:.1f} | "
                       f"{r['update_s']:.1f} | {100 * r['share']:.1f} % | "
+                      f"{r['full_cpu_s']:.1f} / {r['update_cpu_s']:.1f} | "
+                      f"{100 * r['cpu_share']:.1f} % | "
                       f"{r['full_rss_mib']:.0f} | {r['update_rss_mib']:.0f} | "
                       f"{r['new_observations']} | {r['alerts']} |", flush=True)
         return 0
