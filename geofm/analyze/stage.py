@@ -998,17 +998,23 @@ def _write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: p
     geoms = np.asarray(list(meta["geometry"]), dtype=object)
     texts = shapely.to_geojson(geoms)
     magnitude = out["magnitude"]
+    # One f-string per feature (json.dumps of a dict per chip is most of the cost).
+    day = np.datetime_as_string(np.where(change, change_ns, 0).astype("datetime64[ns]"),
+                                unit="D")
+    dates = np.where(change, np.char.add(np.char.add('"', day), '"'), "null")
+    mags = [("null" if not np.isfinite(m) else repr(round(float(m), 4)))
+            for m in magnitude.tolist()]
+    dups = ["null" if d is None else json.dumps(d) for d in duplicate.tolist()]
+    status = out["status"].tolist()
+    n_obs = out["n_observations"].tolist()
+    flags = ["true" if c else "false" for c in change.tolist()]
     parts = []
-    for i in np.flatnonzero([g is not None for g in geoms]):
-        mag = magnitude[i]
-        props = {"chip_id": str(chip_ids[i]), "status": str(out["status"][i]),
-                 "change": bool(change[i]),
-                 "change_date": None if not change[i] else str(change_date[i].date()),
-                 "intensity": None if not np.isfinite(mag) else round(float(mag), 4),
-                 "n_observations": int(out["n_observations"][i]),
-                 "duplicate_of": duplicate[i]}
-        parts.append(f'{{"type": "Feature", "geometry": {texts[i]}, '
-                     f'"properties": {json.dumps(props)}}}')
+    for i in np.flatnonzero([g is not None for g in geoms]).tolist():
+        parts.append(f'{{"type": "Feature", "geometry": {texts[i]}, "properties": '
+                     f'{{"chip_id": {json.dumps(str(chip_ids[i]))}, "status": "{status[i]}", '
+                     f'"change": {flags[i]}, "change_date": {dates[i]}, '
+                     f'"intensity": {mags[i]}, "n_observations": {n_obs[i]}, '
+                     f'"duplicate_of": {dups[i]}}}}}')
     geojson_path.write_text('{"type": "FeatureCollection", "features": [' + ", ".join(parts)
                             + "]}", encoding="utf-8")
 
