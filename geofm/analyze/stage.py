@@ -359,17 +359,19 @@ class _Obs:
         """The observations at ``idx``."""
         return _Obs(scenes=self.scenes, **{f: getattr(self, f)[idx] for f in self._FIELDS})
 
+    def core(self) -> _Core:
+        """The fields assessment needs."""
+        return _Core(chip=self.chip, ns=self.ns, scene=self.scene, scenes=self.scenes,
+                     resid=self.resid, sig=self.sig, base=self.base)
+
     @classmethod
-    def concat(cls, a: _Obs, b: _Obs) -> _Obs:
-        """``a`` then ``b`` (scene codes remapped onto the union of their scene lists)."""
-        scenes = sorted(set(a.scenes) | set(b.scenes))
-        pos = {s: i for i, s in enumerate(scenes)}
-        remap_a = np.array([pos[s] for s in a.scenes] or [0], dtype=np.int64)
-        remap_b = np.array([pos[s] for s in b.scenes] or [0], dtype=np.int64)
-        parts = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in cls._FIELDS
-                 if f != "scene"}
-        parts["scene"] = np.concatenate([remap_a[a.scene], remap_b[b.scene]])
-        return cls(scenes=scenes, **parts)
+    def empty(cls, n_components: int) -> _Obs:
+        """No observations."""
+        f32 = np.zeros(0, np.float32)
+        return cls(chip=np.zeros(0, np.int64), ns=np.zeros(0, np.int64),
+                   scene=np.zeros(0, np.int64), scenes=[],
+                   pcs=np.zeros((0, n_components), np.float32), cos=f32, sig=f32, pred=f32,
+                   resid=f32, base=np.zeros(0, bool))
 
     def values(self, signal_pc: int | None | slice) -> np.ndarray:
         """float64 ``[M, K']`` the monitored components (cosine, one PC or all)."""
@@ -381,6 +383,45 @@ class _Obs:
 
 
 @dataclass
+class _Core:
+    """What assessment needs of each observation (published or new)."""
+
+    chip: np.ndarray    # int64 [M]
+    ns: np.ndarray      # int64 [M]
+    scene: np.ndarray   # int64 [M] into ``scenes``
+    scenes: list[str]
+    resid: np.ndarray   # float32 [M]
+    sig: np.ndarray     # float32 [M]
+    base: np.ndarray    # bool [M]
+
+    _FIELDS = ("chip", "ns", "scene", "resid", "sig", "base")
+
+    def take(self, idx: np.ndarray) -> _Core:
+        """The observations at ``idx``."""
+        return _Core(scenes=self.scenes, **{f: getattr(self, f)[idx] for f in self._FIELDS})
+
+    @classmethod
+    def concat(cls, a: _Core, b: _Core) -> _Core:
+        """``a`` then ``b`` (scene codes remapped onto the union of their scene lists)."""
+        scenes = sorted(set(a.scenes) | set(b.scenes))
+        pos = {s: i for i, s in enumerate(scenes)}
+        remap_a = np.array([pos[s] for s in a.scenes] or [0], dtype=np.int64)
+        remap_b = np.array([pos[s] for s in b.scenes] or [0], dtype=np.int64)
+        parts = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in cls._FIELDS
+                 if f != "scene"}
+        parts["scene"] = np.concatenate([remap_a[a.scene], remap_b[b.scene]])
+        return cls(scenes=scenes, **parts)
+
+
+@dataclass
+class _Prior:
+    """The published ``timeseries.parquet`` rows an update keeps: as read, and their core."""
+
+    table: pa.Table
+    core: _Core
+
+
+@dataclass
 class _Work:
     """What an analysis (reference or update) hands to :func:`_publish`."""
 
@@ -388,6 +429,7 @@ class _Work:
     fit: SeasonalFit
     reference: Reference
     obs: _Obs
+    prior: _Prior | None           # published rows kept by an update (None: reference)
     kind: str                      # "reference" | "update"
     n_rows: int                    # embedding rows read
     n_new: int                     # observations scored now
@@ -456,7 +498,7 @@ def _reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: l
                                      for v in pca_model.explained_variance_ratio],
         "pca_samples": pca_model.n_samples}
     geoms = _chip_meta(rr, index.chip_ids, record)
-    return _Work(chip_ids=index.chip_ids, fit=fit, reference=reference, obs=obs,
+    return _Work(chip_ids=index.chip_ids, fit=fit, reference=reference, obs=obs, prior=None,
                  kind="reference", n_rows=index.n_rows, n_new=sel.size, files=extra,
                  meta=geoms)
 
@@ -467,7 +509,7 @@ def _update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[
     """Score the observations of new (or re-embedded) files against the stored reference."""
     reference = Reference.load(rr.reference_path)
     pca_model = PCAModel.load(rr.pca_path)
-    old = _read_timeseries(rr, o.n_components, drop_scenes=set(todo) | set(gone))
+    table, old = _read_timeseries(rr, drop_scenes=set(todo) | set(gone))
     files = [rr.embeddings_path(s) for s in todo]
     index = index_embeddings(files, todo, column=o.column) if files else None
     new_chips = index.chip_ids if index is not None else np.array([], dtype=object)
@@ -475,7 +517,7 @@ def _update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[
     _check_plot_chips(plot_chips, chip_ids, rr)
     fit, ref_pos = reference.extend(chip_ids)
     old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
-    old_obs = _Obs(chip=old_chip[old.pop("chip")], scenes=old.pop("scenes"), **old)
+    old_obs = _Core(chip=old_chip[old.pop("chip")], scenes=old.pop("scenes"), **old)
     n_rows = 0
     if index is not None:
         if pca_model.dim != index.dim:
@@ -506,14 +548,14 @@ def _update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[
                 log.warning("analyze: %d new observation(s) fall on a day already analysed for "
                             "their chip; they are kept beside the earlier one (a refit would "
                             "average them)", again)
-        merged = _Obs.concat(old_obs, new)
     else:
-        merged, sel = old_obs, np.array([], dtype=np.int64)
+        new, sel = _Obs.empty(o.n_components), np.array([], dtype=np.int64)
     log.info("analyze update: %d new file(s) (%d embeddings, %d observations) scored against "
              "reference %s; %d file(s) dropped", len(todo), n_rows, sel.size, reference.id,
              len(gone))
     geoms = _chip_meta(rr, chip_ids, record, known=published)
-    return _Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=merged, kind="update",
+    return _Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=new,
+                 prior=_Prior(table=table, core=old_obs), kind="update",
                  n_rows=n_rows, n_new=int(sel.size), files={}, meta=geoms)
 
 
@@ -531,10 +573,14 @@ def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: _Work,
              scene_removed: list[str], fingerprint: str, plot_chips: Sequence[str],
              max_plots: int | None, rasters: bool) -> None:
     """Assess every chip, find the alerts and publish all outputs of this analysis at once."""
-    obs = work.obs.take(_chip_date_order(work.obs.chip, work.obs.ns))
+    core = work.obs.core() if work.prior is None else _Core.concat(work.prior.core,
+                                                                    work.obs.core())
+    n_prior = core.chip.size - work.obs.chip.size
+    order = _chip_date_order(core.chip, core.ns)
+    obs = core.take(order)  # by chip, then date: the [chip, date] grid's order
     n_chips = work.chip_ids.size
     grid = _Padded(obs.chip, n_chips, np.ones(obs.chip.size, dtype=bool))
-    valid = grid.take(np.isfinite(obs.values(o.signal_pc)).all(axis=1), False)
+    valid = grid.take(np.isfinite(obs.sig), False)
     monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
     resid = grid.take(obs.resid.astype(np.float64), np.nan)
     out = assess(work.fit, resid, valid, monitor, threshold=o.threshold,
@@ -588,8 +634,12 @@ def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: _Work,
     staged.begin()
     for name, writer in work.files.items():
         writer(staged.path(name))
-    _write_timeseries(staged.path("timeseries.parquet"), obs, work.chip_ids,
-                      grid.gather(out["anomaly"]), o.n_components)
+    anomaly = np.empty(core.chip.size, dtype=bool)
+    anomaly[order] = grid.gather(out["anomaly"])
+    _write_timeseries(staged.path("timeseries.parquet"), work.obs, work.chip_ids,
+                      anomaly[n_prior:], o.n_components,
+                      prior=None if work.prior is None else work.prior.table,
+                      prior_anomaly=anomaly[:n_prior])
     _write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
                    work.chip_ids, meta, out, work.fit, change_ns, duplicate)
     new_alerts_path = staged.path("alerts.geojson")
@@ -653,42 +703,45 @@ def _chip_date_order(chip: np.ndarray, ns: np.ndarray) -> np.ndarray:
     return order
 
 
-def _read_timeseries(rr: RunRoot, n_components: int, *, drop_scenes: set[str]
-                     ) -> dict[str, Any]:
-    """The published observations (minus those of ``drop_scenes``) as :class:`_Obs` fields."""
+def _read_timeseries(rr: RunRoot, *, drop_scenes: set[str]
+                     ) -> tuple[pa.Table, dict[str, Any]]:
+    """The published observations, minus those of ``drop_scenes``.
+
+    Returns:
+        ``(table, core)``: the rows as read (rewritten as they are by the update, but for
+        ``anomaly``), and the :class:`_Core` fields as arrays (``chip`` indexes
+        ``chip_ids``, the file's own chip list).
+    """
     import pyarrow.compute as pc
 
-    cols = ["chip_id", "scene_id", "date", *(f"pc{k + 1}" for k in range(n_components)),
-            "cosine_to_baseline", "signal", "predicted", "residual", "baseline"]
-    table = read_table(rr.timeseries_path, made_by="analyze", columns=cols)
+    table = read_table(rr.timeseries_path, made_by="analyze")
     codes: dict[str, tuple[np.ndarray, list[str]]] = {}
     for name in ("chip_id", "scene_id"):
         col = table.column(name)
-        col = col.cast(pa.string()) if not pa.types.is_dictionary(col.type) else col
-        arr = col.combine_chunks()
-        if not pa.types.is_dictionary(arr.type):
-            arr = arr.dictionary_encode()
+        if pa.types.is_dictionary(col.type):
+            arr = col.unify_dictionaries().combine_chunks()
+        else:
+            arr = col.cast(pa.string()).combine_chunks().dictionary_encode()
         idx = arr.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         codes[name] = (idx, [str(v) for v in arr.dictionary.to_pylist()])
     scene_idx, scenes = codes["scene_id"]
     keep = ~np.isin(np.asarray(scenes, dtype=object), list(drop_scenes))[scene_idx] \
         if scenes else np.ones(scene_idx.size, dtype=bool)
+    if not keep.all():
+        table = table.filter(pa.array(keep))
     date = table.column("date")
     if date.type.unit != "ns":
         date = date.cast(pa.timestamp("ns", tz="UTC"))
 
     def num(name: str, dtype: Any) -> np.ndarray:
-        return np.asarray(table.column(name).to_numpy(), dtype=dtype)[keep]
+        return np.asarray(table.column(name).to_numpy(), dtype=dtype)
 
     chip_idx, chip_names = codes["chip_id"]
-    return {"chip": chip_idx[keep], "chip_ids": np.asarray(chip_names, dtype=object),
-            "ns": np.asarray(pc.cast(date, pa.int64()).to_numpy(), dtype=np.int64)[keep],
-            "scene": scene_idx[keep], "scenes": scenes,
-            "pcs": np.stack([num(f"pc{k + 1}", np.float32) for k in range(n_components)],
-                            axis=1),
-            "cos": num("cosine_to_baseline", np.float32), "sig": num("signal", np.float32),
-            "pred": num("predicted", np.float32), "resid": num("residual", np.float32),
-            "base": num("baseline", bool)}
+    return table, {"chip": chip_idx[keep], "chip_ids": np.asarray(chip_names, dtype=object),
+                   "ns": np.asarray(pc.cast(date, pa.int64()).to_numpy(), dtype=np.int64),
+                   "scene": scene_idx[keep], "scenes": scenes,
+                   "sig": num("signal", np.float32), "resid": num("residual", np.float32),
+                   "base": num("baseline", bool)}
 
 
 def _check_model(rr: RunRoot, scene_ids: list[str], files: list[Path],
@@ -948,7 +1001,9 @@ def _published_changes(rr: RunRoot) -> pd.DataFrame | None:
 
 
 def _write_timeseries(path: Path, obs: _Obs, chip_ids: np.ndarray, anomaly: np.ndarray,
-                      n_components: int) -> None:
+                      n_components: int, *, prior: pa.Table | None = None,
+                      prior_anomaly: np.ndarray | None = None) -> None:
+    """Write ``prior`` (published rows, ``anomaly`` replaced) then ``obs`` as new rows."""
     chip_dict = pa.array(chip_ids.tolist(), type=pa.string())
     scene_dict = pa.array(obs.scenes, type=pa.string())
     cols: dict[str, pa.Array] = {
@@ -966,8 +1021,13 @@ def _write_timeseries(path: Path, obs: _Obs, chip_ids: np.ndarray, anomaly: np.n
     cols["residual"] = pa.array(obs.resid.astype(np.float32))
     cols["anomaly"] = pa.array(np.asarray(anomaly, dtype=bool))
     cols["baseline"] = pa.array(obs.base.astype(bool))
+    table = pa.table(cols)
+    if prior is not None:
+        prior = prior.set_column(prior.schema.get_field_index("anomaly"), "anomaly",
+                                 pa.array(np.asarray(prior_anomaly, dtype=bool)))
+        table = pa.concat_tables([prior.select(table.column_names).cast(table.schema), table])
     # dictionary-encode only the ids: trying it on the float columns doubles the write time
-    pq.write_table(pa.table(cols), path, use_dictionary=["chip_id", "scene_id"])
+    pq.write_table(table, path, use_dictionary=["chip_id", "scene_id"])
 
 
 def _write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd.DataFrame,
@@ -1050,7 +1110,7 @@ def _thumbnails(rr: RunRoot, chip_ids: set[str]) -> dict[tuple[str, int], Path]:
 
 
 
-def _write_plots(rr: RunRoot, chip_ids: np.ndarray, obs: _Obs, grid: _Padded,
+def _write_plots(rr: RunRoot, chip_ids: np.ndarray, obs: _Core, grid: _Padded,
                  out: dict[str, np.ndarray], fit: SeasonalFit, changed: np.ndarray,
                  o: _Options, plot_chips: Sequence[str], max_plots: int | None) -> int:
     from geofm.analyze.plots import Timeline, plot_timeline
@@ -1066,7 +1126,7 @@ def _write_plots(rr: RunRoot, chip_ids: np.ndarray, obs: _Obs, grid: _Padded,
     multi = isinstance(o.signal_pc, slice)
     thumbs = _thumbnails(rr, {str(chip_ids[c]) for c in chosen})
     days_grid = grid.take(obs.ns / NS_PER_DAY, np.nan)
-    valid_grid = grid.take(np.isfinite(obs.values(o.signal_pc)).all(axis=1), False)
+    valid_grid = grid.take(np.isfinite(obs.sig), False)
     # One signal: plot it with its seasonal fit. Several PCs: plot the combined score,
     # whose "fit" is 0 and whose band is +-threshold.
     sig_grid = grid.take(obs.resid if multi else obs.sig, np.nan)
