@@ -295,6 +295,10 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             todo = sorted(s for s in scene_ids if state["scenes"].get(s) != signatures[s])
             gone = sorted(set(state["scenes"]) - set(signatures))
             record.extra["reference"] = state["reference"]
+            # the reference's summary (baseline period, PCA) stays in every run.json entry
+            record.extra["analysis"] = state["reference"].get("analysis", {
+                "baseline_start": state["reference"]["baseline_start"],
+                "monitor_start": state["reference"]["monitor_start"]})
             if not todo and not gone and all(p.exists() for p in _outputs(rr)):
                 log.info("analysis/ is up to date with these embeddings and options; skipped")
                 record.counts.update(_counts_from(rr.changes_path))
@@ -311,7 +315,8 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
                 "baseline_start": str(pd.Timestamp(work.reference.baseline_start_ns,
                                                    tz="UTC").date()),
                 "monitor_start": str(pd.Timestamp(work.reference.monitor_start_ns,
-                                                  tz="UTC").date())},
+                                                  tz="UTC").date()),
+                "analysis": record.extra["analysis"]},
                 "scenes": {}, "updates": (state or {}).get("updates", [])}
             todo, gone = scene_ids, []
         state["scenes"] = {s: signatures[s] for s in scene_ids}

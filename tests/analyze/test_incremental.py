@@ -173,6 +173,8 @@ def test_alerts_are_the_changes_confirmed_by_each_update(grown, capsys):
     updates = manifest["stages"]["analyze"]["updates"]
     assert [u["kind"] for u in updates] == ["reference", "update"]
     assert [u["alerts"] for u in updates] == [1, 2]
+    summary = manifest["stages"]["analyze"]["analysis"]  # the reference's, kept by updates
+    assert summary["monitor_start"] == "2022-01-01" and summary["signal"] == "pc1"
     assert updates[1]["scenes_added"] == N_DATES - CUT
     assert updates[1]["status_moves"] == {"no change -> change": 2,
                                           "insufficient data -> no change": 1}
