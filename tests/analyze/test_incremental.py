@@ -250,3 +250,24 @@ def test_kill_9_during_an_update_then_rerun(grown, tmp_path, point, count):
     assert not (rr.analysis_dir / ".pending").exists()
     state = json.loads(rr.analysis_state_path.read_text())
     assert [u["kind"] for u in state["updates"]] == ["reference", "update"]
+
+
+def test_rewritten_and_removed_files_are_rescored_and_dropped(grown):
+    rr, _ = grown
+    analyze(rr.path, **OPTS)
+    before_ts, before_ch = _timeseries(rr), _changes(rr)
+    # a re-embedded file (same content, new mtime) is scored again, not added twice
+    path = rr.embeddings_path(_scene(25))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    again = analyze(rr.path, **OPTS)
+    assert again.counts["new_observations"] == N_CHIPS and again.counts["alerts"] == 0
+    pd.testing.assert_frame_equal(_timeseries(rr), before_ts)
+    pd.testing.assert_frame_equal(_changes(rr), before_ch)
+    # a removed file's observations leave the series
+    rr.embeddings_path(_scene(N_DATES - 1)).unlink()
+    dropped = analyze(rr.path, **OPTS)
+    ts = _timeseries(rr)
+    assert len(ts) == len(before_ts) - N_CHIPS and _scene(N_DATES - 1) not in set(ts.scene_id)
+    state = json.loads(rr.analysis_state_path.read_text())
+    assert state["updates"][-1]["scenes_removed"] == 1
+    assert dropped.counts["observations"] == len(ts)
