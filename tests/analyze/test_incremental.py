@@ -271,3 +271,16 @@ def test_rewritten_and_removed_files_are_rescored_and_dropped(grown):
     state = json.loads(rr.analysis_state_path.read_text())
     assert state["updates"][-1]["scenes_removed"] == 1
     assert dropped.counts["observations"] == len(ts)
+
+
+def test_since_prints_a_table_by_default(grown, capsys):
+    rr, _ = grown
+    assert main(["--root", str(rr.path), "--n-components", "3", "--max-plots", "0",
+                 "--no-progress", "--since", "2000-01-01"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["detected_at", "chip_id", "change_date", "magnitude",
+                              "confirmed_by"]
+    assert len(out) == 4 and "33UUP_64_0000_0001" in out[2] and _scene(24) in out[2]
+    assert main(["--root", str(rr.path), "--n-components", "3", "--max-plots", "0",
+                 "--no-progress", "--since", "2999-01-01"]) == 0
+    assert capsys.readouterr().out.strip() == "no alerts"

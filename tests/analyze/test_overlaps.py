@@ -150,3 +150,22 @@ def test_duplicate_changes_needs_close_dates():
     assert same.tolist() == [None, "A_1"]
     apart = duplicate_changes(ids, np.array([True, True]), np.array([0, 90 * day]), meta)
     assert apart.tolist() == [None, None]
+
+
+def test_chipped_two_tile_synth_footprints_overlap_once_per_place(two_tiles, tmp_path):
+    """The real chip stage on `geofm synth --n-tiles 2`: its footprints pair up across tiles."""
+    import shapely
+
+    from geofm.chip import chip
+
+    synth, _ = two_tiles
+    root = tmp_path / "root"
+    chip(synth / "items", root, chip_size=64, progress=False)
+    meta = pd.concat(pd.read_parquet(p) for p in sorted((root / "meta").glob("*.parquet")))
+    meta = meta.drop_duplicates("chip_id").sort_values("chip_id").reset_index(drop=True)
+    meta["geometry"] = list(shapely.from_wkb(meta["geometry"].to_numpy()))
+    pairs = find_overlaps(meta)
+    assert len(pairs) == 8 and (pairs["share"] > 0.99).all()
+    uup = pairs[pairs.tile == "33UUP"]
+    assert sorted(uup["chip_id"]) == [f"33UUP_64_{r:04d}_0003" for r in range(4)]
+    assert sorted(uup["other_chip_id"]) == [f"33UVP_64_{r:04d}_0000" for r in range(4)]
