@@ -284,3 +284,18 @@ def test_since_prints_a_table_by_default(grown, capsys):
     assert main(["--root", str(rr.path), "--n-components", "3", "--max-plots", "0",
                  "--no-progress", "--since", "2999-01-01"]) == 0
     assert capsys.readouterr().out.strip() == "no alerts"
+
+
+@pytest.mark.parametrize("signal,embedding,center", [("pcs", "cls", "none"),
+                                                     ("cosine", "mean", "scene")])
+def test_update_equals_from_scratch_for_other_signals(tmp_path, signal, embedding, center):
+    opts = dict(OPTS, signal=signal, embedding=embedding, center=center)
+    rr = write_dates(tmp_path / "inc", range(CUT))
+    analyze(rr.path, **opts)
+    write_dates(rr.path, range(CUT, N_DATES))
+    assert analyze(rr.path, **opts).counts["new_observations"] == (N_DATES - CUT) * N_CHIPS
+    scratch = write_dates(tmp_path / "scratch", range(N_DATES))
+    shutil.copy(rr.pca_path, tmp_path / "ref_pca.npz")
+    analyze(scratch.path, pca=tmp_path / "ref_pca.npz", **opts)
+    pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(scratch))
