@@ -159,3 +159,25 @@ def reference_dir() -> Path:
             return Path(candidate)
     pytest.fail("Clay reference files (clay_tiny.ckpt, clay_tiny_cases.pt, manifest) not "
                 f"found in {candidates}; restore tests/data/clay_reference from git")
+
+
+class CodePayload:
+    """Unpickling this runs code: ``exec`` writes ``sentinel`` (what every loader must stop)."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (exec, (f"open({str(self.sentinel)!r}, 'w').write('pwned')",))
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Path:
+    """File a malicious checkpoint would create if geofm ever ran its code."""
+    return tmp_path / "SENTINEL"
+
+
+@pytest.fixture
+def payload(sentinel: Path) -> CodePayload:
+    """An object whose unpickling writes ``sentinel``."""
+    return CodePayload(sentinel)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -118,7 +117,7 @@ class GenerativeRun:
         """Generate for ``hits``, write hits + texts; 0, or 1 when generation failed."""
         from geofm.generative import Generation, generate_for_hits
         from geofm.generative.output import format_generation
-        from geofm.io import write_text_atomic
+        from geofm.search.output import emit
 
         code = 0
         try:
@@ -136,10 +135,7 @@ class GenerativeRun:
         text = format_generation(hits, generation, self.fmt,
                                  single=self.single_prompt is not None,
                                  grouped=self.grouped_task is not None)
-        if self.output:
-            write_text_atomic(self.output, text + "\n")
-        else:
-            sys.stdout.write(text + "\n")
+        emit(text, self.output)
         return code
 
 

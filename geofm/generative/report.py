@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -120,8 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm report`` from parsed arguments; return the exit code."""
     from geofm.generative.cli import prepare, usage_error
-    from geofm.io import write_text_atomic
-    from geofm.search.output import format_results
+    from geofm.search.output import emit, format_results
 
     try:
         generation = prepare(args, REPORT_COLUMNS)
@@ -130,11 +128,7 @@ def run_cli(args: argparse.Namespace) -> int:
     hits = changed_chips(args.root, include_all=args.include_all, limit=args.limit)
     if generation is not None:
         return generation.write(hits)
-    text = format_results(hits, args.format)
-    if args.output:
-        write_text_atomic(args.output, text + "\n")
-    else:
-        sys.stdout.write(text + "\n")
+    emit(format_results(hits, args.format), args.output)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -291,8 +290,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm search`` from parsed arguments; return the exit code."""
     from geofm.generative.cli import prepare, usage_error
-    from geofm.io import write_text_atomic
-    from geofm.search.output import format_results
+    from geofm.search.output import emit, format_results
 
     if not args.chip_id and not args.vector_file and not args.text:
         raise GeofmValueError("give --chip-id ID (repeatable), --vector-file F or --text QUERY")
@@ -310,11 +308,7 @@ def run_cli(args: argparse.Namespace) -> int:
                      text=args.text)
     if generation is not None:
         return generation.write(results)
-    text = format_results(results, args.format)
-    if args.output:
-        write_text_atomic(args.output, text + "\n")
-    else:
-        sys.stdout.write(text + "\n")
+    emit(format_results(results, args.format), args.output)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,3 +86,15 @@ def format_results(results: gpd.GeoDataFrame, fmt: str = "table") -> str:
             decimals += 1
         frame["similarity"] = [f"{x:.{decimals}f}" for x in sims]
     return frame.to_string(float_format=lambda x: f"{x:.4f}")
+
+
+def emit(text: str, output: str | os.PathLike[str] | None = None) -> None:
+    """Write formatted results to the file ``output`` (atomically), or to standard output."""
+    import sys
+
+    from geofm.io import write_text_atomic
+
+    if output:
+        write_text_atomic(output, text + "\n")
+    else:
+        sys.stdout.write(text + "\n")

@@ -18,36 +18,21 @@ from geofm.exceptions import CheckpointError
 from geofm.finetune.train import load_head
 
 
-class Payload:
-    """Unpickling this runs code: ``exec`` writes ``sentinel``."""
-
-    def __init__(self, sentinel: Path) -> None:
-        self.sentinel = sentinel
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (exec, (f"open({str(self.sentinel)!r}, 'w').write('pwned')",))
-
-
 @pytest.fixture
-def sentinel(tmp_path: Path) -> Path:
-    return tmp_path / "SENTINEL"
-
-
-@pytest.fixture
-def bad_encoder(reference_dir: Path, tmp_path: Path, sentinel: Path) -> Path:
+def bad_encoder(reference_dir: Path, tmp_path: Path, payload: object) -> Path:
     """Real Clay tiny weights with a payload in ``hyper_parameters``."""
     ckpt = torch.load(reference_dir / "clay_tiny.ckpt", map_location="cpu", weights_only=True)
     path = tmp_path / "clay_payload.ckpt"
     torch.save({**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"],
-                                             "cb": Payload(sentinel)}}, path)
+                                             "cb": payload}}, path)
     return path
 
 
 @pytest.fixture
-def bad_head(trained_head: Path, tmp_path: Path, sentinel: Path) -> Path:
+def bad_head(trained_head: Path, tmp_path: Path, payload: object) -> Path:
     """A real head checkpoint with a payload in its config."""
     blob = torch.load(trained_head / "best.pt", map_location="cpu", weights_only=True)
-    blob["config"]["note"] = Payload(sentinel)
+    blob["config"]["note"] = payload
     path = tmp_path / "best.pt"
     torch.save(blob, path)
     return path

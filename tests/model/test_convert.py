@@ -19,15 +19,6 @@ from geofm.model.convert import convert_checkpoint
 KEYS = ("pixels", "time", "latlon", "gsd", "waves")
 
 
-class Payload:
-    """Unpickling this runs code: ``exec`` writes ``sentinel``."""
-
-    def __init__(self, sentinel: Path) -> None:
-        self.sentinel = sentinel
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (exec, (f"open({str(self.sentinel)!r}, 'w').write('pwned')",))
-
 
 @pytest.fixture(scope="module")
 def ckpt_path(reference_dir: Path) -> Path:
@@ -103,10 +94,9 @@ def test_refused_file_needs_trust_pickle_then_converts(
 
 
 def test_payload_is_refused_without_trust_and_runs_only_with_it(
-        reference_ckpt: dict, tmp_path: Path) -> None:
-    sentinel = tmp_path / "SENTINEL"
+        reference_ckpt: dict, tmp_path: Path, sentinel: Path, payload: object) -> None:
     src = tmp_path / "payload.ckpt"
-    hp = {**reference_ckpt["hyper_parameters"], "cb": Payload(sentinel)}
+    hp = {**reference_ckpt["hyper_parameters"], "cb": payload}
     torch.save({**reference_ckpt, "hyper_parameters": hp}, src)
     with pytest.raises(CheckpointError, match=r"payload\.ckpt' pickles builtins\.exec"):
         convert_checkpoint(src, tmp_path / "a.safetensors")

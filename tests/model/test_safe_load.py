@@ -27,29 +27,14 @@ from geofm.model.safe_load import load_torch_file, refused_globals
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 
 
-class Payload:
-    """Unpickling this runs code: ``exec`` writes ``sentinel`` (what the loader must stop)."""
-
-    def __init__(self, sentinel: Path) -> None:
-        self.sentinel = sentinel
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (exec, (f"open({str(self.sentinel)!r}, 'w').write('pwned')",))
-
 
 @pytest.fixture(scope="module")
 def reference_ckpt(reference_dir: Path) -> dict:
     return torch.load(reference_dir / "clay_tiny.ckpt", map_location="cpu", weights_only=True)
 
 
-@pytest.fixture
-def sentinel(tmp_path: Path) -> Path:
-    return tmp_path / "SENTINEL"
-
-
-def _write(kind: str, folder: Path, sentinel: Path, reference: dict) -> Path:
-    """One malicious file of ``kind``; all of them write ``sentinel`` when fully unpickled."""
-    payload = Payload(sentinel)
+def _write(kind: str, folder: Path, payload: object, reference: dict) -> Path:
+    """One malicious file of ``kind``; all of them run ``payload`` when fully unpickled."""
     if kind == "payload.ckpt":  # nothing but the payload, torch zip format
         path = folder / kind
         torch.save({"state_dict": {}, "hyper_parameters": {"x": payload}}, path)
@@ -76,11 +61,11 @@ KINDS = ("payload.ckpt", "weights+payload.ckpt", "legacy.pt", "raw.pt", "pickle.
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_payloads_really_run_when_fully_unpickled(kind: str, tmp_path: Path,
+def test_payloads_really_run_when_fully_unpickled(kind: str, tmp_path: Path, payload: object,
                                                   reference_ckpt: dict) -> None:
     # positive control: without the safe loader these files do execute code
-    sentinel = tmp_path / "SENTINEL"
-    path = _write(kind, tmp_path, sentinel, reference_ckpt)
+    sentinel = tmp_path / "SENTINEL"  # the payload fixture's target
+    path = _write(kind, tmp_path, payload, reference_ckpt)
     if kind == "raw.pt":
         pickle.loads(path.read_bytes())
     else:  # a file object: torch.load hands a path named .safetensors to safetensors
@@ -91,8 +76,9 @@ def test_payloads_really_run_when_fully_unpickled(kind: str, tmp_path: Path,
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_load_encoder_refuses_every_payload(kind: str, tmp_path: Path, sentinel: Path,
+        payload: object,
                                             reference_ckpt: dict) -> None:
-    path = _write(kind, tmp_path, sentinel, reference_ckpt)
+    path = _write(kind, tmp_path, payload, reference_ckpt)
     if kind == "pickle.safetensors":
         match = r"pickle\.safetensors' is named \.safetensors but holds torch pickle data"
     else:
@@ -117,10 +103,11 @@ def geofm_log(caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_embed_cli_refuses_every_payload(kind: str, tmp_path: Path, sentinel: Path,
+        payload: object,
                                          reference_ckpt: dict, geofm_log) -> None:
     root = tmp_path / "root"
     (root / "meta").mkdir(parents=True)  # embed loads the model before reading any chip
-    path = _write(kind, tmp_path, sentinel, reference_ckpt)
+    path = _write(kind, tmp_path, payload, reference_ckpt)
     assert main(["embed", "--root", str(root), "--checkpoint", str(path), "--device",
                  "cpu", "--no-progress"]) == 1
     assert not sentinel.exists()
@@ -130,10 +117,10 @@ def test_embed_cli_refuses_every_payload(kind: str, tmp_path: Path, sentinel: Pa
     assert not (root / "embeddings").exists()
 
 
-def test_refused_globals_are_read_statically(tmp_path: Path, sentinel: Path,
+def test_refused_globals_are_read_statically(tmp_path: Path, sentinel: Path, payload: object,
                                              reference_ckpt: dict) -> None:
     for kind in ("payload.ckpt", "legacy.pt", "raw.pt"):
-        assert refused_globals(_write(kind, tmp_path, sentinel, reference_ckpt)) == [
+        assert refused_globals(_write(kind, tmp_path, payload, reference_ckpt)) == [
             "builtins.exec"]
     assert not sentinel.exists()
 
