@@ -752,20 +752,13 @@ def _read_timeseries(rr: RunRoot, *, drop_scenes: set[str]
 def _check_model(rr: RunRoot, scene_ids: list[str], files: list[Path],
                  record: StageRecord) -> None:
     """Refuse embeddings of two models; count and log the chips embed could not embed."""
-    from geofm.embed.writer import check_one_model, embedding_gaps
+    from geofm.embed.writer import check_one_model, record_embedding_gaps
 
     identity, infos = check_one_model(files, purpose="be analysed together",
                                       require_metadata=False)
     record.extra["model"] = identity.to_dict()
-    gaps = embedding_gaps(rr, dict(zip(scene_ids, infos, strict=True)))
-    record.counts.update(failed_chips=len(gaps["failed_chips"]),
-                         unembedded_scenes=len(gaps["scenes"]))
-    if gaps["failed_chips"] or gaps["scenes"]:
-        record.extra["not_analysed"] = gaps
-        log.warning("analyze: %d chip(s) that embed could not embed and %d scene(s) without "
-                    "embeddings are left out (listed in %s); re-run `geofm embed --root %s` "
-                    "to retry them", len(gaps["failed_chips"]), len(gaps["scenes"]),
-                    rr.manifest_path, rr.path)
+    record_embedding_gaps(rr, dict(zip(scene_ids, infos, strict=True)), record,
+                          left_out_key="not_analysed")
 
 
 def _counts_from(path: Path) -> dict[str, int]:

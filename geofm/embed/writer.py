@@ -19,6 +19,7 @@ compared. Files of the older flat layout (identity fields, ``bands`` and
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,11 @@ from geofm.model.identity import ModelIdentity, format_differences
 
 if TYPE_CHECKING:
     from geofm.layout import RunRoot
+    from geofm.manifest import StageRecord
 
 METADATA_KEY = b"geofm"
+
+log = logging.getLogger(__name__)
 
 
 def embedding_schema(dim: int, metadata: Mapping[str, Any] | None = None):  # type: ignore[no-untyped-def]
@@ -272,3 +276,29 @@ def embedding_gaps(root: RunRoot, infos: Mapping[str, SceneInfo]) -> dict[str, l
             if any(v is True for v in valid.to_pylist()):
                 missing.append(scene)
     return {"failed_chips": failed, "scenes": missing}
+
+
+def record_embedding_gaps(root: RunRoot, infos: Mapping[str, SceneInfo],
+                          record: StageRecord, *, left_out_key: str) -> dict[str, list[str]]:
+    """Count, list and log the valid chips a downstream stage leaves out for lack of vectors.
+
+    Args:
+        root: the run root.
+        infos: :class:`SceneInfo` per embedded scene id.
+        record: the downstream stage's record: counts ``failed_chips`` and
+            ``unembedded_scenes``; the lists go to ``record.extra[left_out_key]``.
+        left_out_key: e.g. ``"not_analysed"``, ``"not_indexed"``.
+
+    Returns:
+        The gaps, as :func:`embedding_gaps` gives them.
+    """
+    gaps = embedding_gaps(root, infos)
+    record.counts.update(failed_chips=len(gaps["failed_chips"]),
+                         unembedded_scenes=len(gaps["scenes"]))
+    if gaps["failed_chips"] or gaps["scenes"]:
+        record.extra[left_out_key] = gaps
+        log.warning("%s: %d chip(s) that embed could not embed and %d scene(s) without "
+                    "embeddings are left out (listed in %s); re-run `geofm embed --root %s` "
+                    "to retry them", record.stage, len(gaps["failed_chips"]),
+                    len(gaps["scenes"]), root.manifest_path, root.path)
+    return gaps

@@ -148,18 +148,10 @@ def consolidate(root: RunRoot, *, embedding: str, record: StageRecord
             f"no embeddings in {root.embeddings_dir}; run `geofm embed --root {root.path}` "
             "before `geofm index`"
         )
-    from geofm.embed.writer import embedding_gaps
+    from geofm.embed.writer import record_embedding_gaps
 
     identity, infos = check_same_model(root, scene_ids)
-    gaps = embedding_gaps(root, infos)
-    record.counts.update(failed_chips=len(gaps["failed_chips"]),
-                         unembedded_scenes=len(gaps["scenes"]))
-    if gaps["failed_chips"] or gaps["scenes"]:
-        record.extra["not_indexed"] = gaps
-        log.warning("index: %d chip(s) that embed could not embed and %d scene(s) without "
-                    "embeddings are not indexed (listed in %s); re-run `geofm embed --root "
-                    "%s` to retry them", len(gaps["failed_chips"]), len(gaps["scenes"]),
-                    root.manifest_path, root.path)
+    record_embedding_gaps(root, infos, record, left_out_key="not_indexed")
     frames, vectors = [], []
     for scene_id in scene_ids:
         try:
