@@ -154,12 +154,16 @@ def _decoder_from(path: Path | None) -> tuple[DecoderConfig, dict[str, Any]]:
     state, found = read_checkpoint(path)
     weights = {k[len("model.decoder."):]: v for k, v in state.items()
                if k.startswith("model.decoder.")}
-    if not weights or "decoder_dim" not in found:
+    if not weights or "pretrain_objective" not in found:  # e.g. Clay's own decoder: not ours
         return DecoderConfig(), {}
-    cfg = DecoderConfig(dim=int(found["decoder_dim"]), depth=int(found["decoder_depth"]),
-                        heads=int(found["decoder_heads"]),
-                        dim_head=int(found["decoder_dim_head"]),
-                        mlp_ratio=float(found["decoder_mlp_ratio"]))
+    try:
+        cfg = DecoderConfig(dim=int(found["decoder_dim"]), depth=int(found["decoder_depth"]),
+                            heads=int(found["decoder_heads"]),
+                            dim_head=int(found["decoder_dim_head"]),
+                            mlp_ratio=float(found["decoder_mlp_ratio"]))
+    except (KeyError, TypeError, ValueError):
+        log.warning("%s: decoder sizes unreadable; starting a fresh decoder", path)
+        return DecoderConfig(), {}
     return cfg, weights
 
 
@@ -319,7 +323,14 @@ def pretrain(
         torch.manual_seed(seed + 1)
         dec = MaeDecoder(encoder_dim=encoder.dim, patch_size=encoder.patch_size, config=dec_cfg)
     if dec_weights:
-        dec.load_state_dict({k: v.float() for k, v in dec_weights.items()}, strict=True)
+        try:
+            dec.load_state_dict({k: v.float() for k, v in dec_weights.items()}, strict=True)
+        except RuntimeError as exc:  # keys or shapes of another decoder: train a fresh one
+            log.warning("%s: its decoder does not fit (%s); starting a fresh decoder",
+                        checkpoint, str(exc).splitlines()[0])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                dec.reset_parameters()
     mae = ClayMAE(encoder, dec).to(dev)
     hparams = _hparams(config=encoder.config, decoder=dec_cfg, mask_ratio=mask_ratio,
                        batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
