@@ -63,6 +63,44 @@ def precision_at_10(df: pd.DataFrame, classes: dict[str, str]) -> dict[str, floa
     return out
 
 
+def report(result: dict) -> str:
+    """Markdown tables of a result dict (the loss curve and the side-by-side scores)."""
+    h = result["history"]
+    o = result["options"]
+    first, last = h[0]["val_loss"], h[-1]["val_loss"]
+    parts = [
+        f"synth {o['size']} px, {o['n_dates']} dates, chips {o['chip_size']} px: "
+        f"{result['counts']['train_chips']} training / {result['counts']['val_chips']} "
+        f"validation chip-dates ({result['counts']['train_locations']} / "
+        f"{result['counts']['val_locations']} locations); `tiny` from random weights, "
+        f"{len(h)} epochs, batch {o['batch_size']}, lr {o['lr']:g}, mask ratio 0.75, "
+        f"{result['threads']} CPU threads. Pretraining took **{result['pretrain_seconds']:.0f} s**"
+        f" (data: {result['data_seconds']:.0f} s).",
+        "",
+        f"Validation reconstruction loss {first:.4f} -> {last:.4f} "
+        f"(**{last / first:.2f}x** of epoch 1; goal <= 0.5x: "
+        f"**{'PASS' if last <= 0.5 * first else 'FAIL'}**).",
+        "",
+        _table([[str(e["epoch"]), f"{e['train_loss']:.4f}", f"{e['val_loss']:.4f}",
+                 f"{e['seconds']:.1f}"] for e in h], ["epoch", "train loss", "val loss", "s"]),
+    ]
+    search = result.get("search", {})
+    if search:
+        names = [c for c in next(iter(search.values())) if c not in ("mean", "chance")]
+        rows = [[k.replace("/", ", time/location "), f"**{v['mean']:.3f}**",
+                 *[f"{v[c]:.2f}" for c in names]] for k, v in search.items()]
+        chance = next(iter(search.values()))["chance"]
+        parts += ["", f"Same-class precision@10 (other locations only; chance {chance:.3f}):",
+                  "", _table(rows, ["weights", "mean", *names])]
+    ft = result.get("finetune", {})
+    if ft:
+        rows = [[*k.split("/"), f"{v['mean_iou']:.3f}"] for k, v in ft.items()]
+        parts += ["", f"Fine-tuned segmentation head, best validation mIoU in "
+                  f"{o['ft_epochs']} epochs:", "",
+                  _table(rows, ["weights", "time/location", "tokens", "mIoU"])]
+    return "\n".join(parts) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=384, help="synth tile side, px")
@@ -157,6 +195,7 @@ def main() -> None:
 
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2, default=str))
+    print(report(result))
     rows = [[str(h["epoch"]), f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}",
              f"{h['seconds']:.1f}"] for h in history]
     print(_table(rows, ["epoch", "train loss", "val loss", "s"]))

@@ -123,6 +123,8 @@ def test_cli_round_trip_through_embed(root: Path, tmp_path: Path, reference_dir:
                  "--workers", "0", "--no-progress"]) == 0
     model = json.loads((root / "run.json").read_text())["stages"]["embed"]["model"]
     assert model["random_init"] is False
+    assert model["provenance"].startswith("geofm pretrain: ")
+    assert "epochs=1" in model["provenance"] and f"init={ref}" in model["provenance"]
     assert model["sha256"] == file_sha256(out / "encoder.ckpt") != file_sha256(ref)
     trained, original = load_encoder(out / "encoder.ckpt"), load_encoder(ref)
     assert not torch.equal(trained.cls_token, original.cls_token)  # weights did change
