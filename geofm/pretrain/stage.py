@@ -84,7 +84,7 @@ RESUME_KEYS = ("model_size", "dim", "depth", "heads", "dim_head", "mlp_ratio", "
                "decoder_mlp_ratio", "pretrain_mask_ratio", "pretrain_batch_size",
                "pretrain_lr", "pretrain_seed", "pretrain_val_fraction",
                "pretrain_time_location", "pretrain_init_sha256")
-#: Step index that seeds the validation masks (never a training step's).
+#: Epoch number that seeds the validation order and masks (training epochs start at 1).
 _VAL_EPOCH = 0
 
 
