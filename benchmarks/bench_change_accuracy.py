@@ -2,7 +2,7 @@
 
 For each seed: ``geofm.synth.synthesize`` writes a Sentinel-2 L2A time series with planted
 clearings (``truth.json``), ``geofm.chip.chip`` cuts it on the truth's chip grid,
-``geofm.embed.embed`` embeds it with a random-weight ``tiny`` encoder, and
+``geofm.embed.embed`` embeds it with a random-weight ``tiny`` encoder (or ``--checkpoint``), and
 ``geofm.analyze.analyze`` detects changes with each configuration asked for. Scores:
 
 - recall: planted event cells detected / planted event cells (with enough data);
@@ -40,7 +40,8 @@ from geofm.chip import chip_id
 
 
 def prepare(work: Path, seed: int, *, size: int, n_dates: int, n_events: int,
-            chip_size: int) -> tuple[Path, dict]:
+            chip_size: int, checkpoint: Path | None = None,
+            time_location: str = "auto") -> tuple[Path, dict]:
     from geofm.chip import chip
     from geofm.embed import embed
     from geofm.synth import synthesize
@@ -51,7 +52,8 @@ def prepare(work: Path, seed: int, *, size: int, n_dates: int, n_events: int,
     chip(synth / "items", root, chip_size=chip_size, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: expected here
-        embed(root, model="tiny", batch_size=32, progress=False, seed=seed)
+        embed(root, model=None if checkpoint else "tiny", checkpoint=checkpoint,
+              time_location=time_location, batch_size=32, progress=False, seed=seed)
     truth = json.loads((synth / "truth.json").read_text())
     return root, truth
 
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true",
                         help="tuning grid: signal pc1/pc2/cosine x embedding cls/mean")
     parser.add_argument("--quick", action="store_true", help="one seed, 256 px, 24 dates")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="embed with this checkpoint (e.g. a geofm pretrain encoder.ckpt) "
+                             "instead of random tiny weights")
+    parser.add_argument("--time-location", default="auto", choices=("auto", "encode", "zero"))
     parser.add_argument("--work", type=Path, default=None, help="keep data here")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse synth/chip/embed outputs already under --work")
@@ -152,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                 truth = json.loads((work / f"synth{seed}" / "truth.json").read_text())
             else:
                 root, truth = prepare(work, seed, size=args.size, n_dates=args.n_dates,
-                                      n_events=args.n_events, chip_size=args.chip_size)
+                                      n_events=args.n_events, chip_size=args.chip_size,
+                                      checkpoint=args.checkpoint,
+                                      time_location=args.time_location)
             t1 = time.perf_counter()
             for cfg in configs:
                 signal, embedding, threshold, consecutive = cfg
@@ -162,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed}: synth+chip+embed {t1 - t0:.1f}s, analyze x{len(configs)} "
                   f"{time.perf_counter() - t1:.1f}s", flush=True)
     print(f"\nseeds {args.seeds}, size {args.size}, {args.n_dates} dates, "
-          f"{args.n_events} events/seed, chip {args.chip_size}")
+          f"{args.n_events} events/seed, chip {args.chip_size}, weights "
+          f"{args.checkpoint or 'random tiny'}, time/location {args.time_location}")
     print("| signal | embedding | threshold | k | recall | precision | false alarms / 20 "
           "unchanged | date within 2 acq. | median date err | switch hits | TP/events | FP/"
           "unchanged | insufficient |")

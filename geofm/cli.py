@@ -33,6 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("geofm.generative.report", "language-model answers over a run's changed chips"),
     "run": ("geofm.pipeline", "run chip -> embed -> analyze -> index"),
     "demo": ("geofm.demo", "synth + run + example searches + report; no network, no weights"),
+    "pretrain": ("geofm.pretrain", "Clay's masked-autoencoder pretraining on a run's chips"),
     "finetune": ("geofm.finetune", "train a head on the frozen encoder"),
     "predict": ("geofm.finetune.predict", "apply a trained head; write class-map GeoTIFFs"),
     "checkpoint": ("geofm.model.convert", "convert a checkpoint to .safetensors (no code)"),

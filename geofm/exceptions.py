@@ -197,6 +197,34 @@ class TemplateError(GeofmValueError):
         super().__init__(message)
 
 
+class TrainingError(GeofmError, RuntimeError):
+    """Training stopped: the loss became NaN or infinite.
+
+    Attributes:
+        epoch: the 1-based epoch it happened in.
+        step: the 0-based optimiser step within that epoch.
+        loss: the offending loss value.
+        checkpoint: the last good checkpoint kept (``None`` if no epoch finished).
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int, loss: float,
+                 checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.loss = loss
+        self.checkpoint = checkpoint
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep the fields across pickling
+        return (_rebuild_training_error, (str(self), self.epoch, self.step, self.loss,
+                                          self.checkpoint))
+
+
+def _rebuild_training_error(message: str, epoch: int, step: int, loss: float,
+                            checkpoint: str | None) -> TrainingError:
+    return TrainingError(message, epoch=epoch, step=step, loss=loss, checkpoint=checkpoint)
+
+
 class GeofmWarning(UserWarning):
     """Warnings geofm emits (random weights, skipped inputs); errors in tests."""
 

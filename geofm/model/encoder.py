@@ -267,7 +267,9 @@ class Transformer(nn.Module):
 
 
 class ClayEncoder(nn.Module):
-    """Clay v1 / v1.5 encoder (inference form: no masking, no shuffling).
+    """Clay v1 / v1.5 encoder (:meth:`forward`: no masking, no shuffling).
+
+    :meth:`forward_masked` is the masked-autoencoder form used by ``geofm pretrain``.
 
     Build one with :func:`geofm.model.load_encoder`; it sets the identity attributes.
 
@@ -365,18 +367,61 @@ class ClayEncoder(nn.Module):
             float32 [B, 1 + L, D]: the CLS token first, then the L = (H/P)(W/P) patch
             tokens in row-major grid order.
         """
-        cube = self._prepare(datacube)
+        patches = self.encoded_patches(self._prepare(datacube))
+        b = patches.shape[0]
+        tokens = torch.cat((self.cls_token.expand(b, -1, -1).to(patches.dtype), patches), dim=1)
+        return self.transformer(tokens).float()
+
+    def encoded_patches(self, cube: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Patch tokens plus their position/time/location encoding, before the transformer.
+
+        Args:
+            cube: a checked datacube (see :meth:`forward`).
+
+        Returns:
+            [B, L, D] in row-major grid order: the dynamic patch embedding plus the
+            GSD-scaled 2-D sin/cos position code (first D - 8 channels) and the time and
+            latlon codes (last 8 channels).
+        """
         pixels = cube["pixels"]
         b, _, h, w = pixels.shape
-
         patches = self.patch_embedding(pixels, cube["waves"])  # [B, L, D]
         p = self.patch_size
         pos = sincos_2d_gsd(h // p, w // p, self.dim - 8, cube["gsd"])  # [L, D - 8]
         meta = torch.cat((cube["time"], cube["latlon"]), dim=1)  # [B, 8]
         encoding = torch.cat((pos.expand(b, -1, -1),
                               meta[:, None, :].expand(-1, pos.shape[0], -1)), dim=-1)
-        patches = patches + encoding
-        tokens = torch.cat((self.cls_token.expand(b, -1, -1).to(patches.dtype), patches), dim=1)
+        return patches + encoding
+
+    def forward_masked(self, datacube: Mapping[str, Any], keep: torch.Tensor) -> torch.Tensor:
+        """Encode only the visible patches of each chip (masked-autoencoder training).
+
+        The patches are embedded and position-encoded exactly as in :meth:`forward`,
+        then only the ``keep`` ones (and the CLS token) enter the transformer, so the
+        masked patches' pixels cannot reach the output. With every patch kept, in grid
+        order, the result equals :meth:`forward`.
+
+        Args:
+            datacube: as for :meth:`forward`.
+            keep: int64 [B, K], indices (row-major, in [0, L)) of the visible patches of
+                each chip; the same K for every chip.
+
+        Returns:
+            float32 [B, 1 + K, D]: the CLS token, then the visible patches in ``keep``
+            order.
+
+        Raises:
+            ShapeError: ``keep`` is not [B, K] with indices in [0, L).
+        """
+        patches = self.encoded_patches(self._prepare(datacube))
+        b, n, d = patches.shape
+        if keep.ndim != 2 or keep.shape[0] != b:
+            raise ShapeError(f"keep has shape {tuple(keep.shape)}, expected [batch={b}, K]")
+        if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= n):
+            raise ShapeError(f"keep holds patch indices outside [0, {n}); the chips have "
+                             f"{n} patches")
+        visible = torch.gather(patches, 1, keep.to(patches.device)[:, :, None].expand(-1, -1, d))
+        tokens = torch.cat((self.cls_token.expand(b, -1, -1).to(visible.dtype), visible), dim=1)
         return self.transformer(tokens).float()
 
     def extra_repr(self) -> str:

@@ -14,7 +14,8 @@ The rule (:data:`COMPARED` are the fields it looks at):
 - ``time_location`` (``encode`` / ``zero``: the 8 metadata channels fed to the encoder);
 - ``bands``, the bands that enter the encoder, in order.
 
-``checkpoint`` (the file's path) is kept for people but never compared: the same file
+``checkpoint`` (the file's path) and ``provenance`` (how it was trained) are kept for
+people but never compared: the same file
 moved elsewhere is the same model. A field that a record lacks reads as ``None`` and
 ``None`` matches only ``None``: a file written before a field was recorded counts as
 another model for that field (re-run with ``--overwrite``), never as a silent match.
@@ -63,6 +64,9 @@ class ModelIdentity:
             ``None`` where the encoder has not been run yet (a freshly loaded encoder).
         bands: band names that enter the encoder, in order; ``None`` when not yet known.
         checkpoint: path of the checkpoint file as given (informational, not compared).
+        provenance: how the checkpoint was trained, when it says so (``geofm pretrain``
+            writes it: start weights, epochs, mask ratio, losses; informational, not
+            compared).
     """
 
     preset: str | None = None
@@ -78,16 +82,18 @@ class ModelIdentity:
     time_location: str | None = None
     bands: tuple[str, ...] | None = None
     checkpoint: str | None = None
+    provenance: str | None = None
 
     @classmethod
     def from_config(cls, config: EncoderConfig, *, random_init: bool,
                     checkpoint: str | None = None, sha256: str | None = None,
-                    seed: int | None = None) -> ModelIdentity:
+                    seed: int | None = None, provenance: str | None = None) -> ModelIdentity:
         """The identity of an encoder built from ``config`` (no time_location/bands yet)."""
         return cls(preset=config.name, dim=config.dim, depth=config.depth, heads=config.heads,
                    dim_head=config.dim_head, mlp_ratio=float(config.mlp_ratio),
                    patch_size=config.patch_size, random_init=random_init, sha256=sha256,
-                   seed=seed if random_init else None, checkpoint=checkpoint)
+                   seed=seed if random_init else None, checkpoint=checkpoint,
+                   provenance=provenance)
 
     def replace(self, **changes: Any) -> ModelIdentity:
         """A copy with some fields changed (``bands`` may be any sequence of names)."""
@@ -124,7 +130,8 @@ class ModelIdentity:
                 random_init=_opt(data.get("random_init"), bool),
                 sha256=_opt(data.get("sha256"), str), seed=_opt(data.get("seed"), int),
                 time_location=_opt(data.get("time_location"), str),
-                bands=_bands(data.get("bands")), checkpoint=_opt(data.get("checkpoint"), str))
+                bands=_bands(data.get("bands")), checkpoint=_opt(data.get("checkpoint"), str),
+                provenance=_opt(data.get("provenance"), str))
         except (TypeError, ValueError) as err:
             raise GeofmValueError(f"malformed model identity {dict(data)!r} ({err}); "
                                   "re-create the file with the geofm stage that wrote it"

@@ -307,13 +307,31 @@ def check_state(model: ClayEncoder, state: Mapping[str, Any], path: Path) -> Non
               "preset=")
 
 
+def training_provenance(hparams: Mapping[str, Any]) -> str | None:
+    """How a checkpoint was trained, from the ``pretrain_*`` hyper-parameters it carries.
+
+    ``geofm pretrain`` writes them (start weights, epochs, mask ratio, losses ...).
+
+    Returns:
+        ``"geofm pretrain: epochs=3, init=random, ..."`` (keys sorted, plain values), or
+        ``None`` for a checkpoint without them (e.g. Clay's own).
+    """
+    items = sorted((k[len("pretrain_"):], v) for k, v in hparams.items()
+                   if isinstance(k, str) and k.startswith("pretrain_")
+                   and isinstance(v, str | int | float | bool))
+    if not items:
+        return None
+    return "geofm pretrain: " + ", ".join(f"{k}={v}" for k, v in items)
+
+
 def _identity(model: ClayEncoder, *, checkpoint: str | None, sha256: str | None,
-              seed: int | None) -> ModelIdentity:
+              seed: int | None, provenance: str | None = None) -> ModelIdentity:
     """The loaded encoder's :class:`ModelIdentity` (no time_location / bands yet)."""
     from geofm.model.identity import ModelIdentity
 
     return ModelIdentity.from_config(model.config, random_init=model.random_init,
-                                     checkpoint=checkpoint, sha256=sha256, seed=seed)
+                                     checkpoint=checkpoint, sha256=sha256, seed=seed,
+                                     provenance=provenance)
 
 
 def _config_for(preset: str | EncoderConfig) -> EncoderConfig:
@@ -385,7 +403,7 @@ def load_encoder(path: str | os.PathLike[str] | None = None, *,
     enc = {k: v.to(device=target, dtype=torch.float32, copy=True) for k, v in enc.items()}
     model.load_state_dict(enc, strict=True, assign=True)
     model.identity = _identity(model, checkpoint=str(path), sha256=file_sha256(path),
-                               seed=None)
+                               seed=None, provenance=training_provenance(hparams))
     logger.info("loaded %s encoder (dim %d, depth %d) from %s", config.name, config.dim,
                 config.depth, path)
     return model.to(target).eval()

@@ -158,3 +158,36 @@ def test_metadata_as_numpy_and_float_gives_same_output(tiny: ClayEncoder) -> Non
         torch.testing.assert_close(tiny(loose), tiny(cube), rtol=0, atol=0)
     with pytest.raises(ShapeError, match="gsd must be a scalar"):
         tiny({**cube, "gsd": torch.tensor([10.0, 10.0])})
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_forward_masked_keeping_every_patch_equals_forward_and_upstream(
+        ref_encoder: ClayEncoder, cases: dict, name: str) -> None:
+    case = cases[name]
+    cube = {k: case[k] for k in KEYS}
+    b, n, _ = case["patches"].shape
+    keep = torch.arange(n).expand(b, -1)
+    with torch.inference_mode():
+        full = ref_encoder(cube)
+        masked = ref_encoder.forward_masked(cube, keep)
+    torch.testing.assert_close(masked, full, rtol=0, atol=0)
+    torch.testing.assert_close(masked[:, 1:], case["patches"], rtol=0, atol=1e-4)
+
+
+def test_forward_masked_never_sees_the_masked_patches(ref_encoder: ClayEncoder) -> None:
+    cube = _cube(b=2, c=4, h=32, w=32)  # 4 x 4 patches of 8 px
+    keep = torch.tensor([[0, 5, 10, 15], [3, 6, 9, 12]])
+    other = dict(cube, pixels=cube["pixels"].clone())
+    for row, visible in enumerate(keep.tolist()):  # change every hidden patch of each chip
+        for idx in set(range(16)) - set(visible):
+            y, x = divmod(idx, 4)
+            other["pixels"][row, :, 8 * y:8 * y + 8, 8 * x:8 * x + 8] += 5.0
+    with torch.inference_mode():
+        a = ref_encoder.forward_masked(cube, keep)
+        b = ref_encoder.forward_masked(other, keep)
+        c = ref_encoder.forward_masked(dict(cube, pixels=cube["pixels"] + 5.0), keep)
+    assert a.shape == (2, 5, ref_encoder.dim) and a.dtype == torch.float32
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)  # visible pixels do matter
+    with pytest.raises(ShapeError, match="outside"):
+        ref_encoder.forward_masked(cube, keep + 16)

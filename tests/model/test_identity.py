@@ -122,3 +122,17 @@ def test_loaded_encoder_carries_the_identity(reference_dir):
     assert isinstance(model.identity, ModelIdentity)
     assert model.identity.random_init is False and model.identity.seed is None
     assert model.identity.dim == model.dim and model.identity.preset == model.preset
+
+
+def test_provenance_is_kept_but_never_compared() -> None:
+    from geofm.model.identity import ModelIdentity
+    from geofm.model.loading import training_provenance
+
+    a = ModelIdentity(preset="tiny", sha256="a" * 64, random_init=False,
+                      provenance="geofm pretrain: epochs=1")
+    b = a.replace(provenance=None)
+    assert a.compatible(b)
+    assert ModelIdentity.from_dict(a.to_dict()).provenance == "geofm pretrain: epochs=1"
+    assert training_provenance({"model_size": "tiny", "dim": 192}) is None
+    assert training_provenance({"pretrain_seed": 0, "pretrain_epochs": 3, "dim": 1}) == (
+        "geofm pretrain: epochs=3, seed=0")
