@@ -186,7 +186,7 @@ def test_kill_9_then_rerun_continues(root: Path, tmp_path: Path, reference_dir: 
     finally:
         proc.wait()
     done = len(_epochs(out))
-    assert 1 <= done <= 3
+    assert 1 <= done < 3, "the kill came after the last epoch: resume not exercised"
     assert subprocess.run(args, env=env).returncode == 0
     rows = _epochs(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
