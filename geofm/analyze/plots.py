@@ -2,19 +2,31 @@
 
 Drawn with :class:`matplotlib.figure.Figure` and the Agg canvas directly (no pyplot),
 so nothing global (backend, rcParams, open figures) changes when plotting.
+:func:`write_plots` draws the chips an analysis picks, with thumbnails from ``meta/``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from geofm.analyze.harmonic import harmonic_design
 from geofm.analyze.series import NS_PER_DAY
 from geofm.io import atomic_path
+from geofm.log import progress as progress_bar
+from geofm.tables import read_schema, read_table
+
+if TYPE_CHECKING:
+    from geofm.analyze.change import SeasonalFit
+    from geofm.analyze.passes import Padded
+    from geofm.analyze.update import Core, Options
+    from geofm.layout import RunRoot
 
 
 @dataclass
@@ -123,3 +135,79 @@ def plot_timeline(timeline: Timeline, path: str | os.PathLike[str], *, dpi: int 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return Path(path)
+
+
+def _thumbnails(rr: RunRoot, chip_ids: set[str]) -> dict[tuple[str, int], Path]:
+    """(chip_id, UTC day) -> thumbnail path for the given chips, from ``meta/``."""
+    out: dict[tuple[str, int], Path] = {}
+    for scene in rr.scene_ids(rr.meta_dir):
+        path = rr.meta_path(scene)
+        if "thumbnail_path" not in read_schema(path, made_by="chip").names:
+            continue
+        table = read_table(path, made_by="chip", columns=["chip_id", "date", "thumbnail_path"])
+        frame = table.to_pandas()
+        frame = frame[frame["chip_id"].isin(chip_ids) & frame["thumbnail_path"].notna()]
+        for cid, date, rel in frame.itertuples(index=False):
+            day = int(pd.Timestamp(date).value // NS_PER_DAY)
+            out.setdefault((cid, day), rr.path / rel)
+    return out
+
+
+def write_plots(rr: RunRoot, chip_ids: np.ndarray, obs: Core, grid: Padded,
+                out: dict[str, np.ndarray], fit: SeasonalFit, changed: np.ndarray,
+                o: Options, plot_chips: Sequence[str], max_plots: int | None) -> int:
+    """Plot the chips ``changed`` (int ``[n]`` rows of ``chip_ids``) and ``plot_chips``.
+
+    ``changed`` is ordered by ``out["magnitude"]`` (largest first) and cut to
+    ``max_plots`` (None: all); ``obs`` and ``grid`` are the assessed observations in
+    their ``[chip, date]`` layout. Writes ``plots/<chip_id>.png``.
+
+    Returns:
+        The number of chips chosen for plotting.
+    """
+    magnitude = out["magnitude"]
+    changed = changed[np.argsort(-np.nan_to_num(magnitude[changed], nan=0.0), kind="stable")]
+    if max_plots is not None:
+        changed = changed[:max(max_plots, 0)]
+    position = {c: i for i, c in enumerate(chip_ids.tolist())}
+    chosen = list(dict.fromkeys([*changed.tolist(), *(position[c] for c in plot_chips)]))
+    if not chosen:
+        return 0
+    multi = isinstance(o.signal_pc, slice)
+    thumbs = _thumbnails(rr, {str(chip_ids[c]) for c in chosen})
+    days_grid = grid.take(obs.ns / NS_PER_DAY, np.nan)
+    valid_grid = grid.take(np.isfinite(obs.sig), False)
+    # One signal: plot it with its seasonal fit. Several PCs: plot the combined score,
+    # whose "fit" is 0 and whose band is +-threshold.
+    sig_grid = grid.take(obs.resid if multi else obs.sig, np.nan)
+    base_grid = grid.take(obs.base, False)
+    n_coef = fit.coef.shape[-1]
+    for c in progress_bar(chosen, desc="analyze: plots", unit="plot", disable=not o.progress):
+        valid = valid_grid[c]
+        days = days_grid[c][valid]
+        cid = str(chip_ids[c])
+        whole = np.floor(days).astype(np.int64)
+        if out["change"][c]:
+            k = int(out["change_index"][c])
+            first_after = int(valid[:k].sum())
+            before_day = whole[first_after - 1] if first_after > 0 else whole[0]
+            after_day = whole[min(first_after, whole.size - 1)]
+            change_day: float | None = float(days_grid[c, k])
+        elif whole.size:
+            before_day, after_day, change_day = whole[0], whole[-1], None
+        else:
+            continue
+        fitted = bool(fit.fitted[c])
+        plot_timeline(Timeline(
+            chip_id=cid, days=days, signal=sig_grid[c][valid],
+            baseline=base_grid[c][valid], anomaly=out["anomaly"][c][valid],
+            coef=fit.coef[c, 0] if not multi and fitted else np.zeros(n_coef),
+            intercept=float(fit.intercept[c, 0]) if not multi and fitted else 0.0,
+            rmse=float(fit.scale[c, 0]) if not multi and fitted else 1.0,
+            threshold=o.threshold, status=str(out["status"][c]), change_day=change_day,
+            signal_name=o.signal if not multi else f"anomaly score ({o.signal})",
+            score=multi,
+            before=thumbs.get((cid, int(before_day))), after=thumbs.get((cid, int(after_day)))),
+            rr.plots_dir / f"{cid}.png")
+    return len(chosen)
+

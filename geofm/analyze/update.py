@@ -1,0 +1,451 @@
+"""Reference analysis and incremental update: the observations both hand to publication.
+
+:func:`reference` analyses every observation and fits a new reference (PCA basis,
+baseline period, seasonal fits); :func:`update` scores only the observations of new
+(or re-embedded) files against the stored reference and keeps the published rows.
+Both return a :class:`Work`, which :mod:`geofm.analyze.stage` assesses and publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from geofm.analyze.change import SeasonalFit, fit_seasonal
+from geofm.analyze.passes import Padded, pass_one, pass_two
+from geofm.analyze.reduce import PCAModel, fit_pca
+from geofm.analyze.reference import Reference, load_means, save_means
+from geofm.analyze.series import NS_PER_DAY, index_embeddings
+from geofm.exceptions import GeofmValueError
+from geofm.layout import RunRoot
+from geofm.manifest import StageRecord
+from geofm.tables import read_schema, read_table
+
+#: The stage's logger, so log lines name `geofm.analyze.stage` as before the split.
+log = logging.getLogger("geofm.analyze.stage")
+
+
+def _parse_date(value: str | pd.Timestamp | None, name: str) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise GeofmValueError(f"{name}={value!r} is not a date; use YYYY-MM-DD.") from exc
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def baseline_window(first_ns: int, *, baseline_start: str | None = None,
+                    monitor_start: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Baseline period ``[baseline_start, monitor_start)``; monitoring from ``monitor_start``.
+
+    Default: the first calendar year with data (``first_ns`` = earliest observation,
+    ns since epoch UTC). With only ``baseline_start`` the baseline lasts one year; with
+    only ``monitor_start`` it starts at the earliest observation.
+
+    Raises:
+        GeofmValueError: if a date does not parse or ``monitor_start <= baseline_start``.
+    """
+    first = pd.Timestamp(first_ns, tz="UTC")
+    start = _parse_date(baseline_start, "baseline_start")
+    mon = _parse_date(monitor_start, "monitor_start")
+    if start is None:
+        start = pd.Timestamp(year=first.year, month=1, day=1, tz="UTC") if mon is None \
+            else first.floor("D")
+    if mon is None:
+        mon = start + pd.DateOffset(years=1)
+    if mon <= start:
+        raise GeofmValueError(f"monitor_start {mon.date()} must be after baseline_start "
+                              f"{start.date()}; pass --monitor-start later than --baseline-start.")
+    return start, mon
+
+
+
+#: Per-chip columns of ``changes.parquet`` taken from the chip metadata (first row).
+CHIP_META_COLUMNS = ("tile", "epsg", "minx", "miny", "maxx", "maxy")
+
+
+@dataclass
+class Options:
+    """The analysis options (see :func:`geofm.analyze.stage.analyze`).
+
+    ``column``: the embedding column; ``signal_pc``: the monitored PCs as an index
+    into ``pcs`` (None: the cosine; a slice: all ``n_components``).
+    """
+
+    column: str
+    signal: str
+    signal_pc: int | None | slice
+    n_components: int
+    threshold: float
+    consecutive: int
+    min_baseline: int
+    alpha: float
+    center: str
+    pca_samples: int
+    seed: int
+    progress: bool
+
+
+@dataclass
+class Obs:
+    """Scored observations, one entry per (chip, day): the content of timeseries.parquet."""
+
+    chip: np.ndarray    # int64 [M] row in the work's chip_ids
+    ns: np.ndarray      # int64 [M] ns since the epoch, UTC
+    scene: np.ndarray   # int64 [M] index into ``scenes``
+    scenes: list[str]
+    pcs: np.ndarray     # float32 [M, K]
+    cos: np.ndarray     # float32 [M]
+    sig: np.ndarray     # float32 [M] the signal (pc1 for ``pcs``)
+    pred: np.ndarray    # float32 [M] the model's value of ``sig``
+    resid: np.ndarray   # float32 [M] scaled residual / combined score
+    base: np.ndarray    # bool [M] used in the baseline fit
+
+    _FIELDS = ("chip", "ns", "scene", "pcs", "cos", "sig", "pred", "resid", "base")
+
+    def take(self, idx: np.ndarray) -> Obs:
+        """The observations at ``idx``."""
+        return Obs(scenes=self.scenes, **{f: getattr(self, f)[idx] for f in self._FIELDS})
+
+    def core(self) -> Core:
+        """The fields assessment needs."""
+        return Core(chip=self.chip, ns=self.ns, scene=self.scene, scenes=self.scenes,
+                     resid=self.resid, sig=self.sig, base=self.base)
+
+    @classmethod
+    def empty(cls, n_components: int) -> Obs:
+        """No observations."""
+        f32 = np.zeros(0, np.float32)
+        return cls(chip=np.zeros(0, np.int64), ns=np.zeros(0, np.int64),
+                   scene=np.zeros(0, np.int64), scenes=[],
+                   pcs=np.zeros((0, n_components), np.float32), cos=f32, sig=f32, pred=f32,
+                   resid=f32, base=np.zeros(0, bool))
+
+    def values(self, signal_pc: int | None | slice) -> np.ndarray:
+        """float64 ``[M, K']`` the monitored components (cosine, one PC or all)."""
+        if signal_pc is None:
+            return self.cos.astype(np.float64)[:, None]
+        if isinstance(signal_pc, slice):
+            return self.pcs[:, signal_pc].astype(np.float64)
+        return self.pcs[:, signal_pc].astype(np.float64)[:, None]
+
+
+@dataclass
+class Core:
+    """What assessment needs of each observation (published or new)."""
+
+    chip: np.ndarray    # int64 [M]
+    ns: np.ndarray      # int64 [M]
+    scene: np.ndarray   # int64 [M] into ``scenes``
+    scenes: list[str]
+    resid: np.ndarray   # float32 [M]
+    sig: np.ndarray     # float32 [M]
+    base: np.ndarray    # bool [M]
+
+    _FIELDS = ("chip", "ns", "scene", "resid", "sig", "base")
+
+    def take(self, idx: np.ndarray) -> Core:
+        """The observations at ``idx``."""
+        return Core(scenes=self.scenes, **{f: getattr(self, f)[idx] for f in self._FIELDS})
+
+    @classmethod
+    def concat(cls, a: Core, b: Core) -> Core:
+        """``a`` then ``b`` (scene codes remapped onto the union of their scene lists)."""
+        scenes = sorted(set(a.scenes) | set(b.scenes))
+        pos = {s: i for i, s in enumerate(scenes)}
+        remap_a = np.array([pos[s] for s in a.scenes] or [0], dtype=np.int64)
+        remap_b = np.array([pos[s] for s in b.scenes] or [0], dtype=np.int64)
+        parts = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in cls._FIELDS
+                 if f != "scene"}
+        parts["scene"] = np.concatenate([remap_a[a.scene], remap_b[b.scene]])
+        return cls(scenes=scenes, **parts)
+
+
+@dataclass
+class _Prior:
+    """The published ``timeseries.parquet`` rows an update keeps: as read, and their core."""
+
+    table: pa.Table
+    core: Core
+
+
+@dataclass
+class Work:
+    """What an analysis (reference or update) hands to :func:`_publish`."""
+
+    chip_ids: np.ndarray
+    fit: SeasonalFit
+    reference: Reference
+    obs: Obs
+    prior: _Prior | None           # published rows kept by an update (None: reference)
+    kind: str                      # "reference" | "update"
+    n_rows: int                    # embedding rows read
+    n_new: int                     # observations scored now
+    files: dict[str, Any]          # extra staged files: name -> writer(path)
+    meta: pd.DataFrame             # per chip: geometry, tile, native grid (_chip_meta)
+
+
+def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: list[str],
+              o: Options, pca_model: PCAModel | None, plot_chips: Sequence[str], *,
+              baseline_start: str | None, monitor_start: str | None,
+              pca_path: str | os.PathLike[str] | None) -> Work:
+    """Analyse every observation and fit a new reference."""
+    index = index_embeddings(files, scene_ids, column=o.column)
+    _check_plot_chips(plot_chips, index.chip_ids, rr)
+    start, mon = baseline_window(int(index.obs_ns.min()), baseline_start=baseline_start,
+                                 monitor_start=monitor_start)
+    log.info("%d embeddings of %d chips in %d files; baseline %s..%s, monitoring from %s",
+             index.n_rows, index.chip_ids.size, len(files), start.date(), mon.date(),
+             mon.date())
+    row_ns = index.obs_ns[index.row_obs]
+    row_in_base = (row_ns >= start.value) & (row_ns < mon.value)
+    # Pass 1: PCA sample and per-chip baseline sums.
+    row_ok, means, sample = pass_one(index, o.column, o.center, row_in_base, record, rr,
+                                     fit=pca_model is None, max_samples=o.pca_samples,
+                                     seed=o.seed, progress=o.progress)
+    if pca_model is None:
+        pca_model = fit_pca(sample, n_components=o.n_components)
+    del sample
+    if pca_model.dim != index.dim:
+        raise GeofmValueError(f"PCA {pca_path} was fitted on dimension {pca_model.dim} but "
+                              f"the embeddings have {index.dim}; fit a new one (omit --pca).")
+    # Pass 2: projections and cosine to the baseline mean, per observation.
+    obs_pcs, obs_cos, obs_ok = pass_two(index, o.column, o.center, row_ok, means, pca_model,
+                                        o.n_components, progress=o.progress)
+    sel = np.flatnonzero(obs_ok)
+    obs = Obs(chip=index.obs_chip[sel], ns=index.obs_ns[sel], scene=index.obs_scene[sel],
+               scenes=list(index.scene_ids), pcs=obs_pcs[sel], cos=obs_cos[sel],
+               sig=np.zeros(sel.size, np.float32), pred=np.zeros(sel.size, np.float32),
+               resid=np.zeros(sel.size, np.float32), base=np.zeros(sel.size, bool))
+    obs.sig = obs.values(o.signal_pc)[:, 0].astype(np.float32)
+
+    # The reference fit, on the baseline observations laid out [chip, date].
+    grid = Padded(obs.chip, index.chip_ids.size, np.ones(sel.size, dtype=bool))
+    y = grid.take(obs.values(o.signal_pc), np.nan)
+    valid = grid.valid & np.isfinite(y).all(axis=2)
+    days = np.where(valid, grid.take(obs.ns / NS_PER_DAY, np.nan), 0.0)
+    y = np.where(valid[..., None], y, 0.0)
+    in_base = valid & grid.take((obs.ns >= start.value) & (obs.ns < mon.value), False)
+    fit, used = fit_seasonal(days, y, valid, baseline=in_base, threshold=o.threshold,
+                             min_baseline=o.min_baseline, alpha=o.alpha)
+    del y, days
+    obs.base = grid.gather(used)
+    _score(obs, fit, o.signal_pc, np.arange(sel.size))
+    created = pd.Timestamp.now(tz="UTC")
+    reference = Reference(id=f"ref-{created:%Y%m%dT%H%M%S.%fZ}", chip_ids=index.chip_ids,
+                          fit=fit, baseline_start_ns=start.value, monitor_start_ns=mon.value)
+    extra: dict[str, Any] = {
+        "pca.npz": pca_model.save, "reference.npz": reference.save,
+        "reference_means.npy": lambda p: save_means(p, means)}
+    record.extra["analysis"] = {
+        "baseline_start": str(start.date()), "monitor_start": str(mon.date()),
+        "signal": o.signal, "embedding": o.column,
+        "explained_variance_ratio": [round(float(v), 6)
+                                     for v in pca_model.explained_variance_ratio],
+        "pca_samples": pca_model.n_samples}
+    geoms = _chip_meta(rr, index.chip_ids, record)
+    return Work(chip_ids=index.chip_ids, fit=fit, reference=reference, obs=obs, prior=None,
+                 kind="reference", n_rows=index.n_rows, n_new=sel.size, files=extra,
+                 meta=geoms)
+
+
+def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[str],
+           gone: list[str], o: Options, plot_chips: Sequence[str],
+           published: pd.DataFrame | None) -> Work:
+    """Score the observations of new (or re-embedded) files against the stored reference."""
+    reference = Reference.load(rr.reference_path)
+    pca_model = PCAModel.load(rr.pca_path)
+    table, old = _read_timeseries(rr, drop_scenes=set(todo) | set(gone))
+    files = [rr.embeddings_path(s) for s in todo]
+    index = index_embeddings(files, todo, column=o.column) if files else None
+    new_chips = index.chip_ids if index is not None else np.array([], dtype=object)
+    chip_ids = np.union1d(reference.chip_ids.astype(str), new_chips.astype(str)).astype(object)
+    _check_plot_chips(plot_chips, chip_ids, rr)
+    fit, ref_pos = reference.extend(chip_ids)
+    old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
+    old_obs = Core(chip=old_chip[old.pop("chip")], scenes=old.pop("scenes"), **old)
+    n_rows = 0
+    if index is not None:
+        if pca_model.dim != index.dim:
+            raise GeofmValueError(f"{rr.pca_path} was fitted on dimension {pca_model.dim} but "
+                                  f"the new embeddings have {index.dim}; they come from another "
+                                  "model: re-embed them, or refit (--refit).")
+        n_rows = index.n_rows
+        local = np.searchsorted(chip_ids, index.chip_ids)   # local chip -> global row
+        ref_means = load_means(rr.reference_means_path, reference.chip_ids.size)
+        pcs, cos, obs_ok = pass_two(index, o.column, o.center, None, ref_means, pca_model,
+                                    o.n_components, progress=o.progress, record=record, rr=rr,
+                                    mean_rows=ref_pos[local])
+        sel = np.flatnonzero(obs_ok)
+        new = Obs(chip=local[index.obs_chip[sel]], ns=index.obs_ns[sel],
+                   scene=index.obs_scene[sel], scenes=list(index.scene_ids), pcs=pcs[sel],
+                   cos=cos[sel], sig=np.zeros(sel.size, np.float32),
+                   pred=np.zeros(sel.size, np.float32), resid=np.zeros(sel.size, np.float32),
+                   base=np.zeros(sel.size, bool))
+        new.sig = new.values(o.signal_pc)[:, 0].astype(np.float32)
+        _score(new, fit, o.signal_pc, np.arange(sel.size))
+        if old_obs.chip.size and sel.size:
+            span = np.int64(1) << 32  # chip-day keys: chip * 2**32 + day
+            new_day = new.ns // NS_PER_DAY
+            late = np.flatnonzero(old_obs.ns // NS_PER_DAY >= new_day.min())
+            again = int(np.isin(new.chip * span + new_day, old_obs.chip[late] * span
+                                + old_obs.ns[late] // NS_PER_DAY).sum()) if late.size else 0
+            if again:
+                log.warning("analyze: %d new observation(s) fall on a day already analysed for "
+                            "their chip; they are kept beside the earlier one (a refit would "
+                            "average them)", again)
+    else:
+        new, sel = Obs.empty(o.n_components), np.array([], dtype=np.int64)
+    log.info("analyze update: %d new file(s) (%d embeddings, %d observations) scored against "
+             "reference %s; %d file(s) dropped", len(todo), n_rows, sel.size, reference.id,
+             len(gone))
+    geoms = _chip_meta(rr, chip_ids, record, known=published)
+    return Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=new,
+                 prior=_Prior(table=table, core=old_obs), kind="update",
+                 n_rows=n_rows, n_new=int(sel.size), files={}, meta=geoms)
+
+
+def _score(obs: Obs, fit: SeasonalFit, signal_pc: int | None | slice,
+           idx: np.ndarray) -> None:
+    """Fill ``pred``, ``resid`` of the observations ``idx`` from the chips' fits."""
+    pred, resid = fit.score(obs.chip[idx], obs.ns[idx] / NS_PER_DAY, obs.values(signal_pc)[idx])
+    obs.pred[idx] = pred[:, 0].astype(np.float32)
+    obs.resid[idx] = resid.astype(np.float32)
+
+
+def _check_plot_chips(plot_chips: Sequence[str], chip_ids: np.ndarray, rr: RunRoot) -> None:
+    unknown = sorted(set(plot_chips) - set(chip_ids.tolist()))
+    if unknown:
+        raise GeofmValueError(f"plot_chips {unknown[:5]} are not chips of {rr.path}; "
+                              "use chip ids from meta/<scene>.parquet.")
+
+
+
+def _read_timeseries(rr: RunRoot, *, drop_scenes: set[str]
+                     ) -> tuple[pa.Table, dict[str, Any]]:
+    """The published observations, minus those of ``drop_scenes``.
+
+    Returns:
+        ``(table, core)``: the rows as read (rewritten as they are by the update, but for
+        ``anomaly``), and the :class:`Core` fields as arrays (``chip`` indexes
+        ``chip_ids``, the file's own chip list).
+    """
+    import pyarrow.compute as pc
+
+    table = read_table(rr.timeseries_path, made_by="analyze")
+    codes: dict[str, tuple[np.ndarray, list[str]]] = {}
+    for name in ("chip_id", "scene_id"):
+        col = table.column(name)
+        if pa.types.is_dictionary(col.type):
+            arr = col.unify_dictionaries().combine_chunks()
+        else:
+            arr = col.cast(pa.string()).combine_chunks().dictionary_encode()
+        idx = arr.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        codes[name] = (idx, [str(v) for v in arr.dictionary.to_pylist()])
+    scene_idx, scenes = codes["scene_id"]
+    keep = ~np.isin(np.asarray(scenes, dtype=object), list(drop_scenes))[scene_idx] \
+        if scenes else np.ones(scene_idx.size, dtype=bool)
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+    date = table.column("date")
+    if date.type.unit != "ns":
+        date = date.cast(pa.timestamp("ns", tz="UTC"))
+
+    def num(name: str, dtype: Any) -> np.ndarray:
+        return np.asarray(table.column(name).to_numpy(), dtype=dtype)
+
+    chip_idx, chip_names = codes["chip_id"]
+    return table, {"chip": chip_idx[keep], "chip_ids": np.asarray(chip_names, dtype=object),
+                   "ns": np.asarray(pc.cast(date, pa.int64()).to_numpy(), dtype=np.int64),
+                   "scene": scene_idx[keep], "scenes": scenes,
+                   "sig": num("signal", np.float32), "resid": num("residual", np.float32),
+                   "base": num("baseline", bool)}
+
+
+
+def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
+               known: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per chip (rows in ``chip_ids`` order): ``geometry`` (WGS84 shapely) and the native grid.
+
+    Columns ``chip_id``, ``geometry`` and :data:`CHIP_META_COLUMNS` (``tile``, ``epsg``,
+    native ``minx miny maxx maxy``; None / NaN where the metadata lacks them), from
+    ``known`` (the published ``changes.parquet``) where it has the chip, else from the
+    first ``meta/`` row of the chip.
+    """
+    import shapely
+
+    n = chip_ids.size
+    frame = pd.DataFrame({"chip_id": chip_ids.astype(str)})
+    wkb: list[Any] = [None] * n
+    extra: dict[str, list[Any]] = {c: [None] * n for c in CHIP_META_COLUMNS}
+    missing = np.ones(n, dtype=bool)
+    wanted = pd.Index(frame["chip_id"])
+    if known is not None and len(known):
+        pos = wanted.get_indexer(known["chip_id"].astype(str))
+        hit = np.flatnonzero(pos >= 0)
+        for col, values in (("geometry", known["geometry"].to_numpy()),
+                            *((c, known[c].to_numpy()) for c in CHIP_META_COLUMNS
+                              if c in known)):
+            target = wkb if col == "geometry" else extra[col]
+            for j, v in zip(pos[hit], values[hit], strict=True):
+                target[j] = v
+        missing[pos[hit]] = False
+    for scene in rr.scene_ids(rr.meta_dir):
+        if not missing.any():
+            break
+        path = rr.meta_path(scene)
+        names = read_schema(path, made_by="chip").names
+        cols = ["chip_id", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
+        table = read_table(path, made_by="chip", columns=cols)
+        ids = table.column("chip_id").to_numpy(zero_copy_only=False)
+        pos = wanted.get_indexer(ids)
+        new = np.flatnonzero(pos >= 0)
+        new = new[missing[pos[new]]]
+        if new.size:
+            taken = table.take(pa.array(new))
+            for col in cols[1:]:
+                target = wkb if col == "geometry" else extra[col]
+                for j, v in zip(pos[new], taken.column(col).to_pylist(), strict=True):
+                    target[j] = v
+            missing[pos[new]] = False
+    no_geom = np.array([g is None for g in wkb], dtype=bool)
+    if no_geom.any():
+        log.warning("%d chip(s) have no footprint in %s (e.g. %s); they get no geometry",
+                    int(no_geom.sum()), rr.meta_dir, chip_ids[no_geom][:3].tolist())
+        record.counts["chips_without_footprint"] = int(no_geom.sum())
+    geoms = [g if g is None or not isinstance(g, bytes | bytearray) else shapely.from_wkb(g)
+             for g in wkb]
+    frame["geometry"] = pd.Series(geoms, dtype=object)
+    frame["tile"] = pd.Series(extra["tile"], dtype=object)
+    frame["epsg"] = pd.array([None if v is None or pd.isna(v) else int(v)
+                              for v in extra["epsg"]], dtype="Int32")
+    for c in ("minx", "miny", "maxx", "maxy"):
+        frame[c] = np.array([np.nan if v is None else float(v) for v in extra[c]])
+    return frame
+
+
+def published_changes(rr: RunRoot) -> pd.DataFrame | None:
+    """The published ``changes.parquet`` (None before the first analysis).
+
+    Columns ``chip_id``, ``status``, ``geometry`` (shapely) and the
+    :data:`CHIP_META_COLUMNS` it has.
+    """
+    import shapely
+
+    if not rr.changes_path.is_file():
+        return None
+    names = read_schema(rr.changes_path, made_by="analyze").names
+    cols = ["chip_id", "status", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
+    frame = read_table(rr.changes_path, made_by="analyze", columns=cols).to_pandas()
+    frame["geometry"] = list(shapely.from_wkb(frame["geometry"].to_numpy()))
+    return frame
+
