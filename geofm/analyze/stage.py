@@ -39,7 +39,16 @@ from geofm.analyze.passes import Padded
 from geofm.analyze.reduce import PCAModel
 from geofm.analyze.reference import file_signature, read_state, write_state
 from geofm.analyze.series import EMBEDDING_COLUMNS, index_embeddings
-from geofm.analyze.update import Core, Options, Work, published_changes, reference, update
+from geofm.analyze.update import (
+    Core,
+    Options,
+    Work,
+    chip_date_order,
+    moves,
+    published_changes,
+    reference,
+    update,
+)
 from geofm.analyze.update import baseline_window as baseline_window  # public here before
 from geofm.exceptions import GeofmFileExistsError, GeofmValueError
 from geofm.io import StagedFiles
@@ -271,7 +280,6 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
     return record
 
 
-
 def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
              state: dict[str, Any], o: Options, published: pd.DataFrame | None, *,
              scene_added: list[str],
@@ -281,7 +289,7 @@ def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     core = work.obs.core() if work.prior is None else Core.concat(work.prior.core,
                                                                     work.obs.core())
     n_prior = core.chip.size - work.obs.chip.size
-    order = _chip_date_order(core.chip, core.ns)
+    order = chip_date_order(core.chip, core.ns)
     obs = core.take(order)  # by chip, then date: the [chip, date] grid's order
     n_chips = work.chip_ids.size
     grid = Padded(obs.chip, n_chips, np.ones(obs.chip.size, dtype=bool))
@@ -330,7 +338,7 @@ def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
              "reference_id": work.reference.id, "scenes_added": len(scene_added),
              "scenes_removed": len(scene_removed), "new_observations": work.n_new,
              "alerts": n_alerts, "distinct_alerts": n_distinct,
-             "status_moves": _moves(prev, status), **counts}
+             "status_moves": moves(prev, status), **counts}
     if len(scene_added) <= 20:
         entry["scene_ids"] = list(scene_added)
     state["updates"] = [*state["updates"], entry]
@@ -373,36 +381,10 @@ def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
              work.kind, update_no, work.n_new, n_alerts, n_distinct)
 
 
-def _moves(prev: np.ndarray, status: np.ndarray) -> dict[str, int]:
-    """Counts of status moves ``"<before> -> <after>"`` (``none`` before the first)."""
-    out: dict[str, int] = {}
-    for p, s in zip(prev.tolist(), status.tolist(), strict=True):
-        if p != s:
-            key = f"{p or 'none'} -> {s}"
-            out[key] = out.get(key, 0) + 1
-    return out
-
-
 def _outputs(rr: RunRoot) -> list[Path]:
     return [rr.timeseries_path, rr.changes_path, rr.change_map_path, rr.pca_path,
             rr.reference_path, rr.reference_means_path, rr.analysis_state_path,
             rr.alerts_path, rr.alerts_geojson_path]
-
-
-
-def _chip_date_order(chip: np.ndarray, ns: np.ndarray) -> np.ndarray:
-    """Indexes that sort observations by chip, then date (stable).
-
-    A stable sort on the chip alone when dates already ascend within each chip (the
-    published series followed by newer observations: two sorted runs, merged in linear
-    time), else a full lexicographic sort.
-    """
-    order = np.argsort(chip, kind="stable")
-    c, t = chip[order], ns[order]
-    if np.any((c[1:] == c[:-1]) & (t[1:] < t[:-1])):
-        order = np.lexsort((ns, chip))
-    return order
-
 
 
 def _check_model(rr: RunRoot, scene_ids: list[str], files: list[Path],
@@ -423,7 +405,6 @@ def _counts_from(path: Path) -> dict[str, int]:
     return {"chips": int(status.size), "changed": int((status == CHANGE).sum()),
             "no_change": int((status == NO_CHANGE).sum()),
             "insufficient": int((status == INSUFFICIENT).sum())}
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -68,7 +68,6 @@ def baseline_window(first_ns: int, *, baseline_start: str | None = None,
     return start, mon
 
 
-
 #: Per-chip columns of ``changes.parquet`` taken from the chip metadata (first row).
 CHIP_META_COLUMNS = ("tile", "epsg", "minx", "miny", "maxx", "maxy")
 
@@ -329,7 +328,6 @@ def _check_plot_chips(plot_chips: Sequence[str], chip_ids: np.ndarray, rr: RunRo
                               "use chip ids from meta/<scene>.parquet.")
 
 
-
 def _read_timeseries(rr: RunRoot, *, drop_scenes: set[str]
                      ) -> tuple[pa.Table, dict[str, Any]]:
     """The published observations, minus those of ``drop_scenes``.
@@ -369,7 +367,6 @@ def _read_timeseries(rr: RunRoot, *, drop_scenes: set[str]
                    "scene": scene_idx[keep], "scenes": scenes,
                    "sig": num("signal", np.float32), "resid": num("residual", np.float32),
                    "base": num("baseline", bool)}
-
 
 
 def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
@@ -449,3 +446,30 @@ def published_changes(rr: RunRoot) -> pd.DataFrame | None:
     frame["geometry"] = list(shapely.from_wkb(frame["geometry"].to_numpy()))
     return frame
 
+
+def chip_date_order(chip: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """Indexes that sort observations by chip, then date (stable).
+
+    A stable sort on the chip alone when dates already ascend within each chip (the
+    published series followed by newer observations: two sorted runs, merged in linear
+    time), else a full lexicographic sort. ``chip``, ``ns``: int64 ``[M]`` chip rows and
+    dates (ns since the epoch, UTC); returns int64 ``[M]``.
+    """
+    order = np.argsort(chip, kind="stable")
+    c, t = chip[order], ns[order]
+    if np.any((c[1:] == c[:-1]) & (t[1:] < t[:-1])):
+        order = np.lexsort((ns, chip))
+    return order
+
+
+def moves(prev: np.ndarray, status: np.ndarray) -> dict[str, int]:
+    """Counts of status moves ``"<before> -> <after>"`` (``none`` before the first).
+
+    ``prev`` and ``status``: object ``[C]`` each chip's status before and now.
+    """
+    out: dict[str, int] = {}
+    for p, s in zip(prev.tolist(), status.tolist(), strict=True):
+        if p != s:
+            key = f"{p or 'none'} -> {s}"
+            out[key] = out.get(key, 0) + 1
+    return out
