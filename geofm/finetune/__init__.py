@@ -108,7 +108,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
              layers: str | Sequence[int | str] | None = None,
              decoder: str = "unet", augment: bool = True, sampling: str = "balanced",
              pixel_stats: bool = True, baseline: bool = True,
-             epoch_samples: int | None = 512, token_dropout: float = 0.0,
+             epoch_samples: int | None = 512, token_dropout: float = 0.5,
              baseline_pixels: int | None = None,
              device: str = "auto", seed: int = 0, encoder: Any = None, overwrite: bool = False,
              progress: bool = True) -> StageRecord:
@@ -277,15 +277,27 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
             def pixel_source(idx: Sequence[int]) -> Any:
                 return torch.from_numpy(chip_encoder.read(list(idx))[0])
         else:
-            tokens = build_cache(chip_encoder, batch_size=batch_size, progress=progress,
-                                 cache_dir=out / "cache" if cache == "disk" else None,
-                                 keep_pixels=use_pixels or want_baseline)
+            # only the samples of the split are encoded (chips without labels are not)
+            used = np.concatenate([train_idx, val_idx])
+            rows_of = np.full(len(data.samples), -1, dtype=np.int64)
+            rows_of[used] = np.arange(len(used))
+            tokens = build_cache(
+                ChipEncoder(encoder=encoder, root=run.path,
+                            samples=data.samples.iloc[used].reset_index(drop=True),
+                            bands=data.bands, device=device, time_location=resolved_tl,
+                            layers=layer_sel),
+                batch_size=batch_size, progress=progress,
+                cache_dir=out / "cache" if cache == "disk" else None,
+                keep_pixels=use_pixels or want_baseline)
 
             def cached(idx: Sequence[int]) -> tuple[Any, np.ndarray]:
-                return tokens.batch(idx, device), tokens.valid[np.asarray(idx)]
+                rows = rows_of[np.asarray(idx)]
+                return tokens.batch(rows, device), tokens.valid[rows]
+
+            def pixel_source(idx: Sequence[int]) -> Any:
+                return tokens.pixel_batch(rows_of[np.asarray(idx)], device)
 
             source = cached
-            pixel_source = tokens.pixel_batch
 
         targets = _targets(data, task)
         weights = None
@@ -330,11 +342,9 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
                             sample_weights=sample_weights, epoch_samples=epoch_samples)
         baseline_scores = None
         if want_baseline:
-            valid_of = tokens.valid if cache != "none" else None
-
             def codes_of(idx: Sequence[int]) -> np.ndarray:
-                valid = (valid_of[np.asarray(idx)] if valid_of is not None
-                         else chip_encoder.read(list(idx))[1])
+                valid = (chip_encoder.read(list(idx))[1] if cache == "none"
+                         else tokens.valid[rows_of[np.asarray(idx)]])
                 return targets(idx, valid)
 
             fitted = fit_pixel_baseline(pixel_source, codes_of, train_idx,
@@ -427,7 +437,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epoch-samples", type=int, default=512,
                         help="training chips drawn per epoch when fewer are labelled (with "
                              "replacement; 0 = one pass over the training split)")
-    parser.add_argument("--token-dropout", type=float, default=0.0,
+    parser.add_argument("--token-dropout", type=float, default=0.5,
                         help="unet head: probability of dropping a chip's token path in "
                              "training")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",

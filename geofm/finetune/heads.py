@@ -308,9 +308,9 @@ class UNetHead(WhitenedHead):
 
     Token path (patch grid, h = H/p): patch tokens [B, D, h, w] -> (fixed whitening,
     :class:`TokenWhitening`) -> BatchNorm -> 1x1 conv + BN + ReLU to ``hidden`` -> 3x3
-    conv block -> bilinear upsampling by ``p`` to [B, hidden, H, W] (``align_corners=False``:
-    token ``(i, j)`` sits at the centre of its patch, pixel ``(i*p + p/2, j*p + p/2)``) ->
-    1x1 conv to ``out_channels``.
+    conv block -> 1x1 conv to ``out_channels`` -> bilinear upsampling by ``p`` to
+    [B, out_channels, H, W] (``align_corners=False``: token ``(i, j)`` sits at the centre of
+    its patch, pixel ``(i*p + p/2, j*p + p/2)``).
 
     Skip path (full resolution, 10 m): bands DN [B, C, H, W] -> :class:`PixelNorm`
     (standardised log reflectance) -> two 3x3 conv blocks of ``out_channels``.
@@ -371,10 +371,11 @@ class UNetHead(WhitenedHead):
             raise ShapeError(f"pixels are {tuple(pixels.shape[-2:])}, the tokens a {h}x{w} grid "
                              f"of {self.patch_size} px patches: expected "
                              f"{(h * self.patch_size, w * self.patch_size)}")
-        context = self.context(self.tokens_in(grid))
-        up = F.interpolate(context, scale_factor=self.patch_size, mode="bilinear",
-                           align_corners=False)
-        context_px = self.tokens_out(up)
+        # the 1x1 conv commutes with the (per-channel, linear) bilinear upsampling: apply
+        # it on the patch grid, upsample only ``out_channels``
+        context = self.tokens_out(self.context(self.tokens_in(grid)))
+        context_px = F.interpolate(context, scale_factor=self.patch_size, mode="bilinear",
+                                   align_corners=False)
         if self.training and self.token_dropout > 0:
             keep = (torch.rand(context_px.shape[0], 1, 1, 1, device=context_px.device)
                     >= self.token_dropout).to(context_px.dtype)
