@@ -10,9 +10,9 @@ scores the class maps on the held-out squares against the full land-cover raster
 (classes seen in the training labels only), beside a per-pixel baseline
 (:mod:`geofm.finetune.baseline`) trained on the same training locations.
 
-Boundary F1: boundary pixels are those whose class differs from a 4-neighbour; a
-predicted boundary pixel counts as correct within ``BOUNDARY_TOL`` px (10 m each) of a
-true one (and vice versa for recall), scored inside the held-out squares.
+Boundary F1 (:func:`geofm.finetune.metrics.boundary_f1`): a predicted boundary pixel
+counts as correct within ``BOUNDARY_TOL`` px (10 m each) of a true one (and vice versa
+for recall), scored inside the held-out squares.
 """
 
 from __future__ import annotations
@@ -101,39 +101,17 @@ def write_labels(scene: Scene, path: Path, chosen: list[tuple[int, int]],
     return path
 
 
-def boundaries(codes: np.ndarray) -> np.ndarray:
-    """bool [H, W]: pixels whose class differs from the right or lower neighbour."""
-    out = np.zeros(codes.shape, bool)
-    out[:, :-1] |= codes[:, :-1] != codes[:, 1:]
-    out[:-1] |= codes[:-1] != codes[1:]
-    return out
-
-
-def boundary_f1(pred: np.ndarray, truth: np.ndarray, area: np.ndarray, *,
-                tol: int = BOUNDARY_TOL) -> float:
-    """Boundary F1 of a class map against the truth inside ``area`` (bool [H, W])."""
-    from scipy.ndimage import binary_dilation
-
-    bp, bt = boundaries(pred) & area, boundaries(truth) & area
-    if not bp.any() and not bt.any():
-        return 1.0
-    near_t = binary_dilation(bt, iterations=tol)
-    near_p = binary_dilation(bp, iterations=tol)
-    precision = float((bp & near_t).sum() / max(bp.sum(), 1))
-    recall = float((bt & near_p).sum() / max(bt.sum(), 1))
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-
-
 def score_map(pred: np.ndarray, scene: Scene, seen: np.ndarray) -> dict[str, Any]:
     """mIoU over ``seen`` classes and boundary F1 on the held-out squares."""
-    from geofm.finetune.metrics import confusion_matrix, scores
+    from geofm.finetune.metrics import boundary_f1, confusion_matrix, scores
 
     truth = np.where(scene.held & np.isin(scene.truth, seen) & (pred > 0), scene.truth, 0)
     s = scores(confusion_matrix(pred, truth, len(scene.class_names)))
     iou = [s["iou"][k - 1] or 0.0 for k in seen]
     # the interior of the held-out squares: their outer edge is no land-cover boundary
     area = scene.held & (pred > 0)
-    return {"miou": float(np.mean(iou)), "bf1": boundary_f1(pred, scene.truth, area)}
+    return {"miou": float(np.mean(iou)),
+            "bf1": boundary_f1(pred, scene.truth, area, tolerance=BOUNDARY_TOL)}
 
 
 def run_fewshot(scene: Scene, encoder: Any, n: int | None, out: Path, *, seed: int = 0,
