@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--layers", default=None,
                         help="encoder layers feeding the head (default: finetune's default)")
     parser.add_argument("--model", default="tiny")
+    parser.add_argument("--decoder", default="unet", choices=("unet", "shuffle"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="size 256, 6 dates, 5 epochs")
@@ -163,7 +164,7 @@ def main() -> None:
 
     common = dict(encoder=encoder, batch_size=args.batch_size, lr=args.lr, class_names=names,
                   hidden=args.hidden, out_channels=args.out_channels, whiten=args.whiten,
-                  time_location=args.time_location, layers=args.layers,
+                  time_location=args.time_location, layers=args.layers, decoder=args.decoder,
                   seed=args.seed, overwrite=True, progress=False)
     t0 = time.perf_counter()
     cached = finetune(work / "root", labels, work / "head", epochs=args.epochs, patience=None,
@@ -226,6 +227,8 @@ ratios are measured in the same run). synth {t_synth:.1f} s, chip {t_chip:.1f} s
 
 Best epoch {metrics['best_epoch']}: mean IoU **{best['mean_iou']:.3f}**, macro F1 \
 {best['macro_f1']:.3f}, pixel accuracy {best['pixel_accuracy']:.3f}.
+Per-pixel baseline on the same split (gradient boosting on log reflectance): mean IoU \
+{_fmt((metrics.get('baseline') or {}).get('mean_iou'))}. Decoder `{args.decoder}`.
 
 ### Per-epoch validation curve
 
