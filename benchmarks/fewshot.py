@@ -164,9 +164,12 @@ def run_fewshot(scene: Scene, encoder: Any, n: int | None, out: Path, *, seed: i
 
     baseline = fit_pixel_baseline(px, cd, train_idx, seed=seed)
     head_scores, base_scores = [], []
+    transform = scene.profile["transform"]
     for tif in sorted((out / "pred").glob("*.tif")):
-        with rasterio.open(tif) as src:
-            pred = src.read(1).astype(np.int64)
+        pred = np.zeros_like(scene.truth)  # the map on the label raster's grid
+        with rasterio.open(tif) as src:  # (a date's mosaic covers only its valid chips)
+            col, row = (int(round(v)) for v in ~transform * (src.transform.c, src.transform.f))
+            pred[row:row + src.height, col:col + src.width] = src.read(1)
         head_scores.append(score_map(pred, scene, seen))
         base_scores.append(score_map(baseline_map(scene, data, tif.stem, baseline, reader),
                                      scene, seen))

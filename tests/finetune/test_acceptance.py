@@ -38,7 +38,7 @@ def test_few_labelled_places_generalise_to_unlabelled_ones(tiny_encoder, tmp_pat
     """Issue 21 goals on a small scene: labels on half of a 128 px checkerboard, scores on
     the other half (never labelled) after ``predict``: held-out mIoU >= 0.75 on the seen
     classes, >= 0.8x a per-pixel baseline on the same training chips, and boundaries
-    that follow the 10 m label raster (boundary F1). About 2 min on 2 CPU cores."""
+    that follow the 10 m label raster (boundary F1). About 2-3 min on 2 free CPU cores."""
     import numpy as np
     import rasterio
 
@@ -53,7 +53,7 @@ def test_few_labelled_places_generalise_to_unlabelled_ones(tiny_encoder, tmp_pat
     from geofm.ids import decode_id
     from geofm.synth import synthesize
 
-    synth = synthesize(tmp_path / "synth", seed=0, size=256, n_dates=6, chip_size=64)
+    synth = synthesize(tmp_path / "synth", seed=0, size=256, n_dates=4, chip_size=64)
     chip(synth / "items", tmp_path / "root", chip_size=64, max_cloud=0.05, progress=False)
     label_path = sorted((synth / "labels").glob("*.tif"))[0]
     with rasterio.open(label_path) as src:
@@ -62,8 +62,9 @@ def test_few_labelled_places_generalise_to_unlabelled_ones(tiny_encoder, tmp_pat
     held = ((rr // 128 + cc // 128) % 2) == 1
     with rasterio.open(tmp_path / "half.tif", "w", **dict(profile, nodata=0)) as dst:
         dst.write(np.where(held, 0, truth).astype(profile["dtype"]), 1)
+    # default options, but half the drawn chips per epoch (the test's time budget)
     finetune(tmp_path / "root", [tmp_path / "half.tif"], tmp_path / "head",
-             encoder=tiny_encoder, n_classes=6, progress=False)
+             encoder=tiny_encoder, n_classes=6, epoch_samples=256, progress=False)
     metrics = json.loads((tmp_path / "head" / "metrics.json").read_text())
     assert metrics["baseline"]["mean_iou"] > 0  # the baseline is in every run
     predict(tmp_path / "root", tmp_path / "head" / "best.pt", tmp_path / "pred",
@@ -85,8 +86,10 @@ def test_few_labelled_places_generalise_to_unlabelled_ones(tiny_encoder, tmp_pat
     head_cm = base_cm = 0
     bf1 = []
     for tif in sorted((tmp_path / "pred").glob("*.tif")):
+        pred = np.zeros_like(truth)  # the scene's map on the label raster's grid
         with rasterio.open(tif) as src:
-            pred = src.read(1).astype(np.int64)
+            col, row = (int(round(v)) for v in ~transform * (src.transform.c, src.transform.f))
+            pred[row:row + src.height, col:col + src.width] = src.read(1)
         rows = data.samples.index[data.samples["scene_id"] == decode_id(tif.stem)]
         base = np.zeros_like(pred)
         for i in rows:
