@@ -40,26 +40,33 @@ def fewshot(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from fewshot import encoder_for, make_scene, run_fewshot
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench_fewshot_"))
-    sizes = [None if v == "all" else int(v) for v in args.fewshot_sizes.split(",")]
-    rows, raw = [], []
-    for layout in args.fewshot_layouts.split(","):
-        scene = make_scene(work / layout, block=LAYOUTS[layout], size=args.fewshot_size,
-                           n_dates=args.n_dates, seed=args.seed)
-        for model in args.fewshot_models.split(","):
-            encoder = encoder_for(model)
-            for n in sizes:
-                res = run_fewshot(scene, encoder, n, work / layout / f"{model}_{n or 'all'}",
-                                  seed=args.seed)
-                res.update(layout=layout, model=model)
-                raw.append(res)
-                print(json.dumps(res), flush=True)
-                h, b = res["head"], res["baseline"]
-                ratio = h["miou"] / max(b["miou"], 1e-9)
-                rows.append([layout, model, str(res["n"]), str(res["train_locations"]),
-                             _fmt(h["miou"]), _fmt(b["miou"]), f"{ratio:.2f}",
-                             _fmt(h["bf1"]), _fmt(b["bf1"]), _fmt(res["val_miou"]),
-                             str(res["best_epoch"]), _fmt(res["seconds"], 0)])
+    raw: list[dict] = []
+    if args.fewshot_from:  # rebuild the table from the JSON lines of earlier runs
+        for log_file in args.fewshot_from:
+            raw += [json.loads(line) for line in Path(log_file).read_text().splitlines()
+                    if line.startswith("{")]
+    else:
+        work = Path(args.work or tempfile.mkdtemp(prefix="bench_fewshot_"))
+        sizes = [None if v == "all" else int(v) for v in args.fewshot_sizes.split(",")]
+        for layout in args.fewshot_layouts.split(","):
+            scene = make_scene(work / layout, block=LAYOUTS[layout], size=args.fewshot_size,
+                               n_dates=args.n_dates, seed=args.seed)
+            for model in args.fewshot_models.split(","):
+                encoder = encoder_for(model)
+                for n in sizes:
+                    res = run_fewshot(scene, encoder, n,
+                                      work / layout / f"{model}_{n or 'all'}", seed=args.seed)
+                    res.update(layout=layout, model=model)
+                    raw.append(res)
+                    print(json.dumps(res), flush=True)
+    rows = []
+    for res in raw:
+        h, b = res["head"], res["baseline"]
+        ratio = h["miou"] / max(b["miou"], 1e-9)
+        rows.append([res["layout"], res["model"], str(res["n"]), str(res["train_locations"]),
+                     _fmt(h["miou"]), _fmt(b["miou"]), f"{ratio:.2f}", _fmt(h["bf1"]),
+                     _fmt(b["bf1"]), _fmt(res["val_miou"]), str(res["best_epoch"]),
+                     _fmt(res["seconds"], 0)])
     table = _table(rows, ["layout", "encoder", "labelled chips", "train chips",
                           "head mIoU", "baseline mIoU", "head / baseline", "head BF1",
                           "baseline BF1", "val mIoU", "best epoch", "train s"])
@@ -74,11 +81,10 @@ the **odd (never labelled) squares**, every date, classes seen in the labels: mI
 boundary F1 (tolerance 2 px = 20 m) of the head's map and of the per-pixel baseline
 (gradient boosting on log reflectance, same training locations). Encoders have random
 weights: `tiny` (patch 8, dim 192) and `p16` (Clay architecture, patch 16, dim 96,
-depth 3). Machine: {torch.get_num_threads()} CPU threads, shared.
+depth 3). 1 torch thread per run on a shared 2-core machine (seconds are noisy).
 
 {table}
 
-Raw: `{json.dumps(raw)}`
 {FEWSHOT_END}"""
     out = Path(args.results)
     text = out.read_text() if out.exists() else KEEP_MARKER
@@ -128,6 +134,8 @@ def main() -> None:
     parser.add_argument("--fewshot-sizes", default="4,8,16,32,all")
     parser.add_argument("--fewshot-models", default="tiny,p16")
     parser.add_argument("--fewshot-layouts", default="patches,blocks")
+    parser.add_argument("--fewshot-from", nargs="+", default=None,
+                        help="rebuild the few-shot table from these logs of JSON lines")
     parser.add_argument("--work", default=None, help="work folder (default: a temp folder)")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" /
                                                   "finetune.md"))
