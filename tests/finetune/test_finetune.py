@@ -42,7 +42,7 @@ def test_outputs_of_a_training_run(trained_head, chipped_root, class_names):
     assert sum(baseline["support"]) == sum(metrics["best"]["support"])
     run = json.loads((trained_head / "run.json").read_text())["stages"]["finetune"]
     assert run["status"] == "ok"
-    assert run["extra"]["baseline"]["mean_iou"] == baseline["mean_iou"]
+    assert run["baseline"]["mean_iou"] == baseline["mean_iou"]  # extra: top-level keys
     assert run["counts"]["train_samples"] + run["counts"]["val_samples"] == run["counts"][
         "samples"]
 
