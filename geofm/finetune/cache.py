@@ -96,10 +96,25 @@ class TokenCache:
     Attributes:
         tokens: float16 [N, 1+L, D * n_layers] (array or memmap), rows in sample order.
         valid: bool [N, H, W], False where the chip pixel was nodata.
+        pixels: the bands the encoder saw, DN float32 [N, C, H, W] in memory (nodata
+            filled with the band mean), or ``None`` when not kept.
     """
 
     tokens: np.ndarray
     valid: np.ndarray
+    pixels: np.ndarray | None = None
+
+    def pixel_batch(self, indices: Sequence[int], device: str = "cpu") -> Any:
+        """Bands DN float32 [B, C, H, W] of ``indices`` as a torch tensor on ``device``.
+
+        Raises:
+            ValueError: the cache was built without ``keep_pixels``.
+        """
+        import torch
+
+        if self.pixels is None:
+            raise ValueError("this token cache holds no pixels; build it with keep_pixels=True")
+        return torch.from_numpy(self.pixels[np.asarray(indices)]).to(device)
 
     def batch(self, indices: Sequence[int], device: str = "cpu") -> Any:
         """Tokens float32 [B, 1+L, D * n_layers] of ``indices`` as a torch tensor on ``device``."""
@@ -123,7 +138,7 @@ def resolve_time_location(encoder: Any, time_location: str = "auto") -> str:
 
 def build_cache(chip_encoder: ChipEncoder, *, batch_size: int = 16,
                 cache_dir: str | os.PathLike[str] | None = None,
-                progress: bool = True) -> TokenCache:
+                progress: bool = True, keep_pixels: bool = False) -> TokenCache:
     """Encode every sample of ``chip_encoder`` once.
 
     Args:
@@ -132,6 +147,8 @@ def build_cache(chip_encoder: ChipEncoder, *, batch_size: int = 16,
         cache_dir: if given, tokens go to ``cache_dir/tokens.npy`` (float16 memmap)
             instead of memory.
         progress: show a progress bar.
+        keep_pixels: also keep the bands read (DN float32, in memory even with
+            ``cache_dir``), for heads that use them and the per-pixel baseline.
 
     Returns:
         The :class:`TokenCache`.
@@ -139,10 +156,12 @@ def build_cache(chip_encoder: ChipEncoder, *, batch_size: int = 16,
     n = len(chip_encoder.samples)
     tokens: np.ndarray | None = None
     valid: np.ndarray | None = None
+    kept: np.ndarray | None = None
     bar = progress_bar(total=n, desc="encode chips", unit="chip", disable=not progress)
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        out, ok = chip_encoder(idx)
+        pixels, ok = chip_encoder.read(idx)
+        out = chip_encoder.encode_pixels(pixels, idx)
         out_np = out.cpu().numpy().astype(np.float16)
         if tokens is None:
             shape = (n, *out_np.shape[1:])
@@ -153,13 +172,17 @@ def build_cache(chip_encoder: ChipEncoder, *, batch_size: int = 16,
             else:
                 tokens = np.empty(shape, dtype=np.float16)
             valid = np.empty((n, *ok.shape[1:]), dtype=bool)
+            if keep_pixels:
+                kept = np.empty((n, *pixels.shape[1:]), dtype=np.float32)
         assert tokens is not None and valid is not None
         tokens[start:start + len(idx)] = out_np
         valid[start:start + len(idx)] = ok
+        if kept is not None:
+            kept[start:start + len(idx)] = pixels
         bar.update(len(idx))
     bar.close()
     if tokens is None or valid is None:
         raise ValueError("no samples to encode")
     if isinstance(tokens, np.memmap):
         tokens.flush()
-    return TokenCache(tokens=tokens, valid=valid)
+    return TokenCache(tokens=tokens, valid=valid, pixels=kept)

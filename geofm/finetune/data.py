@@ -102,6 +102,15 @@ class LabelledChips:
         """Sensor of the samples (one per run root)."""
         return str(self.samples["sensor"].iloc[0])
 
+    def labelled_locations(self) -> list[str]:
+        """Chip ids of the locations with at least one labelled pixel, sorted.
+
+        The train/validation split is drawn among these: a chip whose footprint has no
+        label cannot teach or score the head (it is still encoded, and predicted).
+        """
+        has = (self.labels != IGNORE).reshape(len(self.locations), -1).any(axis=1)
+        return [c for c, ok in zip(self.locations, has, strict=True) if ok]
+
     def chip_labels(self) -> np.ndarray:
         """Chip-level labels [n_locations]: the majority non-zero code (0 if none)."""
         out = np.zeros(len(self.locations), dtype=np.int64)

@@ -1,9 +1,12 @@
 """Light heads trained on top of the frozen encoder's tokens.
 
-Both heads take the encoder output ``tokens`` float32 [B, 1+L, D] (CLS first, then
-``L = (H/p) * (W/p)`` patch tokens in row-major order) and return logits over the
+Every head takes the encoder output ``tokens`` float32 [B, 1+L, D] (CLS first, then
+``L = (H/p) * (W/p)`` patch tokens in row-major order) and returns logits over the
 ``n_classes`` label codes ``1..n_classes`` (logit ``k`` is code ``k + 1``; code 0 means
-"no label" and is never predicted).
+"no label" and is never predicted). Heads with ``uses_pixels = True``
+(:class:`UNetHead`, and :class:`ClassificationHead` with ``pixel_stats``) also take the
+chip's bands ``pixels`` float32 [B, C, H, W] in DN (harmonised L2A: reflectance x 10000),
+normalised inside the head by a fixed :class:`PixelNorm` fitted on the training split.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from torch import nn
 from geofm.exceptions import GeofmValueError, ShapeError
 
 TASKS = ("segmentation", "classification")
+#: Segmentation decoders: ``unet`` (:class:`UNetHead`, tokens + full-resolution bands,
+#: the default of ``geofm finetune``) and ``shuffle`` (:class:`SegmentationHead`, tokens
+#: only; heads written before the option was added).
+DECODERS = ("unet", "shuffle")
 #: Ridge added to the token covariance before whitening, relative to its largest
 #: eigenvalue: directions weaker than this are scaled up at most ``1/sqrt(eps)`` = 100x.
 #: Chosen on the fine-tuning benchmark (1e-3: 0.78, 1e-4: 0.80, 1e-5: 0.75 mean IoU;
@@ -25,9 +32,69 @@ TASKS = ("segmentation", "classification")
 WHITEN_EPS = 1e-4
 
 
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+def _conv_block(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def log_reflectance(pixels: torch.Tensor) -> torch.Tensor:
+    """Natural log of reflectance from DN (``DN / 10000``, DN clipped to >= 1): same shape."""
+    return torch.log(pixels.clamp(min=1.0) / 10000.0)
+
+
+class PixelNorm(nn.Module):
+    """Fixed per-band standardisation of log reflectance, fitted once on training chips.
+
+    ``forward(DN [B, C, H, W]) -> (log(DN / 10000) - mean) / std`` per band. The mean and
+    std are buffers (saved with the head, never trained); until :meth:`fit` runs they are
+    0 and 1.
+
+    Args:
+        bands: number of bands C.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, bands: int) -> None:
+        super().__init__()
+        self.bands = bands
+        self.register_buffer("mean", torch.zeros(bands))
+        self.register_buffer("std", torch.ones(bands))
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[torch.Tensor]) -> PixelNorm:
+        """Set mean/std from DN batches [B, C, H, W] (float64 sums, streamed).
+
+        Raises:
+            ShapeError: a batch is not [B, C, H, W] with C = ``bands``, or no pixel.
+        """
+        total = torch.zeros(self.bands, dtype=torch.float64)
+        square = torch.zeros(self.bands, dtype=torch.float64)
+        count = 0
+        for pixels in batches:
+            if pixels.ndim != 4 or pixels.shape[1] != self.bands:
+                raise ShapeError(f"pixels must be [B, C={self.bands}, H, W], "
+                                 f"got {tuple(pixels.shape)}")
+            logs = log_reflectance(pixels.detach().to("cpu", torch.float64))
+            total += logs.sum(dim=(0, 2, 3))
+            square += (logs**2).sum(dim=(0, 2, 3))
+            count += logs.shape[0] * logs.shape[2] * logs.shape[3]
+        if count < 2:
+            raise ShapeError(f"pixel normalisation needs at least 2 pixels, got {count}")
+        mean = total / count
+        var = (square / count - mean**2).clamp(min=1e-12)
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.std.copy_(var.sqrt().to(self.std.dtype))
+        return self
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Standardised log reflectance float32 [B, C, H, W] of DN [B, C, H, W]."""
+        if pixels.ndim != 4 or pixels.shape[1] != self.bands:
+            raise ShapeError(f"pixels must be [B, C={self.bands}, H, W], "
+                             f"got {tuple(pixels.shape)}")
+        shape = (1, self.bands, 1, 1)
+        return (log_reflectance(pixels) - self.mean.view(shape)) / self.std.view(shape)
 
 
 class TokenWhitening(nn.Module):
@@ -108,9 +175,23 @@ class WhitenedHead(nn.Module):
         whiten: build the whitening (else the features pass unchanged).
     """
 
+    #: whether ``forward`` takes the chip's bands (``forward(tokens, pixels)``).
+    uses_pixels = False
+
     def __init__(self, dim: int, *, whiten: bool) -> None:
         super().__init__()
         self.whitening = TokenWhitening(dim) if whiten else None
+        self.pixel_norm: PixelNorm | None = None
+
+    def fit_pixels(self, pixel_batches: Iterable[torch.Tensor]) -> None:
+        """Fit the :class:`PixelNorm` on training chips, DN batches [B, C, H, W].
+
+        Raises:
+            GeofmValueError: the head does not use the bands.
+        """
+        if self.pixel_norm is None:
+            raise GeofmValueError("this head does not use the bands (uses_pixels is False)")
+        self.pixel_norm.fit(pixel_batches)
 
     def whiten(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` through the whitening, if the head has one (channels on axis 1)."""
@@ -175,8 +256,10 @@ class SegmentationHead(WhitenedHead):
 class ClassificationHead(WhitenedHead):
     """Chip-level classifier: a small MLP on the CLS token or the mean patch token.
 
-    Pooled vector [B, D] -> (fixed whitening, :class:`TokenWhitening`) -> LayerNorm ->
-    Linear -> GELU -> Dropout -> Linear to ``n_classes`` logits.
+    Pooled vector [B, D] -> (fixed whitening, :class:`TokenWhitening`) -> (with
+    ``pixel_stats``: concatenated with the per-band mean and standard deviation of the
+    chip's normalised log reflectance, [B, 2C]) -> LayerNorm -> Linear -> GELU ->
+    Dropout -> Linear to ``n_classes`` logits.
 
     Args:
         dim: encoder token width D.
@@ -186,26 +269,124 @@ class ClassificationHead(WhitenedHead):
         dropout: dropout before the last layer.
         whiten: whiten the pooled vector first; call :meth:`fit_whitening` on training
             tokens before training (it is the identity until then).
+        pixel_stats: number of bands C whose statistics join the pooled vector (0: none,
+            the head takes tokens only); call :meth:`fit_pixels` before training.
     """
 
     def __init__(self, dim: int, n_classes: int, *, pool: str = "mean", hidden: int = 256,
-                 dropout: float = 0.1, whiten: bool = True) -> None:
+                 dropout: float = 0.1, whiten: bool = True, pixel_stats: int = 0) -> None:
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         super().__init__(dim, whiten=whiten)
         self.dim, self.n_classes, self.pool = dim, n_classes, pool
-        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(),
+        self.uses_pixels = pixel_stats > 0
+        self.pixel_norm = PixelNorm(pixel_stats) if pixel_stats else None
+        width = dim + 2 * pixel_stats
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(hidden, n_classes))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits float32 [B, n_classes] from tokens [B, 1+L, D]."""
-        return self.mlp(self.whiten(self.whitening_inputs(tokens)))
+    def forward(self, tokens: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits float32 [B, n_classes] from tokens [B, 1+L, D] (and DN [B, C, H, W])."""
+        pooled = self.whiten(self.whitening_inputs(tokens))
+        if self.pixel_norm is not None:
+            if pixels is None:
+                raise GeofmValueError("this classification head needs the chip's bands "
+                                      "(built with pixel_stats); pass pixels")
+            logs = self.pixel_norm(pixels)
+            pooled = torch.cat([pooled, logs.mean(dim=(2, 3)), logs.std(dim=(2, 3))], dim=1)
+        return self.mlp(pooled)
 
     def whitening_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The pooled vectors [B, D] (CLS token or mean patch token)."""
         if tokens.ndim != 3 or tokens.shape[-1] != self.dim:
             raise ShapeError(f"tokens must be [B, 1+L, D={self.dim}], got {tuple(tokens.shape)}")
         return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+
+class UNetHead(WhitenedHead):
+    """Light U-Net-style decoder: frozen tokens for context, the bands for boundaries.
+
+    Token path (patch grid, h = H/p): patch tokens [B, D, h, w] -> (fixed whitening,
+    :class:`TokenWhitening`) -> BatchNorm -> 1x1 conv + BN + ReLU to ``hidden`` -> 3x3
+    conv block -> 1x1 conv to ``out_channels`` -> bilinear upsampling by ``p`` to
+    [B, out_channels, H, W] (``align_corners=False``: token ``(i, j)`` sits at the centre of
+    its patch, pixel ``(i*p + p/2, j*p + p/2)``).
+
+    Skip path (full resolution, 10 m): bands DN [B, C, H, W] -> :class:`PixelNorm`
+    (standardised log reflectance) -> two 3x3 conv blocks of ``out_channels``.
+
+    Fusion: concatenation -> 3x3 conv block -> Dropout2d -> 1x1 conv to ``n_classes``
+    logits [B, n_classes, H, W]. Every full-resolution layer sees 10 m pixels, so class
+    boundaries follow the bands, not the patch grid.
+
+    Args:
+        dim: encoder token width D (times the number of layers fed).
+        patch_size: encoder patch size p in pixels.
+        n_classes: number of label codes (1..n_classes).
+        bands: number of bands C of the skip path.
+        hidden: channels of the token path.
+        out_channels: channels of the full-resolution layers.
+        dropout: Dropout2d before the classifier.
+        input_norm: BatchNorm of the token channels.
+        whiten: whiten the token channels first (call :meth:`fit_whitening`).
+        token_dropout: in training, drop the whole token path of a chip with this
+            probability (inverted-dropout scaling), so the skip path must classify on its
+            own and the tokens cannot memorise the few labelled places.
+    """
+
+    uses_pixels = True
+
+    def __init__(self, dim: int, patch_size: int, n_classes: int, *, bands: int,
+                 hidden: int = 128, out_channels: int = 16, dropout: float = 0.1,
+                 input_norm: bool = True, whiten: bool = True,
+                 token_dropout: float = 0.0) -> None:
+        super().__init__(dim, whiten=whiten)
+        self.token_dropout = float(token_dropout)
+        self.dim, self.patch_size, self.n_classes = dim, patch_size, n_classes
+        self.pixel_norm = PixelNorm(bands)
+        self.input_norm = nn.BatchNorm2d(dim) if input_norm else nn.Identity()
+        self.tokens_in = _conv_block(dim, hidden, kernel=1)
+        self.context = _conv_block(hidden, hidden)
+        self.tokens_out = nn.Conv2d(hidden, out_channels, 1)
+        self.skip = nn.Sequential(_conv_block(bands, out_channels),
+                                  _conv_block(out_channels, out_channels))
+        self.fuse = _conv_block(2 * out_channels, out_channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classify = nn.Conv2d(out_channels, n_classes, 1)
+
+    def forward(self, tokens: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits float32 [B, n_classes, H, W] from tokens [B, 1+L, D] and DN [B, C, H, W].
+
+        Raises:
+            ShapeError: the pixels are not ``p`` times the token grid.
+            GeofmValueError: no pixels given.
+        """
+        from torch.nn import functional as F
+
+        if pixels is None:
+            raise GeofmValueError("the unet head needs the chip's bands; pass pixels")
+        grid = self.input_norm(self.whiten(tokens_to_grid(tokens, self.dim)))
+        h, w = grid.shape[-2:]
+        if tuple(pixels.shape[-2:]) != (h * self.patch_size, w * self.patch_size):
+            raise ShapeError(f"pixels are {tuple(pixels.shape[-2:])}, the tokens a {h}x{w} grid "
+                             f"of {self.patch_size} px patches: expected "
+                             f"{(h * self.patch_size, w * self.patch_size)}")
+        # the 1x1 conv commutes with the (per-channel, linear) bilinear upsampling: apply
+        # it on the patch grid, upsample only ``out_channels``
+        context = self.tokens_out(self.context(self.tokens_in(grid)))
+        context_px = F.interpolate(context, scale_factor=self.patch_size, mode="bilinear",
+                                   align_corners=False)
+        if self.training and self.token_dropout > 0:
+            keep = (torch.rand(context_px.shape[0], 1, 1, 1, device=context_px.device)
+                    >= self.token_dropout).to(context_px.dtype)
+            context_px = context_px * keep / (1.0 - self.token_dropout)
+        assert self.pixel_norm is not None
+        fused = torch.cat([context_px, self.skip(self.pixel_norm(pixels))], dim=1)
+        return self.classify(self.dropout(self.fuse(fused)))
+
+    def whitening_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The patch tokens [B * L, D] (CLS left out: the head never sees it)."""
+        return tokens_to_grid(tokens, self.dim).permute(0, 2, 3, 1).reshape(-1, self.dim)
 
 
 def tokens_to_grid(tokens: torch.Tensor, dim: int) -> torch.Tensor:
@@ -227,8 +408,19 @@ def tokens_to_grid(tokens: torch.Tensor, dim: int) -> torch.Tensor:
 
 def build_head(task: str, *, dim: int, patch_size: int, n_classes: int,
                **options: Any) -> WhitenedHead:
-    """Make the head for ``task`` (``segmentation`` or ``classification``)."""
+    """Make the head for ``task`` (``segmentation`` or ``classification``).
+
+    Segmentation options may name ``decoder`` (:data:`DECODERS`; default ``shuffle``,
+    so head configs written before the option rebuild the head they were trained as);
+    the ``unet`` decoder needs ``bands``.
+    """
     if task == "segmentation":
+        options = dict(options)
+        decoder = options.pop("decoder", "shuffle")
+        if decoder == "unet":
+            return UNetHead(dim, patch_size, n_classes, **options)
+        if decoder != "shuffle":
+            raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
         return SegmentationHead(dim, patch_size, n_classes, **options)
     if task == "classification":
         return ClassificationHead(dim, n_classes, **options)

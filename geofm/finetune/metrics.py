@@ -64,3 +64,36 @@ def scores(cm: np.ndarray) -> dict[str, Any]:
         "pixel_accuracy": float(tp.sum() / total) if total else 0.0,
         "support": [int(v) for v in cm.sum(axis=1)],
     }
+
+
+def boundaries(codes: np.ndarray) -> np.ndarray:
+    """Pixels (bool [H, W]) whose code differs from their right or lower neighbour."""
+    codes = np.asarray(codes)
+    out = np.zeros(codes.shape, bool)
+    out[:, :-1] |= codes[:, :-1] != codes[:, 1:]
+    out[:-1] |= codes[:-1] != codes[1:]
+    return out
+
+
+def boundary_f1(pred: np.ndarray, truth: np.ndarray, area: np.ndarray | None = None, *,
+                tolerance: int = 2) -> float:
+    """Boundary F1 of a class map [H, W] against the truth [H, W], both 10 m codes.
+
+    A predicted boundary pixel (:func:`boundaries`) is correct when a true boundary pixel
+    lies within ``tolerance`` pixels (chessboard distance; 2 px = 20 m), and a true one
+    is found when a predicted one lies that near; F1 of that precision and recall,
+    counted inside ``area`` (bool [H, W], default everywhere). 1.0 when neither map has
+    a boundary there.
+    """
+    from scipy.ndimage import binary_dilation
+
+    inside = np.ones(np.shape(pred), bool) if area is None else np.asarray(area, bool)
+    bp, bt = boundaries(pred) & inside, boundaries(truth) & inside
+    if not bp.any() and not bt.any():
+        return 1.0
+    square = np.ones((3, 3), bool)
+    near_t = binary_dilation(bt, square, iterations=tolerance) if tolerance else bt
+    near_p = binary_dilation(bp, square, iterations=tolerance) if tolerance else bp
+    precision = float((bp & near_t).sum() / max(int(bp.sum()), 1))
+    recall = float((bt & near_p).sum() / max(int(bt.sum()), 1))
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)

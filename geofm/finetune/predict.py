@@ -222,7 +222,12 @@ def _predict_scene(target: Path, rows: pd.DataFrame, chip_encoder: Any, head: An
         idx = list(range(start, min(len(rows), start + batch_size)))
         pixels, valid = chip_encoder.read(idx)
         tokens = chip_encoder.encode_pixels(pixels, idx)
-        codes = predict_codes(head, tokens)
+        bands = None
+        if getattr(head, "uses_pixels", False):
+            import torch
+
+            bands = torch.from_numpy(pixels).to(tokens.device)
+        codes = predict_codes(head, tokens, bands)
         height, width = valid.shape[1:]
         if codes.ndim == 1:  # classification: one code per chip footprint
             codes = np.broadcast_to(codes[:, None, None], (len(idx), height, width)).copy()

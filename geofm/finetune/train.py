@@ -26,6 +26,43 @@ from geofm.log import progress as progress_bar
 TokenSource = Callable[[Any], tuple[Any, np.ndarray]]
 #: ``targets(indices, valid) -> int64 codes [B, H, W] (segmentation) or [B] (classification)``
 TargetSource = Callable[[Any, np.ndarray], np.ndarray]
+#: ``pixels(indices) -> DN float32 [B, C, H, W] torch`` (for heads with ``uses_pixels``)
+PixelSource = Callable[[Any], Any]
+
+
+def run_head(head: Any, tokens: Any, pixels: Any = None) -> Any:
+    """``head(tokens, pixels)`` for heads that use the bands, else ``head(tokens)``."""
+    if getattr(head, "uses_pixels", False):
+        return head(tokens, pixels)
+    return head(tokens)
+
+
+def dihedral(tokens: Any, pixels: Any, codes: np.ndarray, *, k: int,
+             flip: bool) -> tuple[Any, Any, np.ndarray]:
+    """Rotate by ``k`` quarter turns (and mirror) the patch grid, the bands and the labels.
+
+    Augmentation of frozen features: the patch tokens [B, 1+L, D] are moved as a square
+    grid (CLS kept first), the bands [B, C, H, W] and pixel codes [B, H, W] the same way,
+    so every token stays over its own pixels. Chip codes [B] are unchanged.
+    """
+    import torch
+
+    b, n, d = tokens.shape
+    side = int(round((n - 1) ** 0.5))
+    grid = tokens[:, 1:].reshape(b, side, side, d)
+
+    def move(x: Any, dims: tuple[int, int]) -> Any:
+        x = torch.rot90(x, k, dims) if k else x
+        return torch.flip(x, (dims[1],)) if flip else x
+
+    grid = move(grid, (1, 2))
+    tokens = torch.cat([tokens[:, :1], grid.reshape(b, side * side, d)], dim=1)
+    if pixels is not None:
+        pixels = move(pixels, (2, 3))
+    if codes.ndim == 3:
+        moved = move(torch.from_numpy(np.ascontiguousarray(codes)), (1, 2))
+        codes = moved.contiguous().numpy()
+    return tokens, pixels, codes
 
 
 @dataclass
@@ -71,7 +108,10 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
                epochs: int = 10, batch_size: int = 16, lr: float = 1e-3,
                weight_decay: float = 1e-2, class_weights: np.ndarray | None = None,
                patience: int | None = 3, seed: int = 0, device: str = "cpu",
-               progress: bool = True) -> TrainResult:
+               progress: bool = True, pixels: PixelSource | None = None,
+               augment: bool = False,
+               sample_weights: np.ndarray | None = None,
+               epoch_samples: int | None = None) -> TrainResult:
     """Train ``head`` on tokens of ``train_idx`` samples, validating on ``val_idx``.
 
     Args:
@@ -91,6 +131,14 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
         seed: seeds the head's shuffling.
         device: torch device.
         progress: show progress bars.
+        pixels: gives the bands (DN) of a batch; needed by heads with ``uses_pixels``.
+        augment: apply a random rotation/mirror (:func:`dihedral`) to each training batch.
+        sample_weights: float [len(train_idx)] drawing weight per training sample: each
+            epoch draws ``len(train_idx)`` samples with replacement in proportion
+            (class-balanced sampling); ``None`` visits every sample once, shuffled.
+        epoch_samples: samples per epoch (default ``len(train_idx)``); more than the
+            training set draws with replacement, so a few labelled chips still get enough
+            optimisation steps (``epoch_samples / batch_size`` per epoch).
 
     Returns:
         The :class:`TrainResult`.
@@ -101,7 +149,8 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
     generator = torch.Generator().manual_seed(seed)
     head.to(device)
     train_arr, val_arr = np.asarray(train_idx), np.asarray(val_idx)
-    steps_per_epoch = max(1, int(np.ceil(len(train_arr) / batch_size)))
+    per_epoch = max(len(train_arr), int(epoch_samples or 0))
+    steps_per_epoch = max(1, int(np.ceil(per_epoch / batch_size)))
     optimiser = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser,
                                                           T_max=epochs * steps_per_epoch)
@@ -116,10 +165,18 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
     best_miou, stale = -1.0, 0
     epoch_bar = progress_bar(range(1, epochs + 1), desc="finetune", unit="epoch",
                              disable=not progress)
+    if sample_weights is None and per_epoch > len(train_arr):
+        sample_weights = np.ones(len(train_arr))
+    draw = None if sample_weights is None else torch.as_tensor(
+        np.asarray(sample_weights, dtype=np.float64))
     for epoch in epoch_bar:
         started = time.perf_counter()
         head.train()
-        order = train_arr[torch.randperm(len(train_arr), generator=generator).numpy()]
+        if draw is None:
+            order = train_arr[torch.randperm(len(train_arr), generator=generator).numpy()]
+        else:
+            order = train_arr[torch.multinomial(draw, per_epoch, replacement=True,
+                                                generator=generator).numpy()]
         total, seen = 0.0, 0
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -129,7 +186,13 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
             codes = targets(idx, valid)
             if not (codes != 0).any():
                 continue
-            loss = loss_of(head(tokens.to(device)), codes)
+            bands = None if pixels is None else pixels(idx)
+            if augment:
+                turn = torch.randint(0, 8, (1,), generator=generator).item()
+                tokens, bands, codes = dihedral(tokens, bands, codes, k=int(turn) % 4,
+                                                flip=turn >= 4)
+            loss = loss_of(run_head(head, tokens.to(device),
+                                    None if bands is None else bands.to(device)), codes)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -137,7 +200,7 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         val = evaluate(head, source, targets, val_arr, n_classes=n_classes,
-                       batch_size=batch_size, device=device, loss_fn=loss_of)
+                       batch_size=batch_size, device=device, loss_fn=loss_of, pixels=pixels)
         entry = {"epoch": epoch, "train_loss": total / max(seen, 1),
                  "lr": float(optimiser.param_groups[0]["lr"]),
                  "seconds": round(time.perf_counter() - started, 4), **val}
@@ -157,19 +220,23 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
     return result
 
 
-def predict_codes(head: Any, tokens: Any) -> np.ndarray:
-    """Predicted codes (argmax + 1): int64 [B, H, W] or [B] from tokens [B, 1+L, D]."""
+def predict_codes(head: Any, tokens: Any, pixels: Any = None) -> np.ndarray:
+    """Predicted codes (argmax + 1): int64 [B, H, W] or [B] from tokens [B, 1+L, D].
+
+    ``pixels`` (DN [B, C, H, W], torch) is passed to heads that use the bands.
+    """
     import torch
 
     head.eval()
     with torch.inference_mode():
-        return (head(tokens).argmax(dim=1) + 1).cpu().numpy()
+        return (run_head(head, tokens, pixels).argmax(dim=1) + 1).cpu().numpy()
 
 
 def evaluate(head: Any, source: TokenSource, targets: TargetSource,
              indices: Sequence[int] | np.ndarray, *,
              n_classes: int, batch_size: int = 16, device: str = "cpu",
-             loss_fn: Callable[[Any, np.ndarray], Any] | None = None) -> dict[str, Any]:
+             loss_fn: Callable[[Any, np.ndarray], Any] | None = None,
+             pixels: PixelSource | None = None) -> dict[str, Any]:
     """Validation scores (and mean loss) of ``head`` on samples ``indices``."""
     import torch
 
@@ -182,7 +249,8 @@ def evaluate(head: Any, source: TokenSource, targets: TargetSource,
             idx = index_arr[start:start + batch_size]
             tokens, valid = source(idx)
             codes = targets(idx, valid)
-            logits = head(tokens.to(device))
+            bands = None if pixels is None else pixels(idx).to(device)
+            logits = run_head(head, tokens.to(device), bands)
             cm += confusion_matrix((logits.argmax(dim=1) + 1).cpu().numpy(), codes, n_classes)
             if loss_fn is not None and (codes != 0).any():
                 total += float(loss_fn(logits, codes)) * len(idx)

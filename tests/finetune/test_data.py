@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -146,3 +148,22 @@ def test_align_labels_refuses_a_raster_without_crs(tmp_path):
     grid = ChipGrid(transform=from_origin(X0, Y1, RES, RES), width=8, height=8, epsg=32633)
     with pytest.raises(RasterError, match="has no CRS"):
         align_labels([path], grid)
+
+
+def test_the_split_draws_only_labelled_locations():
+    """Chips without a labelled pixel (the unlabelled half of a checkerboard) are never
+    train or validation locations, so a few labelled places are not diluted."""
+    import pandas as pd
+
+    from geofm.finetune.data import LabelledChips
+
+    locations = [f"loc{i}" for i in range(8)]
+    labels = np.zeros((8, 4, 4), np.uint8)
+    labels[::2, 1:3, 1:3] = 2  # locations 0, 2, 4, 6 labelled
+    data = LabelledChips(root=Path("."), samples=pd.DataFrame({"loc": range(8)}),
+                         locations=locations, grids=[], labels=labels, bands=("red",),
+                         n_classes=2)
+    assert data.labelled_locations() == ["loc0", "loc2", "loc4", "loc6"]
+    train, val = split_locations(data.labelled_locations(), val_fraction=0.25, seed=0)
+    assert len(val) == 1 and len(train) == 3
+    assert set(train + val) == {"loc0", "loc2", "loc4", "loc6"}

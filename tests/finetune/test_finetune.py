@@ -33,8 +33,16 @@ def test_outputs_of_a_training_run(trained_head, chipped_root, class_names):
     train, val = set(cfg["train_locations"]), set(cfg["val_locations"])
     assert not train & val
     assert train | val == set(read_chip_table(chipped_root)["chip_id"])
+    # the default decoder sees the bands, through a normalisation fitted on training chips
+    assert cfg["head_options"]["decoder"] == "unet" and cfg["head_options"]["bands"] == 4
+    assert not torch.equal(blob["state_dict"]["pixel_norm.std"], torch.ones(4))
+    # the per-pixel baseline ran on the same validation pixels as the head
+    baseline = metrics["baseline"]
+    assert 0 < baseline["mean_iou"] <= 1 and baseline["train_pixels"] > 0
+    assert sum(baseline["support"]) == sum(metrics["best"]["support"])
     run = json.loads((trained_head / "run.json").read_text())["stages"]["finetune"]
     assert run["status"] == "ok"
+    assert run["baseline"]["mean_iou"] == baseline["mean_iou"]  # extra: top-level keys
     assert run["counts"]["train_samples"] + run["counts"]["val_samples"] == run["counts"][
         "samples"]
 
@@ -162,3 +170,21 @@ def test_cli_no_whiten_trains_a_head_without_the_whitening(chipped_root, label_r
     blob = torch.load(out / "best.pt", weights_only=True)
     assert blob["config"]["head_options"]["whiten"] is False
     assert not any(k.startswith("whitening.") for k in blob["state_dict"])
+
+
+def test_cli_shuffle_decoder_without_baseline_is_the_earlier_head(chipped_root, label_raster,
+                                                                   tmp_path):
+    out = tmp_path / "shuffle"
+    with pytest.warns(Warning, match="RANDOM WEIGHTS"):
+        code = main(["--root", str(chipped_root), "--labels", str(label_raster), "--out",
+                     str(out), "--model", "tiny", "--epochs", "1", "--batch-size", "8",
+                     "--decoder", "shuffle", "--no-baseline", "--no-augment",
+                     "--sampling", "uniform", "--epoch-samples", "0", "--no-progress", "-q"])
+    assert code == 0
+    blob = torch.load(out / "best.pt", weights_only=True)
+    assert "decoder" not in blob["config"]["head_options"]  # loads as the old head did
+    assert not any(k.startswith("pixel_norm.") for k in blob["state_dict"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["baseline"] is None
+    run = json.loads((out / "run.json").read_text())["stages"]["finetune"]
+    assert run["config"]["decoder"] == "shuffle" and run["config"]["epoch_samples"] is None

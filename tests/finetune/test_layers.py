@@ -93,8 +93,9 @@ def test_layers_change_the_head_width_and_round_trip_through_predict(
                           time_location=cfg["time_location"], layers=(0, 5))
     tokens, _ = encoder([0])
     assert tokens.shape[-1] == 384
+    pixels = torch.from_numpy(encoder.read([0])[0])  # the unet head also sees the bands
     with torch.inference_mode():
-        expected = head(tokens).argmax(dim=1).numpy()[0] + 1
+        expected = head(tokens, pixels).argmax(dim=1).numpy()[0] + 1
     with rasterio.open(tmp_path / "pred" / f"{scene}.tif") as src:
         x0, y1 = float(rows.at[0, "minx"]), float(rows.at[0, "maxy"])
         r0, c0 = src.index(x0 + 5, y1 - 5)

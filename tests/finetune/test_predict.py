@@ -37,8 +37,9 @@ def test_class_map_aligns_pixel_for_pixel_with_its_chips(predicted, trained_head
     chip_encoder = ChipEncoder(tiny_encoder, chipped_root, rows, tuple(cfg["bands"]),
                                time_location=cfg["time_location"], layers=tuple(cfg["layers"]))
     tokens, _ = chip_encoder(range(len(rows)))
+    pixels = torch.from_numpy(chip_encoder.read(range(len(rows)))[0])  # unet: the bands too
     with torch.inference_mode():
-        expected = head(tokens).argmax(dim=1).numpy() + 1
+        expected = head(tokens, pixels).argmax(dim=1).numpy() + 1
     with rasterio.open(out / f"{scene}.tif") as src:
         assert src.nodata == 0 and src.dtypes[0] == "uint8"
         assert src.tags()["class_1"] == cfg["class_names"][0]
