@@ -58,11 +58,11 @@ from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
 from geofm.manifest import StageRecord, stage_entry
 from geofm.model.identity import ModelIdentity, format_differences
+from geofm.model.presets import PRESETS
 from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("tiny", "small", "base", "large")
 PATCHES = ("none", "mean", "full")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TIME_LOCATION = ("auto", "encode", "zero")

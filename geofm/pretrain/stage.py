@@ -62,11 +62,11 @@ from geofm.exceptions import (
 )
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord, stage_entry
+from geofm.model.presets import PRESETS
 from geofm.pretrain.mae import DEFAULT_MASK_RATIO, DecoderConfig, check_mask_ratio
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("tiny", "small", "base", "large")
 PRECISIONS = ("fp32", "bf16")
 TIME_LOCATION = ("encode", "zero")
 #: Steps of linear learning-rate warm-up.
