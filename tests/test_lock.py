@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,26 @@ def _env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+@contextlib.contextmanager
+def _held_by_another_process(root: Path, stage: str) -> Iterator[subprocess.Popen[str]]:
+    """Another Python process holds the lock of ``root`` (as ``stage``) inside the block."""
+    script = textwrap.dedent(f"""
+        import time
+        from geofm.lock import root_lock
+        with root_lock({str(root)!r}, stage={stage!r}):
+            print("held", flush=True)
+            time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def _geofm(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -101,17 +123,7 @@ def test_in_process_stage_refused_while_a_subprocess_holds_the_root(tmp_path):
     from geofm.analyze import analyze
 
     root = tmp_path / "root"
-    script = textwrap.dedent(f"""
-        import sys, time
-        from geofm.lock import root_lock
-        with root_lock({str(root)!r}, stage="chip"):
-            print("held", flush=True)
-            time.sleep(120)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    with _held_by_another_process(root, "chip") as proc:
         with pytest.raises(RootLockedError, match=f"process {proc.pid} .*stage 'chip'") as info:
             analyze(root, progress=False)
         assert info.value.holder["pid"] == proc.pid and info.value.stage == "analyze"
@@ -119,28 +131,14 @@ def test_in_process_stage_refused_while_a_subprocess_holds_the_root(tmp_path):
         with pytest.raises(RootLockedError):
             StageRecord(root, "index").write(status="ok")  # run.json writes are locked too
         assert not (root / "run.json").exists()
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def test_kill_9_of_the_holder_releases_the_lock(tmp_path):
     root = tmp_path / "root"
-    script = textwrap.dedent(f"""
-        import time
-        from geofm.lock import root_lock
-        with root_lock({str(root)!r}, stage="embed"):
-            print("held", flush=True)
-            time.sleep(120)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    with _held_by_another_process(root, "embed") as proc:
         with pytest.raises(RootLockedError):
             with root_lock(root, stage="index"):
                 pass
-    finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     assert holder(root)["pid"] == proc.pid  # the stale contents are only information
@@ -201,21 +199,8 @@ def test_two_concurrent_embeds_second_fails_first_equals_a_clean_run(chipped_roo
 def held_elsewhere(tmp_path):  # type: ignore[no-untyped-def]
     """A run root whose lock another process holds (stage "chip"); yields (root, pid)."""
     root = tmp_path / "held"
-    script = textwrap.dedent(f"""
-        import time
-        from geofm.lock import root_lock
-        with root_lock({str(root)!r}, stage="chip"):
-            print("held", flush=True)
-            time.sleep(120)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    with _held_by_another_process(root, "chip") as proc:
         yield root, proc.pid
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize("argv", [
@@ -238,16 +223,7 @@ def test_demo_is_refused_while_its_run_root_is_held(tmp_path):
     from geofm.demo import demo
 
     out = tmp_path / "demo"
-    script = (f"import time\nfrom geofm.lock import root_lock\n"
-              f"with root_lock({str(out / 'run')!r}, stage='run'):\n"
-              f"    print('held', flush=True); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            text=True, env=_env())
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    with _held_by_another_process(out / "run", "run") as proc:
         with pytest.raises(RootLockedError, match=f"process {proc.pid} .*stage 'run'"):
             demo(out, progress=False)
         assert not (out / "data").exists()  # refused before synthesising anything
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
