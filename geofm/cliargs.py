@@ -38,7 +38,7 @@ def similarity(text: str) -> float:
 def bbox(text: str) -> tuple[float, float, float, float]:
     """``W,S,E,N`` in WGS84 degrees with W < E and S < N (``--bbox``)."""
     from geofm.exceptions import GeofmValueError
-    from geofm.search import parse_bbox
+    from geofm.search.stage import parse_bbox
 
     try:
         return parse_bbox(text)
@@ -49,7 +49,7 @@ def bbox(text: str) -> tuple[float, float, float, float]:
 def utc_date(text: str) -> str:
     """A date (``YYYY-MM-DD`` or any ISO timestamp, UTC if no zone); returned as given."""
     from geofm.exceptions import GeofmValueError
-    from geofm.search import parse_utc
+    from geofm.search.stage import parse_utc
 
     try:
         parse_utc(text)
@@ -69,7 +69,7 @@ class DateRangeBound(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         """Store the value, then check the range if both ends are known."""
-        from geofm.search import parse_utc
+        from geofm.search.stage import parse_utc
 
         setattr(namespace, self.dest, values)
         start, end = getattr(namespace, "start", None), getattr(namespace, "end", None)

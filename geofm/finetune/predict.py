@@ -140,10 +140,10 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
         CheckpointError: the head is unreadable or was trained on another encoder.
         GeofmValueError: the run root's chips lack the head's bands or sensor.
     """
-    from geofm.finetune import load_encoder_for
     from geofm.finetune.cache import ChipEncoder
     from geofm.finetune.data import read_chip_table
     from geofm.finetune.layers import parse_layers
+    from geofm.finetune.stage import load_encoder_for
     from geofm.finetune.train import load_head, predict_codes
     from geofm.log import progress as progress_bar
     from geofm.model import resolve_device

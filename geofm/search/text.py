@@ -59,8 +59,8 @@ def text_search(root: RunRoot, table: lancedb.table.Table, info: IndexInfo, *, t
     import shapely
 
     from geofm.index.table import FTS_COLUMN, TEXT_COLUMNS
-    from geofm.search import _RESULT_COLUMNS, _place_keys, _places, build_filter, parse_bbox
     from geofm.search.query import build_query
+    from geofm.search.stage import _RESULT_COLUMNS, _place_keys, _places, build_filter, parse_bbox
 
     if not text.strip():
         raise GeofmValueError("--text must not be empty")

@@ -720,7 +720,7 @@ def search_options(params: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     Raises:
         GeofmValueError: a parameter is malformed or out of range, or no ``chip`` given.
     """
-    from geofm.search import parse_bbox
+    from geofm.search.stage import parse_bbox
 
     chips = _ids(params, "chip")
     if not chips:

@@ -5,8 +5,8 @@ import pytest
 
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError, SearchIndexError
 from geofm.index.table import IndexInfo
-from geofm.search import build_filter, parse_bbox
 from geofm.search.query import read_vector_file, sql_str
+from geofm.search.stage import build_filter, parse_bbox
 
 INFO = IndexInfo(embedding="cls", dim=3, model={"preset": "tiny"}, mean=[0.0] * 3,
                  mean_rows=1)
