@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from geofm.exceptions import GeofmValueError, SearchIndexError
+from geofm.index.recall import DEFAULT_TARGET_RECALL, check_target_recall
 from geofm.index.table import ANN_MIN_ROWS
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord, stage_entry
@@ -114,6 +115,7 @@ def _changed_keys(table: Any, frame: Any) -> tuple[set[str], set[str]]:
 @stage_entry("index")
 def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
                 overwrite: bool = False, ann_min_rows: int = ANN_MIN_ROWS,
+                target_recall: float = DEFAULT_TARGET_RECALL,
                 describe: DescribeRequest | Mapping[str, Any] | None = None) -> StageRecord:
     """Consolidate the run and build (or extend) its LanceDB search index.
 
@@ -127,6 +129,13 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
             columns of existing rows are refreshed.
         ann_min_rows: table size (rows) from which an ANN index (IVF_SQ) is built
             automatically; smaller tables are searched exactly.
+        target_recall: recall@10 (vs exact search, in (0, 1]) the ANN query parameters
+            are calibrated to: when the index is built, the index's own recall is
+            measured on a held-out sample of the table's rows and the ``nprobes`` /
+            ``refine_factor`` reaching it at the lowest latency are stored in
+            ``geofm_index.json`` (``ann["calibration"]``), which ``geofm search`` uses.
+            After rows are added the recall is measured again and the index re-trained
+            when it fell under the target (:func:`geofm.index.table.sync_ann_index`).
         describe: generate one description per chip (cached) and build the full-text
             index for text search (:mod:`geofm.generative.describe`); failed chips are
             recorded as failures. A mapping (``geofm run`` YAML) is read by
@@ -144,6 +153,7 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
             and ``overwrite`` was not given.
         ModelMismatchError: the run's scenes were embedded by different models.
         GeofmFileNotFoundError: the run root has no embeddings.
+        GeofmValueError: ``ann_min_rows`` < 1 or ``target_recall`` not in (0, 1].
     """
     import numpy as np
 
@@ -162,11 +172,13 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
     root = RunRoot.of(root)
     if ann_min_rows < 1:
         raise GeofmValueError(f"ann_min_rows must be >= 1, got {ann_min_rows}")
+    target_recall = check_target_recall(target_recall)
     if describe is not None:
         from geofm.generative.describe import DescribeRequest
 
         describe = DescribeRequest.of(describe)
-    config = {"embedding": embedding, "overwrite": overwrite, "ann_min_rows": ann_min_rows}
+    config = {"embedding": embedding, "overwrite": overwrite, "ann_min_rows": ann_min_rows,
+              "target_recall": target_recall}
     with StageRecord(root, "index", config=config) as record:
         frame, vectors, identity = consolidate(root, embedding=embedding, record=record)
         finite = np.isfinite(vectors).all(axis=1) & (np.linalg.norm(vectors, axis=1) > 0)
@@ -207,9 +219,9 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
             keep = finite & ~row_keys.isin(keys - changed).to_numpy()
             if keep.any():
                 added, updated = upsert(table, _rows(frame, vectors, info.mean, keep))
-        if sync_ann_index(table, info):
-            log.info("built an %s index on %d rows", info.ann["index_type"] if info.ann else "",
-                     table.count_rows())
+        action = sync_ann_index(table, info, target_recall=target_recall)
+        if action is not None:
+            _log_ann(action, info)
         info.rows = table.count_rows()
         info.write(root)
         record.counts.update(added=added, updated=updated, table_rows=info.rows)
@@ -223,6 +235,28 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
     return record
 
 
+def _log_ann(action: str, info: Any) -> None:
+    """One log line per ANN maintenance step and per calibrated column."""
+    ann = info.ann
+    done = ann["maintenance"]
+    log.info("ANN index %s (%s; %s partitions, %.0f s): %s", ann["index_type"], action,
+             ann["num_partitions"], done.get("seconds", 0.0), done["reason"])
+    for column, cal in ann.get("calibration", {}).items():
+        log.info("ANN %s: nprobes %d, refine %d -> recall@%d %.3f (target %.2f%s), "
+                 "p50 %.1f ms on %d held-out rows", column, cal["nprobes"],
+                 cal["refine_factor"], cal["k"], cal.get("recall_now", cal["recall"]),
+                 cal["target"], "" if cal["met"] else ", NOT met", cal["p50_ms"],
+                 cal["queries"])
+
+
+def _target_recall_arg(text: str) -> float:
+    """The argparse type of ``--target-recall`` (the rule is :func:`check_target_recall`)."""
+    try:
+        return check_target_recall(text)
+    except GeofmValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``geofm index`` options to ``parser``."""
     parser.add_argument("--root", required=True, help="run root (after chip and embed)")
@@ -232,6 +266,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rebuild the index from scratch (new run mean vector)")
     parser.add_argument("--ann-min-rows", type=int, default=ANN_MIN_ROWS,
                         help=f"build an ANN index from this many rows (default {ANN_MIN_ROWS})")
+    parser.add_argument("--target-recall", type=_target_recall_arg,
+                        default=DEFAULT_TARGET_RECALL, metavar="R",
+                        help="recall@10 the ANN query parameters are calibrated to, in (0, 1] "
+                        f"(default {DEFAULT_TARGET_RECALL})")
     from geofm.generative.describe import add_arguments as add_describe_arguments
 
     add_describe_arguments(parser)
@@ -247,7 +285,8 @@ def run_cli(args: argparse.Namespace) -> int:
     except GeofmValueError as exc:
         return usage_error(exc)
     record = build_index(args.root, embedding=args.embedding, overwrite=args.overwrite,
-                         ann_min_rows=args.ann_min_rows, describe=describe)
+                         ann_min_rows=args.ann_min_rows, target_recall=args.target_recall,
+                         describe=describe)
     return 1 if record.failures else 0
 
 

@@ -256,21 +256,176 @@ def create_ann_index(table: lancedb.table.Table, column: str, params: dict[str, 
     table.create_index(column, config=config, replace=True)
 
 
-def sync_ann_index(table: lancedb.table.Table, info: IndexInfo) -> bool:
-    """Apply the ANN policy after rows were added; return True if an index was built.
+def query_parameters(info: IndexInfo, column: str, *, nprobes: int | None = None,
+                     refine_factor: int | None = None) -> tuple[int, int]:
+    """``(nprobes, refine_factor)`` for an ANN query on ``column``.
 
-    Below ``info.ann_min_rows`` nothing happens (exact search). At or above it the
-    index is built once on both vector columns; later calls fold new rows into the
-    existing index with ``table.optimize()``.
+    Explicit values win; otherwise the calibrated choice for that column (see
+    :func:`geofm.index.recall.calibrate`), else the index-wide values in ``info.ann``
+    (indexes built before calibration existed).
+
+    Raises:
+        SearchIndexError: the table has no ANN index (``info.ann`` is None).
     """
+    if info.ann is None:
+        raise SearchIndexError("the index has no ANN index: it is searched exactly")
+    chosen = info.ann.get("calibration", {}).get(column, info.ann)
+    return (int(nprobes or chosen["nprobes"]), int(refine_factor or chosen["refine_factor"]))
+
+
+def _calibrate_columns(table: lancedb.table.Table, info: IndexInfo, params: dict[str, Any],
+                       target_recall: float, seed: int) -> None:
+    """Calibrate every vector column and store the choice in ``info.ann``."""
+    from geofm.index.recall import calibrate
+
+    calibration = {column: calibrate(table, column, num_partitions=params["num_partitions"],
+                                     target_recall=target_recall, seed=seed, key=KEY).to_dict()
+                   for column in VECTOR_COLUMNS}
+    info.ann = {**params, "target_recall": target_recall, "calibration": calibration,
+                # index-wide values: enough for every column (older readers use these)
+                "nprobes": max(c["nprobes"] for c in calibration.values()),
+                "refine_factor": max(c["refine_factor"] for c in calibration.values())}
+
+
+def _unindexed_rows(table: lancedb.table.Table) -> int:
+    """Rows of the table not yet in the ANN index of some vector column."""
+    counts = [0]
+    for index in table.list_indices():
+        stats = table.index_stats(index.name)
+        if stats is not None and set(index.columns) & set(VECTOR_COLUMNS):
+            counts.append(int(stats.num_unindexed_rows))
+    return max(counts)
+
+
+#: an index whose probed partitions hold more than this many times the rows their share
+#: of the partitions should (``rows * nprobes / num_partitions``) is re-trained.
+SCAN_SLACK = 4
+
+
+def remeasure(table: lancedb.table.Table, info: IndexInfo, *, seed: int = 0
+              ) -> dict[str, dict[str, float]]:
+    """Recall@10 and scan size of the stored query choice of every vector column, now.
+
+    Uses a fresh seeded sample of the table's rows (see
+    :class:`geofm.index.recall.RecallProbe`).
+
+    Returns:
+        Per column ``{"recall", "scanned_rows", "expected_rows"}``: recall@10 of the
+        stored ``nprobes`` / ``refine_factor``; the rows one query's probed partitions
+        hold (counted up to ``SCAN_SLACK`` times the expected number); and the rows
+        they should hold, ``rows * nprobes / num_partitions``.
+    """
+    from geofm.index.recall import RecallProbe, calibration_queries
+
+    assert info.ann is not None
+    rows = table.count_rows()
+    out = {}
+    for column in VECTOR_COLUMNS:
+        nprobes, refine = query_parameters(info, column)
+        probe = RecallProbe(table, column, n_queries=calibration_queries(rows), seed=seed,
+                            key=KEY)
+        expected = rows * min(1.0, nprobes / info.ann["num_partitions"])
+        cap = int(min(rows, SCAN_SLACK * expected + 100))
+        out[column] = {"recall": round(probe.measure(nprobes, refine, timed=0).recall, 4),
+                       "scanned_rows": probe.scanned_rows(nprobes, cap=cap),
+                       "expected_rows": round(expected, 1)}
+    return out
+
+
+def _degraded(measured: dict[str, dict[str, float]], rows: int, target: float) -> str | None:
+    """Why the index must be re-trained after an append, or None if it need not be."""
+    worst = min(m["recall"] for m in measured.values())
+    if worst < target:
+        return f"recall@10 fell to {worst:.3f} < target {target}"
+    for column, m in measured.items():
+        cap = min(rows, SCAN_SLACK * m["expected_rows"] + 100)
+        if cap < rows and m["scanned_rows"] >= cap:
+            return (f"a {column} query now scans >= {m['scanned_rows']:.0f} rows instead of "
+                    f"about {m['expected_rows']:.0f}: the folded-in index no longer narrows "
+                    "the search")
+    return None
+
+
+def sync_ann_index(table: lancedb.table.Table, info: IndexInfo, *,
+                   target_recall: float | None = None, seed: int = 0) -> str | None:
+    """Apply the ANN policy after rows were added; return what was done, if anything.
+
+    Below ``info.ann_min_rows`` nothing happens (exact search). At or above it:
+
+    - no index yet: build it on both vector columns and calibrate the query parameters
+      to ``target_recall`` (:func:`geofm.index.recall.calibrate`) -> ``"built"``;
+    - rows added or rewritten since: fold them into the index (``table.optimize()``)
+      and re-measure the stored choice on a fresh sample (:func:`remeasure`); if its
+      recall is still at or above the target and a query still scans about its share
+      of the rows -> ``"optimized"``, else re-train the index (new k-means over all
+      rows, partitions for the new size) and calibrate again -> ``"retrained"``.
+      (LanceDB 0.40's ``optimize()`` folds new rows into IVF_SQ so that one probe scans
+      the whole table: exact, but as slow as a flat scan; the scan check catches it.)
+    - nothing added but another target (or an index that was never calibrated):
+      calibrate again -> ``"recalibrated"``.
+
+    What was done, why, and the recall before and after are kept in
+    ``info.ann["maintenance"]``; the choice and its measured recall per column in
+    ``info.ann["calibration"]``.
+
+    Args:
+        table: the ``chips`` table.
+        info: the index description (updated in place).
+        target_recall: recall@10 to reach, in (0, 1]; default the index's previous
+            target, else :data:`geofm.index.recall.DEFAULT_TARGET_RECALL`.
+        seed: seed of the calibration sample.
+    """
+    import time
+
+    from geofm.index.recall import DEFAULT_TARGET_RECALL, check_target_recall
+
     n_rows = table.count_rows()
     if n_rows < info.ann_min_rows:
-        return False
+        return None
+    previous = info.ann.get("target_recall") if info.ann else None
+    target = check_target_recall(target_recall if target_recall is not None
+                                 else previous or DEFAULT_TARGET_RECALL)
+    t0 = time.perf_counter()
+    maintenance: dict[str, Any] = {"rows": n_rows}
+    retrain = info.ann is None
     if info.ann is None:
+        action, reason = "built", f"{n_rows} rows >= ann_min_rows {info.ann_min_rows}"
+    else:
+        new_rows = _unindexed_rows(table)
+        stale = "calibration" not in info.ann or previous != target
+        if not new_rows and not stale:
+            return None
+        if new_rows:
+            maintenance["new_rows"] = new_rows
+            table.optimize()
+        action, reason = "recalibrated", f"target recall {previous} -> {target}"
+        if new_rows and not stale:
+            before = remeasure(table, info, seed=seed + 1)
+            maintenance["measured_before"] = before
+            why = _degraded(before, n_rows, target)
+            if why is None:
+                worst = min(m["recall"] for m in before.values())
+                for column, m in before.items():
+                    info.ann["calibration"][column]["recall_now"] = m["recall"]
+                info.ann["maintenance"] = {
+                    **maintenance, "action": "optimized",
+                    "reason": f"{new_rows} new rows folded in; recall@10 {worst:.3f} still "
+                              f">= target {target}",
+                    "seconds": round(time.perf_counter() - t0, 1)}
+                return "optimized"
+            retrain, action = True, "retrained"
+            reason = f"{why} after {new_rows} rows were added"
+    if retrain:
         params = ann_parameters(n_rows, info.dim)
         for column in VECTOR_COLUMNS:
             create_ann_index(table, column, params)
-        info.ann = params
-        return True
-    table.optimize()
-    return False
+        maintenance["build_s"] = round(time.perf_counter() - t0, 1)
+    else:
+        assert info.ann is not None
+        params = {k: v for k, v in info.ann.items()
+                  if k not in ("calibration", "maintenance", "target_recall")}
+    _calibrate_columns(table, info, params, target, seed)
+    assert info.ann is not None
+    info.ann["maintenance"] = {**maintenance, "action": action, "reason": reason,
+                               "seconds": round(time.perf_counter() - t0, 1)}
+    return action

@@ -127,8 +127,10 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
         centre: cosine between centred vectors (run mean subtracted).
         embedding: if given, the index must have been built with it (``cls``/``mean``).
         nprobes: IVF partitions probed when the table has an ANN index (default: the
-            index's, 32); raise it for higher recall on weakly clustered vectors.
-        refine_factor: re-rank ``refine_factor * k`` ANN candidates exactly (default 20).
+            value ``geofm index`` calibrated to its target recall, see
+            :func:`geofm.index.table.query_parameters`).
+        refine_factor: re-rank ``refine_factor * k`` ANN candidates exactly (default:
+            the calibrated value).
         distinct: one result per chip location (its most similar acquisition), so the
             ``k`` results are ``k`` different places; chips of overlapping tiles on the
             same ground (``analysis/overlaps.parquet``, :mod:`geofm.analyze.overlaps`)
@@ -140,7 +142,8 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
     Returns:
         GeoDataFrame (EPSG:4326), best first: ``chip_id scene_id date similarity
         cloud_fraction thumbnail_path change_status change change_date magnitude
-        geometry``; ``attrs["query"]`` describes the query.
+        geometry``; ``attrs["query"]`` describes the query (``ann``: the
+        ``nprobes`` / ``refine_factor`` used, None for exact search).
 
     Raises:
         SearchIndexError: no/empty index, unknown chip id, or a query incompatible with
@@ -151,7 +154,7 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
     import pandas as pd
     import shapely
 
-    from geofm.index.table import IndexInfo, open_table
+    from geofm.index.table import IndexInfo, open_table, query_parameters
     from geofm.search.query import build_query
 
     root = RunRoot.of(root)
@@ -187,14 +190,15 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
         columns.append(query.column)
     fetch = k if box is None and not len(query.negatives) and not distinct else 2 * k + 10
     places = _places(root) if distinct else {}
+    ann = None if info.ann is None else query_parameters(
+        info, query.column, nprobes=nprobes, refine_factor=refine_factor)
     while True:
         builder: Any = table.search(query.vector, vector_column_name=query.column)
         builder = builder.distance_type("cosine").select(columns).limit(fetch)
         if where:
             builder = builder.where(where, prefilter=True)
-        if info.ann is not None:
-            builder = builder.nprobes(nprobes or info.ann["nprobes"]).refine_factor(
-                refine_factor or info.ann["refine_factor"])
+        if ann is not None:
+            builder = builder.nprobes(ann[0]).refine_factor(ann[1])
         rows = builder.to_arrow().to_pandas()
         got = len(rows)
         rows["similarity"] = (1.0 - rows.pop("_distance")).astype(np.float32)
@@ -221,7 +225,9 @@ def search(root: str | os.PathLike[str] | RunRoot, *, chip_ids: Sequence[str] = 
                               geometry="geometry", crs=4326)
     result.attrs["query"] = {"sources": query.sources, "centre": centre,
                              "embedding": info.embedding, "filter": where,
-                             "negatives": list(negative_chip_ids)}
+                             "negatives": list(negative_chip_ids),
+                             "ann": None if ann is None else {"nprobes": ann[0],
+                                                              "refine_factor": ann[1]}}
     return result
 
 
@@ -270,9 +276,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding", choices=("cls", "mean"),
                         help="require the index to be built with this embedding")
     parser.add_argument("--nprobes", type=int,
-                        help="ANN partitions to probe (tables past ann_min_rows; default 32)")
+                        help="ANN partitions to probe (tables past ann_min_rows; default: "
+                        "calibrated by geofm index to its --target-recall)")
     parser.add_argument("--refine-factor", type=int,
-                        help="re-rank refine_factor * k ANN candidates exactly (default 20)")
+                        help="re-rank refine_factor * k ANN candidates exactly (default: "
+                        "calibrated)")
     parser.add_argument("--distinct", action="store_true",
                         help="one result per chip location (its best acquisition)")
     parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",

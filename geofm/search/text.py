@@ -85,8 +85,11 @@ def text_search(root: RunRoot, table: lancedb.table.Table, info: IndexInfo, *, t
             builder = table.search(query_type="hybrid", vector_column_name=query.column)
             builder = builder.vector(query.vector).text(text).distance_type("cosine")
             if info.ann is not None:
-                builder = builder.nprobes(nprobes or info.ann["nprobes"]).refine_factor(
-                    refine_factor or info.ann["refine_factor"])
+                from geofm.index.table import query_parameters
+
+                probes, refine = query_parameters(info, query.column, nprobes=nprobes,
+                                                  refine_factor=refine_factor)
+                builder = builder.nprobes(probes).refine_factor(refine)
             score = "_relevance_score"
         else:
             builder = table.search(text, query_type="fts", fts_columns=FTS_COLUMN)

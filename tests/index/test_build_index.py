@@ -129,3 +129,122 @@ def test_cli_index_then_info_json(tmp_path, make_embedded_root):
     assert main(["index", "--root", str(tmp_path), "--embedding", "mean"]) == 0
     info = json.loads((tmp_path / "index" / "geofm_index.json").read_text())
     assert info["embedding"] == "mean" and info["dim"] == 8 and len(info["mean"]) == 8
+
+
+def _add_date(root, tmp_path, *, date, noise, seed):
+    """Copy one more acquisition (same chips, new scene) made with other vectors into root."""
+    other = tmp_path / f"other_{date}"
+    make = _add_date.make
+    make(other, n_classes=20, per_class=20, dates=(date,), dim=16, noise=noise, seed=seed)
+    for sub in ("meta", "embeddings"):
+        for path in (other / sub).iterdir():
+            shutil.copy(path, root / sub / path.name)
+
+
+@pytest.fixture
+def ann_root(tmp_path, make_embedded_root):
+    """400 chips in 20 tight clusters (dim 16), 1 date: an ANN index from 300 rows on.
+
+    Its 20 IVF partitions follow the clusters, so very few probes reach any target.
+    """
+    _add_date.make = make_embedded_root
+    root = tmp_path / "root"
+    make_embedded_root(root, n_classes=20, per_class=20, dates=("2021-06-01",), dim=16,
+                       noise=0.05)
+    return root
+
+
+def test_ann_build_calibrates_and_records_choice_and_recall(ann_root, caplog):
+    with caplog.at_level("INFO", logger="geofm.index"):
+        record = build_index(ann_root, ann_min_rows=300, target_recall=0.97)
+    info = IndexInfo.read(RunRoot.of(ann_root))
+    assert info.ann["target_recall"] == 0.97 and info.ann["maintenance"]["action"] == "built"
+    for column in ("vector", "vector_centred"):
+        cal = info.ann["calibration"][column]
+        assert cal["met"] and cal["target"] == 0.97 and cal["recall"] >= 0.97
+        assert 1 <= cal["nprobes"] <= info.ann["num_partitions"] and cal["refine_factor"] >= 1
+        assert [cal["nprobes"], cal["refine_factor"]] in [t[:2] for t in cal["trials"]]
+        assert cal["queries"] == 50 and cal["rows"] == 400
+    assert info.ann["nprobes"] == max(c["nprobes"] for c in info.ann["calibration"].values())
+    stage = read_manifest(ann_root)["stages"]["index"]
+    assert stage["config"]["target_recall"] == 0.97
+    assert stage["index"]["ann"]["calibration"] == info.ann["calibration"]
+    assert record.extra["index"]["ann"]["calibration"]["vector"]["recall"] >= 0.97
+    logged = caplog.text
+    assert "ANN index IVF_SQ (built" in logged
+    assert f"ANN vector: nprobes {info.ann['calibration']['vector']['nprobes']}," in logged
+    assert "(target 0.97)" in logged
+
+
+def test_append_remeasures_and_retrains_an_index_that_stopped_narrowing(ann_root, tmp_path,
+                                                                         caplog):
+    build_index(ann_root, ann_min_rows=300)
+    first = IndexInfo.read(RunRoot.of(ann_root)).ann
+    _add_date(ann_root, tmp_path, date="2021-07-01", noise=0.05, seed=0)  # same clusters
+    with caplog.at_level("INFO", logger="geofm.index"):
+        record = build_index(ann_root, ann_min_rows=300)
+    ann = IndexInfo.read(RunRoot.of(ann_root)).ann
+    done = ann["maintenance"]
+    assert record.counts["added"] == 400
+    # lancedb 0.40's optimize() leaves one probe scanning every row: measured, re-trained
+    assert done["action"] == "retrained" and done["new_rows"] == 400 and done["rows"] == 800
+    measured = done["measured_before"]["vector"]
+    assert measured["scanned_rows"] > 4 * measured["expected_rows"]
+    assert "no longer narrows the search after 400 rows were added" in done["reason"]
+    assert ann["num_partitions"] == 28 != first["num_partitions"]  # sized for 800 rows
+    assert all(c["recall"] >= 0.95 and c["rows"] == 800 for c in ann["calibration"].values())
+    table = open_table(RunRoot.of(ann_root))
+    assert table.index_stats("vector_idx").num_unindexed_rows == 0
+    assert "ANN index IVF_SQ (retrained" in caplog.text
+    assert stage_ann(ann_root)["maintenance"]["action"] == "retrained"
+
+
+def stage_ann(root):
+    return read_manifest(root)["stages"]["index"]["index"]["ann"]
+
+
+def test_degraded_names_the_reason_to_retrain():
+    from geofm.index.table import _degraded
+
+    fine = {"vector": {"recall": 0.97, "scanned_rows": 90.0, "expected_rows": 80.0}}
+    assert _degraded(fine, 1000, 0.95) is None
+    low = {"vector": {"recall": 0.90, "scanned_rows": 90.0, "expected_rows": 80.0}}
+    assert _degraded(low, 1000, 0.95) == "recall@10 fell to 0.900 < target 0.95"
+    wide = {"vector": {"recall": 1.0, "scanned_rows": 420.0, "expected_rows": 80.0}}
+    assert "scans >= 420 rows instead of about 80" in _degraded(wide, 1000, 0.95)
+    # probing (nearly) everything is expected to scan everything: not a reason
+    every = {"vector": {"recall": 1.0, "scanned_rows": 1000.0, "expected_rows": 900.0}}
+    assert _degraded(every, 1000, 0.95) is None
+
+
+def test_new_target_recall_recalibrates_without_new_rows(ann_root):
+    build_index(ann_root, ann_min_rows=300)
+    record = build_index(ann_root, ann_min_rows=300, target_recall=0.5)
+    ann = IndexInfo.read(RunRoot.of(ann_root)).ann
+    assert record.counts["added"] == 0
+    assert ann["maintenance"]["action"] == "recalibrated" and ann["target_recall"] == 0.5
+    assert all(c["target"] == 0.5 for c in ann["calibration"].values())
+
+
+@pytest.mark.parametrize("value", ["0", "1.01", "-1", "x"])
+def test_cli_target_recall_outside_0_1_exits_2(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["index", "--root", str(tmp_path), "--target-recall", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --target-recall: target recall" in err
+    assert "give a recall@10 in (0, 1]" in err
+    assert not (tmp_path / "index").exists()
+
+
+def test_library_target_recall_is_checked(tmp_path):
+    from geofm.exceptions import GeofmValueError
+
+    with pytest.raises(GeofmValueError, match=r"target recall 1.5 is outside \(0, 1\]"):
+        build_index(tmp_path, target_recall=1.5)
+
+
+def test_cli_target_recall_reaches_the_index(ann_root):
+    assert main(["index", "--root", str(ann_root), "--ann-min-rows", "300",
+                 "--target-recall", "0.99"]) == 0
+    assert IndexInfo.read(RunRoot.of(ann_root)).ann["target_recall"] == 0.99
