@@ -3,13 +3,15 @@
 Clustered unit vectors (seeded, generated in chunks so memory stays bounded) go into a
 LanceDB table in the same layout as ``geofm.index`` (``vector`` column, cosine metric);
 the ANN index is built with ``geofm.index.table.ann_parameters`` / ``create_ann_index``
-(the policy ``geofm index`` applies past ``ann_min_rows``). Recall@10 is measured
-against exact top-10 by numpy brute force over the same vectors, for a sample of
-queries (held-out points of the clusters). The exact LanceDB flat scan is timed as the
-baseline.
+and its query parameters are calibrated with ``geofm.index.recall.calibrate`` to
+``--target-recall`` (the policy ``geofm index`` applies past ``ann_min_rows``). Recall@10
+of that default is then measured against exact top-10 by numpy brute force over the
+same vectors, for other queries (held-out points of the clusters, not in the table).
+The exact LanceDB flat scan is timed as the baseline.
 
     python benchmarks/bench_search.py --n 1000000          # the full benchmark
     python benchmarks/bench_search.py --quick              # 20,000 vectors
+    python benchmarks/bench_search.py --spread 2.0         # weakly clustered
 """
 
 from __future__ import annotations
@@ -85,7 +87,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=50_000)
     p.add_argument("--probe", action="append", default=[],
-                   help="nprobes:refine_factor to measure (repeatable); default: policy + a sweep")
+                   help="nprobes:refine_factor to measure besides the calibrated default and "
+                   "the old fixed 32:20 (repeatable)")
+    p.add_argument("--target-recall", type=float, default=None,
+                   help="recall@10 to calibrate to (default: geofm index's)")
     p.add_argument("--index-type", default=None, help="IVF_PQ | IVF_SQ | IVF_FLAT | IVF_HNSW_SQ")
     p.add_argument("--dir", help="work folder (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="20,000 vectors, 50 queries")
@@ -96,6 +101,7 @@ def main() -> None:
     import lancedb
     import pyarrow as pa
 
+    from geofm.index.recall import DEFAULT_TARGET_RECALL, calibrate
     from geofm.index.table import ann_parameters, create_ann_index
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_search_"))
@@ -124,6 +130,13 @@ def main() -> None:
           f"{params['index_type']} build {t_index:.1f} s "
           f"({params['num_partitions']} partitions, {params.get('num_sub_vectors')} sub-vectors)",
           flush=True)
+    target = args.target_recall or DEFAULT_TARGET_RECALL
+    cal = calibrate(table, "vector", num_partitions=params["num_partitions"],
+                    target_recall=target, key="id")
+    print(f"calibrated in {cal.seconds:.1f} s on {cal.queries} table rows: nprobes "
+          f"{cal.nprobes} refine {cal.refine_factor} -> recall@10 {cal.recall:.3f} "
+          f"(target {target}, met {cal.met}), p50 {cal.p50_ms:.1f} ms; trials "
+          f"{cal.to_dict()['trials']}", flush=True)
 
     q = queries(args.queries, args.dim, **gen)
     t0 = time.perf_counter()
@@ -136,22 +149,24 @@ def main() -> None:
     rows = [{"mode": "flat (exact LanceDB scan)", "p50_ms": float(np.percentile(flat_lat, 50)),
              "p95_ms": float(np.percentile(flat_lat, 95)), "recall@10": float(flat_recall),
              "queries": len(flat_lat)}]
-    probes = args.probe or [f"{params['nprobes']}:{params['refine_factor']}", "16:10",
-                            "64:20"]
-    for spec in probes:
+    probes = [f"{cal.nprobes}:{cal.refine_factor}", "32:20", *args.probe]
+    for n, spec in enumerate(dict.fromkeys(probes)):
         npb, rf = (int(x) for x in spec.split(":"))
         time_queries(table, q[:5], args.k, nprobes=npb, refine_factor=rf)  # warm caches
         lat, got = time_queries(table, q, args.k, nprobes=npb, refine_factor=rf)
         recall = np.mean([len(g & t) / args.k for g, t in zip(got, truth_sets, strict=True)])
-        rows.append({"mode": f"{params['index_type']} nprobes={npb} refine={rf}",
+        label = " (calibrated default)" if n == 0 else " (old fixed default)" \
+            if spec == "32:20" else ""
+        rows.append({"mode": f"{params['index_type']} nprobes={npb} refine={rf}{label}",
                      "p50_ms": float(np.percentile(lat, 50)),
                      "p95_ms": float(np.percentile(lat, 95)), "recall@10": float(recall),
                      "queries": len(lat)})
     result = {"n": args.n, "dim": args.dim, "clusters": args.clusters, "spread": args.spread,
-              "write_s": t_write, "index_build_s": t_index, "params": params,
+              "write_s": t_write, "index_build_s": t_index, "calibration": cal.to_dict(),
+              "build_and_calibrate_s": t_index + cal.seconds, "params": params,
               "numpy_bruteforce_ms_per_query": t_exact, "rows": rows}
     for r in rows:
-        print(f"{r['mode']:<32} p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
+        print(f"{r['mode']:<52} p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
               f"recall@10 {r['recall@10']:.3f}  ({r['queries']} queries)")
     print(f"numpy brute force: {t_exact:.1f} ms/query (batched, generation included)")
     if args.json:

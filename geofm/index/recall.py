@@ -177,9 +177,10 @@ class RecallProbe:
                 f"recall@{k} needs more than {k} rows; the table has {self.rows}")
         n = min(n_queries, self.rows - 1)
         offsets = np.sort(np.random.default_rng(seed).choice(self.rows, n, replace=False))
-        sample = table.take_offsets([int(o) for o in offsets]).to_arrow().to_pydict()
-        self.keys: list[str] = list(sample[key])
-        self.vectors = np.asarray(sample[column], dtype=np.float32)  # [n, D]
+        sample = table.take_offsets([int(o) for o in offsets]).to_arrow()
+        self._key_type = sample.schema.field(key).type
+        self.keys: list[Any] = sample.column(key).to_pylist()
+        self.vectors = np.asarray(sample.column(column).to_pylist(), dtype=np.float32)  # [n, D]
         self.kth = self._exact_kth(batch_size)  # [n] cosine distance
 
     def _exact_kth(self, batch_size: int) -> np.ndarray:
@@ -190,7 +191,7 @@ class RecallProbe:
 
         k, q = self.k, self.vectors
         best = np.full((len(q), k), -np.inf, np.float32)  # top-k similarities
-        value_set = pa.array(self.keys, pa.string())
+        value_set = pa.array(self.keys, self._key_type)
         reader = (self.table.search().select([self.key, self.column]).limit(None)
                   .to_batches(batch_size))
         for batch in reader:

@@ -3,7 +3,9 @@
 Writes ``consolidated.parquet`` (chip metadata + both embeddings + change columns,
 WGS84 GeoParquet) and the LanceDB database ``index/`` with table ``chips`` (see
 :mod:`geofm.index.table` for its columns and the ANN policy) plus
-``index/geofm_index.json`` (model identity, embedding kind, dim, run mean vector).
+``index/geofm_index.json`` (model identity, embedding kind, dim, run mean vector; past
+``ann_min_rows`` rows the ANN index and the query parameters calibrated to
+``target_recall``, see :mod:`geofm.index.recall`).
 
 Re-running after new scenes were embedded adds only their rows (the table is keyed by
 ``scene_id/chip_id``); re-running after ``analyze`` refreshes the change columns.

@@ -18,8 +18,10 @@ Footprint filters use the WGS84 bounding-box columns ``west south east north``
 
 Below ``ann_min_rows`` rows the table is searched exactly (flat scan). From that size
 on an ANN index (IVF_SQ by default) is built on both vector columns automatically (see
-:func:`ann_parameters`); rows added later are searched exactly until
-:func:`sync_ann_index` folds them into the index.
+:func:`ann_parameters`) and its query parameters are calibrated to a target recall on
+the table itself (:mod:`geofm.index.recall`); rows added later are folded in and the
+recall measured again by :func:`sync_ann_index`, which re-trains the index when it
+degraded.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ KEY = "key"
 VECTOR_COLUMNS = ("vector", "vector_centred")
 #: default table size from which an ANN index is built (exact search below it).
 ANN_MIN_ROWS = 100_000
-#: defaults for queries against an ANN index (stored in ``geofm_index.json``).
+#: query parameters of an ANN index before calibration (indexes written before
+#: ``geofm.index.recall`` existed keep using them).
 DEFAULT_NPROBES = 32
 DEFAULT_REFINE_FACTOR = 20
 
@@ -62,7 +65,12 @@ class IndexInfo:
         mean_rows: number of rows the mean was computed from.
         rows: rows in the table after the last ``geofm index``.
         ann: ``None`` (exact search) or the ANN index parameters, including the
-            query-time ``nprobes`` and ``refine_factor``.
+            query-time ``nprobes`` and ``refine_factor`` (enough for every column),
+            ``target_recall``, ``calibration`` (per vector column: the calibrated
+            choice, its measured recall@10 and latency,
+            :meth:`geofm.index.recall.Calibration.to_dict`) and ``maintenance`` (what
+            the last ``geofm index`` did to the index and why, see
+            :func:`sync_ann_index`).
         ann_min_rows: table size from which an ANN index is built.
         metric: distance LanceDB computes (``cosine``: 1 - similarity).
     """
@@ -218,9 +226,9 @@ def ann_parameters(n_rows: int, dim: int, *, index_type: str = DEFAULT_ANN_TYPE
     64 rows per partition for 20 iterations (enough on 2 cores), cosine metric. For
     IVF_PQ: sub-vectors of 8 values (``dim / 8``; 96 for D = 768) with 8-bit codes;
     IVF_SQ: 8-bit scalar quantisation; IVF_HNSW_SQ: an HNSW graph per partition.
-    Queries probe ``DEFAULT_NPROBES`` partitions and re-rank ``refine_factor * k``
-    candidates with the exact vectors, which brings recall@10 close to exact search
-    (see ``benchmarks/results/search.md``).
+    ``nprobes`` = ``DEFAULT_NPROBES`` and ``refine_factor`` = ``DEFAULT_REFINE_FACTOR``
+    are placeholders: :func:`sync_ann_index` replaces them by the values calibrated to
+    the target recall (see ``benchmarks/results/search.md``).
     """
     from geofm.exceptions import GeofmValueError
 
@@ -350,7 +358,8 @@ def sync_ann_index(table: lancedb.table.Table, info: IndexInfo, *,
                    target_recall: float | None = None, seed: int = 0) -> str | None:
     """Apply the ANN policy after rows were added; return what was done, if anything.
 
-    Below ``info.ann_min_rows`` nothing happens (exact search). At or above it:
+    Below ``info.ann_min_rows`` rows (or 11, the fewest recall@10 can be measured on)
+    nothing happens (exact search). At or above it:
 
     - no index yet: build it on both vector columns and calibrate the query parameters
       to ``target_recall`` (:func:`geofm.index.recall.calibrate`) -> ``"built"``;
@@ -377,10 +386,10 @@ def sync_ann_index(table: lancedb.table.Table, info: IndexInfo, *,
     """
     import time
 
-    from geofm.index.recall import DEFAULT_TARGET_RECALL, check_target_recall
+    from geofm.index.recall import DEFAULT_TARGET_RECALL, RECALL_K, check_target_recall
 
     n_rows = table.count_rows()
-    if n_rows < info.ann_min_rows:
+    if n_rows < max(info.ann_min_rows, RECALL_K + 1):  # recall@10 needs 11 rows
         return None
     previous = info.ann.get("target_recall") if info.ann else None
     target = check_target_recall(target_recall if target_recall is not None

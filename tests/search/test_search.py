@@ -290,3 +290,32 @@ def test_object_npy_is_never_unpickled(tmp_path, monkeypatch):
     info = IndexInfo(embedding="cls", dim=16, model={}, mean=[0.0] * 16, mean_rows=1)
     with pytest.raises(GeofmValueError, match="no object/pickled arrays"):
         read_vector_file(tmp_path / "evil.npy", info)
+
+
+def test_search_uses_the_calibrated_ann_parameters_unless_told(tmp_path, make_embedded_root):
+    from geofm.index.table import query_parameters
+
+    root = tmp_path / "root"
+    make_embedded_root(root, n_classes=4, per_class=80, dates=("2021-06-01",), dim=16,
+                       noise=0.5)
+    build_index(root, ann_min_rows=300)
+    cal = IndexInfo.read(RunRoot.of(root)).ann["calibration"]
+    query = "33UUP_64_0002_0005"
+    used = search(root, chip_ids=[query], k=10).attrs["query"]["ann"]
+    assert used == {"nprobes": cal["vector"]["nprobes"],
+                    "refine_factor": cal["vector"]["refine_factor"]}
+    centred = search(root, chip_ids=[query], k=10, centre=True).attrs["query"]["ann"]
+    assert centred == {"nprobes": cal["vector_centred"]["nprobes"],
+                       "refine_factor": cal["vector_centred"]["refine_factor"]}
+    told = search(root, chip_ids=[query], k=10, nprobes=3, refine_factor=7)
+    assert told.attrs["query"]["ann"] == {"nprobes": 3, "refine_factor": 7}
+    # an index written before calibration existed: its index-wide values are used
+    old = IndexInfo(embedding="cls", dim=16, model={}, mean=[0.0] * 16, mean_rows=1,
+                    ann={"nprobes": 32, "refine_factor": 20})
+    assert query_parameters(old, "vector") == (32, 20)
+    assert query_parameters(old, "vector", nprobes=5) == (5, 20)
+
+
+def test_exact_search_records_no_ann_parameters(indexed):
+    root, _ = indexed
+    assert search(root, chip_ids=[QUERY], k=3).attrs["query"]["ann"] is None
