@@ -408,11 +408,14 @@ def sync_ann_index(table: lancedb.table.Table, info: IndexInfo, *,
             maintenance["new_rows"] = new_rows
             table.optimize()
         action, reason = "recalibrated", f"target recall {previous} -> {target}"
-        if new_rows and not stale:
+        if new_rows:
             before = remeasure(table, info, seed=seed + 1)
             maintenance["measured_before"] = before
-            why = _degraded(before, n_rows, target)
-            if why is None:
+            why = _degraded(before, n_rows, min(target, previous or target))
+            if why is not None:
+                retrain, action = True, "retrained"
+                reason = f"{why} after {new_rows} rows were added"
+            elif not stale:
                 worst = min(m["recall"] for m in before.values())
                 for column, m in before.items():
                     info.ann["calibration"][column]["recall_now"] = m["recall"]
@@ -422,8 +425,6 @@ def sync_ann_index(table: lancedb.table.Table, info: IndexInfo, *,
                               f">= target {target}",
                     "seconds": round(time.perf_counter() - t0, 1)}
                 return "optimized"
-            retrain, action = True, "retrained"
-            reason = f"{why} after {new_rows} rows were added"
     if retrain:
         params = ann_parameters(n_rows, info.dim)
         for column in VECTOR_COLUMNS:

@@ -248,3 +248,13 @@ def test_cli_target_recall_reaches_the_index(ann_root):
     assert main(["index", "--root", str(ann_root), "--ann-min-rows", "300",
                  "--target-recall", "0.99"]) == 0
     assert IndexInfo.read(RunRoot.of(ann_root)).ann["target_recall"] == 0.99
+
+
+def test_append_with_a_new_target_still_checks_the_folded_index(ann_root, tmp_path):
+    build_index(ann_root, ann_min_rows=300)
+    _add_date(ann_root, tmp_path, date="2021-07-01", noise=0.05, seed=0)
+    build_index(ann_root, ann_min_rows=300, target_recall=0.9)
+    ann = IndexInfo.read(RunRoot.of(ann_root)).ann
+    # calibrating the folded index as it is would pick 1 probe that scans every row
+    assert ann["maintenance"]["action"] == "retrained" and ann["target_recall"] == 0.9
+    assert all(c["target"] == 0.9 and c["rows"] == 800 for c in ann["calibration"].values())

@@ -21,11 +21,11 @@ def _unit(rng, n):
 
 @pytest.fixture(scope="module")
 def weak_table(tmp_path_factory):
-    """2,000 unclustered unit vectors (dim 32) under an IVF_SQ index of 100 partitions.
+    """2,000 unclustered unit vectors (dim 32) under an IVF_SQ index of 150 partitions.
 
-    With ~20 rows per partition and no cluster structure the true neighbours of a
+    With ~13 rows per partition and no cluster structure the true neighbours of a
     vector are spread over many partitions, so the old fixed default (32 probes,
-    32 % of the data) misses many of them.
+    21 % of the data) misses many of them.
     """
     import lancedb
 
@@ -35,7 +35,7 @@ def weak_table(tmp_path_factory):
                                                                  DIM)})
     db = lancedb.connect(str(tmp_path_factory.mktemp("weak") / "db"))
     table = db.create_table("chips", data=data)
-    params = {**ann_parameters(len(vectors), DIM), "num_partitions": 100}
+    params = {**ann_parameters(len(vectors), DIM), "num_partitions": 150}
     create_ann_index(table, "vector", params)
     return table, vectors, params
 
@@ -49,7 +49,7 @@ def test_exact_pass_holds_each_query_out_of_its_own_answer(weak_table):
     sims[np.arange(len(idx)), idx] = -np.inf  # the query row itself is not a neighbour
     kth = 1.0 - np.sort(sims, axis=1)[:, -10]
     np.testing.assert_allclose(probe.kth, kth, atol=1e-5)
-    every = probe.measure(100, 10, timed=2)  # all partitions: exact after refining
+    every = probe.measure(150, 10, timed=2)  # all partitions: exact after refining
     assert every.recall == 1.0 and every.recall_se == 0.0 and every.p50_ms > 0
 
 
@@ -57,7 +57,8 @@ def test_calibration_reaches_target_where_the_old_default_does_not(weak_table):
     table, vectors, params = weak_table
     probe = RecallProbe(table, "vector", n_queries=100, seed=0)
     default = probe.measure(DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, timed=0)
-    assert default.recall < 0.9
+    # LanceDB's k-means is not seeded: the index (and this recall) varies a little
+    assert default.recall < 0.9 and not default.reaches(0.95)
     cal = calibrate(table, "vector", num_partitions=params["num_partitions"],
                     target_recall=0.95, n_queries=100, seed=0, timed=5)
     assert cal.met and cal.recall - cal.recall_se >= 0.95 and cal.nprobes > DEFAULT_NPROBES
@@ -81,7 +82,7 @@ def test_unreachable_target_returns_best_setting_not_met(weak_table):
     table, _, _ = weak_table
     cal = calibrate(table, "vector", num_partitions=4, target_recall=1.0, n_queries=50,
                     refine_factors=(1,), timed=1)
-    # only 4 of 100 partitions may be probed: recall stays far under 1
+    # only 4 of 150 partitions may be probed: recall stays far under 1
     assert not cal.met and (cal.nprobes, cal.refine_factor) == (4, 1) and cal.recall < 0.5
 
 
