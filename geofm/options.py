@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -64,13 +65,15 @@ class Cli:
         convert: parsed value -> library value (e.g. split a comma list).
         cli: False keeps the option off the command line (library and YAML only).
         title: argparse argument-group title the flag is listed under.
+        dest: the argparse ``dest`` when it must differ from the parameter's name (two
+            declarations on one parser that share a name).
     """
 
     flags: tuple[str, ...] = ()
     type: Callable[[str], Any] | None = None
     choices: Sequence[Any] | None = None
     required: bool = False
-    action: str | type[argparse.Action] | None = None
+    action: str | builtins.type[argparse.Action] | None = None
     metavar: str | None = None
     help: str | None = None
     default: Any = MISSING
@@ -78,6 +81,7 @@ class Cli:
     convert: Callable[[Any], Any] | None = None
     cli: bool = True
     title: str | None = None
+    dest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,11 @@ class Option:
             return self.cli.flags
         dashed = self.name.replace("_", "-")
         return (f"--no-{dashed}",) if self.is_negated else (f"--{dashed}",)
+
+    @property
+    def dest(self) -> str:
+        """The argparse ``dest`` (the parameter's name unless :attr:`Cli.dest` says)."""
+        return self.cli.dest or self.name
 
     @property
     def flag(self) -> str:
@@ -274,7 +283,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, options: Iterable[Optio
                 groups[option.cli.group] = target.add_mutually_exclusive_group(
                     required=option.cli.group in required_groups)
             target = groups[option.cli.group]
-        kwargs: dict[str, Any] = {"dest": option.name, "help": option.help_text()}
+        kwargs: dict[str, Any] = {"dest": option.dest, "help": option.help_text()}
         if option.is_bool:
             kwargs["action"] = "store_const"
             kwargs["const"] = not option.default
@@ -307,9 +316,9 @@ def library_kwargs(args: argparse.Namespace, options: Iterable[Option], *,
     """
     out: dict[str, Any] = {}
     for option in options:
-        if not option.cli.cli or not hasattr(args, option.name):
+        if not option.cli.cli or not hasattr(args, option.dest):
             continue
-        value = getattr(args, option.name)
+        value = getattr(args, option.dest)
         if given_only and value is None:
             continue
         if option.cli.convert is not None:

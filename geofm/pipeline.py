@@ -59,8 +59,11 @@ RUN_FLAGS: dict[str, tuple[str, ...]] = {
 
 
 def stac_keys() -> tuple[str, ...]:
-    """Keys of the ``stac`` mapping: the ``--stac`` flags' :class:`~geofm.chip.search.StacQuery`
-    fields, and ``aoi`` (a file that stands for ``intersects``)."""
+    """Keys of the ``stac`` mapping: the ``--stac`` flags' fields, and ``aoi``.
+
+    The fields are :class:`~geofm.chip.search.StacQuery`'s; ``aoi`` is a file that
+    stands for ``intersects``.
+    """
     from geofm.chip.search import query_options
 
     keys = list(query_options())
@@ -169,10 +172,10 @@ def _validate_options(stage: str, given: dict[str, Any], *, source: str) -> dict
                               f"'{stage}'; valid options: {choices}")
     declared = stage_cli_options(stage)
     for name, value in given.items():
-        choices = declared[name].choices if name in declared else None
-        if choices is not None and value is not None and value not in choices:
+        allowed = declared[name].choices if name in declared else None
+        if allowed is not None and value is not None and value not in allowed:
             raise GeofmValueError(f"{source}: option '{stage}.{name}' must be one of "
-                                  f"{', '.join(map(str, choices))}, got {value!r}")
+                                  f"{', '.join(map(str, allowed))}, got {value!r}")
         default = valid[name].default if name in valid else None
         if value is None or default is None or default is inspect.Parameter.empty:
             continue
