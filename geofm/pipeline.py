@@ -353,7 +353,14 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """``geofm run``: exit 0 if every stage succeeded, 1 if any unit failed."""
+    """``geofm run``: exit 0 if every stage succeeded, 1 if any unit failed, 2 if misused."""
+    import sys
+
+    try:
+        _stac_from_args(args)
+    except GeofmValueError as exc:
+        print(f"geofm run: error: {exc}", file=sys.stderr)
+        return 2
     records = run_pipeline(config_from_args(args))
     for stage, record in records.items():
         counts = ", ".join(f"{k}={v}" for k, v in record.counts.items())
