@@ -16,8 +16,12 @@ function, so the schema *is* the library API and cannot drift from it::
     analyze: {embedding: cls, signal: pc1}
     index:   {embedding: cls}
 
-Unknown keys and values of the wrong type are errors that list what is valid. Command
-line flags override the file (``--set embed.batch_size=32`` reaches any option).
+Unknown keys and values of the wrong type (or outside an option's choices) are errors
+that list what is valid. Command line flags override the file: the shared stage flags
+(:data:`RUN_FLAGS`, e.g. ``--chip-size``, ``--device``), the ``--stac`` search flags (the
+``stac`` section), and ``--set embed.batch_size=32`` for any option. Every flag and key
+comes from the stage's declaration (:mod:`geofm.options`), so its name, type, choices
+and help are those of ``geofm <stage>``.
 Re-running resumes: every stage skips work whose output is complete. Re-running on a
 grown item set (a STAC search window moved forward) does only the new work: chip and
 embed process the new scenes, analyze updates incrementally against its reference
