@@ -49,6 +49,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: (resolved root, stage) of the StageRecords entered inside the current stage_entry call.
 _OPENED: contextvars.ContextVar[set[tuple[Path, str]] | None] = contextvars.ContextVar(
     "geofm_opened_records", default=None)
+#: every argument (defaults included, the run root left out) of the current stage_entry call.
+_CALL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "geofm_stage_call", default=None)
 
 _VERSIONED_PACKAGES = ("geofm", "torch", "numpy", "rasterio", "xarray", "pystac", "lancedb",
                        "scikit-learn", "pyarrow")
@@ -222,6 +225,26 @@ def _jsonable(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+def call_config(**resolved: Any) -> dict[str, Any]:
+    """The ``run.json`` config of the running stage: every option of the call.
+
+    Called inside a :func:`stage_entry` function, it returns each argument of the call
+    (library defaults included, the run root left out), JSON-ready, with ``resolved``
+    replacing what the stage resolved (a device ``auto`` -> ``cuda:0``, bands ``None`` ->
+    the sensor's list). So the recorded config lists every option the stage declares
+    (:mod:`geofm.options`) without the stage listing them again.
+
+    Args:
+        **resolved: options whose recorded value is the resolved one (JSON-ready or
+            made so here).
+
+    Returns:
+        ``{option: value}``; just ``resolved`` outside a stage call.
+    """
+    call = _CALL.get() or {}
+    return {**call, **{k: _jsonable(v) for k, v in resolved.items()}}
+
+
 def stage_entry(stage: str, *, root: str = "root") -> Callable[[F], F]:
     """Decorate a stage's library function: one writer per root, every fatal error recorded.
 
@@ -255,10 +278,13 @@ def stage_entry(stage: str, *, root: str = "root") -> Callable[[F], F]:
             where = RunRoot.of(bound.arguments[root])
             fallback = StageRecord(where, stage, config={
                 k: _jsonable(v) for k, v in bound.arguments.items() if k != root})
+            bound.apply_defaults()
+            full = {k: _jsonable(v) for k, v in bound.arguments.items() if k != root}
             fallback._start_clock()
             with root_lock(where.path, stage=stage, create=False) as held:
                 opened: set[tuple[Path, str]] = set()
                 token = _OPENED.set(opened)
+                call_token = _CALL.set(full)
                 try:
                     return func(*args, **kwargs)
                 except BaseException as exc:
@@ -266,6 +292,7 @@ def stage_entry(stage: str, *, root: str = "root") -> Callable[[F], F]:
                         fallback.write(status="error", error=f"{type(exc).__name__}: {exc}")
                     raise
                 finally:
+                    _CALL.reset(call_token)
                     _OPENED.reset(token)
 
         return wrapper  # type: ignore[return-value]

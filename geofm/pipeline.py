@@ -16,8 +16,12 @@ function, so the schema *is* the library API and cannot drift from it::
     analyze: {embedding: cls, signal: pc1}
     index:   {embedding: cls}
 
-Unknown keys and values of the wrong type are errors that list what is valid. Command
-line flags override the file (``--set embed.batch_size=32`` reaches any option).
+Unknown keys and values of the wrong type (or outside an option's choices) are errors
+that list what is valid. Command line flags override the file: the shared stage flags
+(:data:`RUN_FLAGS`, e.g. ``--chip-size``, ``--device``), the ``--stac`` search flags (the
+``stac`` section), and ``--set embed.batch_size=32`` for any option. Every flag and key
+comes from the stage's declaration (:mod:`geofm.options`), so its name, type, choices
+and help are those of ``geofm <stage>``.
 Re-running resumes: every stage skips work whose output is complete. Re-running on a
 grown item set (a STAC search window moved forward) does only the new work: chip and
 embed process the new scenes, analyze updates incrementally against its reference
@@ -49,9 +53,33 @@ STAGES: dict[str, tuple[str, str]] = {
     "index": ("geofm.index", "build_index"),
 }
 _TOP_LEVEL = ("items", "stac", "root", "stages", "overwrite", "progress")
-#: keys of the ``stac`` mapping: :class:`geofm.chip.search.StacQuery` fields (an ``aoi``
-#: file stands for ``intersects``).
-_STAC_KEYS = ("url", "collections", "bbox", "aoi", "datetime", "max_cloud_cover", "max_items")
+#: ``geofm run`` flags shared with the stages: option -> the stages it sets (the flag,
+#: type, choices and help are the first stage's declaration, :mod:`geofm.options`).
+RUN_FLAGS: dict[str, tuple[str, ...]] = {
+    "chip_size": ("chip",), "bands": ("chip",), "aoi": ("chip",), "max_cloud": ("chip",),
+    "workers": ("chip",), "checkpoint": ("embed",), "model": ("embed",),
+    "batch_size": ("embed",), "device": ("embed",), "embedding": ("analyze", "index"),
+}
+
+
+def stac_keys() -> tuple[str, ...]:
+    """Keys of the ``stac`` mapping: the ``--stac`` flags' fields, and ``aoi``.
+
+    The fields are :class:`~geofm.chip.search.StacQuery`'s; ``aoi`` is a file that
+    stands for ``intersects``.
+    """
+    from geofm.chip.search import query_options
+
+    keys = list(query_options())
+    keys.insert(keys.index("bbox") + 1, "aoi")
+    return tuple(keys)
+
+
+def stage_cli_options(stage: str) -> dict[str, Any]:
+    """The declared options of ``stage`` (its ``cli_options()``, :mod:`geofm.options`)."""
+    module_name, _ = STAGES[stage]
+    options: dict[str, Any] = importlib.import_module(f"{module_name}.stage").cli_options()
+    return options
 
 
 def stage_function(stage: str) -> Callable[..., StageRecord]:
@@ -74,7 +102,7 @@ class PipelineConfig:
     Attributes:
         items: STAC items (folder, ItemCollection or one item); needed when ``chip`` runs,
             unless ``stac`` is given.
-        stac: a STAC API search (``_STAC_KEYS``) whose saved items ``chip`` reads.
+        stac: a STAC API search (:func:`stac_keys`) whose saved items ``chip`` reads.
         root: run root.
         stages: stages to run, in pipeline order.
         overwrite: recompute outputs that exist.
@@ -114,10 +142,11 @@ class PipelineConfig:
                     not stac.get("collections"):
                 raise GeofmValueError(f"{source}: 'stac' must be a mapping with at least "
                                       "'url' and 'collections'")
-            bad_keys = sorted(set(stac) - set(_STAC_KEYS))
+            valid_keys = stac_keys()
+            bad_keys = sorted(set(stac) - set(valid_keys))
             if bad_keys:
                 raise GeofmValueError(f"{source}: unknown stac key(s) {', '.join(bad_keys)}; "
-                                      f"valid keys: {', '.join(_STAC_KEYS)}")
+                                      f"valid keys: {', '.join(valid_keys)}")
             if data.get("items"):
                 raise GeofmValueError(f"{source}: give 'items' or 'stac', not both")
         if "chip" in stages and not data.get("items") and stac is None:
@@ -145,7 +174,12 @@ def _validate_options(stage: str, given: dict[str, Any], *, source: str) -> dict
         choices = ", ".join(n for n in valid if n not in reserved)
         raise GeofmValueError(f"{source}: unknown option(s) {', '.join(unknown)} for stage "
                               f"'{stage}'; valid options: {choices}")
+    declared = stage_cli_options(stage)
     for name, value in given.items():
+        allowed = declared[name].choices if name in declared else None
+        if allowed is not None and value is not None and value not in allowed:
+            raise GeofmValueError(f"{source}: option '{stage}.{name}' must be one of "
+                                  f"{', '.join(map(str, allowed))}, got {value!r}")
         default = valid[name].default if name in valid else None
         if value is None or default is None or default is inspect.Parameter.empty:
             continue
@@ -252,43 +286,54 @@ def _parse_set(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-#: flag -> (stage, option) for the most used options.
-_FLAG_OPTIONS: dict[str, tuple[str, str]] = {
-    "chip_size": ("chip", "chip_size"), "bands": ("chip", "bands"), "aoi": ("chip", "aoi"),
-    "max_cloud": ("chip", "max_cloud"), "workers": ("chip", "workers"),
-    "checkpoint": ("embed", "checkpoint"), "model": ("embed", "model"),
-    "batch_size": ("embed", "batch_size"), "device": ("embed", "device"),
-}
+def _run_flag_options() -> list[Any]:
+    """The declared options behind :data:`RUN_FLAGS`, in that order."""
+    return [stage_cli_options(stages[0])[name] for name, stages in RUN_FLAGS.items()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``geofm run``."""
-    from geofm.cliargs import positive_int
+    """Flags of ``geofm run``; the stage flags come from the stages' declarations."""
+    from geofm.chip.search import query_options
+    from geofm.options import add_arguments as add_options
 
     parser.add_argument("--config", type=Path, help="pipeline YAML (see `geofm.pipeline`)")
     parser.add_argument("--items", help="STAC items: folder, ItemCollection or one item")
     parser.add_argument("--root", help="run root folder")
     parser.add_argument("--stages", help="comma list of stages (default: chip,embed,analyze,index)")
-    parser.add_argument("--chip-size", type=positive_int)
-    parser.add_argument("--bands", help="comma list of asset keys, or 'all'")
-    parser.add_argument("--aoi", help="AOI GeoJSON")
-    parser.add_argument("--max-cloud", type=float)
-    parser.add_argument("--workers", type=positive_int, help="parallel scenes in the chip stage")
-    parser.add_argument("--checkpoint", help="Clay checkpoint (.ckpt, .pt, .safetensors)")
-    parser.add_argument("--model", choices=["tiny", "small", "base", "large"],
-                        help="preset with random weights (testing only) when no checkpoint")
-    parser.add_argument("--batch-size", type=positive_int)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--embedding", choices=["cls", "mean"],
-                        help="vector used by analyze and index")
+    add_options(parser, _run_flag_options(), override=True)
+    group = parser.add_argument_group("STAC API search (instead of --items; the 'stac' "
+                                      "section of the YAML)")
+    add_options(group, query_options().values(), override=True)
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.OPTION=VALUE",
                         help="any stage option, e.g. --set analyze.threshold=4 (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _stac_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``stac`` mapping the ``--stac`` flags give (None without any).
+
+    Raises:
+        GeofmValueError: search flags without ``--stac``.
+    """
+    from geofm.chip.search import query_options
+    from geofm.options import library_kwargs
+
+    given = library_kwargs(args, query_options().values(), given_only=True)
+    if not given:
+        return None
+    if "url" not in given:
+        raise GeofmValueError(f"{', '.join(query_options()[k].flag for k in given)} go(es) "
+                              "with --stac URL; add it or drop them")
+    if args.aoi and "bbox" not in given:
+        given["aoi"] = args.aoi  # as in `geofm chip --stac`: the AOI is the search area
+    return given
+
+
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Merge a YAML file (if any) with command-line overrides and validate."""
+    from geofm.options import library_kwargs
+
     data: dict[str, Any] = load_config(args.config) if args.config else {}
     source = str(args.config) if args.config else "command line"
     for key in ("items", "root"):
@@ -300,20 +345,26 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         data["overwrite"] = True
     if args.no_progress:
         data["progress"] = False
-    for flag, (stage, option) in _FLAG_OPTIONS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            data.setdefault(stage, {})[option] = value
-    if args.embedding:
-        for stage in ("analyze", "index"):
-            data.setdefault(stage, {})["embedding"] = args.embedding
+    stac = _stac_from_args(args)
+    if stac is not None:
+        data["stac"] = {**(data.get("stac") or {}), **stac}
+    for name, value in library_kwargs(args, _run_flag_options(), given_only=True).items():
+        for stage in RUN_FLAGS[name]:
+            data.setdefault(stage, {})[name] = value
     for stage, opts in _parse_set(args.set).items():
         data.setdefault(stage, {}).update(opts)
     return PipelineConfig.from_mapping(data, source=source)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """``geofm run``: exit 0 if every stage succeeded, 1 if any unit failed."""
+    """``geofm run``: exit 0 if every stage succeeded, 1 if any unit failed, 2 if misused."""
+    import sys
+
+    try:
+        _stac_from_args(args)
+    except GeofmValueError as exc:
+        print(f"geofm run: error: {exc}", file=sys.stderr)
+        return 2
     records = run_pipeline(config_from_args(args))
     for stage, record in records.items():
         counts = ", ".join(f"{k}={v}" for k, v in record.counts.items())

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -67,14 +68,24 @@ class ParameterSpec:
     help: str
 
 
-PARAMETERS: tuple[ParameterSpec, ...] = (
+#: Pipeline parameters that are stage options, after ``ItemsUri`` in :data:`PARAMETERS`:
+#: (stage, option, the pipeline's default where it differs from the library's). Name,
+#: type, default and help come from the stage's declaration (:mod:`geofm.options`); the
+#: step passes each as the option's flag.
+STAGE_PARAMETERS: tuple[tuple[str, str, Any], ...] = (
+    ("chip", "chip_size", None),
+    ("chip", "bands", "blue,green,red,nir"),  # the library's None = the sensor's defaults
+    ("chip", "max_cloud", None),
+    ("embed", "batch_size", None),
+)
+
+#: The pipeline's own parameters: those before the stage options, and those after.
+_FIRST_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("BaseUri", str, None, "S3 prefix for outputs, e.g. s3://bucket/geofm"),
     ParameterSpec("AoiName", str, "aoi", "name of the area of interest (a folder of BaseUri)"),
     ParameterSpec("ItemsUri", str, None, "S3 prefix of the STAC item JSON files (absolute hrefs)"),
-    ParameterSpec("ChipSize", int, 256, "chip size in pixels"),
-    ParameterSpec("Bands", str, "blue,green,red,nir", "comma-separated band names"),
-    ParameterSpec("MaxCloud", float, 0.05, "maximum cloud fraction of a valid chip (0..1)"),
-    ParameterSpec("BatchSize", int, 64, "embedding batch size"),
+)
+_LAST_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("CheckpointUri", str, None, "S3 URI of the Clay checkpoint file"),
     ParameterSpec("ProcessingImageUri", str, None, "ECR URI of the CPU processing image"),
     ParameterSpec("EmbeddingImageUri", str, None, "ECR URI of the GPU embedding image"),
@@ -86,6 +97,48 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("IndexInstanceType", str, "ml.m5.xlarge", "instance type of index"),
     ParameterSpec("RoleArn", str, None, "IAM role ARN the processing jobs run as"),
 )
+
+
+def parameter_name(option: str) -> str:
+    """A stage option's pipeline parameter name: ``chip_size`` -> ``ChipSize``."""
+    return "".join(part.capitalize() for part in option.split("_"))
+
+
+def _stage_option(stage: str, option: str) -> Any:
+    from geofm.pipeline import stage_cli_options
+
+    return stage_cli_options(stage)[option]
+
+
+@functools.cache
+def parameters() -> tuple[ParameterSpec, ...]:
+    """Every pipeline parameter, in definition order (:data:`STAGE_PARAMETERS` generated)."""
+    specs: list[ParameterSpec] = []
+    for stage, option, default in STAGE_PARAMETERS:
+        declared = _stage_option(stage, option)
+        specs.append(ParameterSpec(parameter_name(option), declared.kind,
+                                   declared.default if default is None else default,
+                                   declared.cli.help or declared.help))
+    return (*_FIRST_PARAMETERS, *specs, *_LAST_PARAMETERS)
+
+
+def stage_arguments(stage: str, params: dict[str, Any]) -> list[Any]:
+    """The step's ``geofm <stage>`` flags for its :data:`STAGE_PARAMETERS`."""
+    arguments: list[Any] = []
+    for owner, option, _ in STAGE_PARAMETERS:
+        if owner == stage:
+            value = params[parameter_name(option)]
+            arguments += [_stage_option(stage, option).flag,
+                          value if _stage_option(stage, option).kind is str
+                          else value.to_string()]
+    return arguments
+
+
+def __getattr__(name: str) -> Any:
+    """``PARAMETERS``: :func:`parameters` (built on first use, not at import)."""
+    if name == "PARAMETERS":
+        return parameters()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager
@@ -197,7 +250,7 @@ def build_pipeline(*, name: str = DEFAULT_NAME, region: str | None = None,
 
     sm_session = pipeline_session if pipeline_session is not None else session(region)
     kinds = {str: ParameterString, int: ParameterInteger, float: ParameterFloat}
-    params = {p.name: kinds[p.kind](name=p.name, default_value=p.default) for p in PARAMETERS}
+    params = {p.name: kinds[p.kind](name=p.name, default_value=p.default) for p in parameters()}
     run_prefix = [params["BaseUri"], params["AoiName"], ExecutionVariables.PIPELINE_EXECUTION_ID]
 
     def s3_input(stage: str, name: str, source: Any) -> Any:
@@ -235,16 +288,14 @@ def build_pipeline(*, name: str = DEFAULT_NAME, region: str | None = None,
     chip = processing_step(
         "chip", image="ProcessingImageUri", instance_type="ChipInstanceType",
         instance_count=params["ChipInstanceCount"], sources={"items": params["ItemsUri"]},
-        arguments=["--chip-size", params["ChipSize"].to_string(),
-                   "--bands", params["Bands"],
-                   "--max-cloud", params["MaxCloud"].to_string(), "--no-progress"],
+        arguments=[*stage_arguments("chip", params), "--no-progress"],
     )
     embed = processing_step(
         "embed", image="EmbeddingImageUri", instance_type="EmbedInstanceType",
         instance_count=params["EmbedInstanceCount"],
         sources={_mounts.BUNDLES: output_of(chip, _mounts.BUNDLES),
                  "checkpoint": params["CheckpointUri"]},
-        arguments=["--batch-size", params["BatchSize"].to_string(), "--no-progress"],
+        arguments=[*stage_arguments("embed", params), "--no-progress"],
     )
     analyze = processing_step(
         "analyze", image="ProcessingImageUri", instance_type="AnalyzeInstanceType",
@@ -295,7 +346,7 @@ def parse_parameters(pairs: Sequence[str], *,
         pairs: ``NAME=VALUE`` strings; NAME is one of :data:`PARAMETERS`.
         require: also check that every parameter without a default is given.
     """
-    specs = {p.name: p for p in PARAMETERS}
+    specs = {p.name: p for p in parameters()}
     values: dict[str, str | int | float] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -310,7 +361,7 @@ def parse_parameters(pairs: Sequence[str], *,
             raise GeofmValueError(
                 f"bad --param {pair!r}: {key} takes a {specs[key].kind.__name__}"
             ) from None
-    missing = [p.name for p in PARAMETERS if p.default is None and p.name not in values]
+    missing = [p.name for p in parameters() if p.default is None and p.name not in values]
     if require and missing:
         raise GeofmValueError(
             f"parameters without a default must be given: {', '.join(missing)}; pass each "
@@ -325,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     params_help = "; ".join(f"{p.name} ({p.kind.__name__}, default {p.default}): {p.help}"
-                            for p in PARAMETERS)
+                            for p in parameters())
     for command, help_text in (
         ("definition", "print (or write) the pipeline definition JSON; offline"),
         ("upsert", "create or update the pipeline in SageMaker (needs AWS credentials)"),

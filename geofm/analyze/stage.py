@@ -53,7 +53,7 @@ from geofm.analyze.update import baseline_window as baseline_window  # public he
 from geofm.exceptions import GeofmFileExistsError, GeofmValueError
 from geofm.io import StagedFiles
 from geofm.layout import RunRoot
-from geofm.manifest import StageRecord, stage_entry
+from geofm.manifest import StageRecord, call_config, stage_entry
 from geofm.tables import read_table
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
                               f"n_components={n_components}; lower --n-components.")
     ref_options = {k: config[k] for k in REFERENCE_OPTIONS}
 
-    with StageRecord(rr, "analyze", config=config) as record:
+    with StageRecord(rr, "analyze", config=call_config(**config)) as record:
         staged = StagedFiles(rr.analysis_dir)
         if staged.recover():
             log.warning("analyze: completed the publication of an update that was "
@@ -407,45 +407,39 @@ def _counts_from(path: Path) -> dict[str, int]:
             "insufficient": int((status == INSUFFICIENT).sum())}
 
 
+def cli_options() -> dict[str, Any]:
+    """``geofm analyze``'s options: :func:`analyze`'s signature plus what it cannot say.
+
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
+    from geofm.options import Cli, comma_list, declare
+
+    return declare(analyze, {
+        "root": Cli(required=True),
+        "embedding": Cli(choices=tuple(sorted(EMBEDDING_COLUMNS))),
+        "center": Cli(choices=CENTER_MODES),
+        "plot_chips": Cli(default="", convert=comma_list,
+                          help="comma-separated chip ids to plot besides the changed chips"),
+        "max_plots": Cli(type=int, convert=_max_plots,
+                         help="plot at most N changed chips, largest first (-1: all)"),
+    })
+
+
+def _max_plots(value: int | None) -> int | None:
+    """``--max-plots -1`` (every changed chip) -> None."""
+    return None if value is None or value < 0 else value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``geofm analyze`` options to ``parser``."""
-    parser.add_argument("--root", required=True, help="run root (with embeddings/ and meta/)")
-    parser.add_argument("--embedding", choices=sorted(EMBEDDING_COLUMNS), default="cls",
-                        help="CLS token or mean of patch tokens (default cls)")
-    parser.add_argument("--baseline-start", help="baseline start date (default: 1 Jan of the "
-                        "first year with data)")
-    parser.add_argument("--monitor-start", help="monitoring start date (default: baseline "
-                        "start + 1 year)")
-    parser.add_argument("--signal", default="pc1",
-                        help="pc1, pc2, ..., pcs (all components combined) or cosine "
-                        "(default pc1)")
-    parser.add_argument("--n-components", type=int, default=8, help="PCA components (default 8)")
-    parser.add_argument("--threshold", type=float, default=3.0,
-                        help="scaled-residual threshold (default 3.0)")
-    parser.add_argument("--consecutive", type=int, default=3,
-                        help="anomalous observations in a row that make a change (default 3)")
-    parser.add_argument("--min-baseline", type=int, default=6,
-                        help="fewest baseline observations (default 6)")
-    parser.add_argument("--center", choices=CENTER_MODES, default="none",
-                        help="scene: subtract each scene's median embedding first "
-                        "(default none)")
-    parser.add_argument("--tsne", action="store_true", help="also write analysis/tsne.parquet")
-    parser.add_argument("--plot-chips", default="",
-                        help="comma-separated chip ids to plot besides the changed chips")
-    parser.add_argument("--max-plots", type=int, default=100,
-                        help="plot at most N changed chips, largest first (-1: all)")
-    parser.add_argument("--pca", help="project onto an existing pca.npz instead of fitting")
-    parser.add_argument("--refit", action="store_true",
-                        help="start a new reference: refit PCA and baselines on all "
-                        "observations and rescore them (default: score only new ones)")
-    parser.add_argument("--overwrite", action="store_true", help="the same as --refit")
-    parser.add_argument("--no-rasters", action="store_true",
-                        help="do not write the change-map COGs and mosaic (analysis/rasters/)")
+    """Add the ``geofm analyze`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.options import add_arguments as add_options
+
+    add_options(parser, cli_options().values())
     parser.add_argument("--since", metavar="DATE", type=_since_arg,
                         help="after the analysis, print the alerts detected since DATE")
     parser.add_argument("--alerts-format", choices=("table", "json", "geojson"),
                         default="table", help="how --since prints alerts (default table)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _since_arg(value: str) -> pd.Timestamp:
@@ -459,15 +453,10 @@ def _since_arg(value: str) -> pd.Timestamp:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm analyze`` from parsed arguments; return the exit code."""
+    from geofm.options import library_kwargs
+
     since = args.since
-    record = analyze(
-        args.root, embedding=args.embedding, baseline_start=args.baseline_start,
-        monitor_start=args.monitor_start, signal=args.signal, n_components=args.n_components,
-        threshold=args.threshold, consecutive=args.consecutive, min_baseline=args.min_baseline,
-        tsne=args.tsne, plot_chips=[c for c in args.plot_chips.split(",") if c],
-        max_plots=None if args.max_plots < 0 else args.max_plots, pca=args.pca,
-        center=args.center, refit=args.refit, rasters=not args.no_rasters,
-        overwrite=args.overwrite, progress=not args.no_progress)
+    record = analyze(**library_kwargs(args, cli_options().values()))
     c = record.counts
     log.info("analyze: %s chips, %s changed, %s no change, %s insufficient data, %s alert(s)",
              c.get("chips"), c.get("changed"), c.get("no_change"), c.get("insufficient"),

@@ -67,6 +67,43 @@ class StacQuery:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def query_options() -> dict[str, Any]:
+    """The ``--stac`` search flags (``geofm chip``, ``geofm run``): :class:`StacQuery` fields.
+
+    ``intersects`` has no flag: the ``--aoi`` file stands for it.
+
+    Returns:
+        ``{field: geofm.options.Option}``, in flag order.
+    """
+    from geofm.cliargs import bbox, positive_int
+    from geofm.options import Cli, declare
+
+    title = "STAC API search (instead of --items)"
+    return declare(StacQuery, {
+        "url": Cli(flags=("--stac",), metavar="URL", title=title,
+                   help="search this STAC API and chip what it finds (items saved in "
+                        "ROOT/items/)"),
+        "collections": Cli(flags=("--collection",), metavar="NAME[,NAME]", title=title,
+                           convert=_collections,
+                           help="collection(s) to search, e.g. sentinel-2-l2a"),
+        "bbox": Cli(type=bbox, metavar="W,S,E,N", title=title,
+                    help="search area in degrees (or give --aoi)"),
+        "datetime": Cli(metavar="START/END", title=title,
+                        help="acquisition dates, e.g. 2024-01-01/2024-12-31"),
+        "max_cloud_cover": Cli(type=float, metavar="PCT", title=title,
+                               help="keep items whose eo:cloud_cover is at most PCT percent"),
+        "max_items": Cli(type=positive_int, metavar="N", title=title,
+                         help="keep at most N acquisitions"),
+    })
+
+
+def _collections(value: str | None) -> tuple[str, ...] | None:
+    """``--collection a,b`` -> ``("a", "b")``."""
+    if value is None:
+        return None
+    return tuple(c.strip() for c in value.split(",") if c.strip())
+
+
 def aoi_geometry(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The union of an AOI file's polygons as a WGS84 GeoJSON geometry."""
     import shapely

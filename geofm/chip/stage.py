@@ -17,7 +17,7 @@ from geofm.chip.thumbs import DEFAULT_STRETCH
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
-from geofm.manifest import StageRecord, read_manifest, stage_entry
+from geofm.manifest import StageRecord, call_config, read_manifest, stage_entry
 from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,10 @@ def chip(
                        aoi=None if aoi is None else str(aoi), max_cloud=float(max_cloud),
                        max_nodata=float(max_nodata), grid_origin=origin,
                        cloud_mask=bool(cloud_mask), stretch=stretch)
-    config = {"items": str(items) if isinstance(items, str | os.PathLike) else "<items>",
-              "chip_size": chip_size, "bands": list(band_names), "aoi": opts.aoi,
-              "max_cloud": max_cloud, "max_nodata": max_nodata,
-              "grid_origin": None if origin is None else list(origin),
-              "cloud_mask": cloud_mask, "workers": workers, "overwrite": overwrite}
+    config = call_config(
+        items=str(items) if isinstance(items, str | os.PathLike) else "<items>",
+        bands=list(band_names), aoi=opts.aoi,
+        grid_origin=None if origin is None else list(origin))
     with StageRecord(run, "chip", config=config) as record:
         record.extra["thumbnail_stretch"] = list(stretch)
         todo: list[Scene] = []
@@ -244,55 +243,35 @@ def _origin(text: str) -> tuple[float, float]:
     return x, y
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``geofm chip`` options to ``parser``."""
+def cli_options() -> dict[str, Any]:
+    """``geofm chip``'s options: :func:`chip`'s signature plus what it cannot say.
+
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
     from geofm.cliargs import positive_int
+    from geofm.options import Cli, declare
 
-    parser.add_argument("--items", default=None,
-                        help="folder of STAC item JSONs, an ItemCollection, or one item "
-                             "(or search a STAC API with --stac)")
-    parser.add_argument("--out", "--root", dest="out", required=True, help="run root folder")
-    parser.add_argument("--chip-size", type=positive_int, default=256,
-                        help="chip edge, pixels (256)")
-    parser.add_argument("--bands", default=None,
-                        help="comma list of bands by name (blue,nir) or provider name "
-                             "(B02,B08) (default blue,green,red,nir); 'all' = the ten bands "
-                             "Clay was trained on")
-    parser.add_argument("--aoi", default=None, help="GeoJSON polygon(s), any CRS (WGS84 default)")
-    parser.add_argument("--max-cloud", type=float, default=0.05,
-                        help="largest cloud fraction of a valid chip (0.05)")
-    parser.add_argument("--max-nodata", type=float, default=0.0,
-                        help="largest nodata fraction of a valid chip (0.0)")
-    parser.add_argument("--grid-origin", type=_origin, default=None, metavar="X,Y",
-                        help="upper-left corner of chip (0,0) in the native CRS, metres")
-    parser.add_argument("--no-cloud-mask", dest="cloud_mask", action="store_false",
-                        help="do not screen clouds (items without an SCL asset are then OK)")
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help="scenes in parallel (1)")
-    parser.add_argument("--overwrite", action="store_true", help="redo completed scenes")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar")
-    _add_search_arguments(parser)
+    return declare(chip, {
+        "items": Cli(help="folder of STAC item JSONs, an ItemCollection, or one item "
+                          "(or search a STAC API with --stac)"),
+        "root": Cli(flags=("--out", "--root"), required=True, help="run root folder"),
+        "chip_size": Cli(type=positive_int),
+        "bands": Cli(help="comma list of bands by name (blue,nir) or provider name "
+                          "(B02,B08) (default blue,green,red,nir); 'all' = the ten bands "
+                          "Clay was trained on"),
+        "grid_origin": Cli(type=_origin, metavar="X,Y"),
+        "workers": Cli(type=positive_int),
+    })
 
 
-def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--stac`` search options (:mod:`geofm.chip.search`)."""
-    from geofm.cliargs import bbox, positive_int
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``geofm chip`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.chip.search import query_options
+    from geofm.options import add_arguments as add_options
 
-    group = parser.add_argument_group("STAC API search (instead of --items)")
-    group.add_argument("--stac", default=None, metavar="URL",
-                       help="search this STAC API and chip what it finds (items saved in "
-                            "ROOT/items/)")
-    group.add_argument("--collection", default=None, metavar="NAME[,NAME]",
-                       help="collection(s) to search, e.g. sentinel-2-l2a")
-    group.add_argument("--bbox", type=bbox, default=None, metavar="W,S,E,N",
-                       help="search area in degrees (or give --aoi)")
-    group.add_argument("--datetime", default=None, metavar="START/END",
-                       help="acquisition dates, e.g. 2024-01-01/2024-12-31")
-    group.add_argument("--max-cloud-cover", type=float, default=None, metavar="PCT",
-                       help="keep items whose eo:cloud_cover is at most PCT percent")
-    group.add_argument("--max-items", type=positive_int, default=None, metavar="N",
-                       help="keep at most N acquisitions")
+    add_options(parser, cli_options().values())
+    add_options(parser, query_options().values())
 
 
 def _items_from_cli(args: argparse.Namespace) -> str | int:
@@ -305,28 +284,27 @@ def _items_from_cli(args: argparse.Namespace) -> str | int:
         print(f"geofm chip: error: {message}", file=sys.stderr)
         return 2
 
-    if (args.items is None) == (args.stac is None):
+    if (args.items is None) == (args.url is None):
         return usage("give either --items PATH or --stac URL --collection NAME")
     if args.items is not None:
-        if args.collection or args.bbox or args.datetime or args.max_cloud_cover is not None \
+        if args.collections or args.bbox or args.datetime or args.max_cloud_cover is not None \
                 or args.max_items is not None:
             return usage("--collection, --bbox, --datetime, --max-cloud-cover and "
                          "--max-items go with --stac, not --items")
         return str(args.items)
-    if not args.collection:
+    if not args.collections:
         return usage("--stac needs --collection NAME (e.g. sentinel-2-l2a)")
     if args.bbox is not None and args.aoi is not None:
         return usage("give the search area as --bbox or as --aoi, not both")
     if args.aoi is not None and not Path(args.aoi).is_file():
         raise GeofmFileNotFoundError(f"AOI file {args.aoi} does not exist; pass a GeoJSON "
                                      "polygon file with --aoi")
-    query = StacQuery(
-        url=args.stac, collections=tuple(c.strip() for c in args.collection.split(",")
-                                         if c.strip()),
-        bbox=args.bbox, intersects=aoi_geometry(args.aoi) if args.aoi else None,
-        datetime=args.datetime, max_cloud_cover=args.max_cloud_cover,
-        max_items=args.max_items)
-    return str(search_items(args.out, query, overwrite=args.overwrite))
+    from geofm.chip.search import query_options
+    from geofm.options import library_kwargs
+
+    fields = library_kwargs(args, query_options().values())
+    query = StacQuery(**fields, intersects=aoi_geometry(args.aoi) if args.aoi else None)
+    return str(search_items(args.root, query, overwrite=args.overwrite))
 
 
 def format_coverage(coverage: dict[str, Any]) -> str:
@@ -342,13 +320,14 @@ def format_coverage(coverage: dict[str, Any]) -> str:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm chip`` from parsed arguments; 1 if any scene failed, 2 if misused."""
+    from geofm.options import library_kwargs
+
     items = _items_from_cli(args)
     if isinstance(items, int):
         return items
-    record = chip(items, args.out, chip_size=args.chip_size, bands=args.bands,
-                  aoi=args.aoi, max_cloud=args.max_cloud, max_nodata=args.max_nodata,
-                  grid_origin=args.grid_origin, cloud_mask=args.cloud_mask,
-                  workers=args.workers, overwrite=args.overwrite, progress=args.progress)
+    kwargs = library_kwargs(args, cli_options().values())
+    kwargs.update(items=items)
+    record = chip(**kwargs)
     c = record.counts
     print(f"chip: {c['scenes']} scenes ({c['skipped_scenes']} already done, "
           f"{c['failed_scenes']} failed), {c['chips']} chips, {c['valid_chips']} valid")

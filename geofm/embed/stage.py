@@ -56,7 +56,7 @@ from geofm.exceptions import (
 )
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
-from geofm.manifest import StageRecord, stage_entry
+from geofm.manifest import StageRecord, call_config, stage_entry
 from geofm.model.identity import ModelIdentity, format_differences
 from geofm.model.presets import PRESETS
 from geofm.sensors import get_sensor
@@ -233,7 +233,7 @@ def embed(
         model: preset ``tiny|small|base|large``; without ``checkpoint``: random weights
             (testing only, loudly flagged).
         batch_size: chips per forward pass (across chips and scenes).
-        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
         patches: ``none``/``mean`` (Parquet only) or ``full`` (plus float16 [N, L, D] .npy).
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast; default bf16 on CUDA, fp32 on CPU.
         compile: wrap the encoder in ``torch.compile``.
@@ -273,14 +273,10 @@ def embed(
 
     dev = str(resolve_device(device))
     prec = resolve_precision(precision, dev)
-    config = {"checkpoint": None if checkpoint is None else os.fspath(checkpoint),
-              "model": model, "batch_size": batch_size, "device": dev, "patches": patches,
-              "precision": prec, "compile": compile, "workers": workers,
-              "max_invalid": max_invalid, "overwrite": overwrite, "seed": seed}
+    config = call_config(device=dev, precision=prec)
     encoder, identity = load_model(checkpoint=checkpoint, model=model, device=dev, seed=seed)
     identity = identity.replace(time_location=resolve_time_location(
         time_location, random_init=bool(identity.random_init)))
-    config["time_location"] = time_location
     with StageRecord(root, "embed", config=config) as record:
         record.extra["model"] = identity.to_dict()
         for key in ("scenes", "skipped_scenes", "chips", "failed_chips", "filled_chips"):
@@ -408,46 +404,41 @@ def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], runner: _Run
     return done
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``geofm embed`` options to ``parser``."""
-    from geofm.cliargs import positive_int
+def cli_options() -> dict[str, Any]:
+    """``geofm embed``'s options: :func:`embed`'s signature plus what it cannot say.
 
-    parser.add_argument("--root", required=True, type=Path, help="run root written by chip")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="Clay checkpoint (.ckpt, state dict, "
-                     ".safetensors)")
-    src.add_argument("--model", choices=PRESETS,
-                     help="preset with RANDOM weights (testing only)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
-                        help="chips per forward pass")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--patches", choices=PATCHES, default="none",
-                        help="none/mean: Parquet only (embedding_mean is always there); "
-                             "full: also a float16 [N, L, D] patch-token .npy per scene")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="autocast precision (default bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="reader processes (default min(4, cpus-1))")
-    parser.add_argument("--max-invalid", type=float, default=DEFAULT_MAX_INVALID,
-                        help="largest nodata/NaN pixel fraction filled with the band mean; "
-                             f"more is a failure (default {DEFAULT_MAX_INVALID})")
-    parser.add_argument("--time-location", choices=TIME_LOCATION, default="auto",
-                        help="encode acquisition time and chip centre, or feed zeros; auto "
-                             "(default): encode with a checkpoint, zeros with random weights")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights")
-    parser.add_argument("--overwrite", action="store_true", help="recompute existing scenes")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
+    from geofm.cliargs import positive_int
+    from geofm.options import Cli, declare
+
+    return declare(embed, {
+        "root": Cli(required=True, type=Path),
+        "checkpoint": Cli(type=Path, group="weights", required=True),
+        "model": Cli(choices=tuple(PRESETS), group="weights", required=True),
+        "batch_size": Cli(type=positive_int),
+        "patches": Cli(choices=PATCHES),
+        "precision": Cli(choices=PRECISIONS),
+        "workers": Cli(type=int, default=default_workers(),
+                       help="DataLoader reader processes (0 = read in this process; "
+                            "default min(4, cpus-1))"),
+        "time_location": Cli(choices=TIME_LOCATION),
+    })
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``geofm embed`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.options import add_arguments as add_options
+
+    add_options(parser, cli_options().values())
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm embed`` from parsed arguments; return the exit code."""
-    record = embed(args.root, checkpoint=args.checkpoint, model=args.model,
-                   batch_size=args.batch_size, device=args.device, patches=args.patches,
-                   precision=args.precision, compile=args.compile, workers=args.workers,
-                   max_invalid=args.max_invalid, time_location=args.time_location,
-                   overwrite=args.overwrite,
-                   progress=not args.no_progress, seed=args.seed)
+    from geofm.options import library_kwargs
+
+    record = embed(**library_kwargs(args, cli_options().values()))
     return 1 if record.failures else 0
 
 

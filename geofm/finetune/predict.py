@@ -22,7 +22,7 @@ import pandas as pd
 from geofm.exceptions import CheckpointError, GeofmError, GeofmValueError
 from geofm.ids import encode_id
 from geofm.layout import RunRoot
-from geofm.manifest import StageRecord, stage_entry
+from geofm.manifest import StageRecord, call_config, stage_entry
 
 if TYPE_CHECKING:
     from geofm.model.identity import ModelIdentity
@@ -150,8 +150,8 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
 
     run, out = RunRoot.of(root), Path(out)
     device = str(resolve_device(device))
-    config = {"root": str(run.path), "head": str(head), "checkpoint": checkpoint and
-              str(checkpoint), "model": model, "batch_size": batch_size, "device": device}
+    config = call_config(root=str(run.path), head=str(head),
+                         checkpoint=checkpoint and str(checkpoint), device=device)
     out.mkdir(parents=True, exist_ok=True)
     with StageRecord(out, "predict", config=config) as record:
         head_module, head_cfg = load_head(head, device=device)
@@ -245,27 +245,38 @@ def _predict_scene(target: Path, rows: pd.DataFrame, chip_encoder: Any, head: An
                     class_names=head_cfg.get("class_names", ()))
 
 
+def cli_options() -> dict[str, Any]:
+    """``geofm predict``'s options: :func:`predict`'s signature plus what it cannot say.
+
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
+    from geofm.model.presets import PRESETS
+    from geofm.options import Cli, comma_list, declare
+
+    return declare(predict, {
+        "root": Cli(required=True, help="run root written by `geofm chip`"),
+        "head": Cli(required=True, help="best.pt written by `geofm finetune`"),
+        "out": Cli(required=True, help="folder for <scene_id>.tif class maps"),
+        "checkpoint": Cli(group="encoder", required=True),
+        "model": Cli(group="encoder", required=True, choices=tuple(PRESETS)),
+        "scenes": Cli(convert=comma_list, help="comma list of scene ids (default all)"),
+        "encoder": Cli(cli=False),
+    })
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``geofm predict`` options to ``parser``."""
-    parser.add_argument("--root", required=True, help="run root written by `geofm chip`")
-    parser.add_argument("--head", required=True, help="best.pt written by `geofm finetune`")
-    parser.add_argument("--out", required=True, help="folder for <scene_id>.tif class maps")
-    enc = parser.add_mutually_exclusive_group(required=True)
-    enc.add_argument("--checkpoint", help="the encoder checkpoint the head was trained with")
-    enc.add_argument("--model", help="the random-weight preset it was trained with (testing)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda")
-    parser.add_argument("--scenes", default=None, help="comma list of scene ids (default all)")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    """Add ``geofm predict`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.options import add_arguments as add_options
+
+    add_options(parser, cli_options().values())
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm predict`` from parsed arguments; returns the exit code."""
-    scenes = None if args.scenes is None else [s for s in args.scenes.split(",") if s]
-    record = predict(args.root, args.head, args.out, checkpoint=args.checkpoint,
-                     model=args.model, batch_size=args.batch_size, device=args.device,
-                     scenes=scenes, overwrite=args.overwrite, progress=not args.no_progress)
+    from geofm.options import library_kwargs
+
+    record = predict(**library_kwargs(args, cli_options().values()))
     return 1 if record.failures else 0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from geofm.exceptions import GeofmFileExistsError, GeofmValueError
 from geofm.finetune.layers import DEFAULT_LAYERS
 from geofm.layout import RunRoot
-from geofm.manifest import StageRecord, stage_entry
+from geofm.manifest import StageRecord, call_config, stage_entry
 
 log = logging.getLogger(__name__)
 
@@ -229,17 +229,9 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
     label_list = [labels] if isinstance(labels, str | os.PathLike) else list(labels)
     run = RunRoot.of(root)
     device = str(resolve_device(device))
-    config = {"root": str(run.path), "labels": [str(p) for p in label_list], "task": task,
-              "checkpoint": None if checkpoint is None else str(checkpoint), "model": model,
-              "epochs": epochs, "batch_size": batch_size, "lr": lr,
-              "weight_decay": weight_decay, "class_weights": class_weights,
-              "hidden": hidden, "out_channels": out_channels, "whiten": whiten,
-              "patience": patience, "val_fraction": val_fraction,
-              "date_window_days": date_window_days, "label_date": label_date, "seed": seed,
-              "cache": cache, "time_location": time_location, "device": device,
-              "decoder": decoder, "augment": augment, "sampling": sampling,
-              "pixel_stats": pixel_stats, "baseline": baseline,
-              "epoch_samples": epoch_samples, "token_dropout": token_dropout}
+    config = call_config(root=str(run.path), labels=[str(p) for p in label_list],
+                         checkpoint=None if checkpoint is None else str(checkpoint),
+                         device=device)
     out.mkdir(parents=True, exist_ok=True)
     with StageRecord(out, "finetune", config=config) as record:
         data = load_labelled_chips(run, label_list, n_classes=n_classes,
@@ -389,98 +381,62 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
     return record
 
 
+def cli_options() -> dict[str, Any]:
+    """``geofm finetune``'s options: :func:`finetune`'s signature plus what it cannot say.
+
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
+    from geofm.model.presets import PRESETS
+    from geofm.options import Cli, comma_list, declare
+
+    return declare(finetune, {
+        "root": Cli(required=True, help="run root written by `geofm chip`"),
+        "labels": Cli(required=True, action="append",
+                      help="label GeoTIFF of class codes (0 = no label); repeatable"),
+        "out": Cli(required=True, help="output folder for best.pt, metrics.json"),
+        "task": Cli(choices=("segmentation", "classification")),
+        "checkpoint": Cli(group="encoder", required=True),
+        "model": Cli(group="encoder", required=True, choices=tuple(PRESETS)),
+        "class_weights": Cli(choices=("auto", "none")),
+        "patience": Cli(type=int, convert=_none_if_zero,
+                        help="early stopping after N epochs without gain (0 = never)"),
+        "class_names": Cli(convert=comma_list,
+                           help="comma list, a name per code 1..n (e.g. forest,water)"),
+        "bands": Cli(convert=comma_list, help="comma list (default: the chips' bands)"),
+        "pool": Cli(choices=("mean", "cls")),
+        "cache": Cli(choices=("memory", "disk", "none")),
+        "time_location": Cli(choices=("auto", "encode", "zero")),
+        "layers": Cli(help="encoder layers feeding the head, concatenated: 'last' (encoder "
+                           "output), 0-based block indices, 'embed' (block 0 input), e.g. "
+                           f"0,3,5 (default {DEFAULT_LAYERS}, chosen on validation mIoU; see "
+                           "benchmarks/results/finetune.md)"),
+        "decoder": Cli(choices=("unet", "shuffle")),
+        "sampling": Cli(choices=("balanced", "uniform")),
+        "epoch_samples": Cli(type=int, convert=_none_if_zero,
+                             help="training chips drawn per epoch when fewer are labelled "
+                                  "(with replacement; 0 = one pass over the training split)"),
+        "encoder": Cli(cli=False),
+    })
+
+
+def _none_if_zero(value: int | None) -> int | None:
+    """``--patience 0`` / ``--epoch-samples 0`` -> None (never / one pass)."""
+    return value or None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``geofm finetune`` options to ``parser``."""
-    parser.add_argument("--root", required=True, help="run root written by `geofm chip`")
-    parser.add_argument("--labels", required=True, action="append",
-                        help="label GeoTIFF of class codes (0 = no label); repeatable")
-    parser.add_argument("--out", required=True, help="output folder for best.pt, metrics.json")
-    parser.add_argument("--task", choices=("segmentation", "classification"),
-                        default="segmentation")
-    enc = parser.add_mutually_exclusive_group(required=True)
-    enc.add_argument("--checkpoint", help="encoder checkpoint (.ckpt, .pt, .safetensors)")
-    enc.add_argument("--model", help="preset with random weights (testing only): tiny|small|"
-                                     "base|large")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-2)
-    parser.add_argument("--class-weights", choices=("auto", "none"), default="auto")
-    parser.add_argument("--patience", type=int, default=3,
-                        help="early stopping after N epochs without gain (0 = never)")
-    parser.add_argument("--val-fraction", type=float, default=0.25)
-    parser.add_argument("--date-window-days", type=float, default=None)
-    parser.add_argument("--label-date", default=None, help="YYYY-MM-DD the labels describe")
-    parser.add_argument("--n-classes", type=int, default=None)
-    parser.add_argument("--class-names", default=None,
-                        help="comma list, a name per code 1..n (e.g. forest,water)")
-    parser.add_argument("--bands", default=None, help="comma list (default: the chips' bands)")
-    parser.add_argument("--pool", choices=("mean", "cls"), default="mean",
-                        help="classification head input")
-    parser.add_argument("--hidden", type=int, default=128,
-                        help="segmentation head: channels of the conv blocks on the patch grid")
-    parser.add_argument("--out-channels", type=int, default=16,
-                        help="segmentation head: channels per pixel at full resolution "
-                             "(shuffle: after the pixel shuffle)")
-    parser.add_argument("--decoder", choices=("unet", "shuffle"), default="unet",
-                        help="segmentation head: unet (upsampled tokens + a full-resolution "
-                             "path on the bands, boundaries at 10 m) or shuffle (tokens only, "
-                             "the head of earlier versions)")
-    parser.add_argument("--no-augment", dest="augment", action="store_false",
-                        help="train without random rotations/mirrors")
-    parser.add_argument("--sampling", choices=("balanced", "uniform"), default="balanced",
-                        help="draw training chips class-balanced (by majority label) or "
-                             "each once per epoch")
-    parser.add_argument("--no-pixel-stats", dest="pixel_stats", action="store_false",
-                        help="classification head: pooled tokens only, without per-band "
-                             "statistics of the chip")
-    parser.add_argument("--epoch-samples", type=int, default=512,
-                        help="training chips drawn per epoch when fewer are labelled (with "
-                             "replacement; 0 = one pass over the training split)")
-    parser.add_argument("--token-dropout", type=float, default=0.5,
-                        help="unet head: probability of dropping a chip's token path in "
-                             "training")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
-                        help="skip the per-pixel gradient-boosting baseline on the same split")
-    parser.add_argument("--no-whiten", dest="whiten", action="store_false",
-                        help="feed the head without the fixed whitening fitted on the "
-                             "training split (see benchmarks/results/finetune.md)")
-    parser.add_argument("--cache", choices=("memory", "disk", "none"), default="memory")
-    parser.add_argument("--time-location", choices=("auto", "encode", "zero"), default="auto",
-                        help="encode acquisition time/position into the encoder input, zero "
-                             "them, or auto (zero for random weights, as `geofm embed`)")
-    parser.add_argument("--layers", default=None,
-                        help="encoder layers feeding the head, concatenated: 'last' (encoder "
-                             "output), 0-based block indices, 'embed' (block 0 input), e.g. "
-                             "0,3,5 (default "
-                             f"{DEFAULT_LAYERS}, chosen on validation mIoU; see "
-                             "benchmarks/results/finetune.md)")
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    """Add ``geofm finetune`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.options import add_arguments as add_options
 
-
-def _split(value: str | None) -> list[str] | None:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+    add_options(parser, cli_options().values())
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm finetune`` from parsed arguments; returns the exit code."""
-    record = finetune(
-        args.root, args.labels, args.out, task=args.task, checkpoint=args.checkpoint,
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, class_weights=args.class_weights,
-        patience=args.patience or None, val_fraction=args.val_fraction,
-        date_window_days=args.date_window_days, label_date=args.label_date,
-        n_classes=args.n_classes, class_names=_split(args.class_names),
-        bands=_split(args.bands), pool=args.pool, hidden=args.hidden,
-        out_channels=args.out_channels, whiten=args.whiten, cache=args.cache,
-        time_location=args.time_location, layers=args.layers, decoder=args.decoder,
-        augment=args.augment, sampling=args.sampling, pixel_stats=args.pixel_stats,
-        baseline=args.baseline, epoch_samples=args.epoch_samples or None,
-        token_dropout=args.token_dropout, device=args.device,
-        seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
+    from geofm.options import library_kwargs
+
+    record = finetune(**library_kwargs(args, cli_options().values()))
     return 1 if record.failures else 0
 
 

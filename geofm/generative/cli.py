@@ -17,11 +17,11 @@ import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from geofm.exceptions import GenerationError, GeofmFileNotFoundError, GeofmValueError
-from geofm.generative.prompts import DERIVED, MAX_GROUPED_HITS, MAX_PROMPT_TOKENS
-from geofm.generative.providers import DEFAULT_MAX_TOKENS, PROVIDERS, SAGEMAKER_FORMATS
+from geofm.generative.prompts import DERIVED
+from geofm.generative.providers import PROVIDERS, SAGEMAKER_FORMATS
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -31,48 +31,83 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def provider_options() -> dict[str, Any]:
+    """The provider flags: :func:`~geofm.generative.providers.make_provider`'s options.
+
+    Their dests keep the flag names (``generative_model``, ``aws_region``, ...), so
+    they do not meet a stage's own ``model`` or ``name``.
+
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
+    from geofm.generative.providers import make_provider
+    from geofm.options import Cli, declare
+
+    return declare(make_provider, {
+        "name": Cli(flags=("--generative-provider",), dest="generative_provider",
+                    choices=PROVIDERS,
+                    help="bedrock (Converse API), sagemaker (real-time endpoint) or "
+                         "openai (any OpenAI-compatible chat-completions API)"),
+        "model": Cli(flags=("--generative-model",), dest="generative_model", metavar="ID",
+                     help="Bedrock model id, or the served model name (openai, sagemaker "
+                          "messages format)"),
+        "endpoint": Cli(flags=("--generative-endpoint",), dest="generative_endpoint",
+                        metavar="NAME", help="SageMaker endpoint name"),
+        "base_url": Cli(flags=("--generative-base-url",), dest="generative_base_url",
+                        metavar="URL",
+                        help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1; the "
+                             "key is read from $GEOFM_OPENAI_API_KEY or $OPENAI_API_KEY"),
+        "sagemaker_format": Cli(choices=SAGEMAKER_FORMATS),
+        "region": Cli(flags=("--aws-region",), dest="aws_region", metavar="REGION",
+                      help="AWS region (default: the AWS configuration)"),
+        "profile": Cli(flags=("--aws-profile",), dest="aws_profile", metavar="NAME",
+                       help="AWS profile (default: the AWS configuration)"),
+        "client": Cli(cli=False),
+    })
+
+
+def answer_options() -> dict[str, Any]:
+    """The answer flags: :func:`geofm.generative.generate_for_hits`'s options.
+
+    ``max_images`` stays a library option (no flag).
+
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
+    from geofm.generative import generate_for_hits
+    from geofm.options import Cli, declare
+
+    return declare(generate_for_hits, {
+        "provider": Cli(cli=False),
+        "root": Cli(cli=False),
+        "single_prompt": Cli(metavar="TEMPLATE",
+                             help="one answer per result; {chip_id}, {date}, {similarity}, "
+                                  "{cloud_fraction}, {lon}, {lat}, {change_status}, "
+                                  "{change_date} and any other result column are filled in"),
+        "grouped_task": Cli(metavar="TASK",
+                            help="one answer over all results (their properties, and "
+                                 "thumbnails with --with-images)"),
+        "with_images": Cli(help="send the chips' RGB thumbnails (PNG) to a multimodal model"),
+        "max_images": Cli(cli=False),
+    })
+
+
 def add_provider_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the language-model provider options to ``parser``."""
+    """Add the language-model provider options (and ``--with-images``) to ``parser``."""
+    from geofm.options import add_arguments as add_options
+
     group = parser.add_argument_group("language model")
-    group.add_argument("--generative-provider", choices=PROVIDERS,
-                       help="bedrock (Converse API), sagemaker (real-time endpoint) or "
-                       "openai (any OpenAI-compatible chat-completions API)")
-    group.add_argument("--generative-model", metavar="ID",
-                       help="Bedrock model id, or the served model name (openai, sagemaker "
-                       "messages format)")
-    group.add_argument("--generative-endpoint", metavar="NAME", help="SageMaker endpoint name")
-    group.add_argument("--generative-base-url", metavar="URL",
-                       help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1; the "
-                       "key is read from $GEOFM_OPENAI_API_KEY or $OPENAI_API_KEY")
-    group.add_argument("--sagemaker-format", choices=SAGEMAKER_FORMATS, default="tgi",
-                       help="request/response format of the SageMaker container "
-                       "(default tgi)")
-    group.add_argument("--aws-region", metavar="REGION",
-                       help="AWS region (default: the AWS configuration)")
-    group.add_argument("--aws-profile", metavar="NAME",
-                       help="AWS profile (default: the AWS configuration)")
-    group.add_argument("--temperature", type=float, help="sampling temperature, 0..2")
-    group.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
-                       help=f"most tokens generated per answer (default {DEFAULT_MAX_TOKENS})")
-    group.add_argument("--with-images", action="store_true",
-                       help="send the chips' RGB thumbnails (PNG) to a multimodal model")
+    add_options(group, provider_options().values())
+    add_options(group, [answer_options()["with_images"]])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the answer options (and the provider options) to ``parser``."""
+    from geofm.options import add_arguments as add_options
+
     group = parser.add_argument_group("generative answers")
-    group.add_argument("--single-prompt", metavar="TEMPLATE",
-                       help="one answer per result; {chip_id}, {date}, {similarity}, "
-                       "{cloud_fraction}, {lon}, {lat}, {change_status}, {change_date} and "
-                       "any other result column are filled in")
-    group.add_argument("--grouped-task", metavar="TASK",
-                       help="one answer over all results (their properties, and thumbnails "
-                       "with --with-images)")
-    group.add_argument("--max-hits", type=int, default=MAX_GROUPED_HITS,
-                       help=f"most results in the grouped call (default {MAX_GROUPED_HITS})")
-    group.add_argument("--max-prompt-tokens", type=int, default=MAX_PROMPT_TOKENS,
-                       help="prompt budget in estimated tokens (characters/4 + 1600 per "
-                       f"image; default {MAX_PROMPT_TOKENS})")
+    answers = answer_options()
+    add_options(group, [o for n, o in answers.items() if n != "with_images"])
     add_provider_arguments(parser)
 
 
@@ -86,11 +121,9 @@ def provider_from_args(args: argparse.Namespace) -> Provider:
 
     if not args.generative_provider:
         raise GeofmValueError(f"give --generative-provider ({'|'.join(PROVIDERS)})")
-    return make_provider(args.generative_provider, model=args.generative_model,
-                         endpoint=args.generative_endpoint,
-                         base_url=args.generative_base_url, temperature=args.temperature,
-                         max_tokens=args.max_tokens, region=args.aws_region,
-                         profile=args.aws_profile, sagemaker_format=args.sagemaker_format)
+    from geofm.options import library_kwargs
+
+    return make_provider(**library_kwargs(args, provider_options().values()))
 
 
 def usage_error(exc: Exception) -> int:

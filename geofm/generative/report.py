@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
 from geofm.layout import RunRoot
@@ -101,15 +101,28 @@ def changed_chips(root: str | os.PathLike[str] | RunRoot, *, include_all: bool =
                             geometry="geometry", crs=4326)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``geofm report`` options to ``parser``."""
-    from geofm.generative.cli import add_arguments as add_generative_arguments
+def cli_options() -> dict[str, Any]:
+    """``geofm report``'s options: :func:`changed_chips`'s signature plus what it cannot say.
 
-    parser.add_argument("--root", required=True, help="run root after `geofm analyze`")
-    parser.add_argument("--all", action="store_true", dest="include_all",
-                        help="every analysed chip, not only the changed ones")
-    parser.add_argument("--limit", type=int, metavar="N",
-                        help="the N chips with the largest change magnitude")
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
+    from geofm.options import Cli, declare
+
+    return declare(changed_chips, {
+        "root": Cli(required=True, help="run root after `geofm analyze`"),
+        "include_all": Cli(flags=("--all",),
+                           help="every analysed chip, not only the changed ones"),
+        "limit": Cli(metavar="N", help="the N chips with the largest change magnitude"),
+    })
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``geofm report`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.generative.cli import add_arguments as add_generative_arguments
+    from geofm.options import add_arguments as add_options
+
+    add_options(parser, cli_options().values())
     parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",
                         help="output format (default table)")
     parser.add_argument("--output", metavar="PATH", help="write to PATH instead of stdout")
@@ -119,13 +132,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm report`` from parsed arguments; return the exit code."""
     from geofm.generative.cli import prepare, usage_error
+    from geofm.options import library_kwargs
     from geofm.search.output import emit, format_results
 
     try:
         generation = prepare(args, REPORT_COLUMNS)
     except GeofmValueError as exc:
         return usage_error(exc)
-    hits = changed_chips(args.root, include_all=args.include_all, limit=args.limit)
+    hits = changed_chips(**library_kwargs(args, cli_options().values()))
     if generation is not None:
         return generation.write(hits)
     emit(format_results(hits, args.format), args.output)

@@ -23,7 +23,7 @@ from geofm.exceptions import GeofmValueError, SearchIndexError
 from geofm.index.recall import DEFAULT_TARGET_RECALL, check_target_recall
 from geofm.index.table import ANN_MIN_ROWS
 from geofm.layout import RunRoot
-from geofm.manifest import StageRecord, stage_entry
+from geofm.manifest import StageRecord, call_config, stage_entry
 
 if TYPE_CHECKING:
     from geofm.generative.describe import DescribeRequest
@@ -179,8 +179,10 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
         from geofm.generative.describe import DescribeRequest
 
         describe = DescribeRequest.of(describe)
-    config = {"embedding": embedding, "overwrite": overwrite, "ann_min_rows": ann_min_rows,
-              "target_recall": target_recall}
+    config = call_config(describe=None if describe is None else {
+        "prompt": describe.prompt, "provider": describe.provider.name,
+        "model": describe.provider.model, "with_images": describe.with_images,
+        "max_prompt_tokens": describe.max_prompt_tokens})
     with StageRecord(root, "index", config=config) as record:
         frame, vectors, identity = consolidate(root, embedding=embedding, record=record)
         finite = np.isfinite(vectors).all(axis=1) & (np.linalg.norm(vectors, axis=1) > 0)
@@ -259,21 +261,31 @@ def _target_recall_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``geofm index`` options to ``parser``."""
-    parser.add_argument("--root", required=True, help="run root (after chip and embed)")
-    parser.add_argument("--embedding", choices=("cls", "mean"), default="cls",
-                        help="vector to index: CLS token or mean of patch tokens")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="rebuild the index from scratch (new run mean vector)")
-    parser.add_argument("--ann-min-rows", type=int, default=ANN_MIN_ROWS,
-                        help=f"build an ANN index from this many rows (default {ANN_MIN_ROWS})")
-    parser.add_argument("--target-recall", type=_target_recall_arg,
-                        default=DEFAULT_TARGET_RECALL, metavar="R",
-                        help="recall@10 the ANN query parameters are calibrated to, in (0, 1] "
-                        f"(default {DEFAULT_TARGET_RECALL})")
-    from geofm.generative.describe import add_arguments as add_describe_arguments
+def cli_options() -> dict[str, Any]:
+    """``geofm index``'s options: :func:`build_index`'s signature plus what it cannot say.
 
+    ``describe`` is made from ``--describe`` and the provider flags
+    (:func:`geofm.generative.describe.add_arguments`).
+
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
+    from geofm.options import Cli, declare
+
+    return declare(build_index, {
+        "root": Cli(required=True),
+        "embedding": Cli(choices=("cls", "mean")),
+        "describe": Cli(cli=False),
+        "target_recall": Cli(type=_target_recall_arg),
+    })
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``geofm index`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.generative.describe import add_arguments as add_describe_arguments
+    from geofm.options import add_arguments as add_options
+
+    add_options(parser, cli_options().values())
     add_describe_arguments(parser)
 
 
@@ -281,14 +293,13 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm index`` from parsed arguments; return the exit code."""
     from geofm.generative.cli import usage_error
     from geofm.generative.describe import request_from_args
+    from geofm.options import library_kwargs
 
     try:
         describe = request_from_args(args)
     except GeofmValueError as exc:
         return usage_error(exc)
-    record = build_index(args.root, embedding=args.embedding, overwrite=args.overwrite,
-                         ann_min_rows=args.ann_min_rows, target_recall=args.target_recall,
-                         describe=describe)
+    record = build_index(**library_kwargs(args, cli_options().values()), describe=describe)
     return 1 if record.failures else 0
 
 

@@ -61,7 +61,7 @@ from geofm.exceptions import (
     TrainingError,
 )
 from geofm.layout import RunRoot
-from geofm.manifest import StageRecord, stage_entry
+from geofm.manifest import StageRecord, call_config, stage_entry
 from geofm.model.presets import PRESETS
 from geofm.pretrain.mae import DEFAULT_MASK_RATIO, DecoderConfig, check_mask_ratio
 
@@ -360,12 +360,9 @@ def pretrain(
         history = list(saved["history"])
         log.info("pretrain: continuing %s after epoch %d", last_path, start_epoch)
 
-    config = {"out": os.fspath(out_dir), "model": model if isinstance(model, str | None)
-              else "custom", "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
-              "epochs": epochs, "mask_ratio": mask_ratio, "batch_size": batch_size, "lr": lr,
-              "val_fraction": val_fraction, "device": dev, "precision": prec,
-              "time_location": time_location, "workers": workers, "max_invalid": max_invalid,
-              "decoder": dec_cfg.as_dict(), "overwrite": overwrite, "seed": seed}
+    config = call_config(
+        out=os.fspath(out_dir), model=model if isinstance(model, str | None) else "custom",
+        device=dev, precision=prec, decoder=dec_cfg.as_dict())
     with StageRecord(root, "pretrain", config=config) as record:
         record.counts.update(train_chips=len(train_tasks), val_chips=len(val_tasks),
                              train_locations=len(train_ids), val_locations=len(val_ids),
@@ -562,41 +559,39 @@ class _Trainer:
         return (total / count if count else float("nan")), count, skipped
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``geofm pretrain`` options to ``parser``."""
+def cli_options() -> dict[str, Any]:
+    """``geofm pretrain``'s options: :func:`pretrain`'s signature plus what it cannot say.
+
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
     from geofm.cliargs import positive_int
     from geofm.embed.stage import default_workers
+    from geofm.options import Cli, declare
 
-    parser.add_argument("--root", required=True, type=Path, help="run root written by chip")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output folder: last.ckpt, encoder.ckpt, metrics.json")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", choices=PRESETS, help="start from random weights of a preset")
-    src.add_argument("--checkpoint", type=Path,
-                     help="continue pretraining a Clay checkpoint (.ckpt, .pt, .safetensors)")
-    parser.add_argument("--epochs", type=positive_int, default=10,
-                        help="total epochs; a re-run continues up to this (default 10)")
-    parser.add_argument("--mask-ratio", type=_ratio, default=DEFAULT_MASK_RATIO,
-                        help=f"share of hidden patches, in (0, 1) (default {DEFAULT_MASK_RATIO})")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="chips per step")
-    parser.add_argument("--lr", type=_positive_float, default=3e-4,
-                        help="peak AdamW learning rate (default 3e-4)")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="share of chip locations held out for validation (default 0.2)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="autocast precision (default bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--time-location", choices=TIME_LOCATION, default="encode",
-                        help="encode acquisition time and chip centre (default) or zeros")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="reader processes (default min(4, cpus-1))")
-    parser.add_argument("--max-invalid", type=float, default=DEFAULT_MAX_INVALID,
-                        help="largest nodata/NaN pixel fraction filled with the band mean")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of weights, split, chip order and masks")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start again even if --out holds a run with other options")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return declare(pretrain, {
+        "root": Cli(required=True, type=Path),
+        "out": Cli(required=True, type=Path),
+        "model": Cli(group="weights", required=True, choices=tuple(PRESETS)),
+        "checkpoint": Cli(group="weights", required=True, type=Path),
+        "epochs": Cli(type=positive_int),
+        "mask_ratio": Cli(type=_ratio),
+        "batch_size": Cli(type=positive_int),
+        "lr": Cli(type=_positive_float),
+        "precision": Cli(choices=PRECISIONS),
+        "time_location": Cli(choices=TIME_LOCATION),
+        "workers": Cli(type=int, default=default_workers(),
+                       help="DataLoader reader processes (0 = read in this process; "
+                            "default min(4, cpus-1))"),
+        "decoder": Cli(cli=False),
+    })
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``geofm pretrain`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.options import add_arguments as add_options
+
+    add_options(parser, cli_options().values())
 
 
 def _ratio(text: str) -> float:
@@ -618,12 +613,9 @@ def _positive_float(text: str) -> float:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm pretrain`` from parsed arguments; return the exit code."""
-    pretrain(args.root, out=args.out, model=args.model, checkpoint=args.checkpoint,
-             epochs=args.epochs, mask_ratio=args.mask_ratio, batch_size=args.batch_size,
-             lr=args.lr, val_fraction=args.val_fraction, device=args.device,
-             precision=args.precision, time_location=args.time_location,
-             workers=args.workers, max_invalid=args.max_invalid, overwrite=args.overwrite,
-             progress=not args.no_progress, seed=args.seed)
+    from geofm.options import library_kwargs
+
+    pretrain(**library_kwargs(args, cli_options().values()))
     return 0
 
 

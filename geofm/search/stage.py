@@ -243,77 +243,69 @@ def _place_keys(chip_ids: Any, places: dict[str, str]) -> Any:
     return chip_ids.map(lambda c: places.get(c, c))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``geofm search`` options to ``parser``."""
+def cli_options() -> dict[str, Any]:
+    """``geofm search``'s options: :func:`search`'s signature plus what it cannot say.
+
+    Returns:
+        ``{name: geofm.options.Option}``.
+    """
     from geofm.cliargs import DateRangeBound, positive_int, similarity, utc_date
     from geofm.cliargs import bbox as cli_bbox
+    from geofm.options import Cli, declare
 
-    parser.add_argument("--root", required=True, help="run root with an index")
-    parser.add_argument("--chip-id", action="append", default=[], metavar="ID",
-                        help="query chip (repeat for several: their mean vector is used)")
-    parser.add_argument("--date", type=utc_date, help="acquisition of the query chips, "
-                        "YYYY-MM-DD (default: the latest)")
-    parser.add_argument("--vector-file", metavar="F",
-                        help="query vector: .npy ([D] or [N, D]) or .json list")
-    parser.add_argument("--negative-chip-id", action="append", default=[], metavar="ID",
-                        help="chip the results should not resemble (repeatable)")
-    parser.add_argument("--k", type=positive_int, default=10,
-                        help="number of results (default 10)")
-    parser.add_argument("--min-similarity", type=similarity, metavar="S",
-                        help="drop results with cosine similarity below S (-1..1)")
-    parser.add_argument("--start", type=utc_date, action=DateRangeBound, metavar="D",
-                        help="earliest acquisition date (inclusive)")
-    parser.add_argument("--end", type=utc_date, action=DateRangeBound, metavar="D",
-                        help="latest acquisition date (inclusive)")
-    parser.add_argument("--bbox", type=cli_bbox, metavar="W,S,E,N",
-                        help="WGS84 box the chip footprint must intersect (write "
-                        "--bbox=W,S,E,N when W is negative)")
-    parser.add_argument("--max-cloud", type=float, metavar="F",
-                        help="keep chips with cloud fraction <= F (0..1)")
-    parser.add_argument("--centre", action="store_true",
-                        help="subtract the run mean vector before cosine (for random-weight "
-                        "or collapsed encoders whose vectors are all nearly parallel)")
-    parser.add_argument("--embedding", choices=("cls", "mean"),
-                        help="require the index to be built with this embedding")
-    parser.add_argument("--nprobes", type=int,
-                        help="ANN partitions to probe (tables past ann_min_rows; default: "
-                        "calibrated by geofm index to its --target-recall)")
-    parser.add_argument("--refine-factor", type=int,
-                        help="re-rank refine_factor * k ANN candidates exactly (default: "
-                        "calibrated)")
-    parser.add_argument("--distinct", action="store_true",
-                        help="one result per chip location (its best acquisition)")
+    return declare(search, {
+        "root": Cli(required=True, help="run root with an index"),
+        "chip_ids": Cli(flags=("--chip-id",), action="append", metavar="ID",
+                        help="query chip (repeat for several: their mean vector is used)"),
+        "date": Cli(type=utc_date, help="acquisition of the query chips, YYYY-MM-DD "
+                                        "(default: the latest)"),
+        "vector": Cli(flags=("--vector-file",), metavar="F",
+                      help="query vector: .npy ([D] or [N, D]) or .json list"),
+        "negative_chip_ids": Cli(flags=("--negative-chip-id",), action="append", metavar="ID",
+                                 help="chip the results should not resemble (repeatable)"),
+        "k": Cli(type=positive_int),
+        "min_similarity": Cli(type=similarity, metavar="S"),
+        "start": Cli(type=utc_date, action=DateRangeBound, metavar="D"),
+        "end": Cli(type=utc_date, action=DateRangeBound, metavar="D"),
+        "bbox": Cli(type=cli_bbox, metavar="W,S,E,N",
+                    help="WGS84 box the chip footprint must intersect (write "
+                         "--bbox=W,S,E,N when W is negative)"),
+        "max_cloud": Cli(type=float, metavar="F"),
+        "embedding": Cli(choices=("cls", "mean")),
+        "text": Cli(metavar="QUERY",
+                    help="full-text query over `geofm index --describe` descriptions; "
+                         "hybrid with --chip-id / --vector-file"),
+    })
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``geofm search`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.options import add_arguments as add_options
+
+    add_options(parser, cli_options().values())
     parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",
                         help="output format (default table)")
     parser.add_argument("--output", metavar="PATH", help="write to PATH instead of stdout")
-    # text search and generative answers (geofm.search.text, geofm.generative)
+    # generative answers (geofm.generative)
     from geofm.generative.cli import add_arguments as add_generative_arguments
 
-    parser.add_argument("--text", metavar="QUERY",
-                        help="full-text query over `geofm index --describe` descriptions; "
-                        "hybrid with --chip-id / --vector-file")
     add_generative_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm search`` from parsed arguments; return the exit code."""
     from geofm.generative.cli import prepare, usage_error
+    from geofm.options import library_kwargs
     from geofm.search.output import emit, format_results
 
-    if not args.chip_id and not args.vector_file and not args.text:
+    if not args.chip_ids and not args.vector and not args.text:
         raise GeofmValueError("give --chip-id ID (repeatable), --vector-file F or --text QUERY")
     try:
         generation = prepare(args, [*_RESULT_COLUMNS, *(("score", "description")
                                                         if args.text else ())])
     except GeofmValueError as exc:
         return usage_error(exc)
-    results = search(args.root, chip_ids=args.chip_id, date=args.date,
-                     vector=args.vector_file, negative_chip_ids=args.negative_chip_id,
-                     k=args.k, min_similarity=args.min_similarity, start=args.start,
-                     end=args.end, bbox=args.bbox, max_cloud=args.max_cloud,
-                     centre=args.centre, embedding=args.embedding, nprobes=args.nprobes,
-                     refine_factor=args.refine_factor, distinct=args.distinct,
-                     text=args.text)
+    results = search(**library_kwargs(args, cli_options().values()))
     if generation is not None:
         return generation.write(results)
     emit(format_results(results, args.format), args.output)
