@@ -122,11 +122,13 @@ class CatalogError(GeofmError, ConnectionError):
 
     Attributes:
         url: the API's URL.
+        status: the HTTP status of the API's error answer (``None``: no answer at all).
     """
 
-    def __init__(self, message: str, *, url: str | None = None) -> None:
+    def __init__(self, message: str, *, url: str | None = None,
+                 status: int | None = None) -> None:
         super().__init__(message)
-        self.url = url
+        self.url, self.status = url, status
 
 
 class RasterError(GeofmError, OSError):

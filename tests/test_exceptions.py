@@ -50,7 +50,7 @@ def _every_error():
         E.GeofmFileNotFoundError("m"), E.GeofmFileExistsError("m"),
         E.SensorError("m", key="swir"),
         E.ItemError("m", item="i", path="p", field="f", asset="a"),
-        E.UnsafePathError("m", value="../x"), E.CatalogError("m", url="https://x"),
+        E.UnsafePathError("m", value="../x"), E.CatalogError("m", url="https://x", status=502),
         E.RasterError("m", path="p", reason="missing", item="i", asset="red"),
         E.TableError("m", path="p", made_by="chip"), E.CheckpointError("m"),
         E.ModelMismatchError("m", paths=("a", "b"), fields=("dim",)),
