@@ -1,4 +1,4 @@
-"""File and URI helpers shared by every stage: atomic writes and href resolution."""
+"""File and URI helpers shared by every stage: atomic writes, href resolution, open errors."""
 
 from __future__ import annotations
 
