@@ -48,8 +48,8 @@ def bbox(text: str) -> tuple[float, float, float, float]:
 
 def utc_date(text: str) -> str:
     """A date (``YYYY-MM-DD`` or any ISO timestamp, UTC if no zone); returned as given."""
+    from geofm.dates import parse_utc
     from geofm.exceptions import GeofmValueError
-    from geofm.search.stage import parse_utc
 
     try:
         parse_utc(text)
@@ -69,7 +69,7 @@ class DateRangeBound(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         """Store the value, then check the range if both ends are known."""
-        from geofm.search.stage import parse_utc
+        from geofm.dates import parse_utc
 
         setattr(namespace, self.dest, values)
         start, end = getattr(namespace, "start", None), getattr(namespace, "end", None)

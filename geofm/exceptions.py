@@ -8,13 +8,72 @@ fix it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GeofmError(Exception):
-    """Root of every error geofm raises on purpose."""
+    """Root of every error geofm raises on purpose.
+
+    Subclasses carry what a caller needs as keyword fields (attributes), so no one parses
+    the message. Every error pickles with its fields (DataLoader workers and process pools
+    send exceptions between processes): :meth:`__reduce__` rebuilds the error from its
+    ``args`` and attributes without running ``__init__`` again, so subclasses with
+    keyword-only or computed constructor arguments need nothing of their own.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[GeofmError], args: tuple[object, ...],
+             fields: dict[str, object]) -> GeofmError:
+    """Unpickle a :class:`GeofmError`: its ``args`` and fields, no ``__init__``."""
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(fields)
+    return err
 
 
 class GeofmValueError(GeofmError, ValueError):
-    """An argument or a value read from data is out of range or malformed."""
+    """An argument or a value read from data is out of range or malformed.
+
+    Attributes:
+        name: the argument, option or field that is wrong (``None`` when not one).
+        value: the offending value (``None`` when not given).
+        allowed: the accepted values, when they are a fixed set (else empty).
+    """
+
+    def __init__(self, message: str, *, name: str | None = None, value: object = None,
+                 allowed: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.name, self.value, self.allowed = name, value, tuple(allowed)
+
+
+class GeofmTypeError(GeofmError, TypeError):
+    """A value read from data or passed in has the wrong type.
+
+    Attributes:
+        value: the offending value.
+    """
+
+    def __init__(self, message: str, *, value: object = None) -> None:
+        super().__init__(message)
+        self.value = value
+
+
+class GeofmKeyError(GeofmError, KeyError):
+    """A name geofm looks up is unknown.
+
+    Attributes:
+        key: the unknown name.
+    """
+
+    def __init__(self, message: str, *, key: object = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
 
 
 class GeofmFileNotFoundError(GeofmError, FileNotFoundError):
@@ -25,11 +84,8 @@ class GeofmFileExistsError(GeofmError, FileExistsError):
     """An output exists already and ``overwrite`` was not requested."""
 
 
-class SensorError(GeofmError, KeyError):
-    """Unknown sensor or band name."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
-        return str(self.args[0]) if self.args else ""
+class SensorError(GeofmKeyError):
+    """Unknown sensor or band name (``key``)."""
 
 
 class ItemError(GeofmError, ValueError):
@@ -48,9 +104,6 @@ class ItemError(GeofmError, ValueError):
         super().__init__(message)
         self.item, self.path, self.field, self.asset = item, path, field, asset
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep the fields across pickling
-        return (self.__class__, self.args, self.__dict__)
-
 
 class UnsafePathError(GeofmError, ValueError):
     """A value (item id, tile code, chip id) would make a path outside the run root.
@@ -63,27 +116,38 @@ class UnsafePathError(GeofmError, ValueError):
         super().__init__(message)
         self.value = value
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep the fields across pickling
-        return (self.__class__, self.args, self.__dict__)
-
 
 class CatalogError(GeofmError, ConnectionError):
     """A STAC API cannot be reached, or answers a search with an error.
 
     Attributes:
         url: the API's URL.
+        status: the HTTP status of the API's error answer (``None``: no answer at all).
     """
 
-    def __init__(self, message: str, *, url: str | None = None) -> None:
+    def __init__(self, message: str, *, url: str | None = None,
+                 status: int | None = None) -> None:
         super().__init__(message)
-        self.url = url
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep the fields across pickling
-        return (self.__class__, self.args, self.__dict__)
+        self.url, self.status = url, status
 
 
 class RasterError(GeofmError, OSError):
-    """A raster (COG, NetCDF chip, label GeoTIFF) cannot be read or is inconsistent."""
+    """A raster (COG, NetCDF chip, label GeoTIFF) cannot be read or is inconsistent.
+
+    Attributes:
+        path: the file or URL (``None`` when not known).
+        reason: why it cannot be opened, when known: ``"missing"`` (no such file, HTTP
+            404), ``"denied"`` (HTTP 401/403, permissions, bad credentials),
+            ``"unreachable"`` (no connection), ``"corrupt"`` (opened, not a readable
+            raster); ``None`` for other errors.
+        item: the STAC item id, for a scene's asset.
+        asset: the asset key, for a scene's asset.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, reason: str | None = None,
+                 item: str | None = None, asset: str | None = None) -> None:
+        super().__init__(message)
+        self.path, self.reason, self.item, self.asset = path, reason, item, asset
 
 
 class TableError(GeofmError, OSError):
@@ -120,7 +184,18 @@ class ModelMismatchError(GeofmValueError):
 
 
 class ShapeError(GeofmError, ValueError):
-    """An array has the wrong length along a named dimension."""
+    """An array has the wrong length along a named dimension.
+
+    Attributes:
+        dim: the dimension's name, e.g. ``"band"`` (``None`` when not one dimension).
+        expected: the length (or shape) wanted, when known.
+        got: the length (or shape) found, when known.
+    """
+
+    def __init__(self, message: str, *, dim: str | None = None, expected: object = None,
+                 got: object = None) -> None:
+        super().__init__(message)
+        self.dim, self.expected, self.got = dim, expected, got
 
 
 class SearchIndexError(GeofmError, LookupError):
@@ -214,15 +289,6 @@ class TrainingError(GeofmError, RuntimeError):
         self.step = step
         self.loss = loss
         self.checkpoint = checkpoint
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep the fields across pickling
-        return (_rebuild_training_error, (str(self), self.epoch, self.step, self.loss,
-                                          self.checkpoint))
-
-
-def _rebuild_training_error(message: str, epoch: int, step: int, loss: float,
-                            checkpoint: str | None) -> TrainingError:
-    return TrainingError(message, epoch=epoch, step=step, loss=loss, checkpoint=checkpoint)
 
 
 class GeofmWarning(UserWarning):

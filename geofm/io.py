@@ -1,4 +1,4 @@
-"""File and URI helpers shared by every stage: atomic writes and href resolution."""
+"""File and URI helpers shared by every stage: atomic writes, href resolution, open errors."""
 
 from __future__ import annotations
 
@@ -88,9 +88,9 @@ def resolve_href(href: str, base: str | os.PathLike[str] | None = None) -> str:
         A local path (as a string) or a remote URI.
     """
     href = str(href)
-    parsed = urlparse(href)
-    if parsed.scheme in REMOTE_SCHEMES:
+    if is_remote(href):
         return href
+    parsed = urlparse(href)
     if parsed.scheme == "file":
         return parsed.path
     path = Path(href)
@@ -185,6 +185,62 @@ class StagedFiles:
 def _replace(src: Path, dst: Path) -> None:
     """``os.replace`` (its own function so tests can interrupt a commit between renames)."""
     os.replace(src, dst)
+
+
+#: GDAL error numbers (``CPLErrorNum``) that rasterio's open errors carry (as ``errno`` of
+#: the GDAL error the ``RasterioIOError`` was raised from).
+_CPLE_OPEN_FAILED = 4
+_CPLE_HTTP_RESPONSE = 11
+_CPLE_AWS_OBJECT_NOT_FOUND = 13
+_CPLE_AWS_DENIED = (14, 15, 16)  # access denied, invalid credentials, bad signature
+
+#: Why an open failed (:attr:`geofm.exceptions.RasterError.reason`) -> what to do.
+OPEN_FAILURE_FIX = {
+    "missing": "file does not exist (HTTP 404 for a URL); download it or fix the asset href",
+    "denied": ("access denied (HTTP 403/401): an expired or missing signature (Planetary "
+               "Computer: sign again), missing credentials, or a requester-pays bucket "
+               "(set AWS_REQUEST_PAYER=requester)"),
+}
+
+
+def open_failure(exc: BaseException, href: str) -> tuple[str, str]:
+    """Why GDAL (through rasterio) could not open ``href``, and the fix.
+
+    Classified by what the error is, not by its wording where GDAL says more than text: a
+    local path is checked on disk (missing, unreadable); a remote one by the GDAL error
+    number (S3 object not found, access denied) and the HTTP status of an HTTP error.
+    GDAL gives that status, and whether a ``/vsis3/`` object exists, only inside its
+    message; those two are read from it.
+
+    Args:
+        exc: the error ``rasterio.open`` raised (a ``RasterioIOError``).
+        href: what was opened (local path or remote URI).
+
+    Returns:
+        ``(reason, explanation)``: reason is ``"missing"``, ``"denied"``, ``"unreachable"``
+        or ``"corrupt"``; the explanation says what it means and how to fix it.
+    """
+    import re
+
+    text = str(exc)
+    gdal = exc.__cause__ or exc.__context__
+    code = getattr(gdal, "errno", None)
+    if not is_remote(href) and not str(href).startswith("/vsi"):
+        if not os.path.exists(href):
+            return "missing", OPEN_FAILURE_FIX["missing"]
+        if not os.access(href, os.R_OK):
+            return "denied", "permission denied; make the file readable or fix the asset href"
+        return "corrupt", f"cannot open ({text}); the COG is truncated or corrupt: re-download it"
+    status = re.search(r"response code: (\d{3})", text) if code == _CPLE_HTTP_RESPONSE else None
+    if code == _CPLE_AWS_OBJECT_NOT_FOUND or (status and status[1] in ("404", "410")) or (
+            code == _CPLE_OPEN_FAILED and "does not exist" in text):
+        return "missing", OPEN_FAILURE_FIX["missing"]
+    if code in _CPLE_AWS_DENIED or (status and status[1] in ("401", "403")):
+        return "denied", OPEN_FAILURE_FIX["denied"]
+    if code == _CPLE_HTTP_RESPONSE:  # no answer (CURL error) or a server error (5xx)
+        return "unreachable", (f"cannot reach the server ({text[:160]}); check the network "
+                               "and the URL, or raise GDAL_HTTP_TIMEOUT / GDAL_HTTP_MAX_RETRY")
+    return "corrupt", f"cannot open ({text}); the COG is truncated or corrupt: re-download it"
 
 
 #: Hosts of Planetary Computer's blob storage, whose hrefs need a SAS token to be read.

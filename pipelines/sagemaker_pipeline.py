@@ -12,12 +12,21 @@ the previous step's ``properties.ProcessingOutputConfig.Outputs[name].S3Output.S
 * analyze: ``meta/`` and ``embeddings/`` of all shards, one instance (PCA fitted once).
 * index: ``meta/``, ``embeddings/``, ``analysis/``, one instance.
 
+Incremental variant (``--incremental``; ``build_pipeline(incremental=True)``): analyze
+also takes the previous run's ``analysis/`` (parameter ``PreviousAnalysisUri``, input
+``previous-analysis``), so a re-run on a grown item set updates that analysis (same
+reference, new scenes scored, alerts kept) instead of starting over. It is a variant,
+not an optional parameter, because SageMaker has no optional inputs: every input's S3
+prefix must hold objects when the job is created. Upsert it under its own ``--name``
+once a first run has written ``analysis/``.
+
 Outputs go to ``<BaseUri>/<AoiName>/<execution id>/<folder>/``, a prefix that mirrors
 the run root. Built with the SageMaker Python SDK v3 (the ``sagemaker`` extra)::
 
     python -m pipelines.sagemaker_pipeline definition [--out pipeline.json]
     python -m pipelines.sagemaker_pipeline upsert --role-arn arn:aws:iam::123456789012:role/X
     python -m pipelines.sagemaker_pipeline start --param ItemsUri=s3://bucket/items/ ...
+    python -m pipelines.sagemaker_pipeline upsert --incremental --name geofm-update ...
 
 ``definition`` needs no AWS credentials and no network; ``upsert`` and ``start`` do.
 """
@@ -98,6 +107,12 @@ _LAST_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("RoleArn", str, None, "IAM role ARN the processing jobs run as"),
 )
 
+#: The one parameter of the incremental variant (see the module doc).
+PREVIOUS_ANALYSIS = ParameterSpec(
+    "PreviousAnalysisUri", str, None, "S3 prefix of the previous run's analysis/ folder, "
+    "e.g. s3://bucket/geofm/aoi/<execution id>/analysis (--incremental pipelines only)")
+
+
 
 def parameter_name(option: str) -> str:
     """A stage option's pipeline parameter name: ``chip_size`` -> ``ChipSize``."""
@@ -110,9 +125,15 @@ def _stage_option(stage: str, option: str) -> Any:
     return stage_cli_options(stage)[option]
 
 
+def parameters(*, incremental: bool = False) -> tuple[ParameterSpec, ...]:
+    """The pipeline's parameters; the incremental variant adds :data:`PREVIOUS_ANALYSIS`."""
+    return (*_parameters(), PREVIOUS_ANALYSIS) if incremental else _parameters()
+
+
 @functools.cache
-def parameters() -> tuple[ParameterSpec, ...]:
-    """Every pipeline parameter, in definition order (:data:`STAGE_PARAMETERS` generated)."""
+def _parameters() -> tuple[ParameterSpec, ...]:
+    """Every parameter of the default pipeline, in definition order (:data:`STAGE_PARAMETERS`
+    generated)."""
     specs: list[ParameterSpec] = []
     for stage, option, default in STAGE_PARAMETERS:
         declared = _stage_option(stage, option)
@@ -219,13 +240,15 @@ def session(region: str | None = None, *, offline: bool = True) -> Any:
 
 
 def build_pipeline(*, name: str = DEFAULT_NAME, region: str | None = None,
-                   pipeline_session: Any = None) -> Any:
+                   pipeline_session: Any = None, incremental: bool = False) -> Any:
     """Build the four-step ``sagemaker.mlops.workflow.pipeline.Pipeline`` (no AWS calls).
 
     Args:
         name: pipeline name.
         region: AWS region of the session (the definition does not depend on it).
         pipeline_session: a ``PipelineSession`` (default: :func:`session`).
+        incremental: build the variant whose analyze step updates the previous run's
+            ``analysis/`` (parameter ``PreviousAnalysisUri``; see the module doc).
 
     Returns:
         The pipeline; ``pipeline.definition()`` is its JSON.
@@ -250,7 +273,8 @@ def build_pipeline(*, name: str = DEFAULT_NAME, region: str | None = None,
 
     sm_session = pipeline_session if pipeline_session is not None else session(region)
     kinds = {str: ParameterString, int: ParameterInteger, float: ParameterFloat}
-    params = {p.name: kinds[p.kind](name=p.name, default_value=p.default) for p in parameters()}
+    params = {p.name: kinds[p.kind](name=p.name, default_value=p.default)
+              for p in parameters(incremental=incremental)}
     run_prefix = [params["BaseUri"], params["AoiName"], ExecutionVariables.PIPELINE_EXECUTION_ID]
 
     def s3_input(stage: str, name: str, source: Any) -> Any:
@@ -267,7 +291,8 @@ def build_pipeline(*, name: str = DEFAULT_NAME, region: str | None = None,
 
     def processing_step(stage: str, *, image: str, instance_type: str, instance_count: Any,
                         sources: dict[str, Any], arguments: list[Any]) -> Any:
-        assert tuple(sources) == _mounts.STEP_INPUTS[stage], stage
+        optional = tuple(n for n in _mounts.STEP_OPTIONAL_INPUTS.get(stage, ()) if n in sources)
+        assert tuple(sources) == _mounts.STEP_INPUTS[stage] + optional, stage
         processor = Processor(
             role=params["RoleArn"], image_uri=params[image],
             instance_count=instance_count, instance_type=params[instance_type],
@@ -297,11 +322,14 @@ def build_pipeline(*, name: str = DEFAULT_NAME, region: str | None = None,
                  "checkpoint": params["CheckpointUri"]},
         arguments=[*stage_arguments("embed", params), "--no-progress"],
     )
+    previous = _mounts.PREVIOUS_ANALYSIS
     analyze = processing_step(
         "analyze", image="ProcessingImageUri", instance_type="AnalyzeInstanceType",
         instance_count=1,
-        sources={"meta": output_of(chip, "meta"), "embeddings": output_of(embed, "embeddings")},
-        arguments=["--no-progress"],
+        sources={"meta": output_of(chip, "meta"), "embeddings": output_of(embed, "embeddings"),
+                 **({previous: params[PREVIOUS_ANALYSIS.name]} if incremental else {})},
+        arguments=["--no-progress", *(["--previous-analysis", _mounts.input_dir(previous)]
+                                      if incremental else [])],
     )
     index = processing_step(
         "index", image="ProcessingImageUri", instance_type="IndexInstanceType",
@@ -321,10 +349,11 @@ def entrypoint(stage: str) -> list[str]:
     return ["python", "-m", f"geofm.steps.{stage}"]
 
 
-def definition(*, name: str = DEFAULT_NAME, region: str | None = None) -> str:
+def definition(*, name: str = DEFAULT_NAME, region: str | None = None,
+               incremental: bool = False) -> str:
     """The pipeline definition as stable JSON (sorted keys, indented); no AWS calls."""
     with _no_instance_metadata(), _quiet_pipeline_session():
-        raw = build_pipeline(name=name, region=region).definition()
+        raw = build_pipeline(name=name, region=region, incremental=incremental).definition()
     return json.dumps(json.loads(raw), indent=2, sort_keys=True) + "\n"
 
 
@@ -338,15 +367,16 @@ def check_role_arn(role_arn: str | None) -> str:
     return role_arn
 
 
-def parse_parameters(pairs: Sequence[str], *,
-                     require: bool = False) -> dict[str, str | int | float]:
+def parse_parameters(pairs: Sequence[str], *, require: bool = False,
+                     incremental: bool = False) -> dict[str, str | int | float]:
     """Turn ``["ChipSize=128", ...]`` into execution parameters, typed and checked.
 
     Args:
-        pairs: ``NAME=VALUE`` strings; NAME is one of :data:`PARAMETERS`.
+        pairs: ``NAME=VALUE`` strings; NAME is one of :func:`parameters`.
         require: also check that every parameter without a default is given.
+        incremental: the parameters of the incremental variant.
     """
-    specs = {p.name: p for p in parameters()}
+    specs = {p.name: p for p in parameters(incremental=incremental)}
     values: dict[str, str | int | float] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -361,7 +391,7 @@ def parse_parameters(pairs: Sequence[str], *,
             raise GeofmValueError(
                 f"bad --param {pair!r}: {key} takes a {specs[key].kind.__name__}"
             ) from None
-    missing = [p.name for p in parameters() if p.default is None and p.name not in values]
+    missing = [p.name for p in specs.values() if p.default is None and p.name not in values]
     if require and missing:
         raise GeofmValueError(
             f"parameters without a default must be given: {', '.join(missing)}; pass each "
@@ -376,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     params_help = "; ".join(f"{p.name} ({p.kind.__name__}, default {p.default}): {p.help}"
-                            for p in parameters())
+                            for p in parameters(incremental=True))
     for command, help_text in (
         ("definition", "print (or write) the pipeline definition JSON; offline"),
         ("upsert", "create or update the pipeline in SageMaker (needs AWS credentials)"),
@@ -385,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(command, help=help_text, description=help_text)
         sp.add_argument("--name", default=DEFAULT_NAME, help="pipeline name (default: %(default)s)")
         sp.add_argument("--region", default=None, help="AWS region (default: configured)")
+        sp.add_argument("--incremental", action="store_true",
+                        help="the variant whose analyze step updates the previous run's "
+                             "analysis/ (parameter PreviousAnalysisUri)")
         if command == "definition":
             sp.add_argument("--out", type=Path, default=None, help="write the JSON here")
         if command == "upsert":
@@ -402,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "definition":
-            text = definition(name=args.name, region=args.region)
+            text = definition(name=args.name, region=args.region,
+                              incremental=args.incremental)
             if args.out is None:
                 sys.stdout.write(text)
             else:
@@ -413,15 +447,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "upsert":
             role_arn = check_role_arn(args.role_arn)
             pipeline = build_pipeline(name=args.name, region=args.region,
-                                      pipeline_session=session(args.region, offline=False))
+                                      pipeline_session=session(args.region, offline=False),
+                                      incremental=args.incremental)
             with _quiet_pipeline_session():
                 response = pipeline.upsert(role_arn=role_arn, description=args.description)
             print(response.get("PipelineArn", response))
             return 0
-        parameters = parse_parameters(args.param, require=True)
+        values = parse_parameters(args.param, require=True, incremental=args.incremental)
         pipeline = build_pipeline(name=args.name, region=args.region,
-                                  pipeline_session=session(args.region, offline=False))
-        execution = pipeline.start(parameters=parameters)
+                                  pipeline_session=session(args.region, offline=False),
+                                  incremental=args.incremental)
+        execution = pipeline.start(parameters=values)
         print(getattr(execution, "arn", execution))
         return 0
     except GeofmError as exc:

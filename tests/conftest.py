@@ -41,11 +41,13 @@ def embedded_root(chipped_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     import warnings
 
     from geofm.embed import embed
+    from geofm.exceptions import GeofmWarning
 
     root = tmp_path_factory.mktemp("run") / "root"
     shutil.copytree(chipped_root, root)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the random-weights warning is expected here
+        # only the random-weights warning of the tiny encoder is expected here
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=GeofmWarning)
         embed(root, model="tiny", batch_size=16, progress=False)
     return root
 

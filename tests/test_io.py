@@ -105,3 +105,62 @@ def test_staged_names_stay_inside(tmp_path, name):
 
     with pytest.raises(ValueError, match="must be a relative path"):
         StagedFiles(tmp_path).path(name)
+
+
+class _GdalError(Exception):
+    """Stands in for rasterio's CPLE_* errors: what open_failure reads is their errno."""
+
+    def __init__(self, errno, text):
+        super().__init__(text)
+        self.errno = errno
+
+
+def _open_error(errno, text):
+    from rasterio.errors import RasterioIOError
+
+    try:
+        try:
+            raise _GdalError(errno, text)
+        except _GdalError:
+            raise RasterioIOError(text)  # noqa: B904  (chained like rasterio: __context__)
+    except RasterioIOError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(("errno", "text", "href", "reason"), [
+    (13, "whatever the wording", "s3://b/k.tif", "missing"),  # CPLE_AWSObjectNotFound
+    (14, "whatever the wording", "s3://b/k.tif", "denied"),  # CPLE_AWSAccessDenied
+    (15, "whatever the wording", "s3://b/k.tif", "denied"),
+    (11, "HTTP response code: 404", "https://h/x.tif", "missing"),
+    (11, "HTTP response code: 403", "https://h/x.tif", "denied"),
+    (11, "HTTP response code: 401", "https://h/x.tif", "denied"),
+    (11, "HTTP response code: 503", "https://h/x.tif", "unreachable"),
+    (11, "CURL error: Could not resolve host: h", "https://h/x.tif", "unreachable"),
+    (4, "'/vsis3/b/k.tif' does not exist in the file system", "s3://b/k.tif", "missing"),
+    (4, "not recognized as being in a supported file format", "https://h/x.tif", "corrupt"),
+    (1, "No such file (but not an open error)", "https://h/x.tif", "corrupt"),
+])
+def test_open_failure_classifies_remote_errors_by_gdal_number(errno, text, href, reason):
+    from geofm.io import open_failure
+
+    got, why = open_failure(_open_error(errno, text), href)
+    assert got == reason
+    assert why.startswith({"missing": "file does not exist", "denied": "access denied",
+                           "unreachable": "cannot reach the server",
+                           "corrupt": "cannot open ("}[reason])
+
+
+def test_open_failure_checks_local_files_on_disk(tmp_path):
+    """A local path: missing or not a raster from the disk, whatever GDAL's message says."""
+    import rasterio
+
+    from geofm.io import open_failure
+
+    missing, junk = tmp_path / "gone.tif", tmp_path / "junk.tif"
+    junk.write_text("not a tiff")
+    for path, reason in ((missing, "missing"), (junk, "corrupt")):
+        with pytest.raises(rasterio.errors.RasterioIOError) as info:
+            rasterio.open(path)
+        assert open_failure(info.value, str(path))[0] == reason
+        # the wording does not decide it: a missing file whose message says otherwise
+        assert open_failure(_open_error(4, "No such file or directory"), str(path))[0] == reason

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from geofm.cli import main
-from geofm.exceptions import GeofmError, GeofmValueError
+from geofm.exceptions import GeofmError, GeofmValueError, GeofmWarning
 from geofm.pipeline import PipelineConfig, load_config
 
 
@@ -77,7 +77,8 @@ def test_run_end_to_end_counts_agree(synth_dir, tmp_path):
         f"items: {synth_dir / 'items'}\nroot: {root}\n"
         "chip: {chip_size: 64}\nembed: {model: tiny, batch_size: 16}\n")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # only the random-weights warning of the tiny encoder is expected here
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=GeofmWarning)
         assert main(["run", "--config", str(config), "--no-progress"]) == 0
     stages = json.loads((root / "run.json").read_text())["stages"]
     assert [stages[s]["status"] for s in ("chip", "embed", "analyze", "index")] == ["ok"] * 4
@@ -97,7 +98,8 @@ def test_run_end_to_end_counts_agree(synth_dir, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()
               and p.name not in ("run.json", ".geofm.lock")}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # only the random-weights warning of the tiny encoder is expected here
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=GeofmWarning)
         assert main(["run", "--config", str(config), "--no-progress"]) == 0
     after = {p: p.stat().st_mtime_ns for p in before}
     changed = [str(p) for p in before if before[p] != after[p]]
@@ -112,7 +114,8 @@ def test_run_with_a_bad_scene_keeps_the_rest_and_fails(synth_dir, tmp_path):
     (first / "red.tif").write_bytes(b"not a tiff")
     root = tmp_path / "run"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # only the random-weights warning of the tiny encoder is expected here
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=GeofmWarning)
         code = main(["run", "--items", str(data / "items"), "--root", str(root),
                      "--chip-size", "64", "--model", "tiny", "--no-progress"])
     assert code == 1
@@ -137,7 +140,8 @@ def test_run_on_a_growing_item_set_does_only_new_work(synth_dir, tmp_path):
     argv = ["run", "--items", str(data / "items"), "--root", str(root), "--chip-size", "64",
             "--model", "tiny", "--no-progress"]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # only the random-weights warning of the tiny encoder is expected here
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=GeofmWarning)
         assert main(argv) == 0
         embedded = {p.name for p in (root / "embeddings").glob("*.parquet")}
         for p in later.iterdir():

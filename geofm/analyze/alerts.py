@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geofm.exceptions import GeofmValueError
 from geofm.layout import RunRoot
 from geofm.tables import read_table
 
@@ -109,14 +108,9 @@ def parse_since(since: str | pd.Timestamp) -> pd.Timestamp:
     Raises:
         GeofmValueError: it is not a date.
     """
-    try:
-        ts = pd.Timestamp(since)
-    except (ValueError, TypeError) as exc:
-        raise GeofmValueError(f"since={since!r} is not a date; use YYYY-MM-DD or an ISO "
-                              "time.") from exc
-    if pd.isna(ts):
-        raise GeofmValueError(f"since={since!r} is not a date; use YYYY-MM-DD or an ISO time.")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    from geofm.dates import parse_utc
+
+    return parse_utc(since, name="since", hint="use YYYY-MM-DD or an ISO time.")
 
 
 def format_alerts(frame: Any) -> str:

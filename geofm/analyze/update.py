@@ -34,13 +34,9 @@ log = logging.getLogger("geofm.analyze.stage")
 
 
 def _parse_date(value: str | pd.Timestamp | None, name: str) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise GeofmValueError(f"{name}={value!r} is not a date; use YYYY-MM-DD.") from exc
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    from geofm.dates import parse_utc
+
+    return None if value is None else parse_utc(value, name=name, hint="use YYYY-MM-DD.")
 
 
 def baseline_window(first_ns: int, *, baseline_start: str | None = None,

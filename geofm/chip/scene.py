@@ -60,52 +60,33 @@ class SceneResult:
 DATA_CHECK_PIXELS = 256
 
 
-def _asset_error(cls: type[GeofmError], message: str, key: str, href: str) -> GeofmError:
-    """An error that also carries the failing asset key and href (for run.json)."""
-    err = cls(message)
-    err.asset, err.path = key, href  # type: ignore[attr-defined]
-    return err
-
-
 def _open(scene: Scene, key: str):  # type: ignore[no-untyped-def]
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    from geofm.io import readable_href
+    from geofm.io import open_failure, readable_href
 
     href = readable_href(scene.href(key))
     try:
         return rasterio.open(href)
     except RasterioIOError as exc:
-        raise _asset_error(RasterError, f"item {scene.scene_id!r}, asset {key!r}: {href}: "
-                           f"{open_failure(str(exc))}", key, href) from None
-
-
-def open_failure(text: str) -> str:
-    """What a GDAL open error means, and the fix: missing, denied, unreachable, corrupt."""
-    if "No such file" in text or "does not exist" in text or "response code: 404" in text:
-        return "file does not exist (HTTP 404 for a URL); download it or fix the asset href"
-    if "response code: 403" in text or "response code: 401" in text:
-        return ("access denied (HTTP 403/401): an expired or missing signature (Planetary "
-                "Computer: sign again), missing credentials, or a requester-pays bucket "
-                "(set AWS_REQUEST_PAYER=requester)")
-    if "Could not connect" in text or "Could not resolve" in text or "timed out" in text \
-            or "Connection refused" in text:
-        return (f"cannot reach the server ({text[:160]}); check the network and the URL, or "
-                "raise GDAL_HTTP_TIMEOUT / GDAL_HTTP_MAX_RETRY")
-    return f"cannot open ({text}); the COG is truncated or corrupt: re-download it"
+        reason, why = open_failure(exc, href)
+        raise RasterError(f"item {scene.scene_id!r}, asset {key!r}: {href}: {why}",
+                          path=href, reason=reason, item=scene.scene_id, asset=key) from None
 
 
 def _check_crs(scene: Scene, key: str, src) -> int:  # type: ignore[no-untyped-def]
     epsg = src.crs.to_epsg() if src.crs is not None else None
     if epsg is None and scene.epsg is None:
-        raise _asset_error(ItemError, f"item {scene.scene_id!r}, asset {key!r}: {src.name} has "
-                           "no CRS and the item has no proj:epsg / proj:code; add proj:code to "
-                           "the item or write the CRS into the COG", key, src.name)
+        raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: {src.name} has no CRS and "
+                        "the item has no proj:epsg / proj:code; add proj:code to the item or "
+                        "write the CRS into the COG", item=scene.scene_id, path=src.name,
+                        field="properties.proj:code", asset=key)
     if epsg is not None and scene.epsg is not None and epsg != scene.epsg:
-        raise _asset_error(ItemError, f"item {scene.scene_id!r}, asset {key!r}: raster CRS "
-                           f"EPSG:{epsg} differs from the item's proj:epsg {scene.epsg}; fix the "
-                           "item", key, src.name)
+        raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: raster CRS EPSG:{epsg} "
+                        f"differs from the item's proj:epsg {scene.epsg}; fix the item",
+                        item=scene.scene_id, path=src.name, field="properties.proj:epsg",
+                        asset=key)
     return int(epsg if epsg is not None else scene.epsg)  # type: ignore[arg-type]
 
 
@@ -126,7 +107,8 @@ def chip_scene(scene: Scene, opts: ChipOptions) -> SceneResult:
     except GeofmError as exc:  # missing asset/file, no CRS, corrupt COG, grid mismatch
         text = str(exc)
         result.error = text if repr(scene.scene_id) in text else f"item {scene.scene_id!r}: {text}"
-        result.asset, result.path = getattr(exc, "asset", None), getattr(exc, "path", None)
+        if isinstance(exc, ItemError | RasterError):
+            result.asset, result.path = exc.asset, exc.path
     except (RasterioError, OSError) as exc:
         result.error = (f"item {scene.scene_id!r}: {type(exc).__name__}: {exc}; check the "
                         "item's assets (truncated or corrupt COG?) and re-run")
@@ -151,9 +133,9 @@ def _chip_scene(scene: Scene, opts: ChipOptions, result: SceneResult) -> None:
         epsg = _check_crs(scene, ref_key, ref)
         for key, src in sources.items():
             if key != ref_key and src.crs is not None and src.crs.to_epsg() != epsg:
-                raise _asset_error(ItemError, f"item {scene.scene_id!r}, asset {key!r}: CRS "
-                                   f"{src.crs} differs from asset {ref_key!r} (EPSG:{epsg}); "
-                                   "fix the item", key, src.name)
+                raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: CRS {src.crs} "
+                                f"differs from asset {ref_key!r} (EPSG:{epsg}); fix the item",
+                                item=scene.scene_id, path=src.name, asset=key)
         res = abs(ref.transform.a)
         origin = opts.grid_origin or (ref.transform.c, ref.transform.f)
         grid = ChipGrid(origin=(float(origin[0]), float(origin[1])), res=res,
@@ -269,9 +251,10 @@ def _read_band(scene: Scene, key: str, src, strip: TargetGrid, coarse: bool,  # 
         return read_to_grid(src, strip, resampling="bilinear" if coarse else "nearest",
                             nodata=nodata)
     except RasterioError as exc:
-        raise _asset_error(RasterError, f"item {scene.scene_id!r}, asset {key!r}: {src.name}: "
-                           f"read failed ({exc}); the COG is truncated or corrupt: re-download "
-                           "it", key, src.name) from None
+        raise RasterError(f"item {scene.scene_id!r}, asset {key!r}: {src.name}: read failed "
+                          f"({exc}); the COG is truncated or corrupt: re-download it",
+                          path=src.name, reason="corrupt", item=scene.scene_id,
+                          asset=key) from None
 
 
 def _remove_offset(pixels: np.ndarray) -> np.ndarray:

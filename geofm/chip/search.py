@@ -183,13 +183,15 @@ def _run_search(query: StacQuery, page_size: int) -> tuple[list[dict], list[dict
         raise CatalogError(f"the STAC API {query.url} failed: {exc}; check the URL",
                            url=query.url) from None
     except APIError as exc:
-        if getattr(exc, "status_code", None) is None:  # no HTTP answer at all
+        status = getattr(exc, "status_code", None)
+        if status is None:  # no HTTP answer at all
             raise CatalogError(f"cannot reach the STAC API {query.url} "
                                f"({str(exc).split('(Caused by')[-1].strip(' ()')[:200]}); "
                                "check the URL and the network, or chip saved items with "
                                "--items", url=query.url) from None
         raise CatalogError(f"the STAC API {query.url} answered an error: {str(exc)[:300]}; "
-                           "check --collection, --bbox and --datetime", url=query.url) from None
+                           "check --collection, --bbox and --datetime", url=query.url,
+                           status=int(status)) from None
     except (ValueError, TypeError) as exc:  # pystac-client: bad bbox/datetime, not STAC JSON
         raise CatalogError(f"searching {query.url} failed: {exc}; check the URL is a STAC API "
                            "and the search arguments", url=query.url) from None

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from geofm.chipfile import read_chip_array
+from geofm.exceptions import GeofmValueError
 from geofm.log import progress as progress_bar
 from geofm.sensors import get_sensor
 
@@ -108,12 +109,13 @@ class TokenCache:
         """Bands DN float32 [B, C, H, W] of ``indices`` as a torch tensor on ``device``.
 
         Raises:
-            ValueError: the cache was built without ``keep_pixels``.
+            GeofmValueError: the cache was built without ``keep_pixels``.
         """
         import torch
 
         if self.pixels is None:
-            raise ValueError("this token cache holds no pixels; build it with keep_pixels=True")
+            raise GeofmValueError("this token cache holds no pixels; build it with "
+                                  "keep_pixels=True", name="keep_pixels", value=False)
         return torch.from_numpy(self.pixels[np.asarray(indices)]).to(device)
 
     def batch(self, indices: Sequence[int], device: str = "cpu") -> Any:
@@ -182,7 +184,7 @@ def build_cache(chip_encoder: ChipEncoder, *, batch_size: int = 16,
         bar.update(len(idx))
     bar.close()
     if tokens is None or valid is None:
-        raise ValueError("no samples to encode")
+        raise GeofmValueError("no samples to encode", name="samples")
     if isinstance(tokens, np.memmap):
         tokens.flush()
     return TokenCache(tokens=tokens, valid=valid, pixels=kept)

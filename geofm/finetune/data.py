@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from geofm.dates import parse_utc
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError, RasterError
 from geofm.layout import RunRoot
 
@@ -164,8 +165,7 @@ def read_chip_table(root: str | os.PathLike[str] | RunRoot, *,
         if label_date is None:
             raise GeofmValueError("a date window needs the label date; pass --label-date "
                                   "YYYY-MM-DD with --date-window-days")
-        centre = pd.Timestamp(label_date)
-        centre = centre.tz_localize("UTC") if centre.tzinfo is None else centre.tz_convert("UTC")
+        centre = parse_utc(label_date, name="label_date", hint="pass --label-date YYYY-MM-DD")
         keep = (table["date"] - centre).abs() <= pd.Timedelta(days=float(date_window_days))
         if not keep.any():
             raise GeofmValueError(

@@ -276,7 +276,8 @@ class ClassificationHead(WhitenedHead):
     def __init__(self, dim: int, n_classes: int, *, pool: str = "mean", hidden: int = 256,
                  dropout: float = 0.1, whiten: bool = True, pixel_stats: int = 0) -> None:
         if pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+            raise GeofmValueError(f"pool must be 'cls' or 'mean', got {pool!r}", name="pool",
+                                  value=pool, allowed=("cls", "mean"))
         super().__init__(dim, whiten=whiten)
         self.dim, self.n_classes, self.pool = dim, n_classes, pool
         self.uses_pixels = pixel_stats > 0
@@ -420,8 +421,11 @@ def build_head(task: str, *, dim: int, patch_size: int, n_classes: int,
         if decoder == "unet":
             return UNetHead(dim, patch_size, n_classes, **options)
         if decoder != "shuffle":
-            raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
+            raise GeofmValueError(f"unknown decoder {decoder!r}; use one of "
+                                  f"{', '.join(DECODERS)}", name="decoder", value=decoder,
+                                  allowed=tuple(DECODERS))
         return SegmentationHead(dim, patch_size, n_classes, **options)
     if task == "classification":
         return ClassificationHead(dim, n_classes, **options)
-    raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    raise GeofmValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}", name="task",
+                          value=task, allowed=tuple(TASKS))

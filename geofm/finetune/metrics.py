@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from geofm.exceptions import ShapeError
+
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, n_classes: int, *,
                      ignore_index: int = 0) -> np.ndarray:
@@ -27,7 +29,8 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, n_classes: int, *,
     pred = np.asarray(pred).ravel().astype(np.int64)
     target = np.asarray(target).ravel().astype(np.int64)
     if pred.shape != target.shape:
-        raise ValueError(f"pred has {pred.size} values, target {target.size}")
+        raise ShapeError(f"pred has {pred.size} values, target {target.size}", dim="pixel",
+                         expected=target.size, got=pred.size)
     keep = (target != ignore_index) & (target >= 1) & (target <= n_classes)
     keep &= (pred >= 1) & (pred <= n_classes)
     flat = (target[keep] - 1) * n_classes + (pred[keep] - 1)

@@ -58,7 +58,7 @@ def load_encoder_for(*, checkpoint: str | os.PathLike[str] | None, model: str | 
     return encoder
 
 
-def _targets(data: Any, task: str, cache_valid: np.ndarray | None = None) -> Any:
+def _targets(data: Any, task: str) -> Any:
     """Label function for :func:`geofm.finetune.train.train_head`."""
     locs = data.samples["loc"].to_numpy()
     if task == "classification":

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from geofm.exceptions import GeofmValueError
+from geofm.exceptions import GeofmTypeError, GeofmValueError
 
 if TYPE_CHECKING:
     from geofm.model.presets import EncoderConfig
@@ -184,9 +184,9 @@ def _opt(value: Any, kind: type) -> Any:
     if value is None:
         return None
     if kind is bool and not isinstance(value, bool):
-        raise TypeError(f"expected true/false, got {value!r}")
+        raise GeofmTypeError(f"expected true/false, got {value!r}", value=value)
     if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"expected an integer, got {value!r}")
+        raise GeofmValueError(f"expected an integer, got {value!r}", value=value)
     return kind(value)
 
 
@@ -197,4 +197,5 @@ def _bands(value: Any) -> tuple[str, ...] | None:
         return tuple(b.strip() for b in value.split(",") if b.strip())
     if isinstance(value, Sequence):
         return tuple(str(b) for b in value)
-    raise TypeError(f"bands must be a list or a comma-separated string, got {value!r}")
+    raise GeofmTypeError(f"bands must be a list or a comma-separated string, got {value!r}",
+                         value=value)

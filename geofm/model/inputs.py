@@ -73,23 +73,6 @@ def normalise(pixels_dn: np.ndarray | torch.Tensor, mean: Any, std: Any,
     return (pixels_dn.to(torch.float32) - m) / s
 
 
-def _as_utc(dates: Any) -> Any:
-    import pandas as pd
-
-    if isinstance(dates, (str, bytes)) or not hasattr(dates, "__len__"):
-        dates = [dates]
-    try:
-        index = pd.DatetimeIndex(pd.to_datetime(list(dates) if not isinstance(
-            dates, (pd.Series, pd.DatetimeIndex, np.ndarray)) else dates, utc=True))
-    except (ValueError, TypeError) as err:
-        raise GeofmValueError(f"cannot read dates {dates!r} as datetimes ({err}); give "
-                              "datetime objects, numpy datetime64 or ISO 8601 strings") from err
-    if index.isna().any():
-        raise GeofmValueError(f"missing date(s) in {dates!r}; every chip needs its "
-                              "acquisition datetime")
-    return index
-
-
 def encode_time(dates: Any) -> np.ndarray:
     """Clay's time code of acquisition datetimes.
 
@@ -101,7 +84,9 @@ def encode_time(dates: Any) -> np.ndarray:
         float32 [B, 4]: ``sin(w), cos(w), sin(h), cos(h)`` with ``w = ISO week * 2pi/52``
         and ``h = UTC hour * 2pi/24``.
     """
-    index = _as_utc(dates)
+    from geofm.dates import utc_index
+
+    index = utc_index(dates)
     week = index.isocalendar().week.to_numpy(dtype=np.float64) * 2 * np.pi / WEEKS_PER_YEAR
     hour = index.hour.to_numpy(dtype=np.float64) * 2 * np.pi / HOURS_PER_DAY
     return np.stack([np.sin(week), np.cos(week), np.sin(hour), np.cos(hour)],

@@ -87,7 +87,7 @@ def lookup_chips(table: lancedb.table.Table, chip_ids: Sequence[str], date: str 
     import pandas as pd
     import pyarrow as pa
 
-    from geofm.search.stage import parse_utc
+    from geofm.dates import parse_utc
 
     ids = list(dict.fromkeys(chip_ids))
     where = f"chip_id IN ({', '.join(sql_str(c) for c in ids)})"

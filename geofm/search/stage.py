@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from geofm.dates import parse_utc
 from geofm.exceptions import GeofmValueError, SearchIndexError
 from geofm.layout import RunRoot
 
@@ -28,27 +29,6 @@ __all__ = ["search", "add_arguments", "run_cli", "main"]
 
 _RESULT_COLUMNS = ["chip_id", "scene_id", "date", "similarity", "cloud_fraction",
                    "thumbnail_path", "change_status", "change", "change_date", "magnitude"]
-
-
-def parse_utc(value: str, *, end: bool = False) -> Any:
-    """A date or timestamp as a UTC ``pandas.Timestamp`` (naive = UTC).
-
-    With ``end``, a bare day (``YYYY-MM-DD``) means its last microsecond, so an end date
-    is inclusive.
-
-    Raises:
-        GeofmValueError: ``value`` is not a date.
-    """
-    import pandas as pd
-
-    try:
-        ts = pd.Timestamp(value)
-    except ValueError as exc:
-        raise GeofmValueError(f"cannot parse date {value!r}; use YYYY-MM-DD") from exc
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    if end and ts == ts.normalize() and len(str(value)) <= 10:  # a day: include all of it
-        ts = ts + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
-    return ts
 
 
 def parse_bbox(text: str | Sequence[float]) -> tuple[float, float, float, float]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geofm.exceptions import GeofmError, GeofmFileNotFoundError, GeofmValueError
+from geofm.exceptions import GeofmError, GeofmFileNotFoundError, GeofmKeyError, GeofmValueError
 from geofm.layout import RunRoot
 
 if TYPE_CHECKING:
@@ -393,7 +393,8 @@ class RunData:
                 elif name == "footprints.bin":
                     self._blobs[name] = layer.corner_bytes()
                 else:
-                    raise KeyError(name)
+                    raise GeofmKeyError(f"no response body {name!r}; ask for "
+                                        "'chips.json' or 'footprints.bin'", key=name)
             return self._blobs[name]
 
     def _read_layer(self) -> ChipLayer:

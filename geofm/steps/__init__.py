@@ -7,7 +7,3 @@ The layout, the sharding scheme and the manifests are described in
 :mod:`geofm.steps._mounts`. The SageMaker pipeline (``pipelines/sagemaker_pipeline.py``)
 wires the four of them as ProcessingSteps; they run just as well on a laptop.
 """
-
-#: The entry-point modules, in pipeline order.
-STEP_MODULES = ("geofm.steps.chip", "geofm.steps.embed", "geofm.steps.analyze",
-                "geofm.steps.index")

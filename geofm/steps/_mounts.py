@@ -20,6 +20,11 @@ How a step sees its data (SageMaker Processing, or the same layout on a laptop):
   ``meta/<scene_id>.parquet`` and ``chips/<scene_id>/`` (:func:`write_bundle`); the embed
   step receives whole scenes by sharding over these bundles and unpacks them into its
   root (:func:`extract_bundles`).
+* Incremental analysis. ``analyze`` keeps its reference and the scenes it has analysed
+  in ``analysis/`` (``state.json``). Given the previous run's ``analysis/`` (the
+  optional ``previous-analysis`` input, read-only), the step copies it into the root's
+  own ``analysis/`` before the stage runs (:func:`seed_folder`), so the stage updates it
+  (new scenes scored against the stored reference) instead of starting over.
 * Manifests. Instances of a sharded step run in parallel and would overwrite each
   other's ``run.json`` in S3, so each step also copies its root's ``run.json`` to
   ``manifests/<stage>-<host>.json`` (:func:`publish_manifest`), ``<host>`` being the
@@ -58,6 +63,8 @@ RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"
 BUNDLES = "bundles"
 MANIFESTS = "manifests"
 CONSOLIDATED = "consolidated"
+#: Optional input of the analyze step: the ``analysis/`` folder of the previous run.
+PREVIOUS_ANALYSIS = "previous-analysis"
 
 #: What each step reads (input mounts) and writes (output folders of its root), in order.
 STEP_INPUTS: dict[str, tuple[str, ...]] = {
@@ -66,6 +73,8 @@ STEP_INPUTS: dict[str, tuple[str, ...]] = {
     "analyze": ("meta", "embeddings"),
     "index": ("meta", "embeddings", "analysis"),
 }
+#: Inputs a step takes only when given (``--<name>``; the pipeline's incremental variant).
+STEP_OPTIONAL_INPUTS: dict[str, tuple[str, ...]] = {"analyze": (PREVIOUS_ANALYSIS,)}
 STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "chip": ("meta", "thumbnails", BUNDLES, MANIFESTS),
     "embed": ("embeddings", MANIFESTS),
@@ -165,6 +174,38 @@ def link_inputs(root: Path, folders: Mapping[str, Path]) -> None:
                 )
         target.symlink_to(source, target_is_directory=True)
         log.info("run root %s: %s -> %s", root, name, source)
+
+
+def seed_folder(root: Path, name: str, source: Path) -> Path:
+    """Copy the input folder ``source`` into the run root as ``root/<name>``, to be updated.
+
+    Unlike :func:`link_inputs`, the copy is a real folder the stage writes into (the
+    mount is read-only); the output folder of the same name then holds the updated
+    version. Used for the previous run's ``analysis/`` (incremental analysis).
+
+    Args:
+        root: run root (created if missing).
+        name: run-root folder name, e.g. ``"analysis"``.
+        source: the mounted folder.
+
+    Returns:
+        ``root/<name>``.
+
+    Raises:
+        GeofmFileNotFoundError: ``source`` is not a folder.
+        GeofmFileExistsError: ``root/<name>`` is a link or a folder that is not empty
+            (its contents would be mixed with the previous run's).
+    """
+    source = require_dir(Path(source), PREVIOUS_ANALYSIS if name == "analysis" else name)
+    target = Path(root) / name
+    if target.is_symlink() or (target.exists() and (not target.is_dir()
+                                                    or any(target.iterdir()))):
+        raise GeofmFileExistsError(
+            f"{target} exists and is not an empty folder, so the previous {name}/ from "
+            f"{source} cannot be copied there; use an empty --root or remove {target}")
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    log.info("run root %s: %s copied from %s (to be updated)", root, name, source)
+    return target
 
 
 def write_bundle(root: Path, scene_id: str, out_dir: Path) -> Path:

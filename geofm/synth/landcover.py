@@ -16,7 +16,6 @@ from geofm.synth.noise import fractal_noise, rng_for, smooth_noise
 
 CLASSES: dict[int, str] = {1: "forest", 2: "pasture", 3: "cropland", 4: "bare", 5: "water",
                            6: "urban"}
-CODES: dict[str, int] = {name: code for code, name in CLASSES.items()}
 FOREST, PASTURE, CROPLAND, BARE, WATER, URBAN = range(1, 7)
 #: Share of each class when cells are filled at random (forest is also forced, below).
 FILL_WEIGHTS = np.array([0.16, 0.24, 0.24, 0.08, 0.11, 0.17])

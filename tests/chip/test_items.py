@@ -205,3 +205,26 @@ def test_an_item_without_id_is_named_by_its_file():
     with pytest.raises(ItemError, match=r"STAC item in f.json#0: has no 'id'") as info:
         scene_from_dict(item, base=None, source="f.json#0", path="f.json")
     assert (info.value.item, info.value.path, info.value.field) == (None, "f.json", "id")
+
+
+def test_an_asset_that_cannot_be_opened_is_a_raster_error_with_fields(tmp_path):
+    """Missing vs corrupt local COGs: told apart by the disk, carried as fields."""
+    import pickle
+
+    from geofm.chip.scene import _open
+    from geofm.exceptions import RasterError
+
+    (tmp_path / "red.tif").write_text("not a tiff")
+    scene = scene_from_dict({
+        "type": "Feature", "id": "S2A_X", "collection": "sentinel-2-l2a",
+        "geometry": {"type": "Point", "coordinates": [15, 50]},
+        "properties": {"datetime": "2021-06-01T10:00:00Z", "proj:epsg": 32633},
+        "assets": {"red": {"href": "red.tif"}, "blue": {"href": "gone.tif"}}},
+        base=tmp_path, source="mem")
+    for key, reason, text in (("blue", "missing", "file does not exist"),
+                              ("red", "corrupt", "truncated or corrupt")):
+        with pytest.raises(RasterError, match=text) as info:
+            _open(scene, key)
+        err = pickle.loads(pickle.dumps(info.value))
+        assert (err.item, err.asset, err.reason) == ("S2A_X", key, reason)
+        assert err.path == str(tmp_path / f"{'gone' if key == 'blue' else 'red'}.tif")

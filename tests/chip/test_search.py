@@ -198,3 +198,30 @@ def test_pipeline_yaml_searches_then_chips(catalog, tmp_path):
     assert record.failures == [] and record.counts["scenes"] == 2
     assert record.config["items"].endswith(".json") and "/items/search-" in \
         record.config["items"]
+
+
+def test_an_api_error_answer_carries_its_http_status(tmp_path):
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = b'{"code": "BadGateway", "description": "upstream down"}'
+            self.send_response(502)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(CatalogError, match="answered an error") as err:
+            search_items(tmp_path, StacQuery(url=url, collections=("sentinel-2-l2a",)))
+    finally:
+        server.shutdown()
+    assert (err.value.url, err.value.status) == (url, 502)

@@ -590,6 +590,7 @@ def test_a_scene_id_with_a_slash_is_embedded_and_indexed(make_scene, tmp_path):
     import geopandas as gpd
 
     from geofm.embed import embed
+    from geofm.exceptions import GeofmWarning
     from geofm.index import build_index
 
     ids = {"S2A_one": "S2A/2021", "S2B_two": "S2B 2021:06%"}
@@ -609,7 +610,8 @@ def test_a_scene_id_with_a_slash_is_embedded_and_indexed(make_scene, tmp_path):
     assert meta.set_index("scene_id").chip_path.loc["S2A/2021"].iloc[0].startswith(
         "chips/S2A%2F2021/")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random weights
+        # only the random-weights warning of the tiny encoder is expected here
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=GeofmWarning)
         erec = embed(root, model="tiny", batch_size=8, progress=False)
     assert not erec.failures and erec.counts["chips"] == 8
     assert sorted(run.scene_ids(run.embeddings_dir)) == sorted(ids.values())

@@ -230,3 +230,57 @@ def test_start_sends_typed_parameters(built: dict[str, Any], monkeypatch: pytest
         stub.assert_no_pending_responses()
     assert code == 0
     assert arn in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def incremental(built: dict[str, Any]) -> dict[str, Any]:
+    """The incremental variant's definition, built offline like the default one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _deny)
+        mp.setattr(socket, "create_connection", _deny)
+        text = built["module"].definition(incremental=True)
+    return json.loads(text)
+
+
+def test_default_pipeline_has_no_previous_analysis(built: dict[str, Any]) -> None:
+    analyze = _steps(built["json"])["Analyze"]
+    assert _mounts.PREVIOUS_ANALYSIS not in _inputs(analyze)
+    assert "PreviousAnalysisUri" not in {p["Name"] for p in built["json"]["Parameters"]}
+
+
+def test_incremental_variant_feeds_the_previous_analysis_to_analyze(
+        built: dict[str, Any], incremental: dict[str, Any]) -> None:
+    from geofm.steps import analyze as analyze_step
+
+    sm = built["module"]
+    assert _CONNECTS == []
+    declared = {p["Name"] for p in incremental["Parameters"]}
+    assert declared == {p.name for p in sm.parameters(incremental=True)}
+    assert declared - {p["Name"] for p in built["json"]["Parameters"]} == {"PreviousAnalysisUri"}
+    steps = _steps(incremental)
+    inputs = _inputs(steps["Analyze"])
+    name = _mounts.PREVIOUS_ANALYSIS
+    assert tuple(inputs) == (*_mounts.STEP_INPUTS["analyze"], name)
+    assert inputs[name]["S3Uri"] == {"Get": "Parameters.PreviousAnalysisUri"}
+    assert inputs[name]["LocalPath"] == _mounts.input_dir(name)
+    assert inputs[name]["S3DataDistributionType"] == "FullyReplicated"
+    # only analyze takes it; everything else is the default pipeline's
+    others = {k: v for k, v in steps.items() if k != "Analyze"}
+    assert others == {k: v for k, v in _steps(built["json"]).items() if k != "Analyze"}
+    # the step is told where the mount is, and its parser takes the option
+    args = steps["Analyze"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert args[args.index("--previous-analysis") + 1] == _mounts.input_dir(name)
+    parsed, rest = analyze_step.build_parser().parse_known_args(args)
+    assert str(parsed.previous_analysis) == _mounts.input_dir(name) and rest == ["--no-progress"]
+
+
+def test_incremental_start_requires_the_previous_analysis(built: dict[str, Any]) -> None:
+    sm = built["module"]
+    given = [f"{p.name}=s3://b/{p.name}" for p in sm.PARAMETERS if p.default is None]
+    assert "PreviousAnalysisUri" not in sm.parse_parameters(given, require=True)
+    with pytest.raises(GeofmValueError, match="must be given: PreviousAnalysisUri"):
+        sm.parse_parameters(given, require=True, incremental=True)
+    with pytest.raises(GeofmValueError, match="NAME one of"):
+        sm.parse_parameters(["PreviousAnalysisUri=s3://b/a"])  # not a default parameter
+    assert sm.parse_parameters(["PreviousAnalysisUri=s3://b/a"], incremental=True) == {
+        "PreviousAnalysisUri": "s3://b/a"}

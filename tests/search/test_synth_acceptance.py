@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geofm.exceptions import GeofmWarning
 from geofm.index import build_index
 from geofm.layout import RunRoot
 from geofm.search import search
@@ -38,7 +39,8 @@ def synth_run(tmp_path_factory):
     root = base / "root"
     chip(synth / "items", root, chip_size=64, max_cloud=0.05, progress=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random weights are expected here
+        # only the random-weights warning of the tiny encoder is expected here
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=GeofmWarning)
         embed(root, model="tiny", batch_size=32, progress=False)
     truth = json.loads((synth / "truth.json").read_text())
     size = truth["chip_size"]

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from geofm.exceptions import GeofmWarning
+
 #: synthetic input of served_root (see the module docstring).
 SERVE_SYNTH = dict(seed=0, size=192, n_dates=24, chip_size=64, n_events=4)
 
@@ -35,7 +37,8 @@ def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = base / "run"
     chip(data / "items", root, chip_size=64, progress=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the random-weights warning is expected here
+        # only the random-weights warning of the tiny encoder is expected here
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS", category=GeofmWarning)
         embed(root, model="tiny", batch_size=32, progress=False)
     analyze(root, progress=False)
     build_index(root)
