@@ -261,8 +261,8 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _workers_used(out: Path) -> float:
-    manifest = json.loads((out / "run.json").read_text())
-    return float(manifest["stages"]["chip"]["config"].get("workers") or 0)
+    stage = json.loads((out / "run.json").read_text())["stages"]["chip"]
+    return float(stage.get("workers_used") or stage["config"].get("workers") or 1)
 
 
 def main(argv: list[str] | None = None) -> None:
