@@ -122,9 +122,11 @@ class _ChipContent:
     grid_mapping: dict[str, Any]
 
     def varying(self) -> dict[str, str]:
-        """The string attributes a template patches: every string global attribute and
-        the grid mapping's ``GeoTransform`` (``chip_id``, ``date``, ``scene_id`` differ
-        from chip to chip or scene to scene)."""
+        """The string attributes a template patches.
+
+        Every string global attribute and the grid mapping's ``GeoTransform``
+        (``chip_id``, ``date``, ``scene_id`` differ from chip to chip or scene to scene).
+        """
         out = {k: v for k, v in self.global_attrs.items() if isinstance(v, str)}
         out["GeoTransform"] = str(self.grid_mapping["GeoTransform"])
         return out
