@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -92,14 +93,14 @@ def write_chip(
     key = chip.template_key()
     template = _TEMPLATES.get(key) if key is not None else None
     with atomic_path(path) as tmp:
+        if template is None and key is not None and key not in _TEMPLATES:
+            template = _Template.build(chip, tmp)
+            with _TEMPLATES_LOCK:
+                while len(_TEMPLATES) >= _MAX_TEMPLATES:
+                    _TEMPLATES.pop(next(iter(_TEMPLATES)))
+                _TEMPLATES[key] = template
         if template is not None:
             tmp.write_bytes(template.render(chip))
-        elif key is not None and key not in _TEMPLATES:
-            _TEMPLATES[key] = _Template.build(chip, tmp)
-            if _TEMPLATES[key] is not None:
-                tmp.write_bytes(_TEMPLATES[key].render(chip))  # type: ignore[union-attr]
-            else:
-                _write_h5(tmp, chip)
         else:
             _write_h5(tmp, chip)
     return Path(path)
@@ -153,6 +154,7 @@ class _ChipContent:
 #: Chip templates of this process, by :meth:`_ChipContent.template_key` (``None``: this
 #: kind of chip is always written by :func:`_write_h5`).
 _TEMPLATES: dict[tuple[Any, ...], _Template | None] = {}
+_TEMPLATES_LOCK = threading.Lock()
 
 #: One marker character per patched string attribute (see :meth:`_Template.build`).
 _MARKERS = "#@!$%&*+~^"
@@ -183,8 +185,6 @@ class _Template:
         """Write ``chip`` with marker strings to ``scratch`` and map it; ``None`` if unmappable."""
         import h5py
 
-        if len(_TEMPLATES) >= _MAX_TEMPLATES:
-            _TEMPLATES.pop(next(iter(_TEMPLATES)))
         varying = chip.varying()
         markers = {k: _MARKERS[i] * len(v) for i, (k, v) in enumerate(varying.items())}
         # zero arrays: no pixel or coordinate byte can be taken for a marker
