@@ -66,8 +66,10 @@ def _check_args(chip_size: int, max_cloud: float, max_nodata: float, workers: in
         if not 0.0 <= value <= 1.0:
             raise GeofmValueError(f"{name} is a fraction of the chip's pixels (0..1), got "
                                   f"{value}")
-    if workers is not None and workers < 1:
-        raise GeofmValueError(f"workers must be >= 1, got {workers}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise GeofmValueError(f"workers must be a whole number >= 1 (or unset for the "
+                              f"default), got {workers!r}")
     if aoi is not None and not Path(aoi).is_file():
         raise GeofmFileNotFoundError(f"AOI file {aoi} does not exist; pass a GeoJSON polygon "
                                      "file with --aoi")

@@ -180,6 +180,13 @@ def test_default_workers_count_usable_cpus(monkeypatch):
     assert stage_mod.default_workers() == stage_mod.MAX_WORKERS == 8
 
 
+@pytest.mark.parametrize("workers", [0, "2", 1.5, True])
+def test_bad_workers_are_refused_before_any_work(tmp_path, workers):
+    with pytest.raises(GeofmValueError, match="workers must be a whole number >= 1"):
+        chip(tmp_path / "none", tmp_path / "root", workers=workers, progress=False)
+    assert not (tmp_path / "root").exists()
+
+
 @pytest.mark.slow
 def test_default_workers_go_parallel_for_a_long_run(make_scene, tmp_path, monkeypatch):
     import geofm.chip.stage as stage_mod
