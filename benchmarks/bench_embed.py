@@ -16,9 +16,16 @@ reports the fraction of the GPU's dense bf16 peak (``--peak-tflops``, default H1
 989) reached, from the analytic FLOPs of the encoder's transformer (about 0.72 TFLOP per
 256 px chip for ``large``).
 
+``--loader-only`` times only the reading of those chips as ``embed`` reads them (its
+:class:`~geofm.embed.dataset.ChipDataset`, ``read_chip_array`` per chip, in this
+process, then through a torch DataLoader with ``--workers`` processes and its
+collate), no model: the measure of issue 18 that embed reads chips written by the
+chip stage at least as fast as before.
+
 Examples::
 
     python benchmarks/bench_embed.py --quick
+    python benchmarks/bench_embed.py --loader-only --locations 64 --dates 8 --repeat 3
     python benchmarks/bench_embed.py --device cuda --presets base,large --locations 64 \
         --dates 8 --batch-sizes 32,128 --precisions fp32,bf16
 """
@@ -148,6 +155,33 @@ def geofm_embed(root: Path, preset: str, *, device: str, batch_size: int, worker
     return record.counts["chips"]
 
 
+def loader_only(root: Path, *, workers: int, batch_size: int) -> tuple[float, float, int]:
+    """Read every chip of ``root`` as embed does; ``(in-process s, DataLoader s, chips)``."""
+    import torch
+
+    from geofm.embed.dataset import (
+        ChipDataset,
+        batch_indices,
+        collate,
+        iter_tasks,
+        read_scene_plan,
+    )
+    from geofm.layout import RunRoot
+
+    run = RunRoot(root)
+    tasks = list(iter_tasks([read_scene_plan(run, s) for s in run.scene_ids(run.meta_dir)]))
+    dataset = ChipDataset(tasks)
+    t0 = time.perf_counter()
+    for i in range(len(dataset)):
+        assert dataset[i]["error"] is None, dataset[i]["error"]
+    inline = time.perf_counter() - t0
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_indices(tasks, batch_size),
+                                         collate_fn=collate, num_workers=workers)
+    t0 = time.perf_counter()
+    n = sum(len(batch["indices"]) for batch in loader)
+    return inline, time.perf_counter() - t0, n
+
+
 def warm_up(preset: str, device: str) -> None:
     """One small forward so that one-time torch start-up costs hit neither side."""
     import torch
@@ -190,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny+small, 4 locations x 4 dates, batch sizes 4,16")
     parser.add_argument("--root", type=Path, default=None, help="keep the chips here")
+    parser.add_argument("--loader-only", action="store_true",
+                        help="time only reading the chips as embed does (no model)")
     args = parser.parse_args(argv)
     if args.quick:
         args.presets, args.locations, args.dates, args.batch_sizes = "tiny,small", 4, 4, "4,16"
@@ -207,6 +243,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.chip_size} px, {len(BANDS)} bands, device {args.device}, "
           f"workers {args.workers}, torch threads {torch.get_num_threads()}, "
           f"cpus {os.cpu_count()}; chips written in {time.perf_counter() - t0:.1f} s\n")
+    if args.loader_only:
+        bs = int(args.batch_sizes.split(",")[-1])
+        runs = [loader_only(root, workers=args.workers, batch_size=bs)
+                for _ in range(args.repeat)]
+        inline, pooled = min(r[0] for r in runs), min(r[1] for r in runs)
+        print(f"loader only, best of {args.repeat} (load {os.getloadavg()[0]:.1f}): in-process "
+              f"{n_chips / inline:.1f} chips/s ({1000 * inline / n_chips:.2f} ms/chip); "
+              f"DataLoader ({args.workers} workers, batch {bs}) {n_chips / pooled:.1f} chips/s")
+        return 0
     gpu = args.device.startswith("cuda")
     header = ("| preset | run | batch | precision | chips/s | vs baseline | CPU s/chip "
               "| CPU vs baseline |")

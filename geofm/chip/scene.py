@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 #: GDAL block cache per worker process, MB: enough for a strip of 512-px COG blocks.
 GDAL_CACHE_MB = 256
 
+#: Chip writes that may wait for the writer thread (each holds a view of its strip).
+WRITE_QUEUE = 64
+
 
 @dataclass(frozen=True)
 class ChipOptions:
@@ -197,50 +200,114 @@ def _process_cells(scene: Scene, opts: ChipOptions, sources: dict[str, Any], ban
     for cell in cells:
         by_row.setdefault(cell.row, []).append(cell)
     records: list[dict[str, Any]] = []
-    for row, row_cells in sorted(by_row.items()):
-        cmin = min(c.col for c in row_cells)
-        cmax = max(c.col for c in row_cells)
-        strip = TargetGrid(x0=grid.origin[0] + cmin * grid.cell_metres,
-                           y0=grid.origin[1] - row * grid.cell_metres, res=grid.res,
-                           height=size, width=(cmax - cmin + 1) * size)
-        pixels = np.stack([_read_band(scene, k, sources[k], strip,
-                                      abs(sources[k].transform.a) > grid.res + 1e-9, nodata)
-                           for k in names])
-        layer = (_read_band(scene, mask, sources[mask], strip, False, mask_nodata)
-                 if mask is not None else None)
-        missing = nodata_mask(pixels, layer, nodata=nodata, sensor=scene.sensor)
-        clouds = (cloud_mask(layer, snow=opts.snow_is_cloud, sensor=scene.sensor)
-                  if layer is not None else None)
-        if harmonisation.offset_dn:
-            pixels = _remove_offset(pixels)
-        x_all, y = strip.x_centres(), strip.y_centres()
-        for cell in row_cells:
-            sl = slice((cell.col - cmin) * size, (cell.col - cmin + 1) * size)
-            cf, nf = fractions(None if clouds is None else clouds[:, sl], missing[:, sl])
-            valid = is_valid(cf, nf, max_cloud=opts.max_cloud, max_nodata=opts.max_nodata)
-            cid = chip_id(scene.tile, size, cell.row, cell.col)
-            chip_rel = thumb_rel = None
-            if valid:
-                chip_path = root.chip_path(scene.scene_id, cid)
-                thumb_path = root.thumbnail_path(scene.scene_id, cid)
-                chip_px = pixels[:, :, sl]
-                write_chip(chip_path, chip_px, bands=names, x=x_all[sl], y=y, epsg=epsg,
-                           date=scene.date, nodata=nodata,
-                           scale=scene.asset_band(names[0]).scale, offset=bands[0].offset,
-                           attrs={"chip_id": cid, "scene_id": scene.scene_id,
-                                  "sensor": scene.sensor, "tile": scene.tile,
-                                  "harmonisation": result.harmonisation})
-                write_png(thumb_path, to_rgb8(chip_px, rgb, opts.stretch,
-                                              nodata_mask=missing[:, sl]))
-                chip_rel = chip_path.relative_to(root.path).as_posix()
-                thumb_rel = thumb_path.relative_to(root.path).as_posix()
-                result.valid += 1
-            result.chips += 1
-            records.append({"chip_id": cid, "row": cell.row, "col": cell.col,
-                            "bounds": cell.bounds, "cloud_fraction": cf,
-                            "nodata_fraction": nf, "valid": valid,
-                            "chip_path": chip_rel, "thumbnail_path": thumb_rel})
+    writer = _Writer()
+    try:
+        with writer:
+            for row, row_cells in sorted(by_row.items()):
+                cmin = min(c.col for c in row_cells)
+                cmax = max(c.col for c in row_cells)
+                strip = TargetGrid(x0=grid.origin[0] + cmin * grid.cell_metres,
+                                   y0=grid.origin[1] - row * grid.cell_metres, res=grid.res,
+                                   height=size, width=(cmax - cmin + 1) * size)
+                pixels, missing, clouds = _read_strip(scene, opts, sources, names, mask, strip,
+                                                      nodata, mask_nodata, harmonisation)
+                x_all, y = strip.x_centres(), strip.y_centres()
+                for cell in row_cells:
+                    sl = slice((cell.col - cmin) * size, (cell.col - cmin + 1) * size)
+                    cf, nf = fractions(None if clouds is None else clouds[:, sl], missing[:, sl])
+                    valid = is_valid(cf, nf, max_cloud=opts.max_cloud, max_nodata=opts.max_nodata)
+                    cid = chip_id(scene.tile, size, cell.row, cell.col)
+                    chip_rel = thumb_rel = None
+                    if valid:
+                        chip_path = root.chip_path(scene.scene_id, cid)
+                        thumb_path = root.thumbnail_path(scene.scene_id, cid)
+                        writer.submit(_write_outputs, chip_path, thumb_path, pixels[:, :, sl],
+                                      missing[:, sl], rgb, opts.stretch,
+                                      dict(bands=names, x=x_all[sl], y=y, epsg=epsg,
+                                           date=scene.date, nodata=nodata,
+                                           scale=scene.asset_band(names[0]).scale,
+                                           offset=bands[0].offset,
+                                           attrs={"chip_id": cid, "scene_id": scene.scene_id,
+                                                  "sensor": scene.sensor, "tile": scene.tile,
+                                                  "harmonisation": result.harmonisation}))
+                        chip_rel = chip_path.relative_to(root.path).as_posix()
+                        thumb_rel = thumb_path.relative_to(root.path).as_posix()
+                    result.chips += 1
+                    records.append({"chip_id": cid, "row": cell.row, "col": cell.col,
+                                    "bounds": cell.bounds, "cloud_fraction": cf,
+                                    "nodata_fraction": nf, "valid": valid,
+                                    "chip_path": chip_rel, "thumbnail_path": thumb_rel})
+    finally:
+        result.valid += writer.written
     return records
+
+
+def _read_strip(scene: Scene, opts: ChipOptions, sources: dict[str, Any], names: list[str],
+                mask: str | None, strip: TargetGrid, nodata: float | None,
+                mask_nodata: float | None, harmonisation: Harmonisation,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One row of chips: DN [band, y, x] (harmonised), nodata [y, x], clouds [y, x] or None."""
+    pixels = np.stack([_read_band(scene, k, sources[k], strip,
+                                  abs(sources[k].transform.a) > strip.res + 1e-9, nodata)
+                       for k in names])
+    layer = (_read_band(scene, mask, sources[mask], strip, False, mask_nodata)
+             if mask is not None else None)
+    missing = nodata_mask(pixels, layer, nodata=nodata, sensor=scene.sensor)
+    clouds = (cloud_mask(layer, snow=opts.snow_is_cloud, sensor=scene.sensor)
+              if layer is not None else None)
+    if harmonisation.offset_dn:
+        pixels = _remove_offset(pixels)
+    return pixels, missing, clouds
+
+
+def _write_outputs(chip_path: Any, thumb_path: Any, pixels: np.ndarray, missing: np.ndarray,
+                   rgb: list[int], stretch: tuple[float, float],
+                   chip_kwargs: dict[str, Any]) -> None:
+    """Write one valid chip's NetCDF and its thumbnail (runs on the writer thread)."""
+    write_chip(chip_path, pixels, **chip_kwargs)
+    write_png(thumb_path, to_rgb8(pixels, rgb, stretch, nodata_mask=missing))
+
+
+class _Writer:
+    """One background thread that writes a scene's chips while the next strip is read.
+
+    GDAL's reads, zlib and file I/O release the GIL, so reading and writing overlap.
+    At most :data:`WRITE_QUEUE` writes wait (bounding the strips they hold); the first
+    failed write is raised in the scene's thread (at the next submit or at exit), so a
+    write error fails the scene as it did when writes ran inline.
+    """
+
+    def __init__(self) -> None:
+        self.written = 0  # writes that completed (counted on the writer thread)
+
+    def __enter__(self) -> _Writer:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geofm-chip-write")
+        self._pending: Any = deque()
+        return self
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        """Queue ``fn(*args)``; raises the error of an earlier write that failed."""
+        while len(self._pending) >= WRITE_QUEUE:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._run, fn, args))
+
+    def _run(self, fn: Any, args: tuple[Any, ...]) -> None:
+        fn(*args)
+        self.written += 1
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self._pending:
+                future = self._pending.popleft()
+                if exc[0] is None:
+                    future.result()
+                else:
+                    future.cancel()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _read_band(scene: Scene, key: str, src, strip: TargetGrid, coarse: bool,  # type: ignore[no-untyped-def]

@@ -22,6 +22,22 @@ from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
 
+#: Most scene processes the default ``workers`` starts.
+MAX_WORKERS = 8
+
+#: With the default ``workers``, scenes run inline until the rest of the run is predicted
+#: to take longer than this many seconds (starting worker processes costs seconds).
+PARALLEL_AFTER_S = 10.0
+
+
+def default_workers() -> int:
+    """Scene processes of the default ``workers``: the CPUs this process may use, <= 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
+
 
 def _check_aoi_overlap(aoi: str, scenes: list[Scene]) -> None:
     """Fail before any work if the AOI misses every item (usually a CRS mix-up).
@@ -42,7 +58,7 @@ def _check_aoi_overlap(aoi: str, scenes: list[Scene]) -> None:
             "without one is read as WGS84 lon/lat) and that the items cover it")
 
 
-def _check_args(chip_size: int, max_cloud: float, max_nodata: float, workers: int,
+def _check_args(chip_size: int, max_cloud: float, max_nodata: float, workers: int | None,
                 aoi: str | os.PathLike[str] | None) -> None:
     if chip_size < 1:
         raise GeofmValueError(f"chip_size must be a positive number of pixels, got {chip_size}")
@@ -50,8 +66,10 @@ def _check_args(chip_size: int, max_cloud: float, max_nodata: float, workers: in
         if not 0.0 <= value <= 1.0:
             raise GeofmValueError(f"{name} is a fraction of the chip's pixels (0..1), got "
                                   f"{value}")
-    if workers < 1:
-        raise GeofmValueError(f"workers must be >= 1, got {workers}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise GeofmValueError(f"workers must be a whole number >= 1 (or unset for the "
+                              f"default), got {workers!r}")
     if aoi is not None and not Path(aoi).is_file():
         raise GeofmFileNotFoundError(f"AOI file {aoi} does not exist; pass a GeoJSON polygon "
                                      "file with --aoi")
@@ -106,7 +124,7 @@ def chip(
     max_nodata: float = 0.0,
     grid_origin: tuple[float, float] | None = None,
     cloud_mask: bool = True,
-    workers: int = 1,
+    workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> StageRecord:
@@ -140,7 +158,11 @@ def chip(
         grid_origin: ``(x, y)`` upper-left corner of chip (0, 0) in the native CRS, metres.
         cloud_mask: screen clouds with the SCL asset (an item without it then fails);
             ``False`` skips cloud screening.
-        workers: scenes processed in parallel (processes); 1 runs inline.
+        workers: scenes processed in parallel (processes); 1 runs inline. ``None``:
+            scenes run inline until the rest of the run is predicted to take more than
+            :data:`PARALLEL_AFTER_S` seconds (from the scenes done so far), then the
+            remaining ones run on :func:`default_workers` processes. The number used
+            is recorded as ``workers_used`` in ``run.json``.
         overwrite: redo scenes that are already complete.
         progress: show a progress bar.
 
@@ -192,7 +214,8 @@ def chip(
             unit = err.item if err.item is not None else str(err.path)
             record.fail(unit, str(err), path=err.path)
             log.error("item %s failed: %s", unit, err)
-        results = _run_scenes(todo, opts, workers=workers, progress=progress)
+        results, used = _run_scenes(todo, opts, workers=workers, progress=progress)
+        record.extra["workers_used"] = used
         harmonisation: dict[str, str] = {}
         detail: dict[str, dict[str, Any]] = {}
         for res in results:
@@ -212,26 +235,43 @@ def chip(
     return record
 
 
-def _run_scenes(scenes: list[Scene], opts: ChipOptions, *, workers: int,
-                progress: bool) -> list[SceneResult]:
+def _run_scenes(scenes: list[Scene], opts: ChipOptions, *, workers: int | None,
+                progress: bool) -> tuple[list[SceneResult], int]:
+    """Chip ``scenes``; returns the results and the number of processes used (1: inline)."""
+    import time
+
     results: list[SceneResult] = []
     bar = progress_bar(total=len(scenes), desc="chip", unit="scene", disable=not progress)
+    pool_size = workers if workers is not None else default_workers()
+    used = 1
     with bar:
-        if workers == 1 or len(scenes) <= 1:
-            for scene in scenes:
-                results.append(chip_scene(scene, opts))
-                bar.update(1)
-        else:
+        start = time.perf_counter()
+        todo = list(scenes)
+        while todo and (pool_size == 1 or len(todo) == 1 or (
+                workers is None and _predicted_s(start, len(results), len(todo))
+                <= PARALLEL_AFTER_S)):
+            results.append(chip_scene(todo.pop(0), opts))
+            bar.update(1)
+        if todo:
             import multiprocessing
 
+            used = min(pool_size, len(todo))
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(scenes)),
-                                     mp_context=ctx) as pool:
-                futures = [pool.submit(chip_scene, scene, opts) for scene in scenes]
+            with ProcessPoolExecutor(max_workers=used, mp_context=ctx) as pool:
+                futures = [pool.submit(chip_scene, scene, opts) for scene in todo]
                 for future in as_completed(futures):
                     results.append(future.result())
                     bar.update(1)
-    return results
+    return results, used
+
+
+def _predicted_s(start: float, done: int, left: int) -> float:
+    """Seconds the ``left`` scenes would take inline, at the pace of the ``done`` ones."""
+    import time
+
+    if done == 0:
+        return 0.0
+    return (time.perf_counter() - start) / done * left
 
 
 def _origin(text: str) -> tuple[float, float]:

@@ -140,6 +140,66 @@ def test_parallel_workers_match_inline(make_scene, tmp_path):
     np.testing.assert_array_equal(x1, x2)
 
 
+def test_a_failed_chip_write_fails_its_scene_only(make_scene, tmp_path, monkeypatch):
+    import geofm.chip.scene as scene_mod
+
+    make_scene("A", seed=1)
+    make_scene("B", date="2021-06-02T10:00:00Z", seed=2)
+    real = scene_mod.write_chip
+
+    def disk_full(path, *args, **kwargs):
+        if "/A/" in str(path) and path.name.endswith("0001_0001.nc"):
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(scene_mod, "write_chip", disk_full)  # runs on the writer thread
+    rec = chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, progress=False)
+    assert [f.unit for f in rec.failures] == ["A"]
+    assert "No space left on device" in rec.failures[0].reason
+    assert not RunRoot.of(tmp_path / "root").meta_path("A").exists()  # A is not complete
+    assert rec.counts["valid_chips"] == 4 + 3  # B's 4, and the 3 of A written before it
+
+
+def test_default_workers_stay_inline_for_a_short_run(make_scene, tmp_path, monkeypatch):
+    import geofm.chip.stage as stage_mod
+
+    monkeypatch.setattr(stage_mod, "default_workers", lambda: 4)
+    for i in range(3):
+        make_scene(f"S{i}", date=f"2021-0{i + 1}-01T10:00:00Z", seed=i)
+    rec = chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, progress=False)
+    assert rec.extra["workers_used"] == 1 and rec.counts["valid_chips"] == 12
+    assert read_manifest(tmp_path / "root")["stages"]["chip"]["workers_used"] == 1
+
+
+def test_default_workers_count_usable_cpus(monkeypatch):
+    import geofm.chip.stage as stage_mod
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(3)), raising=False)
+    assert stage_mod.default_workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert stage_mod.default_workers() == stage_mod.MAX_WORKERS == 8
+
+
+@pytest.mark.parametrize("workers", [0, "2", 1.5, True])
+def test_bad_workers_are_refused_before_any_work(tmp_path, workers):
+    with pytest.raises(GeofmValueError, match="workers must be a whole number >= 1"):
+        chip(tmp_path / "none", tmp_path / "root", workers=workers, progress=False)
+    assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.slow
+def test_default_workers_go_parallel_for_a_long_run(make_scene, tmp_path, monkeypatch):
+    import geofm.chip.stage as stage_mod
+
+    monkeypatch.setattr(stage_mod, "default_workers", lambda: 2)
+    monkeypatch.setattr(stage_mod, "PARALLEL_AFTER_S", -1.0)  # any run is "long"
+    for i in range(3):
+        make_scene(f"S{i}", date=f"2021-0{i + 1}-01T10:00:00Z", seed=i)
+    rec = chip(tmp_path / "data/items", tmp_path / "root", chip_size=32, progress=False)
+    assert rec.extra["workers_used"] == 2 and rec.counts["valid_chips"] == 12
+    assert not rec.failures
+
+
 def _snapshot(root):
     out = {}
     for dirpath, _, files in os.walk(root):
