@@ -104,9 +104,9 @@ def baseline(root: Path, preset: str, device: str) -> int:
     import torch
 
     from geofm.chipfile import open_chip
-    from geofm.embed.dataset import read_scene_plan
     from geofm.layout import RunRoot
     from geofm.model import load_encoder, make_datacube
+    from geofm.model.chips import read_scene_plan
 
     rr = RunRoot(root)
     with warnings.catch_warnings():
