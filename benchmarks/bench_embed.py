@@ -17,7 +17,7 @@ reports the fraction of the GPU's dense bf16 peak (``--peak-tflops``, default H1
 256 px chip for ``large``).
 
 ``--loader-only`` times only the reading of those chips as ``embed`` reads them (its
-:class:`~geofm.embed.dataset.ChipDataset`, ``read_chip_array`` per chip, in this
+:class:`~geofm.model.chips.ChipDataset`, ``read_chip_array`` per chip, in this
 process, then through a torch DataLoader with ``--workers`` processes and its
 collate), no model: the measure of issue 18 that embed reads chips written by the
 chip stage at least as fast as before.
@@ -111,9 +111,9 @@ def baseline(root: Path, preset: str, device: str) -> int:
     import torch
 
     from geofm.chipfile import open_chip
-    from geofm.embed.dataset import read_scene_plan
     from geofm.layout import RunRoot
     from geofm.model import load_encoder, make_datacube
+    from geofm.model.chips import read_scene_plan
 
     rr = RunRoot(root)
     with warnings.catch_warnings():
@@ -159,14 +159,14 @@ def loader_only(root: Path, *, workers: int, batch_size: int) -> tuple[float, fl
     """Read every chip of ``root`` as embed does; ``(in-process s, DataLoader s, chips)``."""
     import torch
 
-    from geofm.embed.dataset import (
+    from geofm.layout import RunRoot
+    from geofm.model.chips import (
         ChipDataset,
         batch_indices,
         collate,
         iter_tasks,
         read_scene_plan,
     )
-    from geofm.layout import RunRoot
 
     run = RunRoot(root)
     tasks = list(iter_tasks([read_scene_plan(run, s) for s in run.scene_ids(run.meta_dir)]))

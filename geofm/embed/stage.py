@@ -6,8 +6,11 @@ DataLoader (worker processes read the NetCDF chips), batched across chips and sc
 only chips with different sensors/bands are kept apart. Results are accumulated per
 scene and a scene is written as soon as its last chip is embedded.
 
+The encoder runs through :class:`geofm.model.embedder.Embedder` (loading, datacube,
+time/location rule, precision; a batch that runs out of CUDA memory is retried in halves).
+
 Failures: an unreadable chip, a chip with too many invalid pixels (see
-:mod:`geofm.embed.dataset`) or a chip whose vectors are not finite is recorded with
+:mod:`geofm.model.chips`) or a chip whose vectors are not finite is recorded with
 ``record.fail`` and left out; the scene's other chips are written, with the failed ids in
 the Parquet's ``geofm`` metadata (``run.failed_chips``, see :mod:`geofm.embed.writer`), and
 such a scene is recomputed by the next run. No NaN vector is ever written.
@@ -26,7 +29,6 @@ patches are held in memory until the scene is written.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -36,16 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from geofm.embed.dataset import (
-    DEFAULT_MAX_INVALID,
-    ChipDataset,
-    ChipTask,
-    ScenePlan,
-    batch_indices,
-    collate,
-    iter_tasks,
-    read_scene_plan,
-)
 from geofm.embed.writer import read_scene_info, scene_metadata, write_scene
 from geofm.exceptions import (
     GeofmError,
@@ -57,6 +49,19 @@ from geofm.exceptions import (
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
 from geofm.manifest import StageRecord, call_config, stage_entry
+from geofm.model.chips import (
+    DEFAULT_MAX_INVALID,
+    ChipDataset,
+    ChipTask,
+    ScenePlan,
+    batch_indices,
+    collate,
+    default_workers,
+    iter_tasks,
+    read_scene_plan,
+    task_inputs,
+)
+from geofm.model.embedder import PRECISIONS, TIME_LOCATION, Embedder, load_run_encoder
 from geofm.model.identity import ModelIdentity, format_differences
 from geofm.model.presets import PRESETS
 from geofm.sensors import get_sensor
@@ -64,72 +69,23 @@ from geofm.sensors import get_sensor
 log = logging.getLogger(__name__)
 
 PATCHES = ("none", "mean", "full")
-PRECISIONS = ("fp32", "bf16", "fp16")
-TIME_LOCATION = ("auto", "encode", "zero")
-
-
-def resolve_time_location(time_location: str, *, random_init: bool) -> str:
-    """Turn ``auto|encode|zero`` into ``encode`` or ``zero``.
-
-    ``auto`` encodes acquisition time and position for a real checkpoint (Clay learnt
-    to use them) and feeds zeros for random weights: untrained weights cannot use them,
-    and their fixed per-date offset would otherwise dominate every similarity (with
-    random weights 89% of search hits came from the query's own date; see
-    benchmarks/RESULTS.md).
-    """
-    if time_location not in TIME_LOCATION:
-        raise GeofmValueError(f"unknown time_location {time_location!r}; use one of "
-                              f"{', '.join(TIME_LOCATION)}")
-    if time_location == "auto":
-        return "zero" if random_init else "encode"
-    return time_location
-
-
-def default_workers() -> int:
-    """The CLI's default number of reader processes: min(4, cpus - 1)."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
-def resolve_precision(precision: str | None, device: str) -> str:
-    """Default precision: bf16 on CUDA, fp32 on CPU; validate an explicit choice."""
-    if precision is None:
-        return "bf16" if device.startswith("cuda") else "fp32"
-    if precision not in PRECISIONS:
-        raise GeofmValueError(f"unknown precision {precision!r}; use one of "
-                              f"{', '.join(PRECISIONS)}")
-    return precision
 
 
 def load_model(*, checkpoint: str | os.PathLike[str] | None, model: str | None, device: str,
-               seed: int = 0):  # type: ignore[no-untyped-def]
+               seed: int = 0) -> tuple[Any, ModelIdentity]:
     """Load the encoder (eval mode) and return ``(encoder, identity)`` (a ModelIdentity).
 
-    Without ``checkpoint`` the weights are random (seeded with ``seed``): the loader
-    emits a :class:`~geofm.exceptions.GeofmWarning`, the stage logs a warning and the
-    identity has ``random_init: true``.
+    The rule of :func:`geofm.model.embedder.load_run_encoder`: without ``checkpoint`` the
+    weights are random (seeded with ``seed``): the loader emits a
+    :class:`~geofm.exceptions.GeofmWarning`, the stage logs a warning and the identity has
+    ``random_init: true``.
 
     Raises:
         GeofmValueError: neither or an unknown preset given.
         CheckpointError: the checkpoint is missing, corrupt or of another architecture.
     """
-    from geofm.model import load_encoder
-
-    if checkpoint is None and model is None:
-        raise GeofmValueError("embed needs --checkpoint PATH (real weights) or --model "
-                              f"{'|'.join(PRESETS)} (random weights, for testing)")
-    if model is not None and model not in PRESETS:
-        raise GeofmValueError(f"unknown model preset {model!r}; use one of {', '.join(PRESETS)}")
-    encoder = load_encoder(None if checkpoint is None else os.fspath(checkpoint),
-                           preset=model, device=device, seed=seed)
-    encoder.eval()
-    identity: ModelIdentity = encoder.identity
-    if identity.random_init:
-        if identity.seed is None:
-            identity = identity.replace(seed=seed)
-        log.warning("embedding with RANDOM weights (preset %r, seed %d): the vectors are "
-                    "meaningless except for testing; pass --checkpoint for real ones",
-                    identity.preset, seed)
-    return encoder, identity
+    return load_run_encoder(checkpoint=checkpoint, model=model, device=device, seed=seed,
+                            stage="embed")
 
 
 @dataclass
@@ -243,7 +199,7 @@ def embed(
         time_location: ``encode`` the acquisition time and chip centre into Clay's 8
             metadata channels, ``zero`` them (embeddings depend on pixels only), or
             ``auto``: encode with a checkpoint, zero with random weights (see
-            :func:`resolve_time_location`). Recorded in the model identity.
+            :func:`geofm.model.embedder.resolve_time_location`). Recorded in the model identity.
         overwrite: recompute scenes whose embeddings exist.
         progress: show a progress bar (chips/s).
         seed: seed of the random weights when no checkpoint is given.
@@ -256,8 +212,6 @@ def embed(
         GeofmError: bad options, a bad checkpoint, or outputs of another model present
             (all before any chip is read).
     """
-    import torch
-
     root = RunRoot.of(root)
     if patches not in PATCHES:
         raise GeofmValueError(f"unknown patches mode {patches!r}; use one of {', '.join(PATCHES)}")
@@ -270,13 +224,15 @@ def embed(
         raise GeofmFileNotFoundError(f"no chip metadata in {root.meta_dir}; run `geofm chip "
                                      f"--out {root.path}` first")
     from geofm.model import resolve_device
+    from geofm.model.embedder import resolve_precision
 
     dev = str(resolve_device(device))
     prec = resolve_precision(precision, dev)
     config = call_config(device=dev, precision=prec)
-    encoder, identity = load_model(checkpoint=checkpoint, model=model, device=dev, seed=seed)
-    identity = identity.replace(time_location=resolve_time_location(
-        time_location, random_init=bool(identity.random_init)))
+    embedder = Embedder.load(checkpoint=checkpoint, model=model, device=dev, seed=seed,
+                             precision=prec, time_location=time_location,
+                             max_invalid=max_invalid, compile=compile, stage="embed")
+    identity = embedder.identity
     with StageRecord(root, "embed", config=config) as record:
         record.extra["model"] = identity.to_dict()
         for key in ("scenes", "skipped_scenes", "chips", "failed_chips", "filled_chips"):
@@ -292,15 +248,13 @@ def embed(
             log.info("embed: nothing to do (%d scene(s) already embedded)",
                      record.counts["skipped_scenes"])
             return record
-        forward = torch.compile(encoder) if compile else encoder
-        runner = _Runner(forward, device=dev, precision=prec, want_patches=patches == "full",
-                         time_location=identity.time_location == "encode")
         loader = _loader(tasks, batch_size=batch_size, workers=workers,
-                         max_invalid=max_invalid, pin=dev.startswith("cuda"))
+                         max_invalid=embedder.max_invalid, pin=dev.startswith("cuda"))
         with progress_bar(total=len(tasks), unit="chip", desc="embed",
                           disable=not progress) as bar:
             for batch in loader:
-                done = _handle_batch(batch, tasks, runner, buffers, record)
+                done = _handle_batch(batch, tasks, embedder, buffers, record,
+                                     patches=patches == "full")
                 for task in done:
                     buf = buffers[task.scene_id]
                     buf.pending -= 1
@@ -314,8 +268,8 @@ def embed(
     return record
 
 
-def _loader(tasks: Sequence[ChipTask], *, batch_size: int, workers: int, max_invalid: float,
-            pin: bool):  # type: ignore[no-untyped-def]
+def _loader(tasks: Sequence[ChipTask], *, batch_size: int, workers: int,
+            max_invalid: float | None, pin: bool):  # type: ignore[no-untyped-def]
     from torch.utils.data import DataLoader
 
     dataset = ChipDataset(tasks, max_invalid=max_invalid)
@@ -325,43 +279,9 @@ def _loader(tasks: Sequence[ChipTask], *, batch_size: int, workers: int, max_inv
                       persistent_workers=False)
 
 
-class _Runner:
-    """Normalise, encode, pool: DN batches -> (CLS [B, D], mean [B, D], patches [B, L, D])."""
-
-    def __init__(self, encoder: Any, *, device: str, precision: str, want_patches: bool,
-                 time_location: bool = True):
-        self.encoder = encoder
-        self.time_location = time_location
-        self.device = device
-        self.precision = precision
-        self.want_patches = want_patches
-
-    def __call__(self, pixels: Any, group: list[ChipTask]) -> tuple[np.ndarray, ...]:
-        import torch
-
-        from geofm.model import make_datacube
-
-        first = group[0]
-        cube = make_datacube(
-            pixels.to(self.device, non_blocking=True), sensor=first.sensor, bands=first.bands,
-            dates=[t.date for t in group], lats=[t.lat for t in group],
-            lons=[t.lon for t in group], device=self.device, time_location=self.time_location)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        amp = (torch.autocast(dev_type, dtype=dtype) if dtype is not None
-               else contextlib.nullcontext())
-        with torch.inference_mode(), amp:
-            out = self.encoder(cube)
-            tokens = out.float()
-            cls = tokens[:, 0]
-            mean = tokens[:, 1:].mean(dim=1)
-            patches = tokens[:, 1:].half() if self.want_patches else None
-        result = (cls.cpu().numpy(), mean.cpu().numpy())
-        return result + ((patches.cpu().numpy(),) if patches is not None else (None,))
-
-
-def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], runner: _Runner,
-                  buffers: dict[str, _SceneBuffer], record: StageRecord) -> list[ChipTask]:
+def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], embedder: Embedder,
+                  buffers: dict[str, _SceneBuffer], record: StageRecord, *,
+                  patches: bool) -> list[ChipTask]:
     """Embed one batch into the scene buffers; return the tasks it finished (ok or failed)."""
     done: list[ChipTask] = []
     for index, reason in batch["failed"]:
@@ -374,16 +294,21 @@ def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], runner: _Run
         return done
     group = [tasks[i] for i in batch["indices"]]
     try:
-        cls, mean, patches = runner(batch["pixels"], group)
+        out = embedder.embed(batch["pixels"], **task_inputs(group), patches=patches)
     except (RuntimeError, GeofmError) as exc:  # e.g. CUDA out of memory: report, go on
+        import torch
+
         log.error("a batch of %d chips failed: %s", len(group), exc)
-        hint = "; try a smaller --batch-size" if "out of memory" in str(exc).lower() else ""
+        # the embedder already retried in halves down to one chip
+        hint = ("; it did not fit even one chip at a time: try --precision bf16 or a "
+                "smaller --model" if isinstance(exc, torch.cuda.OutOfMemoryError) else "")
         for task in group:
             record.fail(task.chip_id, f"its batch of {len(group)} chips failed: "
                         f"{type(exc).__name__}: {exc}{hint}", path=task.path)
             buffers[task.scene_id].failed.append(task.chip_id)
             record.counts["failed_chips"] += 1
         return done + group
+    cls, mean, grid = out.cls, out.mean, out.patches
     finite = np.isfinite(cls).all(axis=1) & np.isfinite(mean).all(axis=1)
     for j, task in enumerate(group):
         buf = buffers[task.scene_id]
@@ -395,8 +320,8 @@ def _handle_batch(batch: dict[str, Any], tasks: Sequence[ChipTask], runner: _Run
         else:
             buf.cls[task.position] = cls[j]
             buf.mean[task.position] = mean[j]
-            if patches is not None:
-                buf.patches[task.position] = patches[j]
+            if grid is not None:
+                buf.patches[task.position] = grid[j]
             record.counts["chips"] += 1
             record.counts["filled_chips"] += int(batch["invalid"][j] > 0)
             buf.filled += int(batch["invalid"][j] > 0)

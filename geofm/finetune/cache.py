@@ -4,24 +4,24 @@ The encoder runs in eval mode under ``torch.inference_mode``; its weights never 
 gradient. Tokens are stored as float16 [N, 1+L, D] in memory or in a ``.npy`` memmap
 on disk, so later epochs cost only the head. With a layer selection (see
 :mod:`geofm.finetune.layers`) the width is ``D * n_layers``. :class:`ChipEncoder` is also the
-"no cache" path (re-encode every batch), used by the benchmark and by ``predict``.
+"no cache" path (re-encode every batch), used by the benchmark and by ``predict``. The
+encoder runs through :class:`geofm.model.embedder.Embedder` with the fine-tuning nodata
+rule: nodata pixels of any fraction are filled with the band mean (the label masks them).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from geofm.chipfile import read_chip_array
 from geofm.exceptions import GeofmValueError
 from geofm.log import progress as progress_bar
-from geofm.sensors import get_sensor
 
 
 @dataclass
@@ -47,42 +47,35 @@ class ChipEncoder:
     device: str = "cpu"
     time_location: str = "encode"
     layers: tuple[int | str, ...] = ("last",)
+    embedder: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.encoder.eval()
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
+        from geofm.model.embedder import Embedder
+
+        # fp32, no autocast; nodata of any fraction is filled (max_invalid=None)
+        self.embedder = Embedder(self.encoder, device=self.device,
+                                 time_location=self.time_location, layers=self.layers,
+                                 max_invalid=None)
 
     def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """DN pixels float32 [B, C, H, W] (nodata filled with the band mean) and valid [B, H, W]."""
         rows = self.samples.iloc[list(indices)]
-        sensor = get_sensor(str(rows["sensor"].iloc[0]))
-        mean, _ = sensor.normalisation(self.bands)
+        sensor = str(rows["sensor"].iloc[0])
         pixels, valid = [], []
         for rel in rows["chip_path"]:
-            px, ok = read_chip_array(self.root / str(rel), self.bands)
-            if not ok.all():
-                px = np.where(ok[None], px, mean[:, None, None])
+            px, ok, _ = self.embedder.read_chip(self.root / str(rel), sensor=sensor,
+                                                bands=self.bands)
             pixels.append(px)
             valid.append(ok)
         return np.stack(pixels), np.stack(valid)
 
     def encode_pixels(self, pixels: np.ndarray, indices: Sequence[int]) -> Any:
         """Tokens float32 [B, 1+L, D * n_layers] (torch, on ``device``) of DN [B, C, H, W]."""
-        import torch
-
-        from geofm.finetune.layers import encode_layers
-        from geofm.model import make_datacube
-
         rows = self.samples.iloc[list(indices)]
-        cube = make_datacube(
+        return self.embedder.tokens(
             pixels, sensor=str(rows["sensor"].iloc[0]), bands=list(self.bands),
             dates=list(pd.to_datetime(rows["date"], utc=True)),
-            lats=rows["lat"].to_numpy(np.float64), lons=rows["lon"].to_numpy(np.float64),
-            device=self.device, time_location=self.time_location == "encode")
-        with torch.inference_mode():
-            tokens = encode_layers(self.encoder, cube, self.layers)
-        return tokens.clone()  # a normal tensor: heads may use it under autograd
+            lats=rows["lat"].to_numpy(np.float64), lons=rows["lon"].to_numpy(np.float64))
 
     def __call__(self, indices: Sequence[int]) -> tuple[Any, np.ndarray]:
         """Read and encode samples: (tokens float32 [B, 1+L, D * n_layers], valid [B, H, W])."""
@@ -131,9 +124,9 @@ def resolve_time_location(encoder: Any, time_location: str = "auto") -> str:
 
     ``auto`` zeroes the time/location channels of a random-weight encoder and encodes
     them for a checkpoint, exactly as ``geofm embed`` does
-    (:func:`geofm.embed.stage.resolve_time_location`).
+    (:func:`geofm.model.embedder.resolve_time_location`).
     """
-    from geofm.embed.stage import resolve_time_location as resolve
+    from geofm.model.embedder import resolve_time_location as resolve
 
     return resolve(time_location, random_init=bool(encoder.identity.random_init))
 

@@ -10,15 +10,14 @@ selected layers are concatenated along the feature axis: [B, 1+L, D * n_layers]
 (the CLS position is kept so the heads' input shape stays ``[B, 1+L, width]``; the
 segmentation head drops it).
 
-Blocks are tapped with forward pre-hooks on the encoder's own submodules (the input of
-block ``i + 1``'s attention, or of the final LayerNorm for the last block; ``embed`` is
-the input of block 0's attention), so the encoder's forward pass runs unchanged.
+The tokens of a selection are computed by :func:`geofm.model.embedder.encode_layers`
+(through :meth:`geofm.model.embedder.Embedder.tokens`), which taps the blocks with forward
+pre-hooks, so the encoder's forward pass runs unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from geofm.exceptions import GeofmValueError
 
@@ -76,47 +75,3 @@ def parse_layers(value: str | Iterable[Layer] | None, *, depth: int) -> tuple[La
 def layers_to_config(layers: Sequence[Layer]) -> list[Layer]:
     """JSON/checkpoint form of a parsed selection (a plain list)."""
     return list(layers)
-
-
-def encode_layers(encoder: Any, datacube: Mapping[str, Any],
-                  layers: Sequence[Layer]) -> Any:
-    """Run ``encoder`` on ``datacube`` and return the tokens of ``layers``, concatenated.
-
-    Args:
-        encoder: a :class:`geofm.model.encoder.ClayEncoder` (``transformer.layers`` =
-            blocks ``[attention, feed-forward]``, ``transformer.norm`` = final LayerNorm).
-        datacube: the encoder's input (see ``ClayEncoder.forward``).
-        layers: a selection from :func:`parse_layers`.
-
-    Returns:
-        float32 torch tensor [B, 1+L, D * len(layers)] (CLS first, then the patch tokens
-        in row-major order), layers in the order given.
-    """
-    import torch
-
-    if tuple(layers) == ("last",):
-        return encoder(datacube).float()
-    blocks = encoder.transformer.layers
-    taps: dict[Layer, Any] = {}
-    handles = []
-
-    def tap(index: Layer) -> Any:
-        def hook(_module: Any, inputs: tuple[Any, ...]) -> None:
-            taps[index] = inputs[0]
-        return hook
-
-    for index in {i for i in layers if i != "last"}:
-        # the output of block i is the input of block i + 1 (or of the final norm)
-        if index == "embed":
-            nxt = blocks[0][0]
-        else:
-            assert isinstance(index, int)
-            nxt = blocks[index + 1][0] if index + 1 < len(blocks) else encoder.transformer.norm
-        handles.append(nxt.register_forward_pre_hook(tap(index)))
-    try:
-        final = encoder(datacube)
-    finally:
-        for handle in handles:
-            handle.remove()
-    parts = [final if i == "last" else taps[i] for i in layers]
-    return torch.cat([p.float() for p in parts], dim=-1)

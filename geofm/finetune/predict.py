@@ -156,7 +156,7 @@ def predict(root: str | os.PathLike[str] | RunRoot, head: str | os.PathLike[str]
     with StageRecord(out, "predict", config=config) as record:
         head_module, head_cfg = load_head(head, device=device)
         encoder = load_encoder_for(checkpoint=checkpoint, model=model, device=device,
-                                   encoder=encoder)
+                                   encoder=encoder, stage="predict")
         bands = tuple(head_cfg["bands"])
         # the head's inputs were built this way; heads from before the option encoded them
         time_location = str(head_cfg.get("time_location", "encode"))

@@ -36,26 +36,20 @@ __all__ = ["add_arguments", "balanced_sample_weights", "finetune", "load_encoder
 
 
 def load_encoder_for(*, checkpoint: str | os.PathLike[str] | None, model: str | None,
-                     device: str, encoder: Any = None) -> Any:
-    """The frozen encoder (eval mode, no gradients).
+                     device: str, encoder: Any = None, stage: str = "finetune") -> Any:
+    """The frozen encoder (eval mode, no gradients): :func:`geofm.model.embedder.load_run_encoder`.
 
     Args:
         checkpoint: encoder checkpoint to load.
         model: preset with seeded random weights (when no checkpoint).
         device: torch device.
         encoder: an already loaded encoder; used as is (moved to ``device``) if given.
+        stage: the stage asking (``finetune`` or ``predict``), for messages.
     """
-    from geofm.model import load_encoder
+    from geofm.model.embedder import load_run_encoder
 
-    if encoder is None:
-        if checkpoint is None and model is None:
-            raise GeofmValueError("no encoder given; pass --checkpoint PATH or --model "
-                                  "tiny|small|base|large")
-        encoder = load_encoder(checkpoint, preset=model, device=device)
-    encoder.to(device).eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    return encoder
+    return load_run_encoder(checkpoint=checkpoint, model=model, device=device,
+                            encoder=encoder, stage=stage)[0]
 
 
 def _targets(data: Any, task: str) -> Any:

@@ -2,11 +2,15 @@
 
 Public API::
 
-    from geofm.model import load_encoder, make_datacube
+    from geofm.model import Embedder, load_encoder, make_datacube
     model = load_encoder("clay-v1.5.ckpt", device="cuda")   # or preset="tiny": random
     cube = make_datacube(dn, sensor="sentinel-2-l2a", bands=["blue", "green", "red", "nir"],
                          dates=dates, lats=lats, lons=lons, device="cuda")
     tokens = model(cube)                                     # float32 [B, 1 + L, D]
+
+    embedder = Embedder.load(checkpoint="clay-v1.5.ckpt")    # what the stages use
+    out = embedder.embed(dn, sensor="sentinel-2-l2a", bands=bands, dates=dates,
+                         lats=lats, lons=lons)               # out.cls, out.mean [B, D]
 
 Torch is imported on first use of an attribute, not when this package is imported.
 """
@@ -18,6 +22,7 @@ from typing import Any
 __all__ = [
     "PRESETS",
     "ClayEncoder",
+    "Embedder",
     "EncoderConfig",
     "encode_latlon",
     "encode_time",
@@ -31,6 +36,7 @@ _EXPORTS = {
     "PRESETS": "geofm.model.presets",
     "EncoderConfig": "geofm.model.presets",
     "ClayEncoder": "geofm.model.encoder",
+    "Embedder": "geofm.model.embedder",
     "load_encoder": "geofm.model.loading",
     "encode_latlon": "geofm.model.inputs",
     "encode_time": "geofm.model.inputs",

@@ -1,7 +1,7 @@
 """The ``pretrain`` stage: Clay's masked-autoencoder objective on a run root's valid chips.
 
 Data: every valid chip of ``ROOT/meta/*.parquet`` (the chip stage's contract), read and
-filled like ``embed`` does (:func:`geofm.embed.dataset.load_chip`, invalid-pixel rule
+filled like ``embed`` does (:func:`geofm.model.chips.load_chip`, invalid-pixel rule
 included) and fed through the same datacube (:func:`geofm.model.make_datacube`:
 Clay normalisation, time and location codes). Chip *locations* (chip ids) are split
 into training and validation (:func:`geofm.finetune.data.split_locations`), so no
@@ -41,7 +41,6 @@ before the optimiser step; the files of the last finished epoch are left as they
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import time
@@ -52,7 +51,6 @@ from typing import Any
 
 import numpy as np
 
-from geofm.embed.dataset import DEFAULT_MAX_INVALID, ChipTask, iter_tasks, read_scene_plan
 from geofm.exceptions import (
     GeofmFileExistsError,
     GeofmFileNotFoundError,
@@ -62,6 +60,7 @@ from geofm.exceptions import (
 )
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord, call_config, stage_entry
+from geofm.model.chips import DEFAULT_MAX_INVALID, ChipTask, iter_tasks, read_scene_plan
 from geofm.model.presets import PRESETS
 from geofm.pretrain.mae import DEFAULT_MASK_RATIO, DecoderConfig, check_mask_ratio
 
@@ -464,7 +463,7 @@ class _Trainer:
     def _batches(self, tasks: Sequence[ChipTask], *, epoch: int) -> Any:
         from torch.utils.data import DataLoader
 
-        from geofm.embed.dataset import ChipDataset, collate
+        from geofm.model.chips import ChipDataset, collate
 
         batches = epoch_batches(tasks, batch_size=self.batch_size, seed=self.seed, epoch=epoch)
         return DataLoader(ChipDataset(tasks, max_invalid=self.max_invalid),  # type: ignore[arg-type]
@@ -473,25 +472,20 @@ class _Trainer:
 
     def _loss(self, batch: dict[str, Any], tasks: Sequence[ChipTask], *, epoch: int,
               step: int) -> Any:
-        import torch
 
         from geofm.model import make_datacube
+        from geofm.model.chips import task_inputs
+        from geofm.model.embedder import autocast
         from geofm.pretrain.mae import random_masking
 
         group = [tasks[i] for i in batch["indices"]]
-        first = group[0]
-        cube = make_datacube(batch["pixels"], sensor=first.sensor, bands=first.bands,
-                             dates=[t.date for t in group], lats=[t.lat for t in group],
-                             lons=[t.lon for t in group], device=self.device,
+        cube = make_datacube(batch["pixels"], **task_inputs(group), device=self.device,
                              time_location=self.time_location)
         p = self.mae.encoder.patch_size
         h, w = cube["pixels"].shape[2:]
         keep, masked = random_masking(len(group), (h // p) * (w // p), self.mask_ratio,
                                       generator=_generator(self.seed, epoch, step))
-        amp = (torch.autocast("cuda" if self.device.startswith("cuda") else "cpu",
-                              dtype=torch.bfloat16)
-               if self.precision == "bf16" else contextlib.nullcontext())
-        with amp:
+        with autocast(self.precision, self.device):
             loss, _ = self.mae(cube, keep.to(self.device), masked.to(self.device))
         return loss
 
@@ -566,7 +560,7 @@ def cli_options() -> dict[str, Any]:
         ``{name: geofm.options.Option}``.
     """
     from geofm.cliargs import positive_int
-    from geofm.embed.stage import default_workers
+    from geofm.model.chips import default_workers
     from geofm.options import Cli, declare
 
     return declare(pretrain, {

@@ -5,7 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geofm.embed.dataset import (
+from geofm.exceptions import GeofmValueError, RasterError
+from geofm.layout import RunRoot
+from geofm.model.chips import (
     ChipDataset,
     ChipTask,
     batch_indices,
@@ -14,8 +16,6 @@ from geofm.embed.dataset import (
     load_chip,
     read_scene_plan,
 )
-from geofm.exceptions import GeofmValueError, RasterError
-from geofm.layout import RunRoot
 
 
 def _task(scene: str, chip: str, bands=("blue", "green"), sensor="sentinel-2-l2a",

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from geofm.embed import embed
-from geofm.embed.stage import resolve_time_location
 from geofm.exceptions import GeofmValueError, GeofmWarning
 from geofm.layout import RunRoot
+from geofm.model.embedder import resolve_time_location
 
 
 def _first_vectors(root: Path) -> dict[str, np.ndarray]:

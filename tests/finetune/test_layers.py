@@ -10,10 +10,11 @@ from geofm.exceptions import GeofmValueError
 from geofm.finetune import finetune
 from geofm.finetune.cache import ChipEncoder
 from geofm.finetune.data import read_chip_table
-from geofm.finetune.layers import DEFAULT_LAYERS, encode_layers, parse_layers
+from geofm.finetune.layers import DEFAULT_LAYERS, parse_layers
 from geofm.finetune.predict import predict
 from geofm.finetune.train import load_head
 from geofm.model import make_datacube
+from geofm.model.embedder import encode_layers
 
 
 def _cube(n: int = 2, size: int = 32):

@@ -1,4 +1,8 @@
-"""What ``embed`` has to do: the pending valid chips of a run root, and a Dataset over them.
+"""Chips of a run root as encoder input: the pending valid chips, the nodata rule, batches.
+
+Shared by every stage that feeds chips to the encoder (``embed``, ``pretrain``; and the
+nodata rule, :func:`fill_invalid`, by ``finetune`` / ``predict`` through
+:class:`geofm.model.embedder.Embedder`), so all read and fill chips one way.
 
 The plan is read from ``meta/<scene_id>.parquet`` (chip stage contract): a row per chip
 of a scene; only rows with ``valid`` are embedded, in the meta order. Pixels are read
@@ -9,7 +13,9 @@ bands is nodata or not finite): if the invalid fraction of pixels is at most
 ``max_invalid`` (default 0.05, the same as the chip stage's default ``max_cloud``), the
 invalid pixels are filled, in every band, with the band's Clay normalisation mean (so
 they are exactly 0 after normalisation, "no information"); above it the chip is
-rejected and reported as a failure. A chip is never embedded with NaN pixels.
+rejected and reported as a failure. ``max_invalid=None`` fills any fraction (what
+fine-tuning and prediction do: their label/class maps mask those pixels instead). A chip
+is never embedded with NaN pixels.
 """
 
 from __future__ import annotations
@@ -127,13 +133,49 @@ def read_scene_plan(root: RunRoot, scene_id: str) -> ScenePlan:
                      tasks=tasks, bands=scene_bands)
 
 
-def load_chip(task: ChipTask, *, max_invalid: float = DEFAULT_MAX_INVALID
+def fill_invalid(pixels: np.ndarray, valid: np.ndarray, *, sensor: str,
+                 bands: Sequence[str], max_invalid: float | None = DEFAULT_MAX_INVALID,
+                 path: str | os.PathLike[str] = "<chip>") -> tuple[np.ndarray, float]:
+    """Apply the invalid-pixel rule (module docstring) to one chip.
+
+    Args:
+        pixels: DN float32 [C, H, W].
+        valid: bool [H, W], False where any band is nodata (from
+            :func:`geofm.chipfile.read_chip_array`); non-finite pixels count as invalid too.
+        sensor: the chip's sensor name (``geofm.sensors``).
+        bands: its C band names; their Clay normalisation means (DN) are the fill value.
+        max_invalid: largest allowed fraction of invalid pixels (0..1); ``None``: any.
+        path: the chip file, for the message.
+
+    Returns:
+        ``(pixels, invalid_fraction)``: float32 [C, H, W], every value finite; invalid
+        pixels replaced by the band's mean (``pixels`` itself when none is invalid).
+
+    Raises:
+        RasterError: more than ``max_invalid`` of the pixels are invalid.
+    """
+    valid = valid & np.isfinite(pixels).all(axis=0)
+    invalid = 1.0 - float(valid.mean()) if valid.size else 1.0
+    if max_invalid is not None and invalid > max_invalid:
+        raise RasterError(
+            f"chip {path}: {invalid:.1%} of its pixels are nodata or NaN, more than "
+            f"max_invalid={max_invalid:.1%}; raise --max-invalid to embed it with those "
+            "pixels filled by the band mean, or re-chip with a stricter --max-nodata")
+    if invalid > 0:
+        from geofm.sensors import get_sensor
+
+        mean, _ = get_sensor(sensor).normalisation(list(bands))
+        pixels = np.where(valid[None], pixels, mean[:, None, None]).astype(np.float32)
+    return pixels, invalid
+
+
+def load_chip(task: ChipTask, *, max_invalid: float | None = DEFAULT_MAX_INVALID
               ) -> tuple[np.ndarray, float]:
-    """Read one chip as DN and apply the invalid-pixel rule (module docstring).
+    """Read one chip as DN and apply the invalid-pixel rule (:func:`fill_invalid`).
 
     Args:
         task: the chip.
-        max_invalid: largest allowed fraction of nodata/NaN pixels (0..1).
+        max_invalid: largest allowed fraction of nodata/NaN pixels (0..1); ``None``: any.
 
     Returns:
         ``(pixels, invalid_fraction)``: pixels float32 [C, H, W] in DN, every value
@@ -143,20 +185,30 @@ def load_chip(task: ChipTask, *, max_invalid: float = DEFAULT_MAX_INVALID
         RasterError: unreadable chip, or too many invalid pixels.
     """
     from geofm.chipfile import read_chip_array
-    from geofm.sensors import get_sensor
 
     pixels, valid = read_chip_array(task.path, task.bands)
-    valid &= np.isfinite(pixels).all(axis=0)
-    invalid = 1.0 - float(valid.mean()) if valid.size else 1.0
-    if invalid > max_invalid:
-        raise RasterError(
-            f"chip {task.path}: {invalid:.1%} of its pixels are nodata or NaN, more than "
-            f"max_invalid={max_invalid:.1%}; raise --max-invalid to embed it with those "
-            "pixels filled by the band mean, or re-chip with a stricter --max-nodata")
-    if invalid > 0:
-        mean, _ = get_sensor(task.sensor).normalisation(task.bands)
-        pixels = np.where(valid[None], pixels, mean[:, None, None]).astype(np.float32)
-    return pixels, invalid
+    return fill_invalid(pixels, valid, sensor=task.sensor, bands=task.bands,
+                        max_invalid=max_invalid, path=task.path)
+
+
+def task_inputs(tasks: Sequence[ChipTask]) -> dict[str, Any]:
+    """The chip metadata :func:`geofm.model.make_datacube` takes, for a batch of tasks.
+
+    Args:
+        tasks: B tasks of one group (same sensor and bands, see :func:`batch_indices`).
+
+    Returns:
+        ``sensor``, ``bands``, ``dates`` (B UTC datetime64), ``lats`` and ``lons``
+        (B degrees, footprint centroids).
+    """
+    first = tasks[0]
+    return {"sensor": first.sensor, "bands": first.bands, "dates": [t.date for t in tasks],
+            "lats": [t.lat for t in tasks], "lons": [t.lon for t in tasks]}
+
+
+def default_workers() -> int:
+    """The default number of :class:`ChipDataset` reader processes: min(4, cpus - 1)."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 class ChipDataset:
@@ -168,8 +220,8 @@ class ChipDataset:
     """
 
     def __init__(self, tasks: Sequence[ChipTask], *,
-                 max_invalid: float = DEFAULT_MAX_INVALID) -> None:
-        if not 0.0 <= max_invalid <= 1.0:
+                 max_invalid: float | None = DEFAULT_MAX_INVALID) -> None:
+        if max_invalid is not None and not 0.0 <= max_invalid <= 1.0:
             raise GeofmValueError(f"max_invalid must be in [0, 1], got {max_invalid}")
         self.tasks = list(tasks)
         self.max_invalid = max_invalid
