@@ -19,18 +19,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from geofm.analyze.change import SeasonalFit, fit_seasonal
+from geofm.analyze.change import SeasonalFit, check_parameters, fit_seasonal
 from geofm.analyze.passes import Padded, pass_one, pass_two
 from geofm.analyze.reduce import PCAModel, fit_pca
 from geofm.analyze.reference import Reference, load_means, save_means
-from geofm.analyze.series import NS_PER_DAY, index_embeddings
+from geofm.analyze.series import EMBEDDING_COLUMNS, NS_PER_DAY, index_embeddings
 from geofm.exceptions import GeofmValueError
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord
 from geofm.tables import read_schema, read_table
 
-#: The stage's logger, so log lines name `geofm.analyze.stage` as before the split.
-log = logging.getLogger("geofm.analyze.stage")
+log = logging.getLogger(__name__)
 
 
 def _parse_date(value: str | pd.Timestamp | None, name: str) -> pd.Timestamp | None:
@@ -68,6 +67,26 @@ def baseline_window(first_ns: int, *, baseline_start: str | None = None,
     return start, mon
 
 
+#: ``center`` choices (see :func:`geofm.analyze.stage.analyze`).
+CENTER_MODES = ("scene", "none")
+
+
+def signal_column(signal: str, n_components: int) -> int | None | slice:
+    """Index of the PC used as signal (None: cosine; a slice: all PCs); validates it.
+
+    Raises:
+        GeofmValueError: ``signal`` is not ``pcs``, ``cosine`` or ``pc1..pcK``.
+    """
+    if signal == "cosine":
+        return None
+    if signal == "pcs":
+        return slice(0, n_components)
+    if signal.startswith("pc") and signal[2:].isdigit() and 1 <= int(signal[2:]) <= n_components:
+        return int(signal[2:]) - 1
+    raise GeofmValueError(f"signal={signal!r} is not valid: use 'pcs', 'cosine' or "
+                          f"pc1..pc{n_components} (raise n_components for a higher component).")
+
+
 #: Per-chip columns of ``changes.parquet`` taken from the chip metadata (first row).
 CHIP_META_COLUMNS = ("tile", "epsg", "minx", "miny", "maxx", "maxy")
 
@@ -92,6 +111,26 @@ class Options:
     pca_samples: int
     seed: int
     progress: bool
+
+
+def make_options(*, embedding: str, signal: str, n_components: int, threshold: float,
+                 consecutive: int, min_baseline: int, alpha: float, center: str,
+                 pca_samples: int, seed: int, progress: bool) -> Options:
+    """Validated :class:`Options` (arguments as :func:`geofm.analyze.stage.analyze`'s).
+
+    Raises:
+        GeofmValueError: a bad embedding kind, signal, center mode or detection parameter.
+    """
+    if embedding not in EMBEDDING_COLUMNS:
+        raise GeofmValueError(f"embedding={embedding!r} is not valid: use 'cls' or 'mean'.")
+    signal_pc = signal_column(signal, n_components)
+    if center not in CENTER_MODES:
+        raise GeofmValueError(f"center={center!r} is not valid: use 'scene' or 'none'.")
+    check_parameters(threshold=threshold, consecutive=consecutive, min_baseline=min_baseline)
+    return Options(column=EMBEDDING_COLUMNS[embedding], signal=signal, signal_pc=signal_pc,
+                   n_components=n_components, threshold=threshold, consecutive=consecutive,
+                   min_baseline=min_baseline, alpha=alpha, center=center,
+                   pca_samples=pca_samples, seed=seed, progress=progress)
 
 
 @dataclass
@@ -179,7 +218,7 @@ class _Prior:
 
 @dataclass
 class Work:
-    """What an analysis (reference or update) hands to :func:`_publish`."""
+    """What an analysis (reference or update) hands to :func:`~geofm.analyze.outputs.publish`."""
 
     chip_ids: np.ndarray
     fit: SeasonalFit
@@ -196,8 +235,8 @@ class Work:
 def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: list[str],
               o: Options, pca_model: PCAModel | None, plot_chips: Sequence[str], *,
               baseline_start: str | None, monitor_start: str | None,
-              pca_path: str | os.PathLike[str] | None) -> Work:
-    """Analyse every observation and fit a new reference."""
+              pca_path: str | os.PathLike[str] | None, tsne: bool = False) -> Work:
+    """Analyse every observation and fit a new reference (``tsne``: also stage t-SNE)."""
     index = index_embeddings(files, scene_ids, column=o.column)
     _check_plot_chips(plot_chips, index.chip_ids, rr)
     start, mon = baseline_window(int(index.obs_ns.min()), baseline_start=baseline_start,
@@ -251,6 +290,10 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
         "explained_variance_ratio": [round(float(v), 6)
                                      for v in pca_model.explained_variance_ratio],
         "pca_samples": pca_model.n_samples}
+    if tsne:
+        from geofm.analyze.outputs import write_tsne
+
+        extra["tsne.parquet"] = lambda p: write_tsne(p, obs, index.chip_ids, seed=o.seed)
     geoms = _chip_meta(rr, index.chip_ids, record)
     return Work(chip_ids=index.chip_ids, fit=fit, reference=reference, obs=obs, prior=None,
                  kind="reference", n_rows=index.n_rows, n_new=sel.size, files=extra,
@@ -462,14 +505,17 @@ def chip_date_order(chip: np.ndarray, ns: np.ndarray) -> np.ndarray:
     return order
 
 
-def moves(prev: np.ndarray, status: np.ndarray) -> dict[str, int]:
-    """Counts of status moves ``"<before> -> <after>"`` (``none`` before the first).
+def check_model(rr: RunRoot, scene_ids: list[str], files: list[Path],
+                record: StageRecord) -> None:
+    """Refuse embeddings of two models; count and log the chips embed could not embed.
 
-    ``prev`` and ``status``: object ``[C]`` each chip's status before and now.
+    Puts the model identity in ``record.extra["model"]`` and the left-out chips in
+    ``record.extra["not_analysed"]``.
     """
-    out: dict[str, int] = {}
-    for p, s in zip(prev.tolist(), status.tolist(), strict=True):
-        if p != s:
-            key = f"{p or 'none'} -> {s}"
-            out[key] = out.get(key, 0) + 1
-    return out
+    from geofm.embed.writer import check_one_model, record_embedding_gaps
+
+    identity, infos = check_one_model(files, purpose="be analysed together",
+                                      require_metadata=False)
+    record.extra["model"] = identity.to_dict()
+    record_embedding_gaps(rr, dict(zip(scene_ids, infos, strict=True)), record,
+                          left_out_key="not_analysed")
