@@ -260,10 +260,16 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
     obs_pcs, obs_cos, obs_ok = pass_two(index, o.column, o.center, row_ok, means, pca_model,
                                         o.n_components, progress=o.progress)
     sel = np.flatnonzero(obs_ok)
-    obs = Obs(chip=index.obs_chip[sel], ns=index.obs_ns[sel], scene=index.obs_scene[sel],
-               scenes=list(index.scene_ids), pcs=obs_pcs[sel], cos=obs_cos[sel],
+    every = sel.size == obs_ok.size  # then no copies of the [M, K] projections
+
+    def keep(a: np.ndarray) -> np.ndarray:
+        return a if every else a[sel]
+
+    obs = Obs(chip=keep(index.obs_chip), ns=keep(index.obs_ns), scene=keep(index.obs_scene),
+               scenes=list(index.scene_ids), pcs=keep(obs_pcs), cos=keep(obs_cos),
                sig=np.zeros(sel.size, np.float32), pred=np.zeros(sel.size, np.float32),
                resid=np.zeros(sel.size, np.float32), base=np.zeros(sel.size, bool))
+    del obs_pcs, obs_cos
     obs.sig = obs.values(o.signal_pc)[:, 0].astype(np.float32)
 
     # The reference fit, on the baseline observations laid out [chip, date].
