@@ -431,51 +431,49 @@ def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
 
     n = chip_ids.size
     frame = pd.DataFrame({"chip_id": chip_ids.astype(str)})
-    wkb: list[Any] = [None] * n
-    extra: dict[str, list[Any]] = {c: [None] * n for c in CHIP_META_COLUMNS}
+    # object columns filled by position (no per-chip Python loop)
+    cols: dict[str, np.ndarray] = {c: np.full(n, None, dtype=object)
+                                   for c in ("geometry", *CHIP_META_COLUMNS)}
     missing = np.ones(n, dtype=bool)
     wanted = pd.Index(frame["chip_id"])
     if known is not None and len(known):
         pos = wanted.get_indexer(known["chip_id"].astype(str))
         hit = np.flatnonzero(pos >= 0)
-        for col, values in (("geometry", known["geometry"].to_numpy()),
-                            *((c, known[c].to_numpy()) for c in CHIP_META_COLUMNS
-                              if c in known)):
-            target = wkb if col == "geometry" else extra[col]
-            for j, v in zip(pos[hit], values[hit], strict=True):
-                target[j] = v
+        for col in cols:
+            if col in known:
+                cols[col][pos[hit]] = known[col].to_numpy(dtype=object)[hit]
         missing[pos[hit]] = False
     for scene in rr.scene_ids(rr.meta_dir):
         if not missing.any():
             break
         path = rr.meta_path(scene)
         names = read_schema(path, made_by="chip").names
-        cols = ["chip_id", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
-        table = read_table(path, made_by="chip", columns=cols)
+        read = ["chip_id", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
+        table = read_table(path, made_by="chip", columns=read)
         ids = table.column("chip_id").to_numpy(zero_copy_only=False)
         pos = wanted.get_indexer(ids)
         new = np.flatnonzero(pos >= 0)
         new = new[missing[pos[new]]]
         if new.size:
             taken = table.take(pa.array(new))
-            for col in cols[1:]:
-                target = wkb if col == "geometry" else extra[col]
-                for j, v in zip(pos[new], taken.column(col).to_pylist(), strict=True):
-                    target[j] = v
+            for col in read[1:]:
+                cols[col][pos[new]] = np.asarray(taken.column(col).to_pylist(), dtype=object)
             missing[pos[new]] = False
-    no_geom = np.array([g is None for g in wkb], dtype=bool)
+    geometry = cols["geometry"]
+    no_geom = np.array([g is None for g in geometry], dtype=bool)
     if no_geom.any():
         log.warning("%d chip(s) have no footprint in %s (e.g. %s); they get no geometry",
                     int(no_geom.sum()), rr.meta_dir, chip_ids[no_geom][:3].tolist())
         record.counts["chips_without_footprint"] = int(no_geom.sum())
-    geoms = [g if g is None or not isinstance(g, bytes | bytearray) else shapely.from_wkb(g)
-             for g in wkb]
-    frame["geometry"] = pd.Series(geoms, dtype=object)
-    frame["tile"] = pd.Series(extra["tile"], dtype=object)
-    frame["epsg"] = pd.array([None if v is None or pd.isna(v) else int(v)
-                              for v in extra["epsg"]], dtype="Int32")
+    raw = np.flatnonzero([isinstance(g, bytes | bytearray) for g in geometry])
+    if raw.size:  # WKB from meta/: decoded in one call
+        geometry[raw] = shapely.from_wkb(geometry[raw].tolist())
+    frame["geometry"] = pd.Series(geometry, dtype=object)
+    frame["tile"] = pd.Series(cols["tile"], dtype=object)
+    frame["epsg"] = pd.array(pd.to_numeric(pd.Series(cols["epsg"]), errors="coerce"),
+                             dtype="Int32")
     for c in ("minx", "miny", "maxx", "maxy"):
-        frame[c] = np.array([np.nan if v is None else float(v) for v in extra[c]])
+        frame[c] = pd.to_numeric(pd.Series(cols[c]), errors="coerce").to_numpy(np.float64)
     return frame
 
 
