@@ -199,14 +199,15 @@ class FileVectors:
 
 def _finite_rows(vectors: np.ndarray) -> np.ndarray:
     """Rows without NaN or infinity, bool ``[n]`` (a row sum first: no ``[n, D]`` mask)."""
-    finite = np.isfinite(vectors.sum(axis=1))
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(vectors.sum(axis=1))
     maybe = np.flatnonzero(~finite)  # NaN/inf, or a sum of huge finite values
     if maybe.size:
         finite[maybe] = np.isfinite(vectors[maybe]).all(axis=1)
     return finite
 
 
-def read_vectors(path: Path, column: str, dim: int, *, block_rows: int = BLOCK_ROWS
+def read_vectors(path: Path, column: str, dim: int, *, block_rows: int | None = None
                  ) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Read one file's embedding column as blocks of at most ``block_rows`` rows.
 
@@ -214,7 +215,7 @@ def read_vectors(path: Path, column: str, dim: int, *, block_rows: int = BLOCK_R
         path: an embeddings Parquet file.
         column: ``embedding`` or ``embedding_mean``.
         dim: expected dimension ``D``.
-        block_rows: most rows per block.
+        block_rows: most rows per block (default :data:`BLOCK_ROWS`).
 
     Returns:
         ``[(start, vectors float32 [n, D], ok bool [n]), ...]`` in row order (``start``:
@@ -222,6 +223,7 @@ def read_vectors(path: Path, column: str, dim: int, *, block_rows: int = BLOCK_R
         not finite are zero in ``vectors`` and False in ``ok``. Vectors of a
         ``fixed_size_list<float32>`` column without nulls are zero-copy (read-only).
     """
+    block_rows = block_rows or BLOCK_ROWS
     col = read_table(path, made_by="embed", columns=[column]).column(column)
     out: list[tuple[int, np.ndarray, np.ndarray]] = []
     start = 0
