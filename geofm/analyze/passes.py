@@ -76,7 +76,12 @@ def pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.
     rate = min(1.0, max_samples / max(index.n_rows, 1))
     row_ok = np.ones(index.n_rows, dtype=bool)
     means = BaselineMeans(index.chip_ids.size, index.dim)
-    picks: list[np.ndarray] = []
+    # the sample's candidate rows, drawn file by file up front (the same draws as while
+    # streaming): the sample is filled in place, no list of picks to concatenate
+    draws = [rng.random(int(index.offsets[i + 1] - index.offsets[i])) < rate if fit
+             else np.zeros(0, dtype=bool) for i in range(len(index.files))]
+    sample = np.empty((sum(int(d.sum()) for d in draws), index.dim), dtype=np.float32)
+    n_sample = 0
     bar = progress_bar(total=len(index.files), desc="analyze: baseline + PCA sample",
                        unit="file", disable=not progress)
     for f in _vectors(index, column, center):
@@ -85,18 +90,17 @@ def pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.
         if not ok.all():
             _record_bad(record, rr, index, i, ok)
             row_ok[first:first + ok.size] = ok
-        draw = rng.random(ok.size) < rate if fit else None
         for start, vectors, block_ok in f.blocks:
             rows = slice(first + start, first + start + block_ok.size)
             weight = index.row_weight[rows] * (row_in_base[rows] & block_ok)
             means.add(index.row_chip[rows], vectors, weight)
-            if draw is not None:
-                take = block_ok & draw[start:start + block_ok.size]
-                picks.append(vectors[take])  # fancy indexing copies
+            if fit:
+                take = np.flatnonzero(block_ok & draws[i][start:start + block_ok.size])
+                sample[n_sample:n_sample + take.size] = vectors[take]
+                n_sample += take.size
         bar.update(1)
     bar.close()
-    sample = np.concatenate(picks) if picks else np.zeros((0, index.dim), np.float32)
-    del picks
+    sample = sample[:n_sample]
     if sample.shape[0] > max_samples:
         sample = sample[np.sort(rng.choice(sample.shape[0], max_samples, replace=False))]
     return row_ok, means.unit_means(), sample
