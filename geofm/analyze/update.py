@@ -250,6 +250,7 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
     row_ok, means, sample = pass_one(index, o.column, o.center, row_in_base, record, rr,
                                      fit=pca_model is None, max_samples=o.pca_samples,
                                      seed=o.seed, progress=o.progress)
+    del row_ns, row_in_base
     if pca_model is None:
         pca_model = fit_pca(sample, n_components=o.n_components)
     del sample
@@ -269,11 +270,13 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
                scenes=list(index.scene_ids), pcs=keep(obs_pcs), cos=keep(obs_cos),
                sig=np.zeros(sel.size, np.float32), pred=np.zeros(sel.size, np.float32),
                resid=np.zeros(sel.size, np.float32), base=np.zeros(sel.size, bool))
-    del obs_pcs, obs_cos
+    del obs_pcs, obs_cos, row_ok
+    chip_ids, n_rows = index.chip_ids, index.n_rows
+    del index  # the per-row numbering (4 x [rows] arrays) is not needed any more
     obs.sig = obs.values(o.signal_pc)[:, 0].astype(np.float32)
 
     # The reference fit, on the baseline observations laid out [chip, date].
-    grid = Padded(obs.chip, index.chip_ids.size, np.ones(sel.size, dtype=bool))
+    grid = Padded(obs.chip, chip_ids.size, np.ones(sel.size, dtype=bool))
     y = grid.take(obs.values(o.signal_pc), np.nan)
     valid = grid.valid & np.isfinite(y).all(axis=2)
     days = np.where(valid, grid.take(obs.ns / NS_PER_DAY, np.nan), 0.0)
@@ -285,7 +288,7 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
     obs.base = grid.gather(used)
     _score(obs, fit, o.signal_pc, np.arange(sel.size))
     created = pd.Timestamp.now(tz="UTC")
-    reference = Reference(id=f"ref-{created:%Y%m%dT%H%M%S.%fZ}", chip_ids=index.chip_ids,
+    reference = Reference(id=f"ref-{created:%Y%m%dT%H%M%S.%fZ}", chip_ids=chip_ids,
                           fit=fit, baseline_start_ns=start.value, monitor_start_ns=mon.value)
     extra: dict[str, Any] = {
         "pca.npz": pca_model.save, "reference.npz": reference.save,
@@ -299,10 +302,10 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
     if tsne:
         from geofm.analyze.outputs import write_tsne
 
-        extra["tsne.parquet"] = lambda p: write_tsne(p, obs, index.chip_ids, seed=o.seed)
-    geoms = _chip_meta(rr, index.chip_ids, record)
-    return Work(chip_ids=index.chip_ids, fit=fit, reference=reference, obs=obs, prior=None,
-                 kind="reference", n_rows=index.n_rows, n_new=sel.size, files=extra,
+        extra["tsne.parquet"] = lambda p: write_tsne(p, obs, chip_ids, seed=o.seed)
+    geoms = _chip_meta(rr, chip_ids, record)
+    return Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=obs, prior=None,
+                 kind="reference", n_rows=n_rows, n_new=sel.size, files=extra,
                  meta=geoms)
 
 
