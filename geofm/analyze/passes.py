@@ -101,6 +101,7 @@ def pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.
         bar.update(1)
     bar.close()
     sample = sample[:n_sample]
+    _release_read_buffers()
     if sample.shape[0] > max_samples:
         sample = sample[np.sort(rng.choice(sample.shape[0], max_samples, replace=False))]
     return row_ok, means.unit_means(), sample
@@ -176,6 +177,7 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
                 np.add.at(dup_vec, slot, vectors[shared] * w[:, None])
         bar.update(1)
     bar.close()
+    _release_read_buffers()
     if multi.size:
         has = dup_w > 0
         got = multi[has]
@@ -183,6 +185,13 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
         cos[got] = cosine(dup_vec[has], _mean_of(means, index.obs_chip[got], mean_rows))
         seen[got] = True
     return pcs, cos, seen
+
+
+def _release_read_buffers() -> None:
+    """Hand the Arrow buffers of the files read back to the system (mimalloc keeps them)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def _mean_of(means: np.ndarray, chips: np.ndarray, mean_rows: np.ndarray | None) -> np.ndarray:

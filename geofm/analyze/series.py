@@ -166,6 +166,7 @@ def index_embeddings(files: list[Path], scene_ids: list[str], *,
     n_obs = int(first.sum())
     obs_count = np.bincount(row_obs, minlength=n_obs)
     first_rows = order[first]
+    pa.default_memory_pool().release_unused()  # the id strings read: back to the system
     return ObservationIndex(
         files=list(files), scene_ids=list(scene_ids), offsets=offsets, dim=dim,
         chip_ids=chip_ids, row_chip=codes, row_obs=row_obs,
