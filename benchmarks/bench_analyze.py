@@ -2,26 +2,28 @@
 
 Writes a run root with ``--chips`` chips x ``--dates`` dates of synthetic embeddings
 (one ``embeddings/<scene>.parquet`` + ``meta/<scene>.parquet`` per date, written chunk by
-chunk), then runs ``analyze`` in a fresh subprocess and reports its wall time and peak
-RSS. Baselines measured in the same run:
+chunk), then, each in a fresh subprocess, measured in the same run:
 
-- ``read``: a subprocess that only reads every embedding column once (the I/O floor;
-  analyze streams the files twice);
+- ``floor``: reading, once, every input column the stage reads (``chip_id``, ``date``,
+  ``embedding`` of the embeddings files, the metadata columns of the meta files) with
+  plain ``pyarrow.parquet.read_table``: the I/O floor (issue 18's goal: analyze within
+  2x of it, under 2 GB peak RSS at 100,000 chips x 60 dates);
+- ``analyze``: a full analysis (a refit), wall and CPU time, peak RSS, and its multiple
+  of the floor;
+- with ``--update``: then one more date is written and ``analyze`` runs again as an
+  update (only the new file is read and scored); both analyses without plots or
+  rasters (issue 20: the update's share of the full analysis, goal <= 5 %);
 - ``import``: peak RSS of a subprocess that only imports geofm.analyze;
 - change detection alone on ``--detect-chips`` chips x ``--dates`` (in-process arrays,
   no I/O), against sklearn ``Lasso`` fitted chip by chip on ``--sklearn-chips`` chips
-  (extrapolated linearly).
+  (extrapolated linearly); ``--no-detect`` skips it.
 
-``--update`` measures the cost of an incremental update instead: ``--chips`` chips x
-``--dates`` dates are analysed from scratch (the reference), then one more date is
-written and ``analyze`` run again (an update: only the new file is read and scored);
-both runs without plots or rasters, each in a fresh subprocess. Reported: both wall
-times and the update's share of the full run (goal <= 5 %).
+The machine's load (``uptime``) is printed beside every size.
 
 Usage::
 
     python benchmarks/bench_analyze.py --chips 20000 --dates 60
-    python benchmarks/bench_analyze.py --update --chips 20000 --dates 60
+    python benchmarks/bench_analyze.py --update --chips 100000 --dates 60 --work /tmp/b
     python benchmarks/bench_analyze.py --quick
 """
 
@@ -140,29 +142,78 @@ def detect_only(n_chips: int, n_dates: int, sk_chips: int) -> dict:
     return {"batched_s": t_batched, "sklearn_loop_s_extrapolated": t_sk}
 
 
-def update_cost(work: Path, n_chips: int, n_dates: int, *, signal: str) -> dict:
-    """Full analysis of ``n_dates`` dates, then an update with one more date; times."""
-    root = work / f"update_{n_chips}_{n_dates}"
-    total = n_dates + 1
+#: Columns the stage reads from its inputs (the floor reads each once).
+EMBEDDING_READ = ("chip_id", "date", "embedding")
+META_READ = ("chip_id", "geometry", "date", "thumbnail_path", "tile", "epsg", "minx", "miny",
+             "maxx", "maxy")
+
+
+def prepare_root(root: Path, n_chips: int, n_dates: int) -> float:
+    """Write (once) a root of ``n_dates`` dates whose generator has ``n_dates + 1``.
+
+    The extra date is the one ``--update`` adds; a root kept in ``--work`` is pruned back
+    to ``n_dates`` dates. Returns the seconds spent writing.
+    """
     t0 = time.perf_counter()
     if not (root / "embeddings").exists():
-        write_run_root(root, n_chips, total, only=range(n_dates))
-    for folder in ("embeddings", "meta"):  # a kept --work root: back to n_dates dates
+        write_run_root(root, n_chips, n_dates + 1, only=range(n_dates))
+    for folder in ("embeddings", "meta"):
         for extra in sorted((root / folder).glob("*.parquet"))[n_dates:]:
             extra.unlink()
-    t_gen = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def read_floor(root: Path) -> tuple[float, ...]:
+    """Wall s, peak RSS MiB and CPU s of reading, once, every input column the stage reads.
+
+    Plain ``pyarrow.parquet.read_table`` of ``chip_id``, ``date``, ``embedding`` of every
+    embeddings file and of the metadata columns of every meta file, into Arrow tables
+    that are then dropped (no conversion): the I/O floor of an analysis.
+    """
+    return run_child(
+        "import pyarrow.parquet as pq, pathlib\n"
+        f"root = pathlib.Path({str(root)!r})\n"
+        "for p in sorted(root.glob('embeddings/*.parquet')):\n"
+        f"    pq.read_table(p, columns={list(EMBEDDING_READ)!r})\n"
+        "for p in sorted(root.glob('meta/*.parquet')):\n"
+        "    names = pq.read_schema(p).names\n"
+        f"    pq.read_table(p, columns=[c for c in {list(META_READ)!r} if c in names])",
+        cpu=True)
+
+
+def machine_load() -> str:
+    """The load averages (``uptime``), recorded beside each measurement."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def measure(root: Path, n_chips: int, n_dates: int, *, signal: str, update: bool,
+            max_plots: int, rasters: bool) -> dict:
+    """Floor, full analysis (a refit) and, with ``update``, an update of one more date."""
+    t_gen = prepare_root(root, n_chips, n_dates)
+    size = sum(p.stat().st_size for p in (root / "embeddings").iterdir()) / 2**20
+    load_before = machine_load()
+    t_floor, rss_floor, cpu_floor = read_floor(root)
     call = (f"from geofm.analyze import analyze\nr = analyze({str(root)!r}, signal={signal!r}, "
-            "max_plots=0, rasters=False, progress=False{extra})\nprint('COUNTS', r.counts)")
+            f"max_plots={max_plots}, rasters={rasters}, progress=False{{extra}})\n"
+            "print('COUNTS', r.counts)")
     t_full, rss_full, cpu_full = run_child(call.format(extra=", refit=True"), cpu=True)
-    write_run_root(root, n_chips, total, only=range(n_dates, total))
-    t_up, rss_up, cpu_up = run_child(call.format(extra=""), cpu=True)
     stage = json.loads((root / "run.json").read_text())["stages"]["analyze"]
-    assert stage["updates"][-1]["kind"] == "update", stage["updates"][-1]
-    return dict(chips=n_chips, dates=n_dates, gen_s=t_gen, full_s=t_full, update_s=t_up,
-                share=t_up / t_full, full_cpu_s=cpu_full, update_cpu_s=cpu_up,
-                cpu_share=cpu_up / cpu_full, full_rss_mib=rss_full, update_rss_mib=rss_up,
-                new_observations=stage["counts"]["new_observations"],
-                alerts=stage["counts"]["alerts"], changed=stage["counts"]["changed"])
+    out = dict(chips=n_chips, dates=n_dates, rows=stage["counts"]["embeddings"],
+               data_mib=size, gen_s=t_gen, floor_s=t_floor, floor_cpu_s=cpu_floor,
+               floor_rss_mib=rss_floor, full_s=t_full, full_cpu_s=cpu_full,
+               full_rss_mib=rss_full, ratio=t_full / t_floor, changed=stage["counts"]["changed"],
+               insufficient=stage["counts"]["insufficient"], load_before=load_before)
+    if update:
+        write_run_root(root, n_chips, n_dates + 1, only=range(n_dates, n_dates + 1))
+        t_up, rss_up, cpu_up = run_child(call.format(extra=""), cpu=True)
+        stage = json.loads((root / "run.json").read_text())["stages"]["analyze"]
+        assert stage["updates"][-1]["kind"] == "update", stage["updates"][-1]
+        out.update(update_s=t_up, update_cpu_s=cpu_up, update_rss_mib=rss_up,
+                   share=t_up / t_full, cpu_share=cpu_up / cpu_full,
+                   new_observations=stage["counts"]["new_observations"],
+                   alerts=stage["counts"]["alerts"])
+    out["load_after"] = machine_load()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,79 +222,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dates", type=int, default=60)
     parser.add_argument("--detect-chips", type=int, default=100_000)
     parser.add_argument("--sklearn-chips", type=int, default=300)
+    parser.add_argument("--no-detect", action="store_true",
+                        help="skip the change-detection-only comparison with sklearn")
     parser.add_argument("--signal", default="pc1")
     parser.add_argument("--quick", action="store_true", help="2,000 chips x 24 dates")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--update", action="store_true",
-                        help="time an update of one new date against the full analysis")
+                        help="also time an update of one new date against the full analysis "
+                        "(both without plots and rasters, as issue 20 measures it)")
     args = parser.parse_args(argv)
-    if args.update:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = args.work or Path(tmp)
-            print("| chips | dates | full analysis s | update (+1 date) s | update / full "
-                  "| CPU s full / update | CPU update / full "
-                  "| full peak RSS MiB | update peak RSS MiB | new observations | alerts |")
-            print("|---|---|---|---|---|---|---|---|---|---|---|")
-            for n in args.chips:
-                r = update_cost(work, n, args.dates, signal=args.signal)
-                print(f"| {r['chips']} | {r['dates']} | {r['full_s']:.1f} | "
-                      f"{r['update_s']:.1f} | {100 * r['share']:.1f} % | "
-                      f"{r['full_cpu_s']:.1f} / {r['update_cpu_s']:.1f} | "
-                      f"{100 * r['cpu_share']:.1f} % | "
-                      f"{r['full_rss_mib']:.0f} | {r['update_rss_mib']:.0f} | "
-                      f"{r['new_observations']} | {r['alerts']} |", flush=True)
-        return 0
     if args.quick:
         args.chips, args.dates, args.detect_chips, args.sklearn_chips = [2000], 24, 20_000, 100
+    # issue 20 measures the update against a full analysis without plots and rasters
+    plots, rasters = (0, False) if args.update else (20, True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         _, import_rss = run_child("import geofm.analyze, numpy, pyarrow")
         for n in args.chips:
-            root = work / f"bench_{n}_{args.dates}"
-            t0 = time.perf_counter()
-            if not (root / "embeddings").exists():
-                write_run_root(root, n, args.dates)
-            t_gen = time.perf_counter() - t0
-            size = sum(p.stat().st_size for p in (root / "embeddings").iterdir()) / 2**20
-            t_read, rss_read = run_child(
-                "import pyarrow.parquet as pq, pathlib\n"
-                f"for p in sorted(pathlib.Path({str(root)!r}).glob('embeddings/*.parquet')):\n"
-                "    pq.read_table(p, columns=['embedding']).column('embedding')"
-                ".combine_chunks().flatten().to_numpy()")
-            t_an, rss_an = run_child(
-                "from geofm.analyze import analyze\n"
-                f"r = analyze({str(root)!r}, signal={args.signal!r}, max_plots=20, "
-                "overwrite=True, progress=False)\n"
-                "print('COUNTS', r.counts)")
-            counts = json.loads((root / "run.json").read_text())["stages"]["analyze"]["counts"]
-            rows.append(dict(chips=n, dates=args.dates, rows=counts["embeddings"],
-                             data_mib=size, gen_s=t_gen, read_s=t_read, analyze_s=t_an,
-                             ratio=t_an / t_read, peak_rss_mib=rss_an, read_rss_mib=rss_read,
-                             changed=counts["changed"], insufficient=counts["insufficient"]))
+            rows.append(measure(work / f"bench_{n}_{args.dates}", n, args.dates,
+                                signal=args.signal, update=args.update, max_plots=plots,
+                                rasters=rasters))
             print(rows[-1], flush=True)
-        det = detect_only(args.detect_chips, args.dates, args.sklearn_chips)
-    print(f"\nimport-only peak RSS: {import_rss:.0f} MiB")
-    print("| chips | dates | rows | embeddings MiB | analyze s | read-once s | analyze / read "
-          "| analyze peak RSS MiB | changed | insufficient |")
+        det = None if args.no_detect else detect_only(args.detect_chips, args.dates,
+                                                      args.sklearn_chips)
+    print(f"\nimport-only peak RSS: {import_rss:.0f} MiB; analyze with max_plots={plots}, "
+          f"rasters={rasters}")
+    print("| chips | dates | rows | embeddings MiB | floor s (CPU s) | analyze s (CPU s) "
+          "| analyze / floor | analyze peak RSS MiB | changed | insufficient |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['chips']} | {r['dates']} | {r['rows']} | {r['data_mib']:.0f} | "
-              f"{r['analyze_s']:.1f} | {r['read_s']:.1f} | {r['ratio']:.1f} | "
-              f"{r['peak_rss_mib']:.0f} | {r['changed']} | {r['insufficient']} |")
-    if len(rows) >= 2:
-        a, b = rows[0], rows[-1]
-        slope = (b["analyze_s"] - a["analyze_s"]) / (b["rows"] - a["rows"])
-        est = a["analyze_s"] + slope * (100_000 * args.dates - a["rows"])
-        mem_slope = (b["peak_rss_mib"] - a["peak_rss_mib"]) / (b["chips"] - a["chips"])
-        est_mem = a["peak_rss_mib"] + mem_slope * (100_000 - a["chips"])
-        print(f"\nlinear extrapolation to 100,000 chips x {args.dates} dates: "
-              f"~{est:.0f} s, ~{est_mem:.0f} MiB peak RSS")
-    print(f"\nchange detection only, {args.detect_chips} chips x {args.dates} dates: batched "
-          f"{det['batched_s']:.1f} s vs sklearn Lasso per chip ~"
-          f"{det['sklearn_loop_s_extrapolated']:.0f} s (extrapolated from "
-          f"{args.sklearn_chips} chips): "
-          f"x{det['sklearn_loop_s_extrapolated'] / det['batched_s']:.0f}")
+              f"{r['floor_s']:.1f} ({r['floor_cpu_s']:.1f}) | {r['full_s']:.1f} "
+              f"({r['full_cpu_s']:.1f}) | {r['ratio']:.2f} | {r['full_rss_mib']:.0f} | "
+              f"{r['changed']} | {r['insufficient']} |")
+    if args.update:
+        print("\n| chips | dates | full analysis s | update (+1 date) s | update / full "
+              "| CPU s full / update | CPU update / full | update peak RSS MiB "
+              "| new observations | alerts |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['chips']} | {r['dates']} | {r['full_s']:.1f} | {r['update_s']:.1f} | "
+                  f"{100 * r['share']:.1f} % | {r['full_cpu_s']:.1f} / {r['update_cpu_s']:.1f} "
+                  f"| {100 * r['cpu_share']:.1f} % | {r['update_rss_mib']:.0f} | "
+                  f"{r['new_observations']} | {r['alerts']} |")
+    for r in rows:
+        print(f"load {r['chips']}: before {r['load_before']!r}; after {r['load_after']!r}")
+    if det is not None:
+        print(f"\nchange detection only, {args.detect_chips} chips x {args.dates} dates: "
+              f"batched {det['batched_s']:.1f} s vs sklearn Lasso per chip ~"
+              f"{det['sklearn_loop_s_extrapolated']:.0f} s (extrapolated from "
+              f"{args.sklearn_chips} chips): "
+              f"x{det['sklearn_loop_s_extrapolated'] / det['batched_s']:.0f}")
     return 0
 
 

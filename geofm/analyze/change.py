@@ -188,12 +188,12 @@ def assess(fit: SeasonalFit, residual: np.ndarray, valid: np.ndarray, monitor: n
     n_mon = monitor.sum(axis=1)
     ok = fit.fitted & (n_mon >= consecutive)
     absres = np.abs(residual)
-    anomaly = (np.nan_to_num(absres, nan=0.0) > threshold) & valid & ok[:, None]
+    anomaly = (absres > threshold) & valid & ok[:, None]  # NaN compares False
 
     # CCDC rule: >= `consecutive` anomalous monitoring observations in a row, all on the
     # same side of the seasonal model (a run is broken by a normal monitoring
     # observation or by a jump to the other side).
-    signed = np.sign(np.nan_to_num(residual, nan=0.0)) * (anomaly & monitor)
+    signed = np.where(anomaly & monitor, np.sign(residual), 0.0)
     run = np.zeros(n_chips, dtype=np.int64)
     side = np.zeros(n_chips)
     start = np.full(n_chips, -1, dtype=np.int64)
@@ -216,8 +216,11 @@ def assess(fit: SeasonalFit, residual: np.ndarray, valid: np.ndarray, monitor: n
     masked = np.where(after, absres, np.nan)
     has = after.any(axis=1) & ok
     magnitude = np.full(n_chips, np.nan)
-    if has.any():
-        magnitude[has] = np.nanmedian(masked[has], axis=1)
+    if has.any():  # np.nanmedian, without its masked-array sort: NaNs sort last
+        rows = np.sort(masked[has], axis=1)
+        n = (~np.isnan(rows)).sum(axis=1)
+        r = np.arange(rows.shape[0])
+        magnitude[has] = (rows[r, (n - 1) // 2] + rows[r, n // 2]) / 2
     status = np.where(~ok, INSUFFICIENT, np.where(change, CHANGE, NO_CHANGE)).astype(object)
     return {"status": status, "change": change,
             "change_index": np.where(change, change_index, -1),

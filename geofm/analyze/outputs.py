@@ -1,25 +1,190 @@
-"""Writers of the analysis outputs (see docs/contracts.md, "analyze").
+"""Publication of one analysis, and the writers of its outputs (docs/contracts.md, "analyze").
 
-``timeseries.parquet``, ``changes.parquet`` with ``change_map.geojson``, and
-``tsne.parquet``.
+:func:`publish` assesses every chip of a :class:`~geofm.analyze.update.Work` (a
+reference or an update), finds the alerts and writes all of ``analysis/`` together
+(:class:`geofm.io.StagedFiles`): ``timeseries.parquet``, ``changes.parquet`` with
+``change_map.geojson``, alerts, overlaps, rasters, ``state.json``; plots follow.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geofm.analyze.change import INSUFFICIENT, SeasonalFit
-from geofm.analyze.update import CHIP_META_COLUMNS, Obs
+from geofm.analyze.alerts import alerts_frame, previous_alerts
+from geofm.analyze.alerts import geojson as alerts_geojson
+from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, SeasonalFit, assess
+from geofm.analyze.overlaps import duplicate_changes, find_overlaps
+from geofm.analyze.passes import Padded
+from geofm.analyze.reference import write_state
+from geofm.analyze.update import CHIP_META_COLUMNS, Core, Obs, Options, Work, chip_date_order
+from geofm.io import StagedFiles
+from geofm.layout import RunRoot
+from geofm.manifest import StageRecord
+from geofm.tables import read_table
 
-#: The stage's logger, so log lines name `geofm.analyze.stage` as before the split.
-log = logging.getLogger("geofm.analyze.stage")
+log = logging.getLogger(__name__)
+
+
+def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
+            state: dict[str, Any], o: Options, published: pd.DataFrame | None, *,
+            scene_added: list[str], scene_removed: list[str], fingerprint: str,
+            plot_chips: Sequence[str], max_plots: int | None, rasters: bool) -> None:
+    """Assess every chip, find the alerts and publish all outputs of this analysis at once.
+
+    ``state`` (``state.json`` to be) gets this analysis' entry in ``updates``;
+    ``published``: the ``changes.parquet`` before it (None: the first), whose statuses
+    decide which changes are new alerts. Fills ``record``'s counts.
+    """
+    core = work.obs.core() if work.prior is None else Core.concat(work.prior.core,
+                                                                    work.obs.core())
+    n_prior = core.chip.size - work.obs.chip.size
+    order = chip_date_order(core.chip, core.ns)
+    obs = core.take(order)  # by chip, then date: the [chip, date] grid's order
+    n_chips = work.chip_ids.size
+    grid = Padded(obs.chip, n_chips, np.ones(obs.chip.size, dtype=bool))
+    valid = grid.take(np.isfinite(obs.sig), False)
+    monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
+    resid = grid.take(obs.resid.astype(np.float64), np.nan)
+    out = assess(work.fit, resid, valid, monitor, threshold=o.threshold,
+                 consecutive=o.consecutive)
+    status = out["status"]
+    ns_grid = grid.take(obs.ns, 0)
+    rows = np.arange(n_chips)
+    change_ns = np.where(out["change"], ns_grid[rows, np.maximum(out["change_index"], 0)], 0)
+    confirm = np.maximum(out["confirm_index"], 0)
+    confirm_ns = ns_grid[rows, confirm]
+    confirm_scene = grid.take(obs.scene, -1)[rows, confirm]
+
+    prev: np.ndarray = np.full(work.chip_ids.size, None, dtype=object)
+    if published is not None and len(published):
+        pos = pd.Index(published["chip_id"].astype(str)).get_indexer(work.chip_ids.astype(str))
+        prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
+    alert = out["change"] & (prev != CHANGE)
+    now = pd.Timestamp.now(tz="UTC")
+    update_no = len(state["updates"]) + 1
+    meta = work.meta
+    overlaps = find_overlaps(meta)
+    duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, meta,
+                                  overlaps=overlaps)
+    idx = np.flatnonzero(alert)
+    new_alerts = alerts_frame({
+        "chip_id": work.chip_ids[idx].astype(str), "tile": meta["tile"].to_numpy()[idx],
+        "change_date": change_ns[idx], "magnitude": out["magnitude"][idx],
+        "previous_status": prev[idx], "detected_at": [now] * idx.size,
+        "update": [update_no] * idx.size, "reference_id": [work.reference.id] * idx.size,
+        "confirmed_scene_id": [obs.scenes[s] for s in confirm_scene[idx]],
+        "confirmed_date": confirm_ns[idx], "duplicate_of": duplicate[idx]},
+        list(meta["geometry"].to_numpy()[idx]))
+    history = previous_alerts(rr)
+    all_alerts = new_alerts if not len(history) else pd.concat([history, new_alerts],
+                                                               ignore_index=True)
+    counts = {"chips": int(n_chips), "changed": int((status == CHANGE).sum()),
+              "no_change": int((status == NO_CHANGE).sum()),
+              "insufficient": int((status == INSUFFICIENT).sum())}
+    n_alerts = int(idx.size)
+    n_distinct = int(pd.isna(duplicate[idx]).sum())
+    entry = {"update": update_no, "at": now.isoformat(), "kind": work.kind,
+             "reference_id": work.reference.id, "scenes_added": len(scene_added),
+             "scenes_removed": len(scene_removed), "new_observations": work.n_new,
+             "alerts": n_alerts, "distinct_alerts": n_distinct,
+             "status_moves": moves(prev, status), **counts}
+    if len(scene_added) <= 20:
+        entry["scene_ids"] = list(scene_added)
+    state["updates"] = [*state["updates"], entry]
+    state["fingerprint"] = fingerprint  # of the embeddings files and options
+
+    staged.begin()
+    for name, writer in work.files.items():
+        writer(staged.path(name))
+    anomaly = np.empty(core.chip.size, dtype=bool)
+    anomaly[order] = grid.gather(out["anomaly"])
+    write_timeseries(staged.path("timeseries.parquet"), work.obs, work.chip_ids,
+                     anomaly[n_prior:], o.n_components,
+                     prior=None if work.prior is None else work.prior.table,
+                     prior_anomaly=anomaly[:n_prior])
+    write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
+                  work.chip_ids, meta, out, work.fit, change_ns, duplicate)
+    staged.path("alerts.geojson").write_text(alerts_geojson(new_alerts), encoding="utf-8")
+    all_alerts.reset_index(drop=True).to_parquet(staged.path("alerts.parquet"), index=False)
+    if rasters:
+        from geofm.analyze.rasters import write_change_rasters
+
+        write_change_rasters(staged, rr, meta, out, change_ns, duplicate)
+    overlaps.to_parquet(staged.path("overlaps.parquet"), index=False)
+    write_state(staged.path("state.json"), state)
+    staged.commit()
+
+    from geofm.analyze.plots import write_plots
+
+    plot = idx if work.kind == "update" else np.flatnonzero(out["change"])
+    n_plots = write_plots(rr, work.chip_ids, obs, grid, out, work.fit, plot, o, plot_chips,
+                          max_plots)
+    record.counts.update(embeddings=work.n_rows, observations=int(obs.chip.size),
+                         new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
+                         **counts)
+    record.extra["reference"] = state["reference"]
+    record.extra["updates"] = state["updates"]
+    log.info("analyze %s %d: %d new observation(s), %d alert(s) (%d distinct places)",
+             work.kind, update_no, work.n_new, n_alerts, n_distinct)
+
+
+def moves(prev: np.ndarray, status: np.ndarray) -> dict[str, int]:
+    """Counts of status moves ``"<before> -> <after>"`` (``none`` before the first).
+
+    ``prev`` and ``status``: object ``[C]`` each chip's status before and now.
+    """
+    out: dict[str, int] = {}
+    for p, s in zip(prev.tolist(), status.tolist(), strict=True):
+        if p != s:
+            key = f"{p or 'none'} -> {s}"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def resume(rr: RunRoot, record: StageRecord, state: dict[str, Any], *, todo: list[str],
+           gone: list[str]) -> bool:
+    """Record the stored reference in ``record``; True if analysis/ is up to date.
+
+    Up to date: no scene to score (``todo``) or drop (``gone``) and every output present;
+    ``record`` then gets the published counts and ``skipped``.
+    """
+    record.extra["reference"] = state["reference"]
+    # the reference's summary (baseline period, PCA) stays in every run.json entry
+    record.extra["analysis"] = state["reference"].get("analysis", {
+        "baseline_start": state["reference"]["baseline_start"],
+        "monitor_start": state["reference"]["monitor_start"]})
+    if todo or gone or not all(p.exists() for p in output_paths(rr)):
+        return False
+    log.info("analysis/ is up to date with these embeddings and options; skipped")
+    record.counts.update(published_counts(rr))
+    record.counts["skipped"] = 1
+    record.extra["updates"] = state["updates"]
+    return True
+
+
+def output_paths(rr: RunRoot) -> list[Path]:
+    """The outputs every analysis writes (all present: an up-to-date run may be skipped)."""
+    return [rr.timeseries_path, rr.changes_path, rr.change_map_path, rr.pca_path,
+            rr.reference_path, rr.reference_means_path, rr.analysis_state_path,
+            rr.alerts_path, rr.alerts_geojson_path]
+
+
+def published_counts(rr: RunRoot) -> dict[str, int]:
+    """``chips``, ``changed``, ``no_change``, ``insufficient`` of the published changes."""
+    status = read_table(rr.changes_path, made_by="analyze", columns=["status"]).column(
+        "status").to_numpy(zero_copy_only=False)
+    return {"chips": int(status.size), "changed": int((status == CHANGE).sum()),
+            "no_change": int((status == NO_CHANGE).sum()),
+            "insufficient": int((status == INSUFFICIENT).sum())}
 
 
 def write_timeseries(path: Path, obs: Obs, chip_ids: np.ndarray, anomaly: np.ndarray,
@@ -48,8 +213,13 @@ def write_timeseries(path: Path, obs: Obs, chip_ids: np.ndarray, anomaly: np.nda
         prior = prior.set_column(prior.schema.get_field_index("anomaly"), "anomaly",
                                  pa.array(np.asarray(prior_anomaly, dtype=bool)))
         table = pa.concat_tables([prior.select(table.column_names).cast(table.schema), table])
-    # dictionary-encode only the ids: trying it on the float columns doubles the write time
-    pq.write_table(table, path, use_dictionary=["chip_id", "scene_id"])
+    # dictionary-encode only the ids (trying it on the float columns doubles the write
+    # time) and compress only the others: snappy gains nothing on float32 PCs and scores
+    # but costs half the write and read time of every update's rewrite
+    floats = [n for n in table.column_names if pa.types.is_floating(table.schema.field(n).type)]
+    pq.write_table(table, path, use_dictionary=["chip_id", "scene_id"],
+                   compression={n: "none" if n in floats else "snappy"
+                                for n in table.column_names})
 
 
 def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd.DataFrame,

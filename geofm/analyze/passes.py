@@ -1,23 +1,29 @@
 """The two streaming passes of a reference analysis over the embedding files.
 
-Pass 1 (:func:`pass_one`) collects the PCA sample and the per-chip baseline sums,
-pass 2 (:func:`pass_two`) projects every vector onto the PCA basis and takes its cosine
-to the chip's unit baseline mean; an update runs pass 2 alone on its new files.
-Memory: one file plus ``[chips, D]`` sums plus the PCA sample. :class:`Padded` lays
-observations out as a ``[chip, date]`` grid.
+Pass 1 (:func:`pass_one`) collects the PCA sample and the per-chip baseline sums
+(:class:`~geofm.analyze.similarity.BaselineMeans`), pass 2 (:func:`pass_two`) projects
+every vector onto the PCA basis (:meth:`~geofm.analyze.reduce.PCAModel.transform`) and
+takes its cosine to the chip's unit baseline mean
+(:func:`~geofm.analyze.similarity.cosine`); an update runs pass 2 alone on its new
+files. Both work on blocks of rows (:data:`~geofm.analyze.series.BLOCK_ROWS`) while the
+next file is read (:func:`~geofm.analyze.series.iter_vectors`); pass 2 streams the files
+in reverse, so the files pass 1 read last are read first, while the operating system
+may still cache them. Memory: two files plus ``[chips, D]`` sums plus the PCA sample
+plus float32 ``[observations, K]`` projections. :class:`Padded` lays observations out
+as a ``[chip, date]`` grid.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from geofm.analyze.reduce import PCAModel
-from geofm.analyze.series import ObservationIndex, iter_vectors
-from geofm.analyze.similarity import BaselineMeans
+from geofm.analyze.series import FileVectors, ObservationIndex, iter_vectors
+from geofm.analyze.similarity import BaselineMeans, cosine
 from geofm.layout import RunRoot
 from geofm.log import progress as progress_bar
 from geofm.manifest import StageRecord
@@ -26,14 +32,17 @@ from geofm.manifest import StageRecord
 MIN_CENTER_CHIPS = 8
 
 
-def _vectors(index: ObservationIndex, column: str, center: str
-             ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _vectors(index: ObservationIndex, column: str, center: str, *,
+             order: Sequence[int] | None = None) -> Iterator[FileVectors]:
     """:func:`iter_vectors`, with each scene's median embedding subtracted if asked."""
-    for i, vectors, ok in iter_vectors(index, column):
+    for f in iter_vectors(index, column, order=order):
+        ok = f.ok
         if center == "scene" and ok.sum() >= MIN_CENTER_CHIPS:
-            vectors = vectors - np.median(vectors[ok], axis=0)
+            vectors = f.whole()
+            vectors -= np.median(vectors[ok], axis=0)
             vectors[~ok] = 0.0
-        yield i, vectors, ok
+            f = FileVectors(f.index, [(0, vectors, ok)])
+        yield f
 
 
 def _record_bad(record: StageRecord, rr: RunRoot, index: ObservationIndex, i: int,
@@ -67,22 +76,32 @@ def pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.
     rate = min(1.0, max_samples / max(index.n_rows, 1))
     row_ok = np.ones(index.n_rows, dtype=bool)
     means = BaselineMeans(index.chip_ids.size, index.dim)
-    picks: list[np.ndarray] = []
+    # the sample's candidate rows, drawn file by file up front (the same draws as while
+    # streaming): the sample is filled in place, no list of picks to concatenate
+    draws = [rng.random(int(index.offsets[i + 1] - index.offsets[i])) < rate if fit
+             else np.zeros(0, dtype=bool) for i in range(len(index.files))]
+    sample = np.empty((sum(int(d.sum()) for d in draws), index.dim), dtype=np.float32)
+    n_sample = 0
     bar = progress_bar(total=len(index.files), desc="analyze: baseline + PCA sample",
                        unit="file", disable=not progress)
-    for i, vectors, ok in _vectors(index, column, center):
-        rows = slice(index.offsets[i], index.offsets[i + 1])
+    for f in _vectors(index, column, center):
+        i, first = f.index, int(index.offsets[f.index])
+        ok = f.ok
         if not ok.all():
             _record_bad(record, rr, index, i, ok)
-            row_ok[rows] = ok
-        weight = index.row_weight[rows] * (row_in_base[rows] & ok)
-        means.add(index.row_chip[rows], vectors, weight)
-        if fit:
-            take = ok & (rng.random(ok.size) < rate)
-            picks.append(vectors[take].copy())
+            row_ok[first:first + ok.size] = ok
+        for start, vectors, block_ok in f.blocks:
+            rows = slice(first + start, first + start + block_ok.size)
+            weight = index.row_weight[rows] * (row_in_base[rows] & block_ok)
+            means.add(index.row_chip[rows], vectors, weight)
+            if fit:
+                take = np.flatnonzero(block_ok & draws[i][start:start + block_ok.size])
+                sample[n_sample:n_sample + take.size] = vectors[take]
+                n_sample += take.size
         bar.update(1)
     bar.close()
-    sample = np.concatenate(picks) if picks else np.zeros((0, index.dim), np.float32)
+    sample = sample[:n_sample]
+    _release_read_buffers()
     if sample.shape[0] > max_samples:
         sample = sample[np.sort(rng.choice(sample.shape[0], max_samples, replace=False))]
     return row_ok, means.unit_means(), sample
@@ -96,57 +115,83 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Project every row and take its cosine to the chip's unit baseline mean.
 
-    ``row_ok`` None: the rows' own validity is used, and bad rows are recorded as
-    failures in ``record`` (the update path, which has no pass 1). ``mean_rows``: the
-    row of ``means`` of each of the index's chips (-1: none, the cosine is NaN); default
-    the chip's own index.
+    An observation of one row gets that row's projection and cosine; one of ``k``
+    same-day rows (weights ``1/k``) the weighted mean of their projections and the
+    cosine of their weighted sum (accumulated in float64).
+
+    Args:
+        index: the files and their numbering.
+        column: the embedding column.
+        center: ``scene`` or ``none`` (see :func:`geofm.analyze.stage.analyze`).
+        row_ok: bool ``[rows]`` valid rows (from pass 1); None: the rows' own validity,
+            and bad rows are recorded as failures in ``record`` (the update path, which
+            has no pass 1).
+        means: float32 ``[C', D]`` unit baseline means (may be memory-mapped).
+        pca: the basis; its first ``n_components`` axes are used.
+        n_components: ``K``.
+        progress: show a progress bar.
+        record: where bad rows are recorded (with ``row_ok`` None).
+        rr: the run root (paths in those failures).
+        mean_rows: the row of ``means`` of each of the index's chips (-1: none, the
+            cosine is NaN); default the chip's own index.
+
+    Returns:
+        ``(pcs, cos, obs_ok)``: float32 ``[M, K]`` projections, float32 ``[M]`` cosines
+        (NaN where there is no baseline mean), bool ``[M]`` observations with a valid
+        row (the others are NaN).
     """
     n_obs = index.n_obs
-    pcs = np.zeros((n_obs, n_components), dtype=np.float64)
-    wsum = np.zeros(n_obs)
-    cos = np.zeros(n_obs, dtype=np.float64)
-    dup_sums: dict[int, np.ndarray] = {}
+    pcs = np.full((n_obs, n_components), np.nan, dtype=np.float32)
+    cos = np.full(n_obs, np.nan, dtype=np.float32)
+    seen = np.zeros(n_obs, dtype=bool)
+    # observations of several same-day rows: float64 weighted sums, one slot each
+    multi = np.unique(index.row_obs[index.row_weight < 1.0])
+    dup_pcs = np.zeros((multi.size, n_components))
+    dup_vec = np.zeros((multi.size, index.dim))
+    dup_w = np.zeros(multi.size)
     bar = progress_bar(total=len(index.files), desc="analyze: project + cosine", unit="file",
                        disable=not progress)
-    comps = pca.components[:n_components]
-    for i, vectors, valid in _vectors(index, column, center):
-        rows = slice(index.offsets[i], index.offsets[i + 1])
+    order = range(len(index.files) - 1, -1, -1) if row_ok is not None else None
+    for f in _vectors(index, column, center, order=order):
+        i, first = f.index, int(index.offsets[f.index])
         if row_ok is None:
             assert record is not None and rr is not None
-            _record_bad(record, rr, index, i, valid)
-            ok = valid
-        else:
-            ok = row_ok[rows]
-        obs = index.row_obs[rows]
-        w = index.row_weight[rows] * ok
-        proj = (vectors - pca.mean) @ comps.T
-        np.add.at(wsum, obs, w)
-        if np.unique(obs).size == obs.size:
-            pcs[obs] += proj * w[:, None]
-        else:
-            np.add.at(pcs, obs, proj * w[:, None])
-        single = (index.row_weight[rows] == 1.0) & ok
-        every = bool(single.all())
-        vec = vectors if every else vectors[single]
-        chips = index.row_chip[rows] if every else index.row_chip[rows][single]
-        ref = _mean_of(means, chips, mean_rows)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos[obs if every else obs[single]] = np.einsum("nd,nd->n", vec, ref) / np.sqrt(
-                np.einsum("nd,nd->n", vec, vec))
-        for r in np.flatnonzero(~single & ok):
-            o = int(obs[r])
-            dup_sums[o] = dup_sums.get(o, 0.0) + w[r] * vectors[r].astype(np.float64)
+            _record_bad(record, rr, index, i, f.ok)
+        for start, vectors, valid in f.blocks:
+            rows = slice(first + start, first + start + valid.size)
+            ok = valid if row_ok is None else row_ok[rows]
+            obs = index.row_obs[rows]
+            weight = index.row_weight[rows]
+            proj = pca.transform(vectors)[:, :n_components]
+            sim = cosine(vectors, _mean_of(means, index.row_chip[rows], mean_rows))
+            single = ok & (weight == 1.0)
+            pcs[obs[single]] = proj[single]
+            cos[obs[single]] = sim[single]
+            seen[obs[single]] = True
+            shared = np.flatnonzero(ok & (weight < 1.0))
+            if shared.size:
+                slot = np.searchsorted(multi, obs[shared])
+                w = weight[shared]
+                np.add.at(dup_w, slot, w)
+                np.add.at(dup_pcs, slot, proj[shared] * w[:, None])
+                np.add.at(dup_vec, slot, vectors[shared] * w[:, None])
         bar.update(1)
     bar.close()
-    for o, vec in dup_sums.items():
-        norm = np.linalg.norm(vec)
-        ref = _mean_of(means, index.obs_chip[o:o + 1], mean_rows)[0]
-        cos[o] = float(vec @ ref / norm) if norm > 0 else np.nan
-    obs_ok = wsum > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pcs = (pcs / wsum[:, None]).astype(np.float32)
-    cos = np.where(obs_ok, cos, np.nan).astype(np.float32)
-    return pcs, cos, obs_ok
+    _release_read_buffers()
+    if multi.size:
+        has = dup_w > 0
+        got = multi[has]
+        pcs[got] = (dup_pcs[has] / dup_w[has, None]).astype(np.float32)
+        cos[got] = cosine(dup_vec[has], _mean_of(means, index.obs_chip[got], mean_rows))
+        seen[got] = True
+    return pcs, cos, seen
+
+
+def _release_read_buffers() -> None:
+    """Hand the Arrow buffers of the files read back to the system (mimalloc keeps them)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def _mean_of(means: np.ndarray, chips: np.ndarray, mean_rows: np.ndarray | None) -> np.ndarray:

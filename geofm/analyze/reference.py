@@ -14,8 +14,10 @@ so the state always describes the outputs beside it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,19 @@ from typing import Any
 import numpy as np
 
 from geofm.analyze.change import SeasonalFit
-from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
+from geofm.exceptions import GeofmFileExistsError, GeofmFileNotFoundError, GeofmValueError
 from geofm.io import atomic_path, write_json_atomic
 from geofm.layout import RunRoot
 
 #: Version of the ``state.json`` / ``reference.npz`` layout.
 STATE_VERSION = 1
+
+#: Options of :func:`geofm.analyze.stage.analyze` that shape the reference (the fits
+#: every update is scored against): changing one needs ``refit``. The others (plots,
+#: t-SNE) only change what is drawn.
+REFERENCE_OPTIONS = ("embedding", "baseline_start", "monitor_start", "signal", "n_components",
+                     "threshold", "consecutive", "min_baseline", "alpha", "center", "pca",
+                     "pca_samples", "seed")
 
 
 @dataclass
@@ -159,3 +168,62 @@ def file_signature(path: Path) -> str:
     """``"<size>:<mtime_ns>"`` of an embeddings file: a changed file is analysed again."""
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def fingerprint(files: Sequence[Path], config: dict[str, Any]) -> str:
+    """sha256 of the options and of each embeddings file's name, size and mtime."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for path in files:
+        st = path.stat()
+        h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def changed_scenes(state: dict[str, Any] | None, options: dict[str, Any],
+                   signatures: dict[str, str], *, changes_path: Path, refit: bool
+                   ) -> tuple[list[str], list[str]] | None:
+    """The scenes an update must score (new or rewritten) and drop (gone), sorted.
+
+    ``state``: the stored ``state.json`` (None: none yet); ``options``: the analysis'
+    :data:`REFERENCE_OPTIONS` (JSON-able values); ``signatures``: scene id ->
+    :func:`file_signature` of every embeddings file now.
+
+    Returns:
+        ``(todo, gone)``, or None when a new reference must be fitted (``refit``, or
+        no state yet).
+
+    Raises:
+        GeofmFileExistsError: the stored reference was made with other options (names
+            them), or ``changes_path`` exists without a state; refit to start anew.
+    """
+    if state is None and changes_path.exists() and not refit:
+        raise GeofmFileExistsError(
+            f"{changes_path} holds results of other embeddings or options (written "
+            "without an analysis reference); pass overwrite=True (--overwrite) or "
+            "refit=True (--refit) to start a new reference.")
+    if refit or state is None:
+        return None
+    stored = state["reference"]["options"]
+    if stored != options:
+        diff = sorted(k for k in options if stored.get(k) != options[k])
+        raise GeofmFileExistsError(
+            f"{changes_path} holds results of other embeddings or options (the reference "
+            f"{state['reference']['id']} differs in {diff}); pass overwrite=True "
+            "(--overwrite) or refit=True (--refit) to start a new reference, or use the "
+            "reference's options.")
+    todo = sorted(s for s in signatures if state["scenes"].get(s) != signatures[s])
+    gone = sorted(set(state["scenes"]) - set(signatures))
+    return todo, gone
+
+
+def new_state(reference: Reference, options: dict[str, Any], analysis: dict[str, Any],
+              previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``state.json`` of a new reference (no scenes yet; keeps ``previous`` updates)."""
+    def day(ns: int) -> str:
+        return str(np.datetime64(ns, "ns").astype("datetime64[D]"))
+
+    return {"reference": {"id": reference.id, "options": options,
+                          "baseline_start": day(reference.baseline_start_ns),
+                          "monitor_start": day(reference.monitor_start_ns),
+                          "analysis": analysis},
+            "scenes": {}, "updates": (previous or {}).get("updates", [])}

@@ -10,7 +10,7 @@ memory stays bounded by one file plus per-chip accumulators.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,16 +115,28 @@ def index_embeddings(files: list[Path], scene_ids: list[str], *,
         raise GeofmFileNotFoundError("no embedding files to analyse; run `geofm embed` first "
                                      "(it writes embeddings/<scene_id>.parquet).")
     dims = {}
-    chip_parts, ns_parts, counts = [], [], []
+    code_parts, ns_parts, counts = [], [], []
+    # chip ids are numbered file by file against a growing array of the ids seen so far
+    # (no array of every row's id string: at 5 M rows that is ~0.3 GB in pyarrow's
+    # memory pool, which keeps it)
+    seen = pa.array([], type=pa.string())
     for path in files:
         dims[path] = _vector_dim(path, column)
         table = read_table(path, made_by="embed", columns=["chip_id", "date"])
-        chip_parts.append(table.column("chip_id").cast(pa.string()))
+        encoded = table.column("chip_id").cast(pa.string()).combine_chunks().dictionary_encode()
+        names = encoded.dictionary
+        found = pc.index_in(names, value_set=seen)
+        if found.null_count:
+            seen = pa.concat_arrays([seen, names.filter(pc.is_null(found))])
+            found = pc.index_in(names, value_set=seen)
+        pos = found.to_numpy(zero_copy_only=False).astype(np.int64)
+        code_parts.append(pos[encoded.indices.to_numpy(zero_copy_only=False)])
         date = table.column("date")
         if pa.types.is_timestamp(date.type) and date.type.unit != "ns":
             date = date.cast(pa.timestamp("ns", tz=date.type.tz))
         ns_parts.append(np.asarray(pc.cast(date, pa.int64()).to_numpy(zero_copy_only=False)))
         counts.append(table.num_rows)
+        del table, encoded
     found = {d for d, p in ((dims[p], p) for p in files) if d}
     if len(found) > 1:
         raise GeofmValueError(f"embedding files disagree on dimension {column!r}: {sorted(found)}"
@@ -132,18 +144,13 @@ def index_embeddings(files: list[Path], scene_ids: list[str], *,
                               "model (`geofm embed --overwrite`).")
     dim = found.pop() if found else 0
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    chips = pa.chunked_array([c for part in chip_parts for c in part.chunks], type=pa.string())
-    encoded = chips.combine_chunks().dictionary_encode() if len(chips) else None
-    if encoded is None:
-        chip_ids = np.array([], dtype=object)
-        codes = np.array([], dtype=np.int64)
-    else:
-        dictionary = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
-        order = np.argsort(dictionary)
-        rank = np.empty_like(order)
-        rank[order] = np.arange(order.size)
-        chip_ids = dictionary[order]
-        codes = rank[encoded.indices.to_numpy(zero_copy_only=False)].astype(np.int64)
+    dictionary = np.asarray(seen.to_pylist(), dtype=object)
+    order = np.argsort(dictionary)
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    chip_ids = dictionary[order]
+    codes = rank[np.concatenate(code_parts)] if code_parts else np.array([], dtype=np.int64)
+    del code_parts
     ns = np.concatenate(ns_parts) if ns_parts else np.array([], dtype=np.int64)
     row_scene = np.repeat(np.arange(len(files)), counts).astype(np.int64)
     day = np.floor_divide(ns, NS_PER_DAY)
@@ -159,6 +166,7 @@ def index_embeddings(files: list[Path], scene_ids: list[str], *,
     n_obs = int(first.sum())
     obs_count = np.bincount(row_obs, minlength=n_obs)
     first_rows = order[first]
+    pa.default_memory_pool().release_unused()  # the id strings read: back to the system
     return ObservationIndex(
         files=list(files), scene_ids=list(scene_ids), offsets=offsets, dim=dim,
         chip_ids=chip_ids, row_chip=codes, row_obs=row_obs,
@@ -166,50 +174,127 @@ def index_embeddings(files: list[Path], scene_ids: list[str], *,
         obs_chip=codes[first_rows], obs_ns=ns[first_rows], obs_scene=row_scene[first_rows])
 
 
-def read_vectors(path: Path, column: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read one file's embedding column.
+#: Rows per block handed to the passes (bounds their temporaries: 16,384 x 768 float32
+#: = 48 MiB).
+BLOCK_ROWS = 16_384
+
+
+@dataclass
+class FileVectors:
+    """One file's embedding column, as blocks of consecutive rows.
+
+    Attributes:
+        index: the file's position in :attr:`ObservationIndex.files`.
+        blocks: ``(start, vectors, ok)``: the block's first row within the file, float32
+            ``[n, D]`` vectors (read-only views of the Arrow buffers where possible), and
+            bool ``[n]`` rows that are usable (not null, of length ``D``, finite; the
+            others are zero in ``vectors``).
+    """
+
+    index: int
+    blocks: list[tuple[int, np.ndarray, np.ndarray]]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """The usable rows of the whole file: bool ``[rows]``."""
+        return np.concatenate([ok for _, _, ok in self.blocks]) if self.blocks else \
+            np.zeros(0, dtype=bool)
+
+    def whole(self) -> np.ndarray:
+        """float32 ``[rows, D]`` every block in one (writable) array: a copy."""
+        return np.concatenate([v for _, v, _ in self.blocks])
+
+
+def _finite_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows without NaN or infinity, bool ``[n]`` (a row sum first: no ``[n, D]`` mask)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(vectors.sum(axis=1))
+    maybe = np.flatnonzero(~finite)  # NaN/inf, or a sum of huge finite values
+    if maybe.size:
+        finite[maybe] = np.isfinite(vectors[maybe]).all(axis=1)
+    return finite
+
+
+def read_vectors(path: Path, column: str, dim: int, *, block_rows: int | None = None
+                 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Read one file's embedding column as blocks of at most ``block_rows`` rows.
 
     Args:
         path: an embeddings Parquet file.
         column: ``embedding`` or ``embedding_mean``.
         dim: expected dimension ``D``.
+        block_rows: most rows per block (default :data:`BLOCK_ROWS`).
 
     Returns:
-        ``(vectors float32 [n, D], ok bool [n])``; rows that are null, of another
-        length or not finite are zero in ``vectors`` and False in ``ok``.
+        ``[(start, vectors float32 [n, D], ok bool [n]), ...]`` in row order (``start``:
+        first row of the block in the file); rows that are null, of another length or
+        not finite are zero in ``vectors`` and False in ``ok``. Vectors of a
+        ``fixed_size_list<float32>`` column without nulls are zero-copy (read-only).
     """
-    col = read_table(path, made_by="embed", columns=[column]).column(column).combine_chunks()
-    n = len(col)
-    ok = np.ones(n, dtype=bool)
-    if pa.types.is_fixed_size_list(col.type) and col.null_count == 0:
-        flat = col.flatten().to_numpy(zero_copy_only=False)
-        vectors = np.asarray(flat, dtype=np.float32).reshape(n, dim)
-    else:
-        vectors = np.zeros((n, dim), dtype=np.float32)
-        for i, item in enumerate(col.to_pylist()):
-            if item is None or len(item) != dim:
-                ok[i] = False
-            else:
-                vectors[i] = item
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        vectors = vectors.copy()  # arrow buffers are read-only
-        vectors[~finite] = 0.0
-    return vectors, ok & finite
+    block_rows = block_rows or BLOCK_ROWS
+    col = read_table(path, made_by="embed", columns=[column]).column(column)
+    out: list[tuple[int, np.ndarray, np.ndarray]] = []
+    start = 0
+    for chunk in col.chunks:
+        n = len(chunk)
+        if pa.types.is_fixed_size_list(chunk.type) and chunk.null_count == 0 and \
+                chunk.type.list_size == dim and pa.types.is_float32(chunk.type.value_type):
+            vectors = chunk.flatten().to_numpy(zero_copy_only=False).reshape(n, dim)
+            ok = np.ones(n, dtype=bool)
+        else:
+            vectors = np.zeros((n, dim), dtype=np.float32)
+            ok = np.ones(n, dtype=bool)
+            for i, item in enumerate(chunk.to_pylist()):
+                if item is None or len(item) != dim:
+                    ok[i] = False
+                else:
+                    vectors[i] = item
+        for lo in range(0, n, block_rows):
+            v = vectors[lo:lo + block_rows]
+            finite = _finite_rows(v)
+            if not finite.all():
+                v = v.copy()  # arrow buffers are read-only
+                v[~finite] = 0.0
+            out.append((start + lo, v, ok[lo:lo + block_rows] & finite))
+        start += n
+    return out
 
 
-def iter_vectors(index: ObservationIndex, column: str
-                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Stream the embedding column, one file at a time.
+def iter_vectors(index: ObservationIndex, column: str, *, order: Sequence[int] | None = None
+                 ) -> Iterator[FileVectors]:
+    """Stream the embedding column, one file at a time, reading the next file meanwhile.
+
+    A background thread reads file ``k + 1`` (pyarrow decodes without the GIL) while
+    the caller works on file ``k``: memory is two files' vectors.
+
+    Args:
+        index: the files and their row numbering.
+        column: ``embedding`` or ``embedding_mean``.
+        order: file indexes in the order to stream them (default: all, in order).
 
     Yields:
-        ``(file_index, vectors float32 [n, D], ok bool [n])``; the file's global rows
-        are ``index.offsets[file_index]:index.offsets[file_index + 1]``.
+        :class:`FileVectors`; the file's global rows are ``index.offsets[i]`` plus each
+        block's ``start``.
     """
-    for i, path in enumerate(index.files):
-        vectors, ok = read_vectors(path, column, index.dim)
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = list(range(len(index.files))) if order is None else list(order)
+
+    def read(i: int) -> FileVectors:
+        path = index.files[i]
+        blocks = read_vectors(path, column, index.dim)
+        got = sum(ok.size for _, _, ok in blocks)
         expected = int(index.offsets[i + 1] - index.offsets[i])
-        if vectors.shape[0] != expected:
-            raise GeofmValueError(f"{path} changed while being analysed ({vectors.shape[0]} "
-                                  f"rows, {expected} before); re-run when `geofm embed` is done.")
-        yield i, vectors, ok
+        if got != expected:
+            raise GeofmValueError(f"{path} changed while being analysed ({got} rows, "
+                                  f"{expected} before); re-run when `geofm embed` is done.")
+        return FileVectors(i, blocks)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geofm-read") as pool:
+        pending = pool.submit(read, files[0]) if files else None
+        for k in range(len(files)):
+            assert pending is not None
+            current = pending.result()
+            pending = pool.submit(read, files[k + 1]) if k + 1 < len(files) else None
+            yield current
+            del current

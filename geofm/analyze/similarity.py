@@ -27,8 +27,10 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape[-1] != b.shape[-1]:
         raise ShapeError(f"dimension 'embedding' differs: {a.shape[-1]} vs {b.shape[-1]}; "
                          "compare embeddings of the same model and kind.")
-    dot = np.einsum("nd,nd->n", a, np.broadcast_to(b, a.shape))
-    norm = np.linalg.norm(a, axis=-1) * np.linalg.norm(np.broadcast_to(b, a.shape), axis=-1)
+    b = np.broadcast_to(b, a.shape)
+    # einsum: dot products and norms without [N, D] temporaries
+    dot = np.einsum("nd,nd->n", a, b)
+    norm = np.sqrt(np.einsum("nd,nd->n", a, a) * np.einsum("nd,nd->n", b, b))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(norm > 0, dot / norm, np.nan).astype(np.float32)
 
@@ -67,15 +69,21 @@ class BaselineMeans:
         Weights are 0 for observations outside the baseline and ``1/k`` for each of
         ``k`` same-day acquisitions of a chip (so a date counts once).
         """
+        weights = np.asarray(weights, dtype=np.float64)
         sel = weights > 0
         if not sel.any():
             return
-        idx, vec, w = chip_index[sel], vectors[sel], weights[sel]
-        np.add.at(self.weights, idx, w)
-        if np.unique(idx).size == idx.size:
-            self.sums[idx] += vec * w[:, None].astype(np.float32)
+        if sel.all():  # no copy of the vectors
+            idx, vec, w = chip_index, vectors, weights
         else:
-            np.add.at(self.sums, idx, vec * w[:, None].astype(np.float32))
+            idx, vec, w = chip_index[sel], vectors[sel], weights[sel]
+        self.weights += np.bincount(idx, weights=w, minlength=self.weights.size)
+        if not (w == 1.0).all():
+            vec = vec * w[:, None].astype(np.float32)
+        if np.bincount(idx).max() == 1:  # each chip once: one gather-add-scatter
+            self.sums[idx] += vec
+        else:
+            np.add.at(self.sums, idx, vec)
 
     def unit_means(self) -> np.ndarray:
         """float32 ``[C, D]`` baseline means scaled to unit length (NaN without baseline).

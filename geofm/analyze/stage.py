@@ -1,92 +1,46 @@
 """The ``analyze`` stage: PCA, cosine to baseline, change detection, alerts, maps, plots.
 
-Reads ``embeddings/<scene_id>.parquet`` and ``meta/<scene_id>.parquet`` of a run root
-and writes ``analysis/`` (see docs/contracts.md, "analyze").
-
-The first analysis (and every refit) fits the **reference**: the embeddings are
-streamed twice, one file at a time (memory: one file plus ``[chips, D]`` baseline
-sums plus the PCA sample): pass 1 collects the PCA sample and the per-chip baseline
-sums, pass 2 projects every vector and takes its cosine to the chip's baseline mean;
-the seasonal models are fitted on all chips at once (batched Lasso, no per-chip loop).
-A later analysis of a grown root is an **update**: only the new files are streamed
-(once), projected onto the stored PCA basis and scored against the stored fits; the
-published series plus the new scores are then re-assessed (the CCDC rule, a cheap
-``[chips, dates]`` scan). Both end in :func:`_publish`, which writes one update's
-files together (:class:`geofm.io.StagedFiles`).
+Reads ``embeddings/`` and ``meta/`` of a run root and writes ``analysis/`` (see
+docs/contracts.md, "analyze"). This module is the orchestration: the first analysis
+(and every refit) fits the **reference** (:func:`geofm.analyze.update.reference`, the
+two streamed passes of :mod:`geofm.analyze.passes`); a later analysis of a grown root
+is an **update** (:func:`geofm.analyze.update.update`: only the new files, scored
+against the stored reference). Both end in :func:`geofm.analyze.outputs.publish`,
+which assesses every chip and writes one update's files together; plots are drawn by
+:mod:`geofm.analyze.plots`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from geofm.analyze.alerts import alerts_frame, format_alerts, list_alerts, previous_alerts
+from geofm.analyze import outputs
+from geofm.analyze import reference as refs
+from geofm.analyze.alerts import format_alerts, list_alerts
 from geofm.analyze.alerts import geojson as alerts_geojson
-from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, assess, check_parameters
-from geofm.analyze.outputs import write_changes as _write_changes  # tests patch this name
-from geofm.analyze.outputs import write_timeseries, write_tsne
-from geofm.analyze.overlaps import duplicate_changes, find_overlaps
-from geofm.analyze.passes import Padded
 from geofm.analyze.reduce import PCAModel
-from geofm.analyze.reference import file_signature, read_state, write_state
 from geofm.analyze.series import EMBEDDING_COLUMNS, index_embeddings
 from geofm.analyze.update import (
-    Core,
-    Options,
-    Work,
-    chip_date_order,
-    moves,
+    CENTER_MODES,
+    check_model,
+    make_options,
     published_changes,
     reference,
     update,
 )
-from geofm.analyze.update import baseline_window as baseline_window  # public here before
-from geofm.exceptions import GeofmFileExistsError, GeofmValueError
+from geofm.exceptions import GeofmValueError
 from geofm.io import StagedFiles
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord, call_config, stage_entry
-from geofm.tables import read_table
 
 log = logging.getLogger(__name__)
-
-#: ``center`` choices (see :func:`analyze`).
-CENTER_MODES = ("scene", "none")
-
-
-def _fingerprint(index_files: Sequence[Path], config: dict[str, Any]) -> str:
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for path in index_files:
-        st = path.stat()
-        h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def _signal_column(signal: str, n_components: int) -> int | None | slice:
-    """Index of the PC used as signal (None: cosine; a slice: all PCs); validates it."""
-    if signal == "cosine":
-        return None
-    if signal == "pcs":
-        return slice(0, n_components)
-    if signal.startswith("pc") and signal[2:].isdigit() and 1 <= int(signal[2:]) <= n_components:
-        return int(signal[2:]) - 1
-    raise GeofmValueError(f"signal={signal!r} is not valid: use 'pcs', 'cosine' or "
-                          f"pc1..pc{n_components} (raise n_components for a higher component).")
-
-
-#: Options that shape the reference (the fits every update is scored against): changing
-#: one needs ``refit``. The others (plots, t-SNE) only change what is drawn.
-REFERENCE_OPTIONS = ("embedding", "baseline_start", "monitor_start", "signal", "n_components",
-                     "threshold", "consecutive", "min_baseline", "alpha", "center", "pca",
-                     "pca_samples", "seed")
 
 
 @stage_entry("analyze")
@@ -157,7 +111,8 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             on all observations, rescore everything. Past change dates and magnitudes
             may move; alerts are the chips that are ``change`` now and were not before.
         overwrite: the same as ``refit`` (the older name). Without either, options that
-            shape the reference (:data:`REFERENCE_OPTIONS`) must equal the reference's.
+            shape the reference (:data:`~geofm.analyze.reference.REFERENCE_OPTIONS`) must
+            equal the reference's.
         rasters: also write the change map as Cloud-Optimized GeoTIFFs, one per tile,
             and their mosaic VRT (``analysis/rasters/``, see
             :mod:`geofm.analyze.rasters`).
@@ -191,27 +146,22 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             metadata count as one unknown model).
     """
     rr = RunRoot.of(root)
-    if embedding not in EMBEDDING_COLUMNS:
-        raise GeofmValueError(f"embedding={embedding!r} is not valid: use 'cls' or 'mean'.")
-    signal_pc = _signal_column(signal, n_components)
-    if center not in CENTER_MODES:
-        raise GeofmValueError(f"center={center!r} is not valid: use 'scene' or 'none'.")
-    check_parameters(threshold=threshold, consecutive=consecutive, min_baseline=min_baseline)
+    opts = make_options(embedding=embedding, signal=signal, n_components=n_components,
+                        threshold=threshold, consecutive=consecutive, min_baseline=min_baseline,
+                        alpha=alpha, center=center, pca_samples=pca_samples, seed=seed,
+                        progress=progress)
     config = dict(embedding=embedding, baseline_start=baseline_start,
                   monitor_start=monitor_start, signal=signal, n_components=n_components,
                   threshold=threshold, consecutive=consecutive, min_baseline=min_baseline,
                   alpha=alpha, center=center, tsne=tsne, plot_chips=list(plot_chips),
                   max_plots=max_plots, pca=None if pca is None else str(pca),
                   pca_samples=pca_samples, seed=seed, refit=refit or overwrite)
-    opts = Options(column=EMBEDDING_COLUMNS[embedding], signal=signal, signal_pc=signal_pc,
-                    n_components=n_components, threshold=threshold, consecutive=consecutive,
-                    min_baseline=min_baseline, alpha=alpha, center=center,
-                    pca_samples=pca_samples, seed=seed, progress=progress)
     pca_model = None if pca is None else PCAModel.load(pca)
     if pca_model is not None and pca_model.n_components < n_components:
         raise GeofmValueError(f"{pca} has {pca_model.n_components} components but "
                               f"n_components={n_components}; lower --n-components.")
-    ref_options = {k: config[k] for k in REFERENCE_OPTIONS}
+    ref_options = json.loads(json.dumps({k: config[k] for k in refs.REFERENCE_OPTIONS},
+                                        default=str))
 
     with StageRecord(rr, "analyze", config=call_config(**config)) as record:
         staged = StagedFiles(rr.analysis_dir)
@@ -222,189 +172,29 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
         files = [rr.embeddings_path(s) for s in scene_ids]
         if not files:
             index_embeddings([], [])  # raises: run `geofm embed` first
-        _check_model(rr, scene_ids, files, record)
-        signatures = {s: file_signature(f) for s, f in zip(scene_ids, files, strict=True)}
-        state = read_state(rr)
+        check_model(rr, scene_ids, files, record)
+        signatures = {s: refs.file_signature(f) for s, f in zip(scene_ids, files, strict=True)}
+        state = refs.read_state(rr)
         published = published_changes(rr)
-        fresh = refit or overwrite or state is None
-        if state is None and rr.changes_path.exists() and not fresh:
-            raise GeofmFileExistsError(
-                f"{rr.changes_path} holds results of other embeddings or options (written "
-                "without an analysis reference); pass overwrite=True (--overwrite) or "
-                "refit=True (--refit) to start a new reference.")
-        if not fresh:
+        scenes = refs.changed_scenes(state, ref_options, signatures,
+                                     changes_path=rr.changes_path, refit=refit or overwrite)
+        if scenes is not None:  # an update of the stored reference
             assert state is not None
-            stored = state["reference"]["options"]
-            if stored != json.loads(json.dumps(ref_options, default=str)):
-                diff = sorted(k for k in ref_options if stored.get(k) != ref_options[k])
-                raise GeofmFileExistsError(
-                    f"{rr.changes_path} holds results of other embeddings or options (the "
-                    f"reference {state['reference']['id']} differs in {diff}); pass "
-                    "overwrite=True (--overwrite) or refit=True (--refit) to start a new "
-                    "reference, or use the reference's options.")
-            todo = sorted(s for s in scene_ids if state["scenes"].get(s) != signatures[s])
-            gone = sorted(set(state["scenes"]) - set(signatures))
-            record.extra["reference"] = state["reference"]
-            # the reference's summary (baseline period, PCA) stays in every run.json entry
-            record.extra["analysis"] = state["reference"].get("analysis", {
-                "baseline_start": state["reference"]["baseline_start"],
-                "monitor_start": state["reference"]["monitor_start"]})
-            if not todo and not gone and all(p.exists() for p in _outputs(rr)):
-                log.info("analysis/ is up to date with these embeddings and options; skipped")
-                record.counts.update(_counts_from(rr.changes_path))
-                record.counts["skipped"] = 1
-                record.extra["updates"] = state["updates"]
-                return record
+            todo, gone = scenes
+            if outputs.resume(rr, record, state, todo=todo, gone=gone):
+                return record  # nothing changed: skipped
             work = update(rr, record, state, todo, gone, opts, plot_chips, published)
         else:
             work = reference(rr, record, files, scene_ids, opts, pca_model, plot_chips,
                              baseline_start=baseline_start, monitor_start=monitor_start,
-                             pca_path=pca)
-            if tsne:
-                obs, chip_ids = work.obs, work.chip_ids
-                work.files["tsne.parquet"] = lambda p: write_tsne(p, obs, chip_ids, seed=seed)
-            state = {"reference": {"id": work.reference.id, "options": json.loads(
-                json.dumps(ref_options, default=str)),
-                "baseline_start": str(pd.Timestamp(work.reference.baseline_start_ns,
-                                                   tz="UTC").date()),
-                "monitor_start": str(pd.Timestamp(work.reference.monitor_start_ns,
-                                                  tz="UTC").date()),
-                "analysis": record.extra["analysis"]},
-                "scenes": {}, "updates": (state or {}).get("updates", [])}
+                             pca_path=pca, tsne=tsne)
+            state = refs.new_state(work.reference, ref_options, record.extra["analysis"], state)
             todo, gone = scene_ids, []
-        state["scenes"] = {s: signatures[s] for s in scene_ids}
-        _publish(rr, record, staged, work, state, opts, published, scene_added=todo,
-                 scene_removed=gone,
-                 fingerprint=_fingerprint(files, config), plot_chips=plot_chips,
-                 max_plots=max_plots, rasters=rasters)
+        state["scenes"] = signatures
+        outputs.publish(rr, record, staged, work, state, opts, published, scene_added=todo,
+                        scene_removed=gone, fingerprint=refs.fingerprint(files, config),
+                        plot_chips=plot_chips, max_plots=max_plots, rasters=rasters)
     return record
-
-
-def _publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
-             state: dict[str, Any], o: Options, published: pd.DataFrame | None, *,
-             scene_added: list[str],
-             scene_removed: list[str], fingerprint: str, plot_chips: Sequence[str],
-             max_plots: int | None, rasters: bool) -> None:
-    """Assess every chip, find the alerts and publish all outputs of this analysis at once."""
-    core = work.obs.core() if work.prior is None else Core.concat(work.prior.core,
-                                                                    work.obs.core())
-    n_prior = core.chip.size - work.obs.chip.size
-    order = chip_date_order(core.chip, core.ns)
-    obs = core.take(order)  # by chip, then date: the [chip, date] grid's order
-    n_chips = work.chip_ids.size
-    grid = Padded(obs.chip, n_chips, np.ones(obs.chip.size, dtype=bool))
-    valid = grid.take(np.isfinite(obs.sig), False)
-    monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
-    resid = grid.take(obs.resid.astype(np.float64), np.nan)
-    out = assess(work.fit, resid, valid, monitor, threshold=o.threshold,
-                 consecutive=o.consecutive)
-    status = out["status"]
-    ns_grid = grid.take(obs.ns, 0)
-    rows = np.arange(n_chips)
-    change_ns = np.where(out["change"], ns_grid[rows, np.maximum(out["change_index"], 0)], 0)
-    confirm = np.maximum(out["confirm_index"], 0)
-    confirm_ns = ns_grid[rows, confirm]
-    confirm_scene = grid.take(obs.scene, -1)[rows, confirm]
-
-    prev: np.ndarray = np.full(work.chip_ids.size, None, dtype=object)
-    if published is not None and len(published):
-        pos = pd.Index(published["chip_id"].astype(str)).get_indexer(work.chip_ids.astype(str))
-        prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
-    alert = out["change"] & (prev != CHANGE)
-    now = pd.Timestamp.now(tz="UTC")
-    update_no = len(state["updates"]) + 1
-    meta = work.meta
-    overlaps = find_overlaps(meta)
-    duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, meta,
-                                  overlaps=overlaps)
-    idx = np.flatnonzero(alert)
-    new_alerts = alerts_frame({
-        "chip_id": work.chip_ids[idx].astype(str), "tile": meta["tile"].to_numpy()[idx],
-        "change_date": change_ns[idx], "magnitude": out["magnitude"][idx],
-        "previous_status": prev[idx], "detected_at": [now] * idx.size,
-        "update": [update_no] * idx.size, "reference_id": [work.reference.id] * idx.size,
-        "confirmed_scene_id": [obs.scenes[s] for s in confirm_scene[idx]],
-        "confirmed_date": confirm_ns[idx], "duplicate_of": duplicate[idx]},
-        list(meta["geometry"].to_numpy()[idx]))
-    history = previous_alerts(rr)
-    all_alerts = new_alerts if not len(history) else pd.concat([history, new_alerts],
-                                                               ignore_index=True)
-    counts = {"chips": int(n_chips), "changed": int((status == CHANGE).sum()),
-              "no_change": int((status == NO_CHANGE).sum()),
-              "insufficient": int((status == INSUFFICIENT).sum())}
-    n_alerts = int(idx.size)
-    n_distinct = int(pd.isna(duplicate[idx]).sum())
-    entry = {"update": update_no, "at": now.isoformat(), "kind": work.kind,
-             "reference_id": work.reference.id, "scenes_added": len(scene_added),
-             "scenes_removed": len(scene_removed), "new_observations": work.n_new,
-             "alerts": n_alerts, "distinct_alerts": n_distinct,
-             "status_moves": moves(prev, status), **counts}
-    if len(scene_added) <= 20:
-        entry["scene_ids"] = list(scene_added)
-    state["updates"] = [*state["updates"], entry]
-    state["fingerprint"] = fingerprint  # of the embeddings files and options
-
-    staged.begin()
-    for name, writer in work.files.items():
-        writer(staged.path(name))
-    anomaly = np.empty(core.chip.size, dtype=bool)
-    anomaly[order] = grid.gather(out["anomaly"])
-    write_timeseries(staged.path("timeseries.parquet"), work.obs, work.chip_ids,
-                     anomaly[n_prior:], o.n_components,
-                     prior=None if work.prior is None else work.prior.table,
-                     prior_anomaly=anomaly[:n_prior])
-    _write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
-                   work.chip_ids, meta, out, work.fit, change_ns, duplicate)
-    new_alerts_path = staged.path("alerts.geojson")
-    new_alerts_path.write_text(alerts_geojson(new_alerts), encoding="utf-8")
-    all_alerts = all_alerts.reset_index(drop=True)
-    all_alerts.to_parquet(staged.path("alerts.parquet"), index=False)
-    if rasters:
-        from geofm.analyze.rasters import write_change_rasters
-
-        write_change_rasters(staged, rr, meta, out, change_ns, duplicate)
-    overlaps.to_parquet(staged.path("overlaps.parquet"), index=False)
-    write_state(staged.path("state.json"), state)
-    staged.commit()
-
-    from geofm.analyze.plots import write_plots
-
-    plot = idx if work.kind == "update" else np.flatnonzero(out["change"])
-    n_plots = write_plots(rr, work.chip_ids, obs, grid, out, work.fit, plot, o, plot_chips,
-                          max_plots)
-    record.counts.update(embeddings=work.n_rows, observations=int(obs.chip.size),
-                         new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
-                         **counts)
-    record.extra["reference"] = state["reference"]
-    record.extra["updates"] = state["updates"]
-    log.info("analyze %s %d: %d new observation(s), %d alert(s) (%d distinct places)",
-             work.kind, update_no, work.n_new, n_alerts, n_distinct)
-
-
-def _outputs(rr: RunRoot) -> list[Path]:
-    return [rr.timeseries_path, rr.changes_path, rr.change_map_path, rr.pca_path,
-            rr.reference_path, rr.reference_means_path, rr.analysis_state_path,
-            rr.alerts_path, rr.alerts_geojson_path]
-
-
-def _check_model(rr: RunRoot, scene_ids: list[str], files: list[Path],
-                 record: StageRecord) -> None:
-    """Refuse embeddings of two models; count and log the chips embed could not embed."""
-    from geofm.embed.writer import check_one_model, record_embedding_gaps
-
-    identity, infos = check_one_model(files, purpose="be analysed together",
-                                      require_metadata=False)
-    record.extra["model"] = identity.to_dict()
-    record_embedding_gaps(rr, dict(zip(scene_ids, infos, strict=True)), record,
-                          left_out_key="not_analysed")
-
-
-def _counts_from(path: Path) -> dict[str, int]:
-    status = read_table(path, made_by="analyze", columns=["status"]).column("status").to_numpy(
-        zero_copy_only=False)
-    return {"chips": int(status.size), "changed": int((status == CHANGE).sum()),
-            "no_change": int((status == NO_CHANGE).sum()),
-            "insufficient": int((status == INSUFFICIENT).sum())}
 
 
 def cli_options() -> dict[str, Any]:

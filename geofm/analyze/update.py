@@ -19,18 +19,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from geofm.analyze.change import SeasonalFit, fit_seasonal
+from geofm.analyze.change import SeasonalFit, check_parameters, fit_seasonal
 from geofm.analyze.passes import Padded, pass_one, pass_two
 from geofm.analyze.reduce import PCAModel, fit_pca
 from geofm.analyze.reference import Reference, load_means, save_means
-from geofm.analyze.series import NS_PER_DAY, index_embeddings
+from geofm.analyze.series import EMBEDDING_COLUMNS, NS_PER_DAY, index_embeddings
 from geofm.exceptions import GeofmValueError
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord
 from geofm.tables import read_schema, read_table
 
-#: The stage's logger, so log lines name `geofm.analyze.stage` as before the split.
-log = logging.getLogger("geofm.analyze.stage")
+log = logging.getLogger(__name__)
 
 
 def _parse_date(value: str | pd.Timestamp | None, name: str) -> pd.Timestamp | None:
@@ -64,6 +63,26 @@ def baseline_window(first_ns: int, *, baseline_start: str | None = None,
     return start, mon
 
 
+#: ``center`` choices (see :func:`geofm.analyze.stage.analyze`).
+CENTER_MODES = ("scene", "none")
+
+
+def signal_column(signal: str, n_components: int) -> int | None | slice:
+    """Index of the PC used as signal (None: cosine; a slice: all PCs); validates it.
+
+    Raises:
+        GeofmValueError: ``signal`` is not ``pcs``, ``cosine`` or ``pc1..pcK``.
+    """
+    if signal == "cosine":
+        return None
+    if signal == "pcs":
+        return slice(0, n_components)
+    if signal.startswith("pc") and signal[2:].isdigit() and 1 <= int(signal[2:]) <= n_components:
+        return int(signal[2:]) - 1
+    raise GeofmValueError(f"signal={signal!r} is not valid: use 'pcs', 'cosine' or "
+                          f"pc1..pc{n_components} (raise n_components for a higher component).")
+
+
 #: Per-chip columns of ``changes.parquet`` taken from the chip metadata (first row).
 CHIP_META_COLUMNS = ("tile", "epsg", "minx", "miny", "maxx", "maxy")
 
@@ -88,6 +107,26 @@ class Options:
     pca_samples: int
     seed: int
     progress: bool
+
+
+def make_options(*, embedding: str, signal: str, n_components: int, threshold: float,
+                 consecutive: int, min_baseline: int, alpha: float, center: str,
+                 pca_samples: int, seed: int, progress: bool) -> Options:
+    """Validated :class:`Options` (arguments as :func:`geofm.analyze.stage.analyze`'s).
+
+    Raises:
+        GeofmValueError: a bad embedding kind, signal, center mode or detection parameter.
+    """
+    if embedding not in EMBEDDING_COLUMNS:
+        raise GeofmValueError(f"embedding={embedding!r} is not valid: use 'cls' or 'mean'.")
+    signal_pc = signal_column(signal, n_components)
+    if center not in CENTER_MODES:
+        raise GeofmValueError(f"center={center!r} is not valid: use 'scene' or 'none'.")
+    check_parameters(threshold=threshold, consecutive=consecutive, min_baseline=min_baseline)
+    return Options(column=EMBEDDING_COLUMNS[embedding], signal=signal, signal_pc=signal_pc,
+                   n_components=n_components, threshold=threshold, consecutive=consecutive,
+                   min_baseline=min_baseline, alpha=alpha, center=center,
+                   pca_samples=pca_samples, seed=seed, progress=progress)
 
 
 @dataclass
@@ -175,7 +214,7 @@ class _Prior:
 
 @dataclass
 class Work:
-    """What an analysis (reference or update) hands to :func:`_publish`."""
+    """What an analysis (reference or update) hands to :func:`~geofm.analyze.outputs.publish`."""
 
     chip_ids: np.ndarray
     fit: SeasonalFit
@@ -192,8 +231,8 @@ class Work:
 def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: list[str],
               o: Options, pca_model: PCAModel | None, plot_chips: Sequence[str], *,
               baseline_start: str | None, monitor_start: str | None,
-              pca_path: str | os.PathLike[str] | None) -> Work:
-    """Analyse every observation and fit a new reference."""
+              pca_path: str | os.PathLike[str] | None, tsne: bool = False) -> Work:
+    """Analyse every observation and fit a new reference (``tsne``: also stage t-SNE)."""
     index = index_embeddings(files, scene_ids, column=o.column)
     _check_plot_chips(plot_chips, index.chip_ids, rr)
     start, mon = baseline_window(int(index.obs_ns.min()), baseline_start=baseline_start,
@@ -207,6 +246,7 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
     row_ok, means, sample = pass_one(index, o.column, o.center, row_in_base, record, rr,
                                      fit=pca_model is None, max_samples=o.pca_samples,
                                      seed=o.seed, progress=o.progress)
+    del row_ns, row_in_base
     if pca_model is None:
         pca_model = fit_pca(sample, n_components=o.n_components)
     del sample
@@ -217,14 +257,22 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
     obs_pcs, obs_cos, obs_ok = pass_two(index, o.column, o.center, row_ok, means, pca_model,
                                         o.n_components, progress=o.progress)
     sel = np.flatnonzero(obs_ok)
-    obs = Obs(chip=index.obs_chip[sel], ns=index.obs_ns[sel], scene=index.obs_scene[sel],
-               scenes=list(index.scene_ids), pcs=obs_pcs[sel], cos=obs_cos[sel],
+    every = sel.size == obs_ok.size  # then no copies of the [M, K] projections
+
+    def keep(a: np.ndarray) -> np.ndarray:
+        return a if every else a[sel]
+
+    obs = Obs(chip=keep(index.obs_chip), ns=keep(index.obs_ns), scene=keep(index.obs_scene),
+               scenes=list(index.scene_ids), pcs=keep(obs_pcs), cos=keep(obs_cos),
                sig=np.zeros(sel.size, np.float32), pred=np.zeros(sel.size, np.float32),
                resid=np.zeros(sel.size, np.float32), base=np.zeros(sel.size, bool))
+    del obs_pcs, obs_cos, row_ok
+    chip_ids, n_rows = index.chip_ids, index.n_rows
+    del index  # the per-row numbering (4 x [rows] arrays) is not needed any more
     obs.sig = obs.values(o.signal_pc)[:, 0].astype(np.float32)
 
     # The reference fit, on the baseline observations laid out [chip, date].
-    grid = Padded(obs.chip, index.chip_ids.size, np.ones(sel.size, dtype=bool))
+    grid = Padded(obs.chip, chip_ids.size, np.ones(sel.size, dtype=bool))
     y = grid.take(obs.values(o.signal_pc), np.nan)
     valid = grid.valid & np.isfinite(y).all(axis=2)
     days = np.where(valid, grid.take(obs.ns / NS_PER_DAY, np.nan), 0.0)
@@ -236,7 +284,7 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
     obs.base = grid.gather(used)
     _score(obs, fit, o.signal_pc, np.arange(sel.size))
     created = pd.Timestamp.now(tz="UTC")
-    reference = Reference(id=f"ref-{created:%Y%m%dT%H%M%S.%fZ}", chip_ids=index.chip_ids,
+    reference = Reference(id=f"ref-{created:%Y%m%dT%H%M%S.%fZ}", chip_ids=chip_ids,
                           fit=fit, baseline_start_ns=start.value, monitor_start_ns=mon.value)
     extra: dict[str, Any] = {
         "pca.npz": pca_model.save, "reference.npz": reference.save,
@@ -247,9 +295,13 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
         "explained_variance_ratio": [round(float(v), 6)
                                      for v in pca_model.explained_variance_ratio],
         "pca_samples": pca_model.n_samples}
-    geoms = _chip_meta(rr, index.chip_ids, record)
-    return Work(chip_ids=index.chip_ids, fit=fit, reference=reference, obs=obs, prior=None,
-                 kind="reference", n_rows=index.n_rows, n_new=sel.size, files=extra,
+    if tsne:
+        from geofm.analyze.outputs import write_tsne
+
+        extra["tsne.parquet"] = lambda p: write_tsne(p, obs, chip_ids, seed=o.seed)
+    geoms = _chip_meta(rr, chip_ids, record)
+    return Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=obs, prior=None,
+                 kind="reference", n_rows=n_rows, n_new=sel.size, files=extra,
                  meta=geoms)
 
 
@@ -378,51 +430,49 @@ def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
 
     n = chip_ids.size
     frame = pd.DataFrame({"chip_id": chip_ids.astype(str)})
-    wkb: list[Any] = [None] * n
-    extra: dict[str, list[Any]] = {c: [None] * n for c in CHIP_META_COLUMNS}
+    # object columns filled by position (no per-chip Python loop)
+    cols: dict[str, np.ndarray] = {c: np.full(n, None, dtype=object)
+                                   for c in ("geometry", *CHIP_META_COLUMNS)}
     missing = np.ones(n, dtype=bool)
     wanted = pd.Index(frame["chip_id"])
     if known is not None and len(known):
         pos = wanted.get_indexer(known["chip_id"].astype(str))
         hit = np.flatnonzero(pos >= 0)
-        for col, values in (("geometry", known["geometry"].to_numpy()),
-                            *((c, known[c].to_numpy()) for c in CHIP_META_COLUMNS
-                              if c in known)):
-            target = wkb if col == "geometry" else extra[col]
-            for j, v in zip(pos[hit], values[hit], strict=True):
-                target[j] = v
+        for col in cols:
+            if col in known:
+                cols[col][pos[hit]] = known[col].to_numpy(dtype=object)[hit]
         missing[pos[hit]] = False
     for scene in rr.scene_ids(rr.meta_dir):
         if not missing.any():
             break
         path = rr.meta_path(scene)
         names = read_schema(path, made_by="chip").names
-        cols = ["chip_id", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
-        table = read_table(path, made_by="chip", columns=cols)
+        read = ["chip_id", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
+        table = read_table(path, made_by="chip", columns=read)
         ids = table.column("chip_id").to_numpy(zero_copy_only=False)
         pos = wanted.get_indexer(ids)
         new = np.flatnonzero(pos >= 0)
         new = new[missing[pos[new]]]
         if new.size:
             taken = table.take(pa.array(new))
-            for col in cols[1:]:
-                target = wkb if col == "geometry" else extra[col]
-                for j, v in zip(pos[new], taken.column(col).to_pylist(), strict=True):
-                    target[j] = v
+            for col in read[1:]:
+                cols[col][pos[new]] = np.asarray(taken.column(col).to_pylist(), dtype=object)
             missing[pos[new]] = False
-    no_geom = np.array([g is None for g in wkb], dtype=bool)
+    geometry = cols["geometry"]
+    no_geom = np.array([g is None for g in geometry], dtype=bool)
     if no_geom.any():
         log.warning("%d chip(s) have no footprint in %s (e.g. %s); they get no geometry",
                     int(no_geom.sum()), rr.meta_dir, chip_ids[no_geom][:3].tolist())
         record.counts["chips_without_footprint"] = int(no_geom.sum())
-    geoms = [g if g is None or not isinstance(g, bytes | bytearray) else shapely.from_wkb(g)
-             for g in wkb]
-    frame["geometry"] = pd.Series(geoms, dtype=object)
-    frame["tile"] = pd.Series(extra["tile"], dtype=object)
-    frame["epsg"] = pd.array([None if v is None or pd.isna(v) else int(v)
-                              for v in extra["epsg"]], dtype="Int32")
+    raw = np.flatnonzero([isinstance(g, bytes | bytearray) for g in geometry])
+    if raw.size:  # WKB from meta/: decoded in one call
+        geometry[raw] = shapely.from_wkb(geometry[raw].tolist())
+    frame["geometry"] = pd.Series(geometry, dtype=object)
+    frame["tile"] = pd.Series(cols["tile"], dtype=object)
+    frame["epsg"] = pd.array(pd.to_numeric(pd.Series(cols["epsg"]), errors="coerce"),
+                             dtype="Int32")
     for c in ("minx", "miny", "maxx", "maxy"):
-        frame[c] = np.array([np.nan if v is None else float(v) for v in extra[c]])
+        frame[c] = pd.to_numeric(pd.Series(cols[c]), errors="coerce").to_numpy(np.float64)
     return frame
 
 
@@ -458,14 +508,17 @@ def chip_date_order(chip: np.ndarray, ns: np.ndarray) -> np.ndarray:
     return order
 
 
-def moves(prev: np.ndarray, status: np.ndarray) -> dict[str, int]:
-    """Counts of status moves ``"<before> -> <after>"`` (``none`` before the first).
+def check_model(rr: RunRoot, scene_ids: list[str], files: list[Path],
+                record: StageRecord) -> None:
+    """Refuse embeddings of two models; count and log the chips embed could not embed.
 
-    ``prev`` and ``status``: object ``[C]`` each chip's status before and now.
+    Puts the model identity in ``record.extra["model"]`` and the left-out chips in
+    ``record.extra["not_analysed"]``.
     """
-    out: dict[str, int] = {}
-    for p, s in zip(prev.tolist(), status.tolist(), strict=True):
-        if p != s:
-            key = f"{p or 'none'} -> {s}"
-            out[key] = out.get(key, 0) + 1
-    return out
+    from geofm.embed.writer import check_one_model, record_embedding_gaps
+
+    identity, infos = check_one_model(files, purpose="be analysed together",
+                                      require_metadata=False)
+    record.extra["model"] = identity.to_dict()
+    record_embedding_gaps(rr, dict(zip(scene_ids, infos, strict=True)), record,
+                          left_out_key="not_analysed")

@@ -103,3 +103,25 @@ def test_several_components_are_combined_into_one_score():
     assert (r.status[1:] == NO_CHANGE).all()
     # the per-component scales differ like the components' noise
     assert np.median(r.rmse[:, 2]) > 5 * np.median(r.rmse[:, 1])
+
+
+def test_assess_magnitude_is_the_nanmedian_after_the_change():
+    from geofm.analyze.change import SeasonalFit, assess
+
+    rng = np.random.default_rng(4)
+    n_chips, n_t = 300, 40
+    resid = rng.normal(size=(n_chips, n_t)) * 2.0
+    resid[:100, 25:] += 6.0  # a step in a third of the chips
+    valid = rng.random((n_chips, n_t)) > 0.3
+    resid[~valid] = np.nan
+    monitor = np.broadcast_to(np.arange(n_t) >= 12, (n_chips, n_t))
+    fit = SeasonalFit(coef=np.zeros((n_chips, 1, 9)), intercept=np.zeros((n_chips, 1)),
+                      scale=np.ones((n_chips, 1)), fitted=np.ones(n_chips, bool),
+                      n_baseline=np.full(n_chips, 8))
+    out = assess(fit, resid, valid, monitor, threshold=3.0, consecutive=3)
+    assert out["change"][:100].mean() > 0.9
+    cols = np.arange(n_t)[None, :]
+    after = valid & monitor & np.where(out["change"][:, None],
+                                       cols >= out["change_index"][:, None], True)
+    expected = np.nanmedian(np.where(after, np.abs(resid), np.nan), axis=1)
+    np.testing.assert_array_equal(out["magnitude"], expected)

@@ -211,7 +211,7 @@ def test_refit_starts_a_new_reference(grown):
 
 KILLER = """
 import os, signal, sys
-import geofm.io, geofm.analyze.stage as stage
+import geofm.io, geofm.analyze.stage as stage, geofm.analyze.outputs as outputs
 point, count = sys.argv[2], int(sys.argv[3])
 calls = [0]
 def die(*args, **kwargs):
@@ -223,8 +223,8 @@ if point == "rename":
     real = geofm.io._replace
     geofm.io._replace = die
 else:
-    real = stage._write_changes
-    stage._write_changes = die
+    real = outputs.write_changes
+    outputs.write_changes = die
 stage.analyze(sys.argv[1], n_components=3, max_plots=0, progress=False)
 """
 
