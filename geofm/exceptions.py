@@ -119,6 +119,24 @@ class ModelMismatchError(GeofmValueError):
         self.fields = fields
 
 
+class GridError(GeofmValueError):
+    """A pixel grid geofm cannot use: rotated or south-up, off the chip grid's pixel
+    corners, another pixel size or CRS (see :mod:`geofm.grid`).
+
+    Attributes:
+        transform: the offending affine coefficients ``(a, b, c, d, e, f)``, if any.
+        path: the raster they belong to, if known.
+    """
+
+    def __init__(self, message: str, *, transform: tuple[float, ...] | None = None,
+                 path: str | None = None) -> None:
+        super().__init__(message)
+        self.transform, self.path = transform, path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]  # keep the fields across pickling
+        return (self.__class__, self.args, self.__dict__)
+
+
 class ShapeError(GeofmError, ValueError):
     """An array has the wrong length along a named dimension."""
 

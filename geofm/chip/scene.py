@@ -8,14 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from geofm.chip.grid import Cell, ChipGrid, chip_id, footprints_wgs84, load_aoi
+from geofm.chip.grid import chip_id, footprints_wgs84, load_aoi
 from geofm.chip.harmonise import Harmonisation
 from geofm.chip.items import Scene
-from geofm.chip.read import TargetGrid, read_to_grid
+from geofm.chip.read import read_to_grid
 from geofm.chip.screen import cloud_mask, fractions, is_valid, nodata_mask
 from geofm.chip.thumbs import rgb_indices, to_rgb8, write_png
 from geofm.chipfile import write_chip
 from geofm.exceptions import GeofmError, ItemError, RasterError
+from geofm.grid import Cell, ChipGrid, PixelGrid
 from geofm.layout import RunRoot
 from geofm.sensors import S2_BOA_ADD_OFFSET, Band, get_sensor
 
@@ -158,7 +159,7 @@ def _chip_scene(scene: Scene, opts: ChipOptions, result: SceneResult) -> None:
         origin = opts.grid_origin or (ref.transform.c, ref.transform.f)
         grid = ChipGrid(origin=(float(origin[0]), float(origin[1])), res=res,
                         chip_size=opts.chip_size)
-        cells = grid.cells(tuple(ref.transform), (ref.height, ref.width))
+        cells = grid.cells(PixelGrid.of_raster(ref, epsg=epsg))
         if opts.aoi is not None and cells:
             from shapely import box, intersects
 
@@ -218,9 +219,7 @@ def _process_cells(scene: Scene, opts: ChipOptions, sources: dict[str, Any], ban
     for row, row_cells in sorted(by_row.items()):
         cmin = min(c.col for c in row_cells)
         cmax = max(c.col for c in row_cells)
-        strip = TargetGrid(x0=grid.origin[0] + cmin * grid.cell_metres,
-                           y0=grid.origin[1] - row * grid.cell_metres, res=grid.res,
-                           height=size, width=(cmax - cmin + 1) * size)
+        strip = grid.cell_grid(row, cmin, epsg=epsg, n_cols=cmax - cmin + 1)
         pixels = np.stack([_read_band(scene, k, sources[k], strip,
                                       abs(sources[k].transform.a) > grid.res + 1e-9, nodata)
                            for k in names])
@@ -261,7 +260,7 @@ def _process_cells(scene: Scene, opts: ChipOptions, sources: dict[str, Any], ban
     return records
 
 
-def _read_band(scene: Scene, key: str, src, strip: TargetGrid, coarse: bool,  # type: ignore[no-untyped-def]
+def _read_band(scene: Scene, key: str, src, strip: PixelGrid, coarse: bool,  # type: ignore[no-untyped-def]
                nodata: float | None) -> np.ndarray:
     from rasterio.errors import RasterioError
 
