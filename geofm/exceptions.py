@@ -120,8 +120,9 @@ class ModelMismatchError(GeofmValueError):
 
 
 class GridError(GeofmValueError):
-    """A pixel grid geofm cannot use: rotated or south-up, off the chip grid's pixel
-    corners, another pixel size or CRS (see :mod:`geofm.grid`).
+    """A pixel grid geofm cannot use (see :mod:`geofm.grid`).
+
+    Rotated or south-up, off the chip grid's pixel corners, another pixel size or CRS.
 
     Attributes:
         transform: the offending affine coefficients ``(a, b, c, d, e, f)``, if any.

@@ -46,6 +46,13 @@ def _affine(coefficients: Sequence[float]) -> Affine:
     return Affine(*(float(v) for v in tuple(coefficients)[:6]))
 
 
+def _pair(res: float | tuple[float, float]) -> tuple[float, float]:
+    """``(x size, y size)`` of a pixel size given as one number or a pair."""
+    if isinstance(res, tuple | list):
+        return float(res[0]), float(res[1])
+    return float(res), float(res)
+
+
 def check_north_up(transform: Any, *, path: str | None = None) -> None:
     """Raise :class:`~geofm.exceptions.GridError` unless ``transform`` is north-up.
 
@@ -115,9 +122,8 @@ class PixelGrid:
             shape: ``(height, width)`` in pixels.
             epsg: EPSG code of the CRS.
         """
-        res_x, res_y = (res, res) if np.ndim(res) == 0 else res  # type: ignore[misc]
-        return cls(epsg, _affine((float(res_x), 0.0, float(x0), 0.0, -float(res_y), float(y0))),
-                   shape)
+        res_x, res_y = _pair(res)
+        return cls(epsg, _affine((res_x, 0.0, float(x0), 0.0, -res_y, float(y0))), shape)
 
     @classmethod
     def from_coords(cls, x: np.ndarray, y: np.ndarray, *, epsg: int,
@@ -184,8 +190,7 @@ class PixelGrid:
             epsg: EPSG code of the CRS.
         """
         b = np.asarray(bounds, dtype=np.float64).reshape(-1, 4)
-        res_x, res_y = (float(res), float(res)) if np.ndim(res) == 0 else (  # type: ignore[arg-type]
-            float(res[0]), float(res[1]))  # type: ignore[index]
+        res_x, res_y = _pair(res)
         x0, y1 = float(b[:, 0].min()), float(b[:, 3].max())
         width = int(round((float(b[:, 2].max()) - x0) / res_x))
         height = int(round((y1 - float(b[:, 1].min())) / res_y))
