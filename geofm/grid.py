@@ -355,6 +355,21 @@ class ChipGrid:
     res: float
     chip_size: int
 
+    @classmethod
+    def anchored(cls, raster: PixelGrid, *, chip_size: int,
+                 origin: tuple[float, float] | None = None) -> ChipGrid:
+        """The chip grid of a raster: its pixel size, anchored at ``origin``.
+
+        Args:
+            raster: the reference band's grid (finest pixels).
+            chip_size: cell size in pixels.
+            origin: ``(x0, y0)`` of cell (0, 0), native CRS metres (default: the raster's
+                upper-left corner; for Sentinel-2 L2A the MGRS tile corner).
+        """
+        t = raster.transform
+        x0, y0 = origin if origin is not None else (t.c, t.f)
+        return cls(origin=(float(x0), float(y0)), res=float(t.a), chip_size=int(chip_size))
+
     @property
     def cell_metres(self) -> float:
         """Cell edge length in metres."""

@@ -219,3 +219,10 @@ def test_other_pixel_size_is_an_error():
         grid.cells(PixelGrid(32633, T, (64, 64)))
 
 
+
+
+def test_anchored_takes_the_raster_corner_and_pixel_size_unless_given_an_origin():
+    raster = PixelGrid.from_origin(399960.0, 5500020.0, res=20.0, shape=(30, 30), epsg=32633)
+    assert ChipGrid.anchored(raster, chip_size=8) == ChipGrid((399960.0, 5500020.0), 20.0, 8)
+    moved = ChipGrid.anchored(raster, chip_size=8, origin=(399960.0 - 320, 5500020.0))
+    assert [(c.row, c.col) for c in moved.cells(raster)][:3] == [(0, 2), (0, 3), (0, 4)]

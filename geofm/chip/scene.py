@@ -155,11 +155,9 @@ def _chip_scene(scene: Scene, opts: ChipOptions, result: SceneResult) -> None:
                 raise _asset_error(ItemError, f"item {scene.scene_id!r}, asset {key!r}: CRS "
                                    f"{src.crs} differs from asset {ref_key!r} (EPSG:{epsg}); "
                                    "fix the item", key, src.name)
-        res = abs(ref.transform.a)
-        origin = opts.grid_origin or (ref.transform.c, ref.transform.f)
-        grid = ChipGrid(origin=(float(origin[0]), float(origin[1])), res=res,
-                        chip_size=opts.chip_size)
-        cells = grid.cells(PixelGrid.of_raster(ref, epsg=epsg))
+        raster = PixelGrid.of_raster(ref, epsg=epsg)
+        grid = ChipGrid.anchored(raster, chip_size=opts.chip_size, origin=opts.grid_origin)
+        cells = grid.cells(raster)
         if opts.aoi is not None and cells:
             from shapely import box, intersects
 
