@@ -9,7 +9,9 @@ Layout of ``chips/<scene_id>/<chip_id>.nc`` (CF-1.8, engine h5netcdf):
   stored as *attributes*, so ``xarray.open_dataset(..., mask_and_scale=True)`` yields
   reflectance and :func:`read_chip_array` yields DN;
 - ``x``/``y`` coordinates: pixel centres in the scene's native CRS (metres);
-- ``spatial_ref``: the CRS as a CF grid mapping (``rioxarray`` reads it back);
+- ``spatial_ref``: the CRS as a CF grid mapping plus GDAL's ``GeoTransform`` of the
+  :class:`~geofm.grid.PixelGrid` the coordinates are the centres of (``rioxarray``
+  reads both back; :func:`chip_grid` gives the grid);
 - global attributes: ``chip_id``, ``scene_id``, ``sensor``, ``date`` (ISO 8601, UTC),
   ``epsg``, ``harmonisation`` (what was done to the DNs), ``bands`` (comma list).
 """
@@ -17,7 +19,6 @@ Layout of ``chips/<scene_id>/<chip_id>.nc`` (CF-1.8, engine h5netcdf):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from geofm.exceptions import RasterError, ShapeError
+from geofm.grid import PixelGrid
 from geofm.io import atomic_path
 
 
@@ -84,7 +86,7 @@ def write_chip(
     y = np.asarray(y, dtype=np.float64)
     global_attrs = {"Conventions": "CF-1.8", "epsg": int(epsg), "bands": ",".join(bands),
                     "date": stamp.isoformat() + "Z", **dict(attrs or {})}
-    grid_mapping = _cf_grid_mapping(int(epsg), x, y)
+    grid_mapping = PixelGrid.from_coords(x, y, epsg=int(epsg), res=1.0).cf_grid_mapping()
     chip = _ChipContent(pixels=np.ascontiguousarray(pixels), bands=tuple(bands),
                         epsg=int(epsg), x=x, y=y,
                         micros=int(stamp.value // 1000), nodata=nodata, scale=float(scale),
@@ -281,26 +283,6 @@ def _write_h5(target: Path, chip: _ChipContent) -> None:
             fh.attrs[key] = value
 
 
-def _cf_grid_mapping(epsg: int, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """CF grid-mapping attributes of EPSG:``epsg`` plus GDAL's ``GeoTransform``."""
-    attrs: dict[str, Any] = dict(_crs_cf(epsg))
-    res_x = float(x[1] - x[0]) if len(x) > 1 else 1.0
-    res_y = float(y[1] - y[0]) if len(y) > 1 else -1.0
-    attrs["GeoTransform"] = " ".join(str(v) for v in (
-        float(x[0]) - res_x / 2, res_x, 0.0, float(y[0]) - res_y / 2, 0.0, res_y))
-    return attrs
-
-
-@functools.lru_cache(maxsize=16)
-def _crs_cf(epsg: int) -> tuple[tuple[str, Any], ...]:
-    from pyproj import CRS
-
-    crs = CRS.from_epsg(epsg)
-    cf = crs.to_cf()
-    cf["spatial_ref"] = crs.to_wkt()
-    return tuple(cf.items())
-
-
 def open_chip(path: str | os.PathLike[str], *, decode: bool = False):  # type: ignore[no-untyped-def]
     """Open a chip as an ``xarray.Dataset`` (DN values unless ``decode``).
 
@@ -369,3 +351,19 @@ def read_chip_array(path: str | os.PathLike[str],
             arrays.append(raw.astype(np.float32))
     assert valid is not None
     return np.stack(arrays), valid
+
+
+def chip_grid(path: str | os.PathLike[str]) -> PixelGrid:
+    """The native pixel grid of a chip file (from its ``x``/``y`` centres and ``epsg``).
+
+    Raises:
+        RasterError: the file is missing or not a readable chip.
+    """
+    ds = open_chip(path)
+    if "epsg" in ds.attrs:
+        epsg = int(ds.attrs["epsg"])
+    else:
+        import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+        epsg = int(ds.rio.crs.to_epsg())
+    return PixelGrid.from_coords(ds["x"].values, ds["y"].values, epsg=epsg, res=10.0)

@@ -183,6 +183,22 @@ class ModelMismatchError(GeofmValueError):
         self.fields = fields
 
 
+class GridError(GeofmValueError):
+    """A pixel grid geofm cannot use (see :mod:`geofm.grid`).
+
+    Rotated or south-up, off the chip grid's pixel corners, another pixel size or CRS.
+
+    Attributes:
+        transform: the offending affine coefficients ``(a, b, c, d, e, f)``, if any.
+        path: the raster they belong to, if known.
+    """
+
+    def __init__(self, message: str, *, transform: tuple[float, ...] | None = None,
+                 path: str | None = None) -> None:
+        super().__init__(message)
+        self.transform, self.path = transform, path
+
+
 class ShapeError(GeofmError, ValueError):
     """An array has the wrong length along a named dimension.
 

@@ -34,6 +34,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pandas as pd
 
+from geofm.grid import PixelGrid
+
 if TYPE_CHECKING:
     from geofm.io import StagedFiles
 
@@ -49,23 +51,22 @@ BANDS = ("status", "change_date", "magnitude")
 STATUS_CODES = {"no change": 0, "change": 1, "insufficient data": 2, "duplicate": 3}
 
 
-def tile_grid(frame: pd.DataFrame) -> tuple[float, float, float, int, int, np.ndarray,
-                                              np.ndarray]:
-    """The chip grid of one tile's chips (native CRS).
+def tile_grid(frame: pd.DataFrame, *, epsg: int) -> tuple[PixelGrid, np.ndarray, np.ndarray]:
+    """The chip grid of one tile's chips: one pixel per chip (native CRS).
 
     Args:
         frame: the tile's chips with native ``minx miny maxx maxy``.
+        epsg: their CRS.
 
     Returns:
-        ``(x0, y0, size, width, height, col [n], row [n])``: upper-left corner, pixel
-        size (the chip size, CRS units), raster size in chips, each chip's pixel.
+        ``(grid, row [n], col [n])``: the raster grid (pixel size = the chip size, CRS
+        units; upper-left corner = the chips' upper-left corner) and each chip's pixel.
     """
-    size = float(np.median(frame["maxx"].to_numpy() - frame["minx"].to_numpy()))
-    x0 = float(frame["minx"].min())
-    y0 = float(frame["maxy"].max())
-    col = np.rint((frame["minx"].to_numpy() - x0) / size).astype(np.int64)
-    row = np.rint((y0 - frame["maxy"].to_numpy()) / size).astype(np.int64)
-    return x0, y0, size, int(col.max()) + 1, int(row.max()) + 1, col, row
+    bounds = frame[["minx", "miny", "maxx", "maxy"]].to_numpy(dtype=np.float64)
+    size = float(np.median(bounds[:, 2] - bounds[:, 0]))
+    grid = PixelGrid.covering(bounds, res=size, epsg=epsg)
+    row, col = grid.offsets(bounds[:, 0], bounds[:, 3])
+    return grid, row, col
 
 
 def band_values(status: np.ndarray, change_ns: np.ndarray, magnitude: np.ndarray,
@@ -85,12 +86,12 @@ def write_cog(path: Path, data: np.ndarray, *, epsg: int, x0: float, y0: float,
     """Write float32 ``[3, H, W]`` as a COG (GDAL's COG driver) at ``path``."""
     import rasterio
     import rasterio.shutil
-    from affine import Affine
     from rasterio.io import MemoryFile
 
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype="float32", crs=f"EPSG:{epsg}", nodata=NODATA,
-                   transform=Affine(size, 0.0, x0, 0.0, -size, y0))
+    grid = PixelGrid.from_origin(x0, y0, res=size, shape=data.shape[1:], epsg=epsg)
+    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=data.shape[0],
+                   dtype="float32", crs=f"EPSG:{grid.epsg}", nodata=NODATA,
+                   transform=grid.transform)
     with MemoryFile() as mem:
         with mem.open(**profile) as dst:
             dst.write(data)
@@ -130,15 +131,16 @@ def write_change_rasters(staged: StagedFiles, root: Any, meta: pd.DataFrame,
     tiles: list[dict[str, Any]] = []
     frame = meta[usable]
     for (tile, epsg), part in frame.groupby(["tile", "epsg"], sort=True):
-        x0, y0, size, width, height, col, row = tile_grid(part)
-        data = np.full((len(BANDS), height, width), NODATA, dtype=np.float32)
+        grid, row, col = tile_grid(part, epsg=int(epsg))
+        data = np.full((len(BANDS), *grid.shape), NODATA, dtype=np.float32)
         data[:, row, col] = values[:, part.index.to_numpy()]
         path = root.change_raster_path(str(tile))
         name = str(path.relative_to(root.analysis_dir))
-        write_cog(staged.path(name), data, epsg=int(epsg), x0=x0, y0=y0, size=size)
+        (x0, _, _, y0), size = grid.bounds, grid.res[0]
+        write_cog(staged.path(name), data, epsg=grid.epsg, x0=x0, y0=y0, size=size)
         names.append(name)
-        tiles.append(dict(name=path.name, epsg=int(epsg), x0=x0, y0=y0, size=size,
-                          width=width, height=height))
+        tiles.append(dict(name=path.name, epsg=grid.epsg, x0=x0, y0=y0, size=size,
+                          width=grid.width, height=grid.height))
     by_crs: dict[int, list[dict[str, Any]]] = {}
     for t in tiles:
         by_crs.setdefault(t["epsg"], []).append(t)

@@ -1,10 +1,8 @@
 """Windowed reading of any band onto a 10 m target grid, exactly aligned.
 
-A target grid is a north-up block of pixels: upper-left corner ``(x0, y0)`` in the
-native CRS, pixel size ``res`` metres, ``height x width`` pixels. Pixel centres are at
-``x0 + (j + 0.5) * res`` and ``y0 - (i + 0.5) * res``. A source band of another
-resolution is sampled at those centres, so 20 m / 60 m edges land on 10 m edges with no
-half-pixel shift:
+The target is a :class:`geofm.grid.PixelGrid` (north-up, the native CRS). A source band
+of another resolution is sampled at the target's pixel centres, so 20 m / 60 m edges
+land on 10 m edges with no half-pixel shift:
 
 - ``nearest``: the source pixel that contains the centre (used for SCL, and for bands
   already on the target grid, where it is a plain windowed read);
@@ -18,38 +16,15 @@ Only the source rows/columns the target needs are read from the file.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geofm.exceptions import GeofmValueError
+from geofm.grid import check_north_up
 
-
-@dataclass(frozen=True)
-class TargetGrid:
-    """A north-up block of target pixels.
-
-    Attributes:
-        x0: left edge, native CRS metres.
-        y0: top edge, native CRS metres.
-        res: pixel size, metres.
-        height: rows.
-        width: columns.
-    """
-
-    x0: float
-    y0: float
-    res: float
-    height: int
-    width: int
-
-    def x_centres(self) -> np.ndarray:
-        """float64 [width] pixel-centre eastings."""
-        return self.x0 + (np.arange(self.width) + 0.5) * self.res
-
-    def y_centres(self) -> np.ndarray:
-        """float64 [height] pixel-centre northings (descending)."""
-        return self.y0 - (np.arange(self.height) + 0.5) * self.res
+if TYPE_CHECKING:
+    from geofm.grid import PixelGrid
 
 
 def _axis(src_origin: float, src_res: float, centres: np.ndarray) -> np.ndarray:
@@ -70,7 +45,7 @@ def _take(block: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return block[np.ix_(r, c)]
 
 
-def read_to_grid(src, grid: TargetGrid, *, resampling: str = "nearest",  # type: ignore[no-untyped-def]
+def read_to_grid(src, grid: PixelGrid, *, resampling: str = "nearest",  # type: ignore[no-untyped-def]
                  nodata: float | None = 0, band: int = 1) -> np.ndarray:
     """Read one band of an open rasterio dataset onto ``grid``.
 
@@ -86,15 +61,14 @@ def read_to_grid(src, grid: TargetGrid, *, resampling: str = "nearest",  # type:
         Array [grid.height, grid.width] in the source dtype.
 
     Raises:
-        GeofmValueError: unknown resampling or a rotated source.
+        GeofmValueError: unknown resampling.
+        GridError: a rotated or south-up source.
     """
     if resampling not in ("nearest", "bilinear"):
         raise GeofmValueError(f"resampling {resampling!r} is not supported; use 'nearest' or "
                               "'bilinear'")
-    a, b, c, d, e, f = (float(v) for v in tuple(src.transform)[:6])
-    if b != 0 or d != 0 or e >= 0:
-        raise GeofmValueError(f"{src.name} is not north-up (transform {tuple(src.transform)}); "
-                              "reproject it first")
+    check_north_up(src.transform, path=str(src.name))
+    a, _, c, _, e, f = (float(v) for v in tuple(src.transform)[:6])
     src_h, src_w = src.height, src.width
     fill = 0 if nodata is None else nodata
     fc = _axis(c, a, grid.x_centres())          # fractional source columns
@@ -103,7 +77,8 @@ def read_to_grid(src, grid: TargetGrid, *, resampling: str = "nearest",  # type:
     near_r = np.floor(fr + 0.5).astype(np.int64)
     inside_c = (near_c >= 0) & (near_c < src_w)
     inside_r = (near_r >= 0) & (near_r < src_h)
-    if resampling == "nearest" or (math.isclose(a, grid.res) and math.isclose(-e, grid.res)
+    res_x, res_y = grid.res
+    if resampling == "nearest" or (math.isclose(a, res_x) and math.isclose(-e, res_y)
                                    and np.allclose(fc, near_c) and np.allclose(fr, near_r)):
         rows, cols = np.clip(near_r, 0, src_h - 1), np.clip(near_c, 0, src_w - 1)
         block = _read(src, band, rows.min(), rows.max() + 1, cols.min(), cols.max() + 1)

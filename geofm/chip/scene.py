@@ -8,14 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from geofm.chip.grid import Cell, ChipGrid, chip_id, footprints_wgs84, load_aoi
+from geofm.chip.grid import chip_id, footprints_wgs84, load_aoi
 from geofm.chip.harmonise import Harmonisation
 from geofm.chip.items import Scene
-from geofm.chip.read import TargetGrid, read_to_grid
+from geofm.chip.read import read_to_grid
 from geofm.chip.screen import cloud_mask, fractions, is_valid, nodata_mask
 from geofm.chip.thumbs import rgb_indices, to_rgb8, write_png
 from geofm.chipfile import write_chip
 from geofm.exceptions import GeofmError, ItemError, RasterError
+from geofm.grid import Cell, ChipGrid, PixelGrid
 from geofm.layout import RunRoot
 from geofm.sensors import S2_BOA_ADD_OFFSET, Band, get_sensor
 
@@ -139,11 +140,9 @@ def _chip_scene(scene: Scene, opts: ChipOptions, result: SceneResult) -> None:
                 raise ItemError(f"item {scene.scene_id!r}, asset {key!r}: CRS {src.crs} "
                                 f"differs from asset {ref_key!r} (EPSG:{epsg}); fix the item",
                                 item=scene.scene_id, path=src.name, asset=key)
-        res = abs(ref.transform.a)
-        origin = opts.grid_origin or (ref.transform.c, ref.transform.f)
-        grid = ChipGrid(origin=(float(origin[0]), float(origin[1])), res=res,
-                        chip_size=opts.chip_size)
-        cells = grid.cells(tuple(ref.transform), (ref.height, ref.width))
+        raster = PixelGrid.of_raster(ref, epsg=epsg)
+        grid = ChipGrid.anchored(raster, chip_size=opts.chip_size, origin=opts.grid_origin)
+        cells = grid.cells(raster)
         if opts.aoi is not None and cells:
             from shapely import box, intersects
 
@@ -206,9 +205,7 @@ def _process_cells(scene: Scene, opts: ChipOptions, sources: dict[str, Any], ban
             for row, row_cells in sorted(by_row.items()):
                 cmin = min(c.col for c in row_cells)
                 cmax = max(c.col for c in row_cells)
-                strip = TargetGrid(x0=grid.origin[0] + cmin * grid.cell_metres,
-                                   y0=grid.origin[1] - row * grid.cell_metres, res=grid.res,
-                                   height=size, width=(cmax - cmin + 1) * size)
+                strip = grid.cell_grid(row, cmin, epsg=epsg, n_cols=cmax - cmin + 1)
                 pixels, missing, clouds = _read_strip(scene, opts, sources, names, mask, strip,
                                                       nodata, mask_nodata, harmonisation)
                 x_all, y = strip.x_centres(), strip.y_centres()
@@ -243,12 +240,12 @@ def _process_cells(scene: Scene, opts: ChipOptions, sources: dict[str, Any], ban
 
 
 def _read_strip(scene: Scene, opts: ChipOptions, sources: dict[str, Any], names: list[str],
-                mask: str | None, strip: TargetGrid, nodata: float | None,
+                mask: str | None, strip: PixelGrid, nodata: float | None,
                 mask_nodata: float | None, harmonisation: Harmonisation,
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """One row of chips: DN [band, y, x] (harmonised), nodata [y, x], clouds [y, x] or None."""
     pixels = np.stack([_read_band(scene, k, sources[k], strip,
-                                  abs(sources[k].transform.a) > strip.res + 1e-9, nodata)
+                                  abs(sources[k].transform.a) > strip.res[0] + 1e-9, nodata)
                        for k in names])
     layer = (_read_band(scene, mask, sources[mask], strip, False, mask_nodata)
              if mask is not None else None)
@@ -310,7 +307,7 @@ class _Writer:
             self._pool.shutdown(wait=True)
 
 
-def _read_band(scene: Scene, key: str, src, strip: TargetGrid, coarse: bool,  # type: ignore[no-untyped-def]
+def _read_band(scene: Scene, key: str, src, strip: PixelGrid, coarse: bool,  # type: ignore[no-untyped-def]
                nodata: float | None) -> np.ndarray:
     from rasterio.errors import RasterioError
 

@@ -19,56 +19,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from geofm.chipfile import chip_grid
 from geofm.dates import parse_utc
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError, RasterError
+from geofm.grid import PixelGrid
 from geofm.layout import RunRoot
 
 log = logging.getLogger(__name__)
 
 #: label code meaning "no label"; never trained on, never predicted.
 IGNORE = 0
-
-
-@dataclass(frozen=True)
-class ChipGrid:
-    """The native pixel grid of one chip location.
-
-    Attributes:
-        transform: affine transform of the pixel corners (native CRS, metres).
-        epsg: EPSG code of the native CRS.
-        height: pixels along ``y``.
-        width: pixels along ``x``.
-    """
-
-    transform: Any
-    epsg: int
-    height: int
-    width: int
-
-    @classmethod
-    def from_coords(cls, x: np.ndarray, y: np.ndarray, epsg: int) -> ChipGrid:
-        """Grid of a chip from its pixel-centre coordinates ``x`` [W] and ``y`` [H]."""
-        from rasterio.transform import Affine
-
-        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        dx = float(x[1] - x[0]) if x.size > 1 else 10.0
-        dy = float(y[1] - y[0]) if y.size > 1 else -10.0
-        transform = Affine(dx, 0.0, float(x[0]) - dx / 2, 0.0, dy, float(y[0]) - dy / 2)
-        return cls(transform=transform, epsg=int(epsg), height=int(y.size), width=int(x.size))
-
-    @classmethod
-    def of_chip(cls, path: str | os.PathLike[str]) -> ChipGrid:
-        """Read the grid of a chip file (its ``x``/``y`` coordinates and ``epsg``)."""
-        from geofm.chipfile import open_chip
-
-        ds = open_chip(path)
-        if "epsg" in ds.attrs:
-            epsg = int(ds.attrs["epsg"])
-        else:
-            import rioxarray  # noqa: F401  (registers the .rio accessor)
-
-            epsg = int(ds.rio.crs.to_epsg())
-        return cls.from_coords(ds["x"].values, ds["y"].values, epsg)
 
 
 @dataclass
@@ -81,7 +41,7 @@ class LabelledChips:
             ``chip_path`` (relative to ``root``), ``epsg``, ``lat``, ``lon`` (WGS84
             footprint centroid, degrees) and ``loc`` (index into ``locations``).
         locations: chip ids, sorted.
-        grids: the :class:`ChipGrid` of each location.
+        grids: the native :class:`~geofm.grid.PixelGrid` of each location.
         labels: uint8/uint16 [n_locations, H, W] label codes on each location's grid
             (0 = no label).
         bands: band names the chips are read with.
@@ -92,7 +52,7 @@ class LabelledChips:
     root: Path
     samples: pd.DataFrame
     locations: list[str]
-    grids: list[ChipGrid]
+    grids: list[PixelGrid]
     labels: np.ndarray
     bands: tuple[str, ...]
     n_classes: int
@@ -234,13 +194,13 @@ def _check_overlap(path: Path, src: Any, table: pd.DataFrame) -> None:
             f"{chips[3]:.4f}); pass the label raster of this area")
 
 
-def align_labels(labels: Sequence[str | os.PathLike[str]], grid: ChipGrid) -> np.ndarray:
+def align_labels(labels: Sequence[str | os.PathLike[str]], grid: PixelGrid) -> np.ndarray:
     """Resample label rasters (nearest) onto one chip grid.
 
     Args:
         labels: GeoTIFFs of class codes, any CRS (0 or the raster's nodata = no label).
             Where several cover a pixel the first one with a label wins.
-        grid: the chip's native grid.
+        grid: the chip's native grid (:func:`geofm.chipfile.chip_grid`).
 
     Returns:
         int64 [H, W] label codes (0 = no label).
@@ -329,7 +289,7 @@ def load_labelled_chips(root: str | os.PathLike[str] | RunRoot,
                     tag_names.setdefault(int(key[6:]), value)
     locations = sorted(table["chip_id"].unique())
     first = table.drop_duplicates("chip_id").set_index("chip_id")
-    grids = [ChipGrid.of_chip(run.path / first.loc[c, "chip_path"]) for c in locations]
+    grids = [chip_grid(run.path / first.loc[c, "chip_path"]) for c in locations]
     per_raster = [np.stack([align_labels([p], g) for g in grids]) for p in paths]
     stacked = per_raster[0].copy()
     for extra in per_raster[1:]:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from geofm.exceptions import CheckpointError, GeofmError, GeofmValueError
+from geofm.grid import PixelGrid
 from geofm.ids import encode_id
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord, call_config, stage_entry
@@ -71,18 +72,6 @@ def check_encoder_identity(saved: ModelIdentity | Mapping[str, Any],
             f"head {head_path} was trained on another encoder ({said}); pass "
             f"the encoder it was trained with (--checkpoint {saved.checkpoint} or "
             f"--model {saved.preset}) or re-train the head")
-
-
-def _scene_grid(rows: pd.DataFrame, height: int, width: int) -> tuple[Any, int, int, float, float]:
-    """Mosaic grid of a scene's chips: (transform, H, W, x res, y res) from native bounds."""
-    from rasterio.transform import Affine
-
-    res_x = float((rows["maxx"] - rows["minx"]).iloc[0]) / width
-    res_y = float((rows["maxy"] - rows["miny"]).iloc[0]) / height
-    x0, y1 = float(rows["minx"].min()), float(rows["maxy"].max())
-    w = int(round((float(rows["maxx"].max()) - x0) / res_x))
-    h = int(round((y1 - float(rows["miny"].min())) / res_y))
-    return Affine(res_x, 0.0, x0, 0.0, -res_y, y1), h, w, res_x, res_y
 
 
 def write_class_map(path: str | os.PathLike[str], codes: np.ndarray, *, transform: Any,
@@ -217,7 +206,7 @@ def _predict_scene(target: Path, rows: pd.DataFrame, chip_encoder: Any, head: An
                    head_cfg: dict[str, Any], *, batch_size: int, predict_codes: Any) -> None:
     """Predict every chip of one scene and write the mosaic to ``target``."""
     mosaic = None
-    transform = None
+    grid = None
     for start in range(0, len(rows), batch_size):
         idx = list(range(start, min(len(rows), start + batch_size)))
         pixels, valid = chip_encoder.read(idx)
@@ -232,17 +221,25 @@ def _predict_scene(target: Path, rows: pd.DataFrame, chip_encoder: Any, head: An
         if codes.ndim == 1:  # classification: one code per chip footprint
             codes = np.broadcast_to(codes[:, None, None], (len(idx), height, width)).copy()
         codes = np.where(valid, codes, 0)
-        if mosaic is None:
-            transform, h, w, res_x, res_y = _scene_grid(rows, height, width)
-            mosaic = np.zeros((h, w), dtype=np.int64)
-        assert transform is not None
-        for k, i in enumerate(idx):
-            r0 = int(round((transform.f - rows.at[i, "maxy"]) / res_y))
-            c0 = int(round((rows.at[i, "minx"] - transform.c) / res_x))
+        if grid is None:
+            grid = _scene_grid(rows, height, width)
+            mosaic = np.zeros(grid.shape, dtype=np.int64)
+        assert mosaic is not None
+        r0s, c0s = grid.offsets(rows.loc[idx, "minx"], rows.loc[idx, "maxy"])
+        for k, (r0, c0) in enumerate(zip(r0s, c0s, strict=True)):
             mosaic[r0:r0 + height, c0:c0 + width] = codes[k]
-    assert mosaic is not None
-    write_class_map(target, mosaic, transform=transform, epsg=int(rows["epsg"].iloc[0]),
+    assert mosaic is not None and grid is not None
+    write_class_map(target, mosaic, transform=grid.transform, epsg=grid.epsg,
                     class_names=head_cfg.get("class_names", ()))
+
+
+def _scene_grid(rows: pd.DataFrame, height: int, width: int) -> PixelGrid:
+    """Mosaic grid of a scene's chips: their native bounds at ``height x width`` px a chip."""
+    first = rows.iloc[0]
+    res = (float(first["maxx"] - first["minx"]) / width,
+           float(first["maxy"] - first["miny"]) / height)
+    return PixelGrid.covering(rows[["minx", "miny", "maxx", "maxy"]].to_numpy(dtype=np.float64),
+                              res=res, epsg=int(rows["epsg"].iloc[0]))
 
 
 def cli_options() -> dict[str, Any]:

@@ -2,14 +2,15 @@ import numpy as np
 import pytest
 import rasterio
 
-from geofm.chip.read import TargetGrid, read_to_grid
+from geofm.chip.read import read_to_grid
 from geofm.exceptions import GeofmValueError
+from geofm.grid import PixelGrid
 
 X0, Y0 = 500000.0, 5600000.0
 
 
 def _grid(h=16, w=16, dx=0, dy=0):
-    return TargetGrid(x0=X0 + dx * 10, y0=Y0 - dy * 10, res=10.0, height=h, width=w)
+    return PixelGrid.from_origin(X0 + dx * 10, Y0 - dy * 10, res=10.0, shape=(h, w), epsg=32633)
 
 
 def test_same_resolution_is_a_plain_window(tmp_path, tif):
@@ -93,7 +94,7 @@ def test_bilinear_and_nearest_equal_gdal_reproject_within_one_dn(tmp_path, tif, 
     scl = rng.integers(0, 12, (n, n)).astype(np.uint8)
     tif(tmp_path / "scl.tif", scl, res, x0=x0, y0=y0)
     size = n * res // 10 - 2 * res // 10  # stay one coarse pixel inside the edge
-    grid = TargetGrid(x0=x0 + res, y0=y0 - res, res=10.0, height=size, width=size)
+    grid = PixelGrid.from_origin(x0 + res, y0 - res, res=10.0, shape=(size, size), epsg=32633)
     for name, method, ours_kind in (("b.tif", Resampling.bilinear, "bilinear"),
                                     ("scl.tif", Resampling.nearest, "nearest")):
         with rasterio.open(tmp_path / name) as src:
@@ -101,7 +102,7 @@ def test_bilinear_and_nearest_equal_gdal_reproject_within_one_dn(tmp_path, tif, 
             gdal = np.zeros((size, size), src.dtypes[0])
             reproject(rasterio.band(src, 1), gdal, src_transform=src.transform,
                       src_crs=src.crs, src_nodata=0, dst_transform=Affine(
-                          10.0, 0, grid.x0, 0, -10.0, grid.y0), dst_crs=src.crs,
+                          10.0, 0, grid.transform.c, 0, -10.0, grid.transform.f), dst_crs=src.crs,
                       dst_nodata=0, resampling=method)
         both = (ours != 0) & (gdal != 0)
         assert both.mean() > 0.9

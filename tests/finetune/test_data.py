@@ -6,7 +6,8 @@ import rasterio
 from rasterio.transform import Affine
 
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
-from geofm.finetune.data import ChipGrid, align_labels, split_locations
+from geofm.finetune.data import align_labels, split_locations
+from geofm.grid import PixelGrid
 
 X0, Y1, RES = 500_000.0, 5_600_000.0, 10.0  # UTM 33N, an arbitrary corner
 
@@ -32,7 +33,7 @@ def _blocks(h, w, block, seed=0):
 def test_chip_grid_from_pixel_centres():
     x = X0 + RES / 2 + RES * np.arange(4)
     y = Y1 - RES / 2 - RES * np.arange(3)
-    grid = ChipGrid.from_coords(x, y, 32633)
+    grid = PixelGrid.from_coords(x, y, epsg=32633)
     assert (grid.height, grid.width, grid.epsg) == (3, 4, 32633)
     assert tuple(grid.transform)[:6] == (RES, 0.0, X0, 0.0, -RES, Y1)
 
@@ -42,7 +43,7 @@ def test_align_same_crs_is_an_exact_window(tmp_path):
     path = _label_raster(tmp_path / "l.tif", codes, transform=from_origin(X0, Y1, RES, RES),
                          crs="EPSG:32633")
     # a chip 8 x 6 px whose corner is 5 rows down and 7 columns right of the raster's
-    grid = ChipGrid(from_origin(X0 + 7 * RES, Y1 - 5 * RES, RES, RES), 32633, 8, 6)
+    grid = PixelGrid(32633, from_origin(X0 + 7 * RES, Y1 - 5 * RES, RES, RES), (8, 6))
     np.testing.assert_array_equal(align_labels([path], grid), codes[5:13, 7:13])
 
 
@@ -51,7 +52,7 @@ def test_align_outside_the_raster_and_nodata_give_zero(tmp_path):
     codes[:, :5] = 255
     path = _label_raster(tmp_path / "l.tif", codes, transform=from_origin(X0, Y1, RES, RES),
                          crs="EPSG:32633", nodata=255)
-    grid = ChipGrid(from_origin(X0 + 3 * RES, Y1, RES, RES), 32633, 4, 12)  # runs off the east
+    grid = PixelGrid(32633, from_origin(X0 + 3 * RES, Y1, RES, RES), (4, 12))  # runs off the east
     out = align_labels([path], grid)
     assert (out[:, :2] == 0).all() and (out[:, 2:7] == 9).all() and (out[:, 7:] == 0).all()
 
@@ -66,7 +67,7 @@ def test_align_from_another_crs_uses_nearest(tmp_path):
     codes = _blocks(60, 60, 6, seed=1)
     transform = from_origin(lon0, lat1, deg, deg)
     path = _label_raster(tmp_path / "wgs.tif", codes, transform=transform, crs="EPSG:4326")
-    grid = ChipGrid(from_origin(X0, Y1, RES, RES), 32633, 32, 32)
+    grid = PixelGrid(32633, from_origin(X0, Y1, RES, RES), (32, 32))
     out = align_labels([path], grid)
     # expected: look up each chip pixel centre in the WGS84 raster
     cols, rows = np.meshgrid(np.arange(32), np.arange(32))
@@ -85,7 +86,7 @@ def test_first_raster_with_a_label_wins(tmp_path):
     t = from_origin(X0, Y1, RES, RES)
     pa = _label_raster(tmp_path / "a.tif", a, transform=t, crs="EPSG:32633")
     pb = _label_raster(tmp_path / "b.tif", b, transform=t, crs="EPSG:32633")
-    out = align_labels([pa, pb], ChipGrid(t, 32633, 10, 10))
+    out = align_labels([pa, pb], PixelGrid(32633, t, (10, 10)))
     assert (out[:5] == 1).all() and (out[5:] == 2).all()
 
 
@@ -145,7 +146,7 @@ def test_align_labels_refuses_a_raster_without_crs(tmp_path):
 
     path = _label_raster(tmp_path / "l.tif", np.ones((8, 8)), transform=from_origin(
         X0, Y1, RES, RES), crs=None)
-    grid = ChipGrid(transform=from_origin(X0, Y1, RES, RES), width=8, height=8, epsg=32633)
+    grid = PixelGrid(epsg=32633, transform=from_origin(X0, Y1, RES, RES), shape=(8, 8))
     with pytest.raises(RasterError, match="has no CRS"):
         align_labels([path], grid)
 
