@@ -333,6 +333,10 @@ class UNetHead(WhitenedHead):
         token_dropout: in training, drop the whole token path of a chip with this
             probability (inverted-dropout scaling), so the skip path must classify on its
             own and the tokens cannot memorise the few labelled places.
+        pixel_branch: width of a per-pixel classifier on the normalised bands (1x1
+            convolutions: an MLP applied to every 10 m pixel on its own) whose logits are
+            added to the fused ones; 0: none. It sees what the per-pixel baseline sees,
+            so the head can match the baseline and the tokens only add context.
     """
 
     uses_pixels = True
@@ -340,7 +344,7 @@ class UNetHead(WhitenedHead):
     def __init__(self, dim: int, patch_size: int, n_classes: int, *, bands: int,
                  hidden: int = 128, out_channels: int = 16, dropout: float = 0.1,
                  input_norm: bool = True, whiten: bool = True,
-                 token_dropout: float = 0.0) -> None:
+                 token_dropout: float = 0.0, pixel_branch: int = 0) -> None:
         super().__init__(dim, whiten=whiten)
         self.token_dropout = float(token_dropout)
         self.dim, self.patch_size, self.n_classes = dim, patch_size, n_classes
@@ -354,6 +358,10 @@ class UNetHead(WhitenedHead):
         self.fuse = _conv_block(2 * out_channels, out_channels)
         self.dropout = nn.Dropout2d(dropout)
         self.classify = nn.Conv2d(out_channels, n_classes, 1)
+        self.pixel_branch = None if pixel_branch <= 0 else nn.Sequential(
+            _conv_block(bands, pixel_branch, kernel=1),
+            _conv_block(pixel_branch, pixel_branch, kernel=1),
+            nn.Conv2d(pixel_branch, n_classes, 1))
 
     def forward(self, tokens: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits float32 [B, n_classes, H, W] from tokens [B, 1+L, D] and DN [B, C, H, W].
@@ -382,8 +390,12 @@ class UNetHead(WhitenedHead):
                     >= self.token_dropout).to(context_px.dtype)
             context_px = context_px * keep / (1.0 - self.token_dropout)
         assert self.pixel_norm is not None
-        fused = torch.cat([context_px, self.skip(self.pixel_norm(pixels))], dim=1)
-        return self.classify(self.dropout(self.fuse(fused)))
+        bands = self.pixel_norm(pixels)
+        fused = torch.cat([context_px, self.skip(bands)], dim=1)
+        logits = self.classify(self.dropout(self.fuse(fused)))
+        if self.pixel_branch is not None:
+            logits = logits + self.pixel_branch(bands)
+        return logits
 
     def whitening_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The patch tokens [B * L, D] (CLS left out: the head never sees it)."""

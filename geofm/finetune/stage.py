@@ -31,6 +31,16 @@ from geofm.manifest import StageRecord, call_config, stage_entry
 
 log = logging.getLogger(__name__)
 
+#: With fewer validation locations than this, ``keep_epoch="auto"`` keeps the last epoch
+#: of a fixed schedule: one or two places score too noisily to pick an epoch or stop
+#: early (``benchmarks/results/finetune.md``, issue 21).
+MIN_VAL_LOCATIONS = 4
+#: ``class_weights`` choices: inverse frequency on the training split (``auto``), its
+#: square root (``sqrt``) or none.
+CLASS_WEIGHTS = ("auto", "sqrt", "none")
+#: ``keep_epoch`` values.
+KEEP_EPOCHS = ("auto", "best", "last")
+
 __all__ = ["add_arguments", "balanced_sample_weights", "finetune", "load_encoder_for", "main",
            "run_cli"]
 
@@ -103,6 +113,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
              decoder: str = "unet", augment: bool = True, sampling: str = "balanced",
              pixel_stats: bool = True, baseline: bool = True,
              epoch_samples: int | None = 512, token_dropout: float = 0.5,
+             pixel_branch: int = 32, keep_epoch: str = "auto",
              baseline_pixels: int | None = None,
              device: str = "auto", seed: int = 0, encoder: Any = None, overwrite: bool = False,
              progress: bool = True) -> StageRecord:
@@ -119,7 +130,8 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         batch_size: chips per step.
         lr: peak AdamW learning rate (cosine decay).
         weight_decay: AdamW weight decay.
-        class_weights: ``auto`` (inverse frequency on the training split) or ``none``.
+        class_weights: ``auto`` (inverse frequency on the training split), ``sqrt`` (its
+            square root) or ``none``.
         patience: early stopping after this many epochs without a better val mean IoU.
         val_fraction: share of chip locations held out for validation.
         date_window_days: use only acquisitions within this many days of ``label_date``.
@@ -168,6 +180,14 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
             ``epoch_samples / batch_size`` steps per epoch; ``None``: one pass.
         token_dropout: ``unet`` head: probability of dropping a chip's token path in
             training (:class:`geofm.finetune.heads.UNetHead`).
+        pixel_branch: ``unet`` head: width of its per-pixel classifier on the bands,
+            whose logits are added to the fused ones (0: none;
+            :class:`geofm.finetune.heads.UNetHead`).
+        keep_epoch: which epoch's head is saved: ``best`` (best validation mean IoU, with
+            early stopping after ``patience``), ``last`` (a fixed schedule of ``epochs``)
+            or ``auto`` (``last`` when fewer than :data:`MIN_VAL_LOCATIONS` locations
+            validate, whose score cannot tell epochs apart; else ``best``). The choice
+            made is in ``metrics.json`` (``keep_epoch``).
         baseline_pixels: training pixels of the baseline (default
             :data:`geofm.finetune.baseline.BASELINE_PIXELS`).
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -207,12 +227,16 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
 
     if task not in TASKS:
         raise GeofmValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
-    if class_weights not in ("auto", "none"):
-        raise GeofmValueError(f"class_weights must be 'auto' or 'none', got {class_weights!r}")
+    if class_weights not in CLASS_WEIGHTS:
+        raise GeofmValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got "
+                              f"{class_weights!r}")
     if cache not in ("memory", "disk", "none"):
         raise GeofmValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}")
     if decoder not in DECODERS:
         raise GeofmValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if keep_epoch not in KEEP_EPOCHS:
+        raise GeofmValueError(f"keep_epoch must be one of {', '.join(KEEP_EPOCHS)}, got "
+                              f"{keep_epoch!r}")
     if sampling not in ("balanced", "uniform"):
         raise GeofmValueError(f"sampling must be 'balanced' or 'uniform', got {sampling!r}")
     out = Path(out)
@@ -287,14 +311,15 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
 
         targets = _targets(data, task)
         weights = None
-        if class_weights == "auto":
+        if class_weights != "none":
             if task == "classification":
                 codes = data.chip_labels()[data.samples["loc"].to_numpy()[train_idx]]
             else:
                 codes = data.labels[np.unique(data.samples["loc"].to_numpy()[train_idx])]
             counts = np.bincount(np.asarray(codes).ravel().astype(np.int64),
                                  minlength=data.n_classes + 1)[1:data.n_classes + 1]
-            weights = class_weights_from_counts(counts)
+            weights = class_weights_from_counts(counts,
+                                                power=0.5 if class_weights == "sqrt" else 1.0)
         sample_weights = None
         if sampling == "balanced":
             sample_weights = balanced_sample_weights(data, train_idx)
@@ -310,7 +335,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
             head_options = {"hidden": hidden, "out_channels": out_channels, "whiten": whiten}
             if decoder == "unet":
                 head_options.update(decoder="unet", bands=len(data.bands),
-                                    token_dropout=token_dropout)
+                                    token_dropout=token_dropout, pixel_branch=pixel_branch)
         head = build_head(task, dim=feature_dim, patch_size=int(encoder.patch_size),
                           n_classes=data.n_classes, **head_options)
         batches = [train_idx[i:i + batch_size].tolist()
@@ -320,12 +345,20 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
             head.fit_whitening(source(b)[0] for b in batches)
         if use_pixels:
             head.fit_pixels(pixel_source(b) for b in batches)
+        keep = keep_epoch
+        if keep == "auto":
+            keep = "last" if len(val_ids) < MIN_VAL_LOCATIONS else "best"
+            if keep == "last":
+                log.info("%d validation locations (< %d) cannot choose an epoch: training "
+                         "all %d epochs and keeping the last", len(val_ids),
+                         MIN_VAL_LOCATIONS, epochs)
         result = train_head(head, source, targets, train_idx=train_idx, val_idx=val_idx,
                             n_classes=data.n_classes, epochs=epochs, batch_size=batch_size,
                             lr=lr, weight_decay=weight_decay, class_weights=weights,
                             patience=patience, seed=seed, device=device, progress=progress,
                             pixels=pixel_source if use_pixels else None, augment=augment,
-                            sample_weights=sample_weights, epoch_samples=epoch_samples)
+                            sample_weights=sample_weights, epoch_samples=epoch_samples,
+                            keep=keep)
         baseline_scores = None
         if want_baseline:
             def codes_of(idx: Sequence[int]) -> np.ndarray:
@@ -354,7 +387,8 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         save_head(best_path, result.best_state, head_config)
         best = {k: v for k, v in result.best.items() if k != "confusion"}
         metrics = {"task": task, "class_names": data.class_names, "best_epoch": result.best_epoch,
-                   "stopped_early": result.stopped_early, "best": result.best,
+                   "stopped_early": result.stopped_early, "keep_epoch": keep,
+                   "best": result.best,
                    "history": result.history, "encoder": identity, "counts": record.counts,
                    "class_weights": None if weights is None else weights.tolist(),
                    "baseline": baseline_scores}
@@ -392,7 +426,8 @@ def cli_options() -> dict[str, Any]:
         "task": Cli(choices=("segmentation", "classification")),
         "checkpoint": Cli(group="encoder", required=True),
         "model": Cli(group="encoder", required=True, choices=tuple(PRESETS)),
-        "class_weights": Cli(choices=("auto", "none")),
+        "class_weights": Cli(choices=CLASS_WEIGHTS),
+        "keep_epoch": Cli(choices=KEEP_EPOCHS),
         "patience": Cli(type=int, convert=_none_if_zero,
                         help="early stopping after N epochs without gain (0 = never)"),
         "class_names": Cli(convert=comma_list,

@@ -2,7 +2,9 @@
 
 Only the head's parameters are optimised (AdamW, cosine learning-rate schedule per
 step). Every epoch is validated on held-out locations; the best epoch by validation
-mean IoU is kept, and training stops early after ``patience`` epochs without a gain.
+mean IoU is kept (``keep="best"``), and training stops early after ``patience`` epochs
+without a gain; or the last epoch is kept (``keep="last"``: a fixed schedule, for
+validation splits too small to choose an epoch).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from geofm.exceptions import CheckpointError, GeofmFileNotFoundError
+from geofm.exceptions import CheckpointError, GeofmFileNotFoundError, GeofmValueError
 from geofm.finetune.metrics import confusion_matrix, scores
 from geofm.io import atomic_path
 from geofm.log import progress as progress_bar
@@ -72,7 +74,8 @@ class TrainResult:
     Attributes:
         history: a dict per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``lr``,
             ``seconds`` and the validation scores of :func:`geofm.finetune.metrics.scores`.
-        best_epoch: 1-based epoch with the best validation mean IoU.
+        best_epoch: 1-based epoch kept: the best validation mean IoU (``keep="best"``)
+            or the last one (``keep="last"``).
         best_state: the head's state dict at that epoch (CPU tensors).
         stopped_early: True if patience ran out before ``epochs``.
     """
@@ -88,16 +91,23 @@ class TrainResult:
         return self.history[self.best_epoch - 1]
 
 
-def class_weights_from_counts(counts: np.ndarray) -> np.ndarray:
+def class_weights_from_counts(counts: np.ndarray, *, power: float = 1.0) -> np.ndarray:
     """Inverse-frequency weights [K] for code counts [K], mean 1 over present classes.
 
     Absent classes get weight 0 (they contribute no loss anyway); weights are clipped to
     at most 10x the mean so a handful of pixels cannot dominate.
+
+    Args:
+        counts: labelled pixels (or samples) per code.
+        power: weights are ``(1 / frequency) ** power``: 1 is inverse frequency, 0.5 its
+            square root (a milder correction: with a few labelled places a class of
+            small inclusions would otherwise get 100x the weight of the classes around
+            it and be predicted everywhere).
     """
     counts = np.asarray(counts, dtype=np.float64)
     present = counts > 0
     weights = np.zeros_like(counts)
-    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    weights[present] = (counts[present].sum() / (present.sum() * counts[present])) ** power
     weights[present] /= weights[present].mean()
     return np.minimum(weights, 10.0)
 
@@ -111,7 +121,7 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
                progress: bool = True, pixels: PixelSource | None = None,
                augment: bool = False,
                sample_weights: np.ndarray | None = None,
-               epoch_samples: int | None = None) -> TrainResult:
+               epoch_samples: int | None = None, keep: str = "best") -> TrainResult:
     """Train ``head`` on tokens of ``train_idx`` samples, validating on ``val_idx``.
 
     Args:
@@ -139,13 +149,20 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
         epoch_samples: samples per epoch (default ``len(train_idx)``); more than the
             training set draws with replacement, so a few labelled chips still get enough
             optimisation steps (``epoch_samples / batch_size`` per epoch).
+        keep: ``best`` (the epoch of the best validation mean IoU, with early stopping)
+            or ``last`` (every epoch runs and the last is kept; ``patience`` is ignored).
 
     Returns:
         The :class:`TrainResult`.
+
+    Raises:
+        GeofmValueError: ``keep`` is neither ``best`` nor ``last``.
     """
     import torch
     from torch.nn import functional as F
 
+    if keep not in ("best", "last"):
+        raise GeofmValueError(f"keep must be 'best' or 'last', got {keep!r}")
     generator = torch.Generator().manual_seed(seed)
     head.to(device)
     train_arr, val_arr = np.asarray(train_idx), np.asarray(val_idx)
@@ -206,14 +223,15 @@ def train_head(head: Any, source: TokenSource, targets: TargetSource, *,
                  "seconds": round(time.perf_counter() - started, 4), **val}
         result.history.append(entry)
         epoch_bar.set_postfix(loss=f"{entry['train_loss']:.3f}", miou=f"{val['mean_iou']:.3f}")
-        if val["mean_iou"] > best_miou:
+        if (val["mean_iou"] > best_miou) if keep == "best" else epoch == epochs:
             best_miou, stale = val["mean_iou"], 0
             result.best_epoch = epoch
             result.best_state = {k: v.detach().cpu().clone()
                                  for k, v in copy.deepcopy(head.state_dict()).items()}
         else:
             stale += 1
-            if patience is not None and stale >= patience and epoch < epochs:
+            if (keep == "best" and patience is not None and stale >= patience
+                    and epoch < epochs):
                 result.stopped_early = True
                 break
     epoch_bar.close()

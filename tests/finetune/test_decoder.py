@@ -146,3 +146,28 @@ def test_dihedral_moves_tokens_bands_and_labels_together(k, flip):
     chip_codes = np.array([1, 2])
     assert np.array_equal(dihedral(tokens.repeat(2, 1, 1), None, chip_codes, k=k,
                                    flip=flip)[2], chip_codes)
+
+
+def test_pixel_branch_classifies_each_pixel_on_its_own_bands():
+    """The per-pixel branch adds logits that depend on a pixel's own bands only."""
+    torch.manual_seed(0)
+    tokens, pixels = _inputs(8, b=1)
+    head = UNetHead(12, 8, 3, bands=4, hidden=8, out_channels=4, pixel_branch=6).eval()
+    changed = pixels.clone()
+    changed[0, :, 10, 21] *= 3
+    branch = head.pixel_branch(head.pixel_norm(changed)) - head.pixel_branch(
+        head.pixel_norm(pixels))
+    moved = branch.abs().sum(dim=(0, 1)).detach() > 0
+    assert moved[10, 21] and int(moved.sum()) == 1
+    # its logits are part of the head's output
+    with torch.no_grad():
+        before = head(tokens, pixels)
+        head.pixel_branch[-1].bias += torch.tensor([1.0, 0.0, -1.0])
+        after = head(tokens, pixels)
+    torch.testing.assert_close(after - before, torch.tensor([1.0, 0.0, -1.0]).view(1, 3, 1, 1)
+                               .expand_as(before))
+    # heads written before the option have no branch, and rebuild as they were
+    old = build_head("segmentation", dim=12, patch_size=8, n_classes=3, decoder="unet",
+                     bands=4, hidden=8, out_channels=4)
+    assert old.pixel_branch is None
+    assert not any(k.startswith("pixel_branch.") for k in old.state_dict())

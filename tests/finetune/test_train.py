@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from geofm.exceptions import CheckpointError, GeofmFileNotFoundError
+from geofm.exceptions import CheckpointError, GeofmFileNotFoundError, GeofmValueError
 from geofm.finetune.heads import ClassificationHead, SegmentationHead
 from geofm.finetune.train import (
     class_weights_from_counts,
@@ -66,6 +66,27 @@ def test_early_stopping_after_patience_epochs_without_gain():
                         val_idx=range(36, 48), n_classes=K, epochs=10, batch_size=8, lr=0.0,
                         patience=2, progress=False)
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_keep_last_runs_every_epoch_and_keeps_the_last():
+    """``keep="last"``: a fixed schedule; patience is ignored and the saved epoch is the
+    final one, where ``keep="best"`` would stop and keep the first (nothing changes)."""
+    source, _ = _toy()
+
+    def chip_targets(idx, valid):
+        return (np.asarray(idx) % K) + 1
+
+    torch.manual_seed(0)
+    head = ClassificationHead(DIM, K)  # no BatchNorm: with lr=0 nothing can change
+    result = train_head(head, source, chip_targets, train_idx=range(36),
+                        val_idx=range(36, 48), n_classes=K, epochs=4, batch_size=8, lr=0.0,
+                        patience=1, progress=False, keep="last")
+    assert len(result.history) == 4 and not result.stopped_early
+    assert result.best_epoch == 4 and result.best == result.history[-1]
+    assert result.best_state.keys() == head.state_dict().keys()
+    with pytest.raises(GeofmValueError, match="keep must be 'best' or 'last', got 'first'"):
+        train_head(head, source, chip_targets, train_idx=range(8), val_idx=range(8, 12),
+                   n_classes=K, epochs=1, progress=False, keep="first")
 
 
 def test_class_weights_inverse_frequency():
