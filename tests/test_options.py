@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, set[str]]] = {
     "finetune": ("geofm.finetune.stage", "finetune", {"encoder"}),
     "predict": ("geofm.finetune.predict", "predict", {"encoder"}),
     "pretrain": ("geofm.pretrain.stage", "pretrain", {"decoder"}),
-    "serve": ("geofm.serve", "serve", set()),
+    "serve": ("geofm.serve.stage", "serve", set()),
     "report": ("geofm.generative.report", "changed_chips", set()),
 }
 #: flags whose command-line default differs from the library's, on purpose.

@@ -56,14 +56,16 @@ from geofm.model.chips import (
     ScenePlan,
     batch_indices,
     collate,
-    default_workers,
     iter_tasks,
     read_scene_plan,
     task_inputs,
 )
-from geofm.model.embedder import PRECISIONS, TIME_LOCATION, Embedder, load_run_encoder
+from geofm.model.embedder import (
+    Embedder,
+    encoder_cli_options,
+    load_run_encoder,
+)
 from geofm.model.identity import ModelIdentity, format_differences
-from geofm.model.presets import PRESETS
 from geofm.sensors import get_sensor
 
 log = logging.getLogger(__name__)
@@ -339,16 +341,10 @@ def cli_options() -> dict[str, Any]:
     from geofm.options import Cli, declare
 
     return declare(embed, {
+        **encoder_cli_options(),
         "root": Cli(required=True, type=Path),
-        "checkpoint": Cli(type=Path, group="weights", required=True),
-        "model": Cli(choices=tuple(PRESETS), group="weights", required=True),
         "batch_size": Cli(type=positive_int),
         "patches": Cli(choices=PATCHES),
-        "precision": Cli(choices=PRECISIONS),
-        "workers": Cli(type=int, default=default_workers(),
-                       help="DataLoader reader processes (0 = read in this process; "
-                            "default min(4, cpus-1))"),
-        "time_location": Cli(choices=TIME_LOCATION),
     })
 
 

@@ -44,6 +44,38 @@ TIME_LOCATION = ("auto", "encode", "zero")
 _T = TypeVar("_T")
 
 
+def encoder_cli_options(*, precisions: Sequence[str] = PRECISIONS,
+                        time_location: Sequence[str] = TIME_LOCATION) -> dict[str, Any]:
+    """The command-line side of the encoder options a stage that runs the encoder shares.
+
+    ``--checkpoint`` / ``--model`` (one of them, required), ``--precision``,
+    ``--time-location`` and ``--workers`` (DataLoader reader processes), as
+    :func:`geofm.options.declare` overrides; the stage's signature still owns the
+    defaults and the help.
+
+    Args:
+        precisions: the ``precision`` choices of the stage.
+        time_location: the ``time_location`` choices of the stage.
+
+    Returns:
+        ``{option name: geofm.options.Cli}``.
+    """
+    from pathlib import Path
+
+    from geofm.model.chips import default_workers
+    from geofm.options import Cli
+
+    return {
+        "checkpoint": Cli(type=Path, group="weights", required=True),
+        "model": Cli(choices=tuple(PRESETS), group="weights", required=True),
+        "precision": Cli(choices=tuple(precisions)),
+        "time_location": Cli(choices=tuple(time_location)),
+        "workers": Cli(type=int, default=default_workers(),
+                       help="DataLoader reader processes (0 = read in this process; "
+                            "default min(4, cpus-1))"),
+    }
+
+
 def resolve_time_location(time_location: str, *, random_init: bool) -> str:
     """Turn ``auto|encode|zero`` into ``encode`` or ``zero``.
 

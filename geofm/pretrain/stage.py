@@ -560,23 +560,17 @@ def cli_options() -> dict[str, Any]:
         ``{name: geofm.options.Option}``.
     """
     from geofm.cliargs import positive_int
-    from geofm.model.chips import default_workers
+    from geofm.model.embedder import encoder_cli_options
     from geofm.options import Cli, declare
 
     return declare(pretrain, {
+        **encoder_cli_options(precisions=PRECISIONS, time_location=TIME_LOCATION),
         "root": Cli(required=True, type=Path),
         "out": Cli(required=True, type=Path),
-        "model": Cli(group="weights", required=True, choices=tuple(PRESETS)),
-        "checkpoint": Cli(group="weights", required=True, type=Path),
         "epochs": Cli(type=positive_int),
         "mask_ratio": Cli(type=_ratio),
         "batch_size": Cli(type=positive_int),
         "lr": Cli(type=_positive_float),
-        "precision": Cli(choices=PRECISIONS),
-        "time_location": Cli(choices=TIME_LOCATION),
-        "workers": Cli(type=int, default=default_workers(),
-                       help="DataLoader reader processes (0 = read in this process; "
-                            "default min(4, cpus-1))"),
         "decoder": Cli(cli=False),
     })
 
