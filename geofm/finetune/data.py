@@ -226,32 +226,6 @@ def align_labels(labels: Sequence[str | os.PathLike[str]], grid: PixelGrid) -> n
     return out
 
 
-def split_locations(locations: Sequence[str], *, val_fraction: float = 0.25,
-                    seed: int = 0) -> tuple[list[str], list[str]]:
-    """Seeded split of chip locations into train and validation (disjoint).
-
-    Args:
-        locations: chip ids (duplicates are collapsed).
-        val_fraction: share of locations for validation (at least one, and at least one
-            left for training).
-        seed: random seed.
-
-    Returns:
-        ``(train_ids, val_ids)``, each sorted.
-    """
-    unique = sorted(set(locations))
-    if not 0 < val_fraction < 1:
-        raise GeofmValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if len(unique) < 2:
-        raise GeofmValueError(f"need at least 2 chip locations to split train/validation, "
-                              f"got {len(unique)}; chip a larger area")
-    n_val = min(len(unique) - 1, max(1, int(round(val_fraction * len(unique)))))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    val = sorted(unique[i] for i in order[:n_val])
-    train = sorted(unique[i] for i in order[n_val:])
-    return train, val
-
-
 def load_labelled_chips(root: str | os.PathLike[str] | RunRoot,
                         labels: Sequence[str | os.PathLike[str]], *,
                         n_classes: int | None = None, class_names: Sequence[str] | None = None,

@@ -212,7 +212,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
 
     from geofm.finetune.baseline import BASELINE_PIXELS, evaluate_baseline, fit_pixel_baseline
     from geofm.finetune.cache import ChipEncoder, build_cache, resolve_time_location
-    from geofm.finetune.data import load_labelled_chips, split_locations
+    from geofm.finetune.data import load_labelled_chips
     from geofm.finetune.heads import DECODERS, TASKS, build_head
     from geofm.finetune.layers import layers_to_config, parse_layers
     from geofm.finetune.train import (
@@ -224,6 +224,7 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
     )
     from geofm.io import write_json_atomic
     from geofm.model import resolve_device
+    from geofm.splits import split_locations
 
     if task not in TASKS:
         raise GeofmValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")

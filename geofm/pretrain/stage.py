@@ -4,7 +4,7 @@ Data: every valid chip of ``ROOT/meta/*.parquet`` (the chip stage's contract), r
 filled like ``embed`` does (:func:`geofm.model.chips.load_chip`, invalid-pixel rule
 included) and fed through the same datacube (:func:`geofm.model.make_datacube`:
 Clay normalisation, time and location codes). Chip *locations* (chip ids) are split
-into training and validation (:func:`geofm.finetune.data.split_locations`), so no
+into training and validation (:func:`geofm.splits.split_locations`), so no
 place is seen in both.
 
 Objective (:mod:`geofm.pretrain.mae`): per chip a random ``mask_ratio`` share of the
@@ -263,10 +263,10 @@ def pretrain(
     """
     import torch
 
-    from geofm.finetune.data import split_locations
     from geofm.model import load_encoder, resolve_device
     from geofm.model.encoder import ClayEncoder
     from geofm.pretrain.mae import ClayMAE, MaeDecoder
+    from geofm.splits import split_locations
 
     root = RunRoot.of(root)
     mask_ratio = check_mask_ratio(mask_ratio)

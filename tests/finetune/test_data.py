@@ -5,9 +5,10 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
-from geofm.finetune.data import align_labels, split_locations
+from geofm.exceptions import GeofmFileNotFoundError
+from geofm.finetune.data import align_labels
 from geofm.grid import PixelGrid
+from geofm.splits import split_locations
 
 X0, Y1, RES = 500_000.0, 5_600_000.0, 10.0  # UTM 33N, an arbitrary corner
 
@@ -88,24 +89,6 @@ def test_first_raster_with_a_label_wins(tmp_path):
     pb = _label_raster(tmp_path / "b.tif", b, transform=t, crs="EPSG:32633")
     out = align_labels([pa, pb], PixelGrid(32633, t, (10, 10)))
     assert (out[:5] == 1).all() and (out[5:] == 2).all()
-
-
-def test_split_by_location_is_disjoint_seeded_and_complete():
-    locations = [f"33UUP_64_{r:04d}_{c:04d}" for r in range(4) for c in range(5)]
-    samples = locations * 3  # every location at three dates
-    train, val = split_locations(samples, val_fraction=0.25, seed=0)
-    assert not set(train) & set(val)
-    assert sorted(train + val) == sorted(locations)
-    assert len(val) == 5
-    assert (train, val) == split_locations(list(reversed(samples)), val_fraction=0.25, seed=0)
-    assert val != split_locations(samples, val_fraction=0.25, seed=1)[1]
-
-
-def test_split_errors():
-    with pytest.raises(GeofmValueError, match="at least 2 chip locations"):
-        split_locations(["a", "a"], val_fraction=0.5)
-    with pytest.raises(GeofmValueError, match=r"val_fraction must be in \(0, 1\), got 1.5"):
-        split_locations(["a", "b"], val_fraction=1.5)
 
 
 def test_missing_label_file(tmp_path):
