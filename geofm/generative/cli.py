@@ -195,3 +195,22 @@ def prepare(args: argparse.Namespace, columns: Sequence[str]) -> GenerativeRun |
                          grouped_task=args.grouped_task, with_images=args.with_images,
                          max_hits=args.max_hits, max_prompt_tokens=args.max_prompt_tokens,
                          root=args.root, fmt=args.format, output=args.output)
+
+
+def add_hit_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--format``/``--output`` for a command that prints hits, then the answer options."""
+    parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",
+                        help="output format (default table)")
+    parser.add_argument("--output", metavar="PATH", help="write to PATH instead of stdout")
+    add_arguments(parser)
+
+
+def deliver(hits: Any, generation: GenerativeRun | None, args: argparse.Namespace) -> int:
+    """Print ``hits`` as ``--format`` asks, or the generated answers over them; exit code."""
+    from geofm.search.output import emit, format_results
+
+    if generation is not None:
+        return generation.write(hits)
+    emit(format_results(hits, args.format), args.output)
+    return 0
+

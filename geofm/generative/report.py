@@ -119,31 +119,24 @@ def cli_options() -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``geofm report`` options to ``parser`` (from :func:`cli_options`)."""
-    from geofm.generative.cli import add_arguments as add_generative_arguments
+    from geofm.generative.cli import add_hit_arguments
     from geofm.options import add_arguments as add_options
 
     add_options(parser, cli_options().values())
-    parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",
-                        help="output format (default table)")
-    parser.add_argument("--output", metavar="PATH", help="write to PATH instead of stdout")
-    add_generative_arguments(parser)
+    add_hit_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm report`` from parsed arguments; return the exit code."""
-    from geofm.generative.cli import prepare, usage_error
+    from geofm.generative.cli import deliver, prepare, usage_error
     from geofm.options import library_kwargs
-    from geofm.search.output import emit, format_results
 
     try:
         generation = prepare(args, REPORT_COLUMNS)
     except GeofmValueError as exc:
         return usage_error(exc)
-    hits = changed_chips(**library_kwargs(args, cli_options().values()))
-    if generation is not None:
-        return generation.write(hits)
-    emit(format_results(hits, args.format), args.output)
-    return 0
+    return deliver(changed_chips(**library_kwargs(args, cli_options().values())), generation,
+                   args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

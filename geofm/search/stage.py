@@ -260,23 +260,17 @@ def cli_options() -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``geofm search`` options to ``parser`` (from :func:`cli_options`)."""
+    from geofm.generative.cli import add_hit_arguments
     from geofm.options import add_arguments as add_options
 
     add_options(parser, cli_options().values())
-    parser.add_argument("--format", choices=("table", "json", "geojson"), default="table",
-                        help="output format (default table)")
-    parser.add_argument("--output", metavar="PATH", help="write to PATH instead of stdout")
-    # generative answers (geofm.generative)
-    from geofm.generative.cli import add_arguments as add_generative_arguments
-
-    add_generative_arguments(parser)
+    add_hit_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``geofm search`` from parsed arguments; return the exit code."""
-    from geofm.generative.cli import prepare, usage_error
+    from geofm.generative.cli import deliver, prepare, usage_error
     from geofm.options import library_kwargs
-    from geofm.search.output import emit, format_results
 
     if not args.chip_ids and not args.vector and not args.text:
         raise GeofmValueError("give --chip-id ID (repeatable), --vector-file F or --text QUERY")
@@ -285,11 +279,7 @@ def run_cli(args: argparse.Namespace) -> int:
                                                         if args.text else ())])
     except GeofmValueError as exc:
         return usage_error(exc)
-    results = search(**library_kwargs(args, cli_options().values()))
-    if generation is not None:
-        return generation.write(results)
-    emit(format_results(results, args.format), args.output)
-    return 0
+    return deliver(search(**library_kwargs(args, cli_options().values())), generation, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
