@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from geofm.exceptions import UnsafePathError
+from geofm.exceptions import GeofmFileNotFoundError, UnsafePathError
 from geofm.ids import check_part, decode_id, encode_id
 
 
@@ -67,6 +67,16 @@ class RunRoot:
     def meta_dir(self) -> Path:
         """Folder of per-scene chip metadata GeoParquet files."""
         return self.path / "meta"
+
+    def require_chips(self) -> None:
+        """Raise unless ``chip`` has written its metadata here (stages that read chips).
+
+        Raises:
+            GeofmFileNotFoundError: no ``meta/`` folder; says to run ``geofm chip`` first.
+        """
+        if not self.meta_dir.is_dir():
+            raise GeofmFileNotFoundError(f"no chip metadata in {self.meta_dir}; run `geofm chip "
+                                         f"--out {self.path}` first")
 
     def meta_path(self, scene_id: str) -> Path:
         """GeoParquet with a row per chip of one scene (valid or not)."""

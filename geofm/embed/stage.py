@@ -220,11 +220,7 @@ def embed(
     if batch_size < 1 or workers < 0:
         raise GeofmValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} "
                               f"and {workers}")
-    if not root.meta_dir.is_dir():
-        from geofm.exceptions import GeofmFileNotFoundError
-
-        raise GeofmFileNotFoundError(f"no chip metadata in {root.meta_dir}; run `geofm chip "
-                                     f"--out {root.path}` first")
+    root.require_chips()
     from geofm.model import resolve_device
     from geofm.model.embedder import resolve_precision
 

@@ -53,7 +53,6 @@ import numpy as np
 
 from geofm.exceptions import (
     GeofmFileExistsError,
-    GeofmFileNotFoundError,
     GeofmValueError,
     SensorError,
     TrainingError,
@@ -284,9 +283,7 @@ def pretrain(
     if time_location not in TIME_LOCATION:
         raise GeofmValueError(f"unknown time_location {time_location!r}; use one of "
                               f"{', '.join(TIME_LOCATION)}")
-    if not root.meta_dir.is_dir():
-        raise GeofmFileNotFoundError(f"no chip metadata in {root.meta_dir}; run `geofm chip "
-                                     f"--out {root.path}` first")
+    root.require_chips()
     dev = str(resolve_device(device))
     prec = precision or ("bf16" if dev.startswith("cuda") else "fp32")
     if prec not in PRECISIONS:
