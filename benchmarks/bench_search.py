@@ -25,10 +25,15 @@ from pathlib import Path
 import numpy as np
 
 
-def chunks(n: int, dim: int, *, n_clusters: int, spread: float, seed: int, chunk: int):
-    """Yield (start, float32 [m, D] unit vectors) for n clustered vectors, deterministically."""
+def chunks(n: int, dim: int, *, n_clusters: int, spread: float, seed: int, chunk: int,
+           first: int = 0):
+    """Yield (start, float32 [m, D] unit vectors) for n clustered vectors, deterministically.
+
+    ``first`` (a multiple of ``chunk``) skips the rows before it: the same rows as the
+    full sequence from there on (an append of rows ``first..n``).
+    """
     centres = np.random.default_rng(seed).normal(size=(n_clusters, dim)).astype(np.float32)
-    for start in range(0, n, chunk):
+    for start in range(first, n, chunk):
         m = min(chunk, n - start)
         rng = np.random.default_rng([seed, start])
         labels = rng.integers(0, n_clusters, m)
@@ -92,6 +97,10 @@ def main() -> None:
     p.add_argument("--target-recall", type=float, default=None,
                    help="recall@10 to calibrate to (default: geofm index's)")
     p.add_argument("--index-type", default=None, help="IVF_PQ | IVF_SQ | IVF_FLAT | IVF_HNSW_SQ")
+    p.add_argument("--append", type=int, default=0, metavar="F",
+                   help="then append n/F more rows (a new date: F=60) and compare what "
+                   "geofm index does now (no fold: new rows scanned exactly, recall "
+                   "re-measured) with optimize() and with a re-train + calibration")
     p.add_argument("--dir", help="work folder (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="20,000 vectors, 50 queries")
     p.add_argument("--json", help="write the results as JSON here")
@@ -169,8 +178,78 @@ def main() -> None:
         print(f"{r['mode']:<52} p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
               f"recall@10 {r['recall@10']:.3f}  ({r['queries']} queries)")
     print(f"numpy brute force: {t_exact:.1f} ms/query (batched, generation included)")
+    if args.append:
+        result["append"] = bench_append(table, args, gen, schema, q, cal, params)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def bench_append(table, args, gen, schema, q, cal, params) -> dict:
+    """Append n/F rows and time the three ways of keeping the index (see ``--append``)."""
+    import pyarrow as pa
+
+    from geofm.index.recall import RecallProbe, calibrate, calibration_queries
+    from geofm.index.table import SCAN_SLACK, ann_parameters, create_ann_index
+
+    if args.n % args.chunk:
+        raise SystemExit("--append needs --n to be a multiple of --chunk")
+    m = args.n // args.append
+    total = args.n + m
+    truth = [set(r.tolist()) for r in exact_topk(
+        q, chunks(total, args.dim, chunk=args.chunk, **gen), args.k)]
+    out: dict = {"rows_added": m, "rows": total}
+
+    def queries_now(label, nprobes, refine):
+        time_queries(table, q[:5], args.k, nprobes=nprobes, refine_factor=refine)
+        lat, got = time_queries(table, q, args.k, nprobes=nprobes, refine_factor=refine)
+        rec = float(np.mean([len(g & t) / args.k for g, t in zip(got, truth, strict=True)]))
+        out[label] = {"nprobes": nprobes, "refine_factor": refine,
+                      "p50_ms": float(np.percentile(lat, 50)),
+                      "p95_ms": float(np.percentile(lat, 95)), "recall@10": rec}
+        print(f"append {label}: nprobes {nprobes} refine {refine}: p50 "
+              f"{out[label]['p50_ms']:.1f} ms, recall@10 {rec:.3f} (held-out, {total} rows)",
+              flush=True)
+
+    for start, v in chunks(total, args.dim, chunk=args.chunk, first=args.n, **gen):
+        t0 = time.perf_counter()
+        table.add(pa.record_batch([pa.array(np.arange(start, start + len(v))),
+                                   pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()),
+                                                                     args.dim)],
+                                  schema=schema))
+        out["write_s"] = time.perf_counter() - t0
+    out["unindexed_rows"] = int(table.index_stats("vector_idx").num_unindexed_rows)
+    # 1. what geofm index does now: leave the rows unindexed, re-measure recall
+    t0 = time.perf_counter()
+    probe = RecallProbe(table, "vector", n_queries=calibration_queries(total), seed=1,
+                        key="id")
+    trial = probe.measure(cal.nprobes, cal.refine_factor, timed=0)
+    expected = args.n * min(1.0, cal.nprobes / params["num_partitions"]) + m
+    scanned = probe.scanned_rows(cal.nprobes, cap=int(min(total, SCAN_SLACK * expected)))
+    out["unindexed"] = {"maintenance_s": time.perf_counter() - t0, "recall_table": trial.recall,
+                        "recall_se": trial.recall_se, "scanned_rows": scanned,
+                        "expected_rows": expected}
+    print(f"append: {m} rows left unindexed; re-measured in "
+          f"{out['unindexed']['maintenance_s']:.1f} s: recall@10 {trial.recall:.3f} on "
+          f"table rows, a query scans {scanned:.0f} rows (expected {expected:.0f})", flush=True)
+    queries_now("unindexed", cal.nprobes, cal.refine_factor)
+    # 2. optimize(): lancedb folds the rows into the index
+    t0 = time.perf_counter()
+    table.optimize()
+    out["optimize_s"] = time.perf_counter() - t0
+    out["optimize_scanned_rows"] = probe.scanned_rows(cal.nprobes, cap=total)
+    print(f"append: optimize() {out['optimize_s']:.1f} s; a query then scans "
+          f"{out['optimize_scanned_rows']:.0f} rows", flush=True)
+    queries_now("optimized", cal.nprobes, cal.refine_factor)
+    # 3. re-train and calibrate (what geofm index did before on every append)
+    t0 = time.perf_counter()
+    new_params = ann_parameters(total, args.dim, index_type=params["index_type"])
+    create_ann_index(table, "vector", new_params)
+    again = calibrate(table, "vector", num_partitions=new_params["num_partitions"],
+                      target_recall=cal.target, key="id")
+    out["retrain_s"] = time.perf_counter() - t0
+    print(f"append: re-train + calibrate {out['retrain_s']:.1f} s", flush=True)
+    queries_now("retrained", again.nprobes, again.refine_factor)
+    return out
 
 
 if __name__ == "__main__":
