@@ -101,6 +101,9 @@ def main() -> None:
                    help="then append n/F more rows (a new date: F=60) and compare what "
                    "geofm index does now (no fold: new rows scanned exactly, recall "
                    "re-measured) with optimize() and with a re-train + calibration")
+    p.add_argument("--old-recall", metavar="PATH",
+                   help="also calibrate the same index with this older "
+                   "geofm/index/recall.py (e.g. from `git show`) and time both")
     p.add_argument("--dir", help="work folder (default: a temp dir)")
     p.add_argument("--quick", action="store_true", help="20,000 vectors, 50 queries")
     p.add_argument("--json", help="write the results as JSON here")
@@ -147,6 +150,21 @@ def main() -> None:
           f"(target {target}, met {cal.met}), p50 {cal.p50_ms:.1f} ms; trials "
           f"{cal.to_dict()['trials']}", flush=True)
 
+    old_cal = None
+    if args.old_recall:
+        import importlib.util
+        import sys
+
+        spec = importlib.util.spec_from_file_location("old_recall", args.old_recall)
+        old = importlib.util.module_from_spec(spec)
+        sys.modules["old_recall"] = old  # dataclasses look their module up
+        spec.loader.exec_module(old)
+        old_cal = old.calibrate(table, "vector", num_partitions=params["num_partitions"],
+                                target_recall=target, key="id")
+        print(f"old calibration {old_cal.seconds:.1f} s on {old_cal.queries} rows: nprobes "
+              f"{old_cal.nprobes} refine {old_cal.refine_factor} -> recall@10 "
+              f"{old_cal.recall:.3f}; {len(old_cal.trials)} trials (new: {cal.seconds:.1f} s, "
+              f"{len(cal.trials)} trials)", flush=True)
     q = queries(args.queries, args.dim, **gen)
     t0 = time.perf_counter()
     truth = exact_topk(q, chunks(args.n, args.dim, chunk=args.chunk, **gen), args.k)
@@ -159,6 +177,8 @@ def main() -> None:
              "p95_ms": float(np.percentile(flat_lat, 95)), "recall@10": float(flat_recall),
              "queries": len(flat_lat)}]
     probes = [f"{cal.nprobes}:{cal.refine_factor}", "32:20", *args.probe]
+    if old_cal is not None:
+        probes.append(f"{old_cal.nprobes}:{old_cal.refine_factor}")
     for n, spec in enumerate(dict.fromkeys(probes)):
         npb, rf = (int(x) for x in spec.split(":"))
         time_queries(table, q[:5], args.k, nprobes=npb, refine_factor=rf)  # warm caches
@@ -173,7 +193,8 @@ def main() -> None:
     result = {"n": args.n, "dim": args.dim, "clusters": args.clusters, "spread": args.spread,
               "write_s": t_write, "index_build_s": t_index, "calibration": cal.to_dict(),
               "build_and_calibrate_s": t_index + cal.seconds, "params": params,
-              "numpy_bruteforce_ms_per_query": t_exact, "rows": rows}
+              "numpy_bruteforce_ms_per_query": t_exact, "rows": rows,
+              "old_calibration": old_cal.to_dict() if old_cal else None}
     for r in rows:
         print(f"{r['mode']:<52} p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
               f"recall@10 {r['recall@10']:.3f}  ({r['queries']} queries)")
@@ -189,7 +210,14 @@ def bench_append(table, args, gen, schema, q, cal, params) -> dict:
     import pyarrow as pa
 
     from geofm.index.recall import RecallProbe, calibrate, calibration_queries
-    from geofm.index.table import SCAN_SLACK, ann_parameters, create_ann_index
+    from geofm.index.table import (
+        LATENCY_SLACK,
+        LATENCY_SLACK_MS,
+        SCAN_SLACK,
+        _degraded,
+        ann_parameters,
+        create_ann_index,
+    )
 
     if args.n % args.chunk:
         raise SystemExit("--append needs --n to be a multiple of --chunk")
@@ -222,12 +250,18 @@ def bench_append(table, args, gen, schema, q, cal, params) -> dict:
     t0 = time.perf_counter()
     probe = RecallProbe(table, "vector", n_queries=calibration_queries(total), seed=1,
                         key="id")
-    trial = probe.measure(cal.nprobes, cal.refine_factor, timed=0)
+    trial = probe.measure(cal.nprobes, cal.refine_factor)
     expected = args.n * min(1.0, cal.nprobes / params["num_partitions"]) + m
     scanned = probe.scanned_rows(cal.nprobes, cap=int(min(total, SCAN_SLACK * expected)))
+    limit = max(LATENCY_SLACK * cal.p50_ms, cal.p50_ms + LATENCY_SLACK_MS)
+    why = _degraded({"vector": {"recall": trial.recall, "p50_ms": trial.p50_ms,
+                                "p50_limit_ms": limit, "scanned_rows": scanned,
+                                "expected_rows": expected}}, total, cal.target)
     out["unindexed"] = {"maintenance_s": time.perf_counter() - t0, "recall_table": trial.recall,
                         "recall_se": trial.recall_se, "scanned_rows": scanned,
-                        "expected_rows": expected}
+                        "expected_rows": expected, "p50_ms_table": trial.p50_ms,
+                        "p50_limit_ms": limit, "geofm_index_would": why or "append"}
+    print(f"append: geofm index would {'re-train: ' + why if why else 'append'}", flush=True)
     print(f"append: {m} rows left unindexed; re-measured in "
           f"{out['unindexed']['maintenance_s']:.1f} s: recall@10 {trial.recall:.3f} on "
           f"table rows, a query scans {scanned:.0f} rows (expected {expected:.0f})", flush=True)

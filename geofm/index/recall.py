@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 #: recall@k that ``geofm index`` calibrates the query parameters to by default.
 DEFAULT_TARGET_RECALL = 0.95
 #: table rows used as calibration queries (at most; see :func:`calibration_queries`).
-CALIBRATION_QUERIES = 100
+CALIBRATION_QUERIES = 200
 #: the fewest calibration queries (tables under 500 rows use this many).
 MIN_CALIBRATION_QUERIES = 50
 #: neighbours per query whose recall is measured (recall@10).

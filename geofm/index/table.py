@@ -311,6 +311,12 @@ def _unindexed_rows(table: lancedb.table.Table) -> int:
 #: of the index plus a tenth of the table exactly (about 20 ms per query at 1M x 768
 #: on this machine, see ``benchmarks/results/search.md``).
 UNINDEXED_FRACTION = 0.10
+#: after an append the stored choice may be at most this many times slower than when
+#: calibrated (or ``LATENCY_SLACK_MS`` slower, whichever allows more) before the index
+#: is re-trained: LanceDB reads unindexed rows in full (at 1M x 768, 1/60 more rows
+#: took a query from 11 to 95 ms, see ``benchmarks/results/search.md``).
+LATENCY_SLACK = 2.0
+LATENCY_SLACK_MS = 10.0
 #: an index whose probed partitions hold more than this many times the rows their share
 #: of the partitions should (``rows * nprobes / num_partitions``) is re-trained.
 SCAN_SLACK = 4
@@ -324,8 +330,10 @@ def remeasure(table: lancedb.table.Table, info: IndexInfo, *, seed: int = 0
     :class:`geofm.index.recall.RecallProbe`).
 
     Returns:
-        Per column ``{"recall", "scanned_rows", "expected_rows"}``: recall@10 of the
-        stored ``nprobes`` / ``refine_factor``; the rows one query scans (its probed
+        Per column ``{"recall", "p50_ms", "p50_limit_ms", "scanned_rows",
+        "expected_rows"}``: recall@10 of the stored ``nprobes`` / ``refine_factor``;
+        its median latency now and the most it may take (``LATENCY_SLACK`` times the
+        calibrated one, at least ``LATENCY_SLACK_MS`` more); the rows one query scans (its probed
         partitions plus the rows the index does not cover yet, which LanceDB scans
         exactly; counted up to ``SCAN_SLACK`` times the expected number); and the rows
         it should scan, ``indexed * nprobes / num_partitions + unindexed``.
@@ -343,7 +351,12 @@ def remeasure(table: lancedb.table.Table, info: IndexInfo, *, seed: int = 0
         share = min(1.0, nprobes / info.ann["num_partitions"])
         expected = (rows - unindexed) * share + unindexed
         cap = int(min(rows, SCAN_SLACK * expected + 100))
-        out[column] = {"recall": round(probe.measure(nprobes, refine, timed=0).recall, 4),
+        trial = probe.measure(nprobes, refine)
+        calibrated = info.ann.get("calibration", {}).get(column, {}).get("p50_ms")
+        limit = (max(LATENCY_SLACK * calibrated, calibrated + LATENCY_SLACK_MS)
+                 if calibrated else math.inf)
+        out[column] = {"recall": round(trial.recall, 4), "p50_ms": round(trial.p50_ms, 2),
+                       "p50_limit_ms": round(limit, 2),
                        "scanned_rows": probe.scanned_rows(nprobes, cap=cap),
                        "expected_rows": round(expected, 1)}
     return out
@@ -355,6 +368,10 @@ def _degraded(measured: dict[str, dict[str, float]], rows: int, target: float) -
     if worst < target:
         return f"recall@10 fell to {worst:.3f} < target {target}"
     for column, m in measured.items():
+        if m.get("p50_ms", 0.0) > m.get("p50_limit_ms", math.inf):
+            return (f"a {column} query now takes {m['p50_ms']:.1f} ms (median) > "
+                    f"{m['p50_limit_ms']:.1f} ms allowed: the unindexed rows are read in "
+                    "full")
         cap = min(rows, SCAN_SLACK * m["expected_rows"] + 100)
         if cap < rows and m["scanned_rows"] >= cap:
             return (f"a {column} query now scans >= {m['scanned_rows']:.0f} rows instead of "
@@ -375,15 +392,18 @@ def sync_ann_index(table: lancedb.table.Table, info: IndexInfo, *,
     - rows added or rewritten since, at most ``UNINDEXED_FRACTION`` of the table: leave
       them out of the index. LanceDB searches rows the index does not cover with an
       exact scan and merges them with the ANN candidates, so they cost a flat scan of
-      those rows only; the stored choice is measured again on a fresh sample of all
-      rows, new ones included (:func:`remeasure`). Recall still at or above the target
-      and a query scanning about its share (indexed share + the unindexed rows) ->
-      ``"appended"``; else re-train (new k-means over all rows, partitions for the new
-      size) and calibrate again -> ``"retrained"``;
+      those rows only (but reads them in full: float32 vectors, no quantisation); the
+      stored choice is measured again on a fresh sample of all rows, new ones included
+      (:func:`remeasure`). Recall still at or above the target, a query scanning about
+      its share (indexed share + the unindexed rows) and no more than
+      ``LATENCY_SLACK`` times slower than calibrated -> ``"appended"``; else re-train
+      (new k-means over all rows, partitions for the new size) and calibrate again
+      -> ``"retrained"``;
     - more unindexed rows than that: re-train -> ``"retrained"``. The index is never
       folded with ``table.optimize()``: LanceDB 0.40 folds new rows into IVF_SQ so that
-      one probe scans the whole table (exact, but as slow as a flat scan; see
-      ``benchmarks/results/search.md``), so a fold would cost a re-train anyway;
+      one probe scans the 8-bit codes of every row (exact, but 45 instead of 11 ms a
+      query at 1M x 768, see ``benchmarks/results/search.md``), which no later
+      calibration can undo: only a re-train restores a narrowing index;
     - nothing added but another target (or an index that was never calibrated):
       calibrate again -> ``"recalibrated"``.
 

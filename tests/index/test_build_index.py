@@ -220,6 +220,7 @@ def test_small_append_is_searched_beside_the_index_without_a_retrain(ann_root, t
         assert m["recall"] >= 0.95 and ann["calibration"][column]["recall_now"] == m["recall"]
         # a query scans its share of the index plus the 20 new rows, not the table
         assert m["scanned_rows"] <= 4 * m["expected_rows"] < 420
+        assert 0 < m["p50_ms"] <= m["p50_limit_ms"]
     assert done["seconds"] < first["maintenance"]["seconds"]  # cheaper than the build
     # the new rows are found: a new chip is among its own two nearest neighbours (its
     # twin of the first date can have the very same vector)
@@ -248,6 +249,8 @@ def test_degraded_names_the_reason_to_retrain():
     assert _degraded(low, 1000, 0.95) == "recall@10 fell to 0.900 < target 0.95"
     wide = {"vector": {"recall": 1.0, "scanned_rows": 420.0, "expected_rows": 80.0}}
     assert "scans >= 420 rows instead of about 80" in _degraded(wide, 1000, 0.95)
+    slow = {"vector": {**fine["vector"], "p50_ms": 95.0, "p50_limit_ms": 24.8}}
+    assert "takes 95.0 ms (median) > 24.8 ms allowed" in _degraded(slow, 1000, 0.95)
     # probing (nearly) everything is expected to scan everything: not a reason
     every = {"vector": {"recall": 1.0, "scanned_rows": 1000.0, "expected_rows": 900.0}}
     assert _degraded(every, 1000, 0.95) is None
