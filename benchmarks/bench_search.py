@@ -231,11 +231,12 @@ def bench_append(table, args, gen, schema, q, cal, params) -> dict:
         time_queries(table, q[:5], args.k, nprobes=nprobes, refine_factor=refine)
         lat, got = time_queries(table, q, args.k, nprobes=nprobes, refine_factor=refine)
         rec = float(np.mean([len(g & t) / args.k for g, t in zip(got, truth, strict=True)]))
-        out[label] = {"nprobes": nprobes, "refine_factor": refine,
+        out[f"queries_{label}"] = {"nprobes": nprobes, "refine_factor": refine,
                       "p50_ms": float(np.percentile(lat, 50)),
                       "p95_ms": float(np.percentile(lat, 95)), "recall@10": rec}
-        print(f"append {label}: nprobes {nprobes} refine {refine}: p50 "
-              f"{out[label]['p50_ms']:.1f} ms, recall@10 {rec:.3f} (held-out, {total} rows)",
+        p50 = out[f"queries_{label}"]["p50_ms"]
+        print(f"append {label}: nprobes {nprobes} refine {refine}: p50 {p50:.1f} ms, "
+              f"recall@10 {rec:.3f} (held-out, {total} rows)",
               flush=True)
 
     for start, v in chunks(total, args.dim, chunk=args.chunk, first=args.n, **gen):
