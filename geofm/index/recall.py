@@ -185,7 +185,18 @@ class RecallProbe:
         self._key_type = sample.schema.field(key).type
         self.keys: list[Any] = sample.column(key).to_pylist()
         self.vectors = np.asarray(sample.column(column).to_pylist(), dtype=np.float32)  # [n, D]
-        self.kth = self._exact_kth(batch_size)  # [n] cosine distance
+        self._batch_size = batch_size
+        self._kth: np.ndarray | None = None
+
+    @property
+    def kth(self) -> np.ndarray:
+        """Cosine distance float32 [n] of each query's k-th nearest other row (exact).
+
+        Computed by one pass over the table on first use (latency alone needs none).
+        """
+        if self._kth is None:
+            self._kth = self._exact_kth(self._batch_size)
+        return self._kth
 
     def _exact_kth(self, batch_size: int) -> np.ndarray:
         """Cosine distance float32 [n] of each query's k-th nearest other row (exact)."""

@@ -236,6 +236,26 @@ def test_small_append_is_searched_beside_the_index_without_a_retrain(ann_root, t
     assert "ANN index IVF_SQ (appended" in caplog.text
 
 
+def test_small_append_that_slows_queries_retrains_without_an_exact_pass(ann_root, tmp_path,
+                                                                        monkeypatch):
+    import geofm.index.table as table_mod
+
+    build_index(ann_root, ann_min_rows=300)
+    _add_date(ann_root, tmp_path, date="2021-07-01", noise=0.05, seed=0, per_class=1)
+    monkeypatch.setattr(table_mod, "LATENCY_SLACK", 0.0)  # any latency is too slow
+    monkeypatch.setattr(table_mod, "LATENCY_SLACK_MS", -1e9)
+    build_index(ann_root, ann_min_rows=300)
+    done = IndexInfo.read(RunRoot.of(ann_root)).ann["maintenance"]
+    assert done["action"] == "retrained" and done["new_rows"] == 20
+    assert "a vector query now takes" in done["reason"]
+    assert "the unindexed rows are read in full after 20 rows were added" in done["reason"]
+    # stopped at the first column's latency: no recall measured (no exact pass)
+    assert list(done["measured_before"]) == ["vector"]
+    assert set(done["measured_before"]["vector"]) == {"p50_ms", "p50_limit_ms"}
+    table = open_table(RunRoot.of(ann_root))
+    assert table.index_stats("vector_idx").num_unindexed_rows == 0
+
+
 def stage_ann(root):
     return read_manifest(root)["stages"]["index"]["index"]["ann"]
 
