@@ -17,10 +17,13 @@ itself:
    distance (ties count as hits); recall@k is the mean over queries, its standard
    error the standard deviation over queries / sqrt(n);
 4. ``nprobes`` doubles (1, 2, 4, ... all partitions) at the largest refine factor
-   until the lower bound ``recall - standard error`` reaches the target, is bisected
-   between the last miss and the first hit, and then the refine factor is lowered
-   while the target still holds; the trial that reached the target with the lowest
-   median single-query latency is chosen.
+   until the lower bound ``recall - standard error`` reaches the target, and is
+   bisected between the last miss and the first hit; then the refine factors are tried
+   at that ``nprobes`` from the smallest up, stopping at the first that reaches the
+   target (8-bit scalar quantisation hardly changes the order, so the smallest one
+   usually does: one trial instead of three); the trial that reached the target with
+   the lowest median single-query latency is chosen. Only settings that reach the
+   target are timed (a miss cannot be chosen), except the fallback when none does.
 
 Distances are LanceDB's ``cosine`` (1 - similarity); vectors are stored unit length
 (see :mod:`geofm.index.table`).
@@ -95,7 +98,8 @@ class Trial:
         refine_factor: ``refine_factor * k`` candidates re-ranked exactly.
         recall: mean recall@k over the calibration queries (0..1).
         recall_se: standard error of ``recall`` over queries.
-        p50_ms: median single-query latency (milliseconds, this machine, now).
+        p50_ms: median single-query latency (milliseconds, this machine, now); 0.0
+            when not timed (:func:`calibrate` times only settings reaching the target).
     """
 
     nprobes: int
@@ -181,7 +185,18 @@ class RecallProbe:
         self._key_type = sample.schema.field(key).type
         self.keys: list[Any] = sample.column(key).to_pylist()
         self.vectors = np.asarray(sample.column(column).to_pylist(), dtype=np.float32)  # [n, D]
-        self.kth = self._exact_kth(batch_size)  # [n] cosine distance
+        self._batch_size = batch_size
+        self._kth: np.ndarray | None = None
+
+    @property
+    def kth(self) -> np.ndarray:
+        """Cosine distance float32 [n] of each query's k-th nearest other row (exact).
+
+        Computed by one pass over the table on first use (latency alone needs none).
+        """
+        if self._kth is None:
+            self._kth = self._exact_kth(self._batch_size)
+        return self._kth
 
     def _exact_kth(self, batch_size: int) -> np.ndarray:
         """Cosine distance float32 [n] of each query's k-th nearest other row (exact)."""
@@ -244,14 +259,21 @@ class RecallProbe:
         for i in range(len(self.keys)):
             mine = [j for j in np.flatnonzero(qi == i) if keys[j] != self.keys[i]][:k]
             hits[i] = min(k, int((dist[mine] <= self.kth[i] + TIE_TOLERANCE).sum())) / k
+        se = float(hits.std(ddof=1) / math.sqrt(len(hits))) if len(hits) > 1 else 0.0
+        return Trial(nprobes=nprobes, refine_factor=refine_factor, recall=float(hits.mean()),
+                     recall_se=se, p50_ms=self.p50_ms(nprobes, refine_factor, timed=timed))
+
+    def p50_ms(self, nprobes: int, refine_factor: int, *, timed: int = TIMED_QUERIES
+               ) -> float:
+        """Median latency (ms) of ``timed`` single queries of one setting (0.0 if none)."""
+        import numpy as np
+
         lat = []
         for vec in self.vectors[:timed]:
             t0 = time.perf_counter()
-            self._builder(vec, nprobes, refine_factor, k + 1).to_arrow()
+            self._builder(vec, nprobes, refine_factor, self.k + 1).to_arrow()
             lat.append((time.perf_counter() - t0) * 1000)
-        se = float(hits.std(ddof=1) / math.sqrt(len(hits))) if len(hits) > 1 else 0.0
-        return Trial(nprobes=nprobes, refine_factor=refine_factor, recall=float(hits.mean()),
-                     recall_se=se, p50_ms=float(np.median(lat)) if lat else 0.0)
+        return float(np.median(lat)) if lat else 0.0
 
 
 def calibrate(table: lancedb.table.Table, column: str, *, num_partitions: int,
@@ -287,8 +309,9 @@ def calibrate(table: lancedb.table.Table, column: str, *, num_partitions: int,
 
     def run(nprobes: int, refine: int) -> Trial:
         if (nprobes, refine) not in trials:
-            trials[nprobes, refine] = probe.measure(nprobes, refine, timed=timed)
-            t = trials[nprobes, refine]
+            t = trials[nprobes, refine] = probe.measure(nprobes, refine, timed=0)
+            if t.reaches(target):
+                t.p50_ms = probe.p50_ms(nprobes, refine, timed=timed)
             log.debug("%s nprobes=%d refine=%d: recall@%d %.3f, p50 %.1f ms", column,
                       nprobes, refine, k, t.recall, t.p50_ms)
         return trials[nprobes, refine]
@@ -304,6 +327,7 @@ def calibrate(table: lancedb.table.Table, column: str, *, num_partitions: int,
         lo = nprobes
     if hi is None:
         best = run(parts, top_refine)
+        best.p50_ms = probe.p50_ms(parts, top_refine, timed=timed)
         met = False
     else:
         while hi - lo > max(1, hi // 8):  # bisect to within an eighth
@@ -312,8 +336,8 @@ def calibrate(table: lancedb.table.Table, column: str, *, num_partitions: int,
                 hi = mid
             else:
                 lo = mid
-        for refine in sorted(refine_factors, reverse=True)[1:]:
-            if not run(hi, refine).reaches(target):
+        for refine in sorted(refine_factors)[:-1]:  # smallest first; top already passed
+            if run(hi, refine).reaches(target):
                 break
         passing = [t for t in trials.values() if t.reaches(target)]
         best = min(passing, key=lambda t: (t.p50_ms, t.nprobes, t.refine_factor))

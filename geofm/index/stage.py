@@ -136,8 +136,10 @@ def build_index(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls
             measured on a held-out sample of the table's rows and the ``nprobes`` /
             ``refine_factor`` reaching it at the lowest latency are stored in
             ``geofm_index.json`` (``ann["calibration"]``), which ``geofm search`` uses.
-            After rows are added the recall is measured again and the index re-trained
-            when it fell under the target (:func:`geofm.index.table.sync_ann_index`).
+            After rows are added the recall is measured again (new rows, up to a
+            tenth of the table, are scanned exactly beside the index) and the index
+            re-trained when they exceed that or the recall fell under the target
+            (:func:`geofm.index.table.sync_ann_index`).
         describe: generate one description per chip (cached) and build the full-text
             index for text search (:mod:`geofm.generative.describe`); failed chips are
             recorded as failures. A mapping (``geofm run`` YAML) is read by
