@@ -183,3 +183,15 @@ def sentinel(tmp_path: Path) -> Path:
 def payload(sentinel: Path) -> CodePayload:
     """An object whose unpickling writes ``sentinel``."""
     return CodePayload(sentinel)
+
+
+@pytest.fixture
+def geofm_log(caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
+    """``caplog`` that also sees the ``geofm`` logger (the CLI turns its propagation off)."""
+    import logging
+
+    logger = logging.getLogger("geofm")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+

@@ -89,14 +89,3 @@ def make_scene(tmp_path: Path):
 def tif():
     """The :func:`write_tif` helper (test modules cannot import conftest in importlib mode)."""
     return write_tif
-
-
-@pytest.fixture
-def geofm_log(caplog):
-    """Capture the ``geofm`` logger (the CLI's handler does not propagate)."""
-    import logging
-
-    logger = logging.getLogger("geofm")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import logging
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,6 @@ KEYS = ("pixels", "time", "latlon", "gsd", "waves")
 
 
 @pytest.fixture(scope="module")
-def ckpt_path(reference_dir: Path) -> Path:
-    return reference_dir / "clay_tiny.ckpt"
-
-
-@pytest.fixture(scope="module")
-def reference_ckpt(ckpt_path: Path) -> dict:
-    return torch.load(ckpt_path, map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
 def expected(ckpt_path: Path, reference_dir: Path) -> tuple[dict, torch.Tensor]:
     """A reference input cube and the original checkpoint's tokens for it."""
     case = torch.load(reference_dir / "clay_tiny_cases.pt", map_location="cpu",
@@ -38,15 +27,6 @@ def expected(ckpt_path: Path, reference_dir: Path) -> tuple[dict, torch.Tensor]:
     cube = {k: case[k] for k in KEYS}
     with torch.inference_mode():
         return cube, load_encoder(ckpt_path)(cube)
-
-
-@pytest.fixture
-def geofm_log(caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
-    """``caplog`` that also sees the ``geofm`` logger (the CLI turns its propagation off)."""
-    logger = logging.getLogger("geofm")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def _same_tokens(path: Path, expected: tuple[dict, torch.Tensor]) -> None:

@@ -20,16 +20,6 @@ KEYS = ("pixels", "time", "latlon", "gsd", "waves")
 
 
 @pytest.fixture(scope="module")
-def ckpt_path(reference_dir: Path) -> Path:
-    return reference_dir / "clay_tiny.ckpt"
-
-
-@pytest.fixture(scope="module")
-def ckpt(ckpt_path: Path) -> dict:
-    return torch.load(ckpt_path, map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
 def case(reference_dir: Path) -> dict:
     path = reference_dir / "clay_tiny_cases.pt"
     c = torch.load(path, map_location="cpu", weights_only=True)["rgbn_32px"]
@@ -65,35 +55,36 @@ def test_lightning_ckpt_identity_and_sizes_from_hparams(ckpt_path: Path) -> None
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_missing_key_is_listed(tmp_path: Path, ckpt: dict) -> None:
-    state = dict(ckpt["state_dict"])
+def test_missing_key_is_listed(tmp_path: Path, reference_ckpt: dict) -> None:
+    state = dict(reference_ckpt["state_dict"])
     del state["model.encoder.transformer.layers.1.0.to_out.weight"]
     del state["model.encoder.cls_token"]
-    path = _save(tmp_path, {**ckpt, "state_dict": state})
+    path = _save(tmp_path, {**reference_ckpt, "state_dict": state})
     with pytest.raises(CheckpointError,
                        match=r"bad\.ckpt.*missing keys: cls_token, transformer\.layers\.1\.0"
                              r"\.to_out\.weight"):
         load_encoder(path)
 
 
-def test_unexpected_encoder_key_is_listed(tmp_path: Path, ckpt: dict) -> None:
-    state = {**ckpt["state_dict"], "model.encoder.transformer.layers.2.0.norm.weight":
+def test_unexpected_encoder_key_is_listed(tmp_path: Path, reference_ckpt: dict) -> None:
+    state = {**reference_ckpt["state_dict"], "model.encoder.transformer.layers.2.0.norm.weight":
              torch.ones(64)}
-    path = _save(tmp_path, {**ckpt, "state_dict": state})
+    path = _save(tmp_path, {**reference_ckpt, "state_dict": state})
     with pytest.raises(CheckpointError,
                        match=r"unexpected keys: transformer\.layers\.2\.0\.norm\.weight"):
         load_encoder(path)
 
 
-def test_wrong_shape_is_listed(tmp_path: Path, ckpt: dict) -> None:
-    state = {**ckpt["state_dict"], "model.encoder.transformer.norm.weight": torch.ones(65)}
-    path = _save(tmp_path, {**ckpt, "state_dict": state})
+def test_wrong_shape_is_listed(tmp_path: Path, reference_ckpt: dict) -> None:
+    state = {**reference_ckpt["state_dict"],
+             "model.encoder.transformer.norm.weight": torch.ones(65)}
+    path = _save(tmp_path, {**reference_ckpt, "state_dict": state})
     with pytest.raises(CheckpointError, match=r"shape mismatch: transformer\.norm\.weight "
                                               r"\(checkpoint \(65,\), model \(64,\)\)"):
         load_encoder(path)
 
 
-def test_wrong_preset_for_checkpoint(ckpt: dict, ckpt_path: Path) -> None:
+def test_wrong_preset_for_checkpoint(reference_ckpt: dict, ckpt_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"tiny encoder.*missing keys: transformer\."
                                               r"layers\.2.*shape mismatch: cls_token"):
         load_encoder(ckpt_path, preset="tiny")
@@ -121,8 +112,8 @@ def test_not_a_state_dict(tmp_path: Path) -> None:
         load_encoder(path)
 
 
-def test_unknown_model_size(tmp_path: Path, ckpt: dict) -> None:
-    path = _save(tmp_path, {**ckpt, "hyper_parameters": {"model_size": "huge"}})
+def test_unknown_model_size(tmp_path: Path, reference_ckpt: dict) -> None:
+    path = _save(tmp_path, {**reference_ckpt, "hyper_parameters": {"model_size": "huge"}})
     with pytest.raises(CheckpointError, match=r"unknown model_size 'huge'.*pass preset="):
         load_encoder(path)
 
@@ -140,13 +131,13 @@ def test_named_model_size_in_hparams(tmp_path: Path) -> None:
         torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
 
 
-def test_bare_state_dict_and_safetensors_round_trip(tmp_path: Path, ckpt: dict,
+def test_bare_state_dict_and_safetensors_round_trip(tmp_path: Path, reference_ckpt: dict,
                                                     case: dict, ckpt_path: Path) -> None:
     from safetensors.torch import save_file
 
     expected = _encode(load_encoder(ckpt_path), case)
-    bare = _encoder_only(ckpt["state_dict"])
-    prefixed = _encoder_only(ckpt["state_dict"], prefix="model.encoder.")
+    bare = _encoder_only(reference_ckpt["state_dict"])
+    prefixed = _encoder_only(reference_ckpt["state_dict"], prefix="model.encoder.")
     paths = [_save(tmp_path, bare, "bare.pt"), _save(tmp_path, prefixed, "prefixed.pth")]
     save_file({k: v.contiguous() for k, v in bare.items()}, str(tmp_path / "enc.safetensors"))
     paths.append(tmp_path / "enc.safetensors")
@@ -157,8 +148,8 @@ def test_bare_state_dict_and_safetensors_round_trip(tmp_path: Path, ckpt: dict,
 
 
 def test_bare_state_dict_needs_preset_when_sizes_are_custom(tmp_path: Path,
-                                                            ckpt: dict) -> None:
-    path = _save(tmp_path, _encoder_only(ckpt["state_dict"]), "bare.pt")
+                                                            reference_ckpt: dict) -> None:
+    path = _save(tmp_path, _encoder_only(reference_ckpt["state_dict"]), "bare.pt")
     with pytest.raises(CheckpointError, match=r"heads cannot be read from weights: pass "
                                               r"preset="):
         load_encoder(path)
@@ -179,11 +170,11 @@ def test_bare_state_dict_of_a_preset_is_inferred(tmp_path: Path) -> None:
     torch.testing.assert_close(_encode(model, cube), _encode(tiny, cube), rtol=0, atol=0)
 
 
-def test_safetensors_sizes_from_metadata(tmp_path: Path, ckpt: dict, case: dict,
+def test_safetensors_sizes_from_metadata(tmp_path: Path, reference_ckpt: dict, case: dict,
                                          ckpt_path: Path) -> None:
     from safetensors.torch import save_file
 
-    bare = {k: v.contiguous() for k, v in _encoder_only(ckpt["state_dict"]).items()}
+    bare = {k: v.contiguous() for k, v in _encoder_only(reference_ckpt["state_dict"]).items()}
     sizes = {"dim": "64", "depth": "2", "heads": "2", "dim_head": "32", "mlp_ratio": "2.0",
              "patch_size": "8"}
     save_file(bare, str(tmp_path / "sized.safetensors"), metadata=sizes)

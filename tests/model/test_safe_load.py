@@ -28,11 +28,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWar
 
 
 
-@pytest.fixture(scope="module")
-def reference_ckpt(reference_dir: Path) -> dict:
-    return torch.load(reference_dir / "clay_tiny.ckpt", map_location="cpu", weights_only=True)
-
-
 def _write(kind: str, folder: Path, payload: object, reference: dict) -> Path:
     """One malicious file of ``kind``; all of them run ``payload`` when fully unpickled."""
     if kind == "payload.ckpt":  # nothing but the payload, torch zip format
@@ -90,15 +85,6 @@ def test_load_encoder_refuses_every_payload(kind: str, tmp_path: Path, sentinel:
     with pytest.raises(CheckpointError):
         load_encoder(path, preset="tiny")
     assert not sentinel.exists()
-
-
-@pytest.fixture
-def geofm_log(caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
-    """``caplog`` that also sees the ``geofm`` logger (the CLI turns its propagation off)."""
-    logger = logging.getLogger("geofm")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 @pytest.mark.parametrize("kind", KINDS)
