@@ -45,7 +45,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from geofm.exceptions import GenerationError, GeofmValueError, require_extra
 
@@ -170,6 +170,34 @@ def _aws_client(service: str, *, region: str | None, profile: str | None, provid
                               fix="check the AWS configuration") from exc
 
 
+_T = TypeVar("_T")
+
+
+def _call_aws(provider: Any, service: str, call: Callable[[Any], _T],
+              fixes: Callable[[str], tuple[str, str]]) -> _T:
+    """``call(client)`` on ``provider``'s boto3 ``service`` client, made on first use.
+
+    Args:
+        provider: a provider with ``client``, ``region``, ``profile``, ``name``, ``model``.
+        service: the boto3 service name, e.g. ``"bedrock-runtime"``.
+        call: what to do with the client; its botocore errors become
+            :class:`GenerationError` (other errors pass through).
+        fixes: the client's region -> ``(not_found_fix, access_fix)`` for those errors.
+    """
+    if provider.client is None:
+        provider.client = _aws_client(service, region=provider.region, profile=provider.profile,
+                                      provider=provider.name, model=provider.model)
+    region = provider.client.meta.region_name
+    try:
+        return call(provider.client)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("botocore"):
+            raise
+        not_found_fix, access_fix = fixes(region)
+        raise _aws_error(exc, provider=provider.name, model=provider.model,
+                         not_found_fix=not_found_fix, access_fix=access_fix) from exc
+
+
 def _aws_error(exc: Exception, *, provider: str, model: str, not_found_fix: str,
                access_fix: str) -> GenerationError:
     """Translate a botocore exception into a :class:`GenerationError`."""
@@ -255,24 +283,15 @@ class BedrockProvider:
 
     def generate(self, prompt: Prompt) -> str:
         """Call ``converse`` and return the text blocks of the answer."""
-        if self.client is None:
-            self.client = _aws_client("bedrock-runtime", region=self.region,
-                                      profile=self.profile, provider=self.name,
-                                      model=self.model)
-        region = self.client.meta.region_name
-        try:
-            response = self.client.converse(**self.request(prompt))
-        except Exception as exc:
-            if not type(exc).__module__.startswith("botocore"):
-                raise
-            raise _aws_error(
-                exc, provider=self.name, model=self.model,
-                not_found_fix=f"check --generative-model against `aws bedrock "
-                f"list-foundation-models --region {region}` (some models need an inference "
-                "profile id such as us.<model id>)",
-                access_fix=f"enable access to {self.model} in the Bedrock console (Model "
-                f"access, region {region}) and allow bedrock:InvokeModel for your identity",
-            ) from exc
+        request = self.request(prompt)
+        def fixes(region: str) -> tuple[str, str]:
+            return (f"check --generative-model against `aws bedrock list-foundation-models "
+                    f"--region {region}` (some models need an inference profile id such as "
+                    "us.<model id>)",
+                    f"enable access to {self.model} in the Bedrock console (Model access, "
+                    f"region {region}) and allow bedrock:InvokeModel for your identity")
+
+        response = _call_aws(self, "bedrock-runtime", lambda c: c.converse(**request), fixes)
         stop = response.get("stopReason")
         if stop in ("content_filtered", "guardrail_intervened"):
             raise GenerationError(f"the model refused the request (stopReason {stop})",
@@ -377,23 +396,13 @@ class SageMakerProvider:
     def generate(self, prompt: Prompt) -> str:
         """Call ``invoke_endpoint`` and parse the answer."""
         request = self.request(prompt)
-        if self.client is None:
-            self.client = _aws_client("sagemaker-runtime", region=self.region,
-                                      profile=self.profile, provider=self.name,
-                                      model=self.model)
-        region = self.client.meta.region_name
-        try:
-            response = self.client.invoke_endpoint(**request)
-            raw = response["Body"].read()
-        except Exception as exc:
-            if not type(exc).__module__.startswith("botocore"):
-                raise
-            raise _aws_error(
-                exc, provider=self.name, model=self.model,
-                not_found_fix=f"check --generative-endpoint against `aws sagemaker "
-                f"list-endpoints --region {region}` (the endpoint must be InService)",
-                access_fix="allow sagemaker:InvokeEndpoint on this endpoint for your identity",
-            ) from exc
+        def fixes(region: str) -> tuple[str, str]:
+            return (f"check --generative-endpoint against `aws sagemaker list-endpoints "
+                    f"--region {region}` (the endpoint must be InService)",
+                    "allow sagemaker:InvokeEndpoint on this endpoint for your identity")
+
+        raw = _call_aws(self, "sagemaker-runtime",
+                        lambda c: c.invoke_endpoint(**request)["Body"].read(), fixes)
         parse = self.parse_response or _SAGEMAKER_CODECS[self.request_format][1]
         try:
             return parse(json.loads(raw)).strip()
