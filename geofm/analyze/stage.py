@@ -234,11 +234,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _since_arg(value: str) -> pd.Timestamp:
     from geofm.analyze.alerts import parse_since
+    from geofm.cliargs import library_value
 
-    try:
-        return parse_since(value)
-    except GeofmValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return library_value(parse_since, value)
 
 
 def run_cli(args: argparse.Namespace) -> int:

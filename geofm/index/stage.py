@@ -257,10 +257,9 @@ def _log_ann(action: str, info: Any) -> None:
 
 def _target_recall_arg(text: str) -> float:
     """The argparse type of ``--target-recall`` (the rule is :func:`check_target_recall`)."""
-    try:
-        return check_target_recall(text)
-    except GeofmValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    from geofm.cliargs import library_value
+
+    return library_value(check_target_recall, text)
 
 
 def cli_options() -> dict[str, Any]:

@@ -580,10 +580,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _ratio(text: str) -> float:
-    try:
-        return check_mask_ratio(text)
-    except GeofmValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    from geofm.cliargs import library_value
+
+    return library_value(check_mask_ratio, text)
 
 
 def _positive_float(text: str) -> float:
