@@ -148,10 +148,8 @@ def stage_arguments(stage: str, params: dict[str, Any]) -> list[Any]:
     arguments: list[Any] = []
     for owner, option, _ in STAGE_PARAMETERS:
         if owner == stage:
-            value = params[parameter_name(option)]
-            arguments += [_stage_option(stage, option).flag,
-                          value if _stage_option(stage, option).kind is str
-                          else value.to_string()]
+            declared, value = _stage_option(stage, option), params[parameter_name(option)]
+            arguments += [declared.flag, value if declared.kind is str else value.to_string()]
     return arguments
 
 
