@@ -28,7 +28,7 @@ import builtins
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Cli", "Option", "declare", "add_arguments", "library_kwargs", "docstring_args",
@@ -334,9 +334,3 @@ def comma_list(value: str | Sequence[str] | None) -> list[str] | None:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return list(value)
-
-
-def only(options: Mapping[str, Option], *names: str, **changes: Any) -> list[Option]:
-    """The named options (in that order), each with :class:`Cli` fields replaced."""
-    return [replace(options[n], cli=replace(options[n].cli, **changes)) if changes
-            else options[n] for n in names]
