@@ -41,3 +41,27 @@ def test_perfect_prediction_scores_one():
 def test_confusion_matrix_shape_mismatch():
     with pytest.raises(ValueError, match="pred has 3 values, target 2"):
         confusion_matrix(np.ones(3), np.ones(2), 2)
+
+
+def test_boundary_f1_counts_boundaries_within_the_tolerance():
+    from geofm.finetune.metrics import boundary_f1
+
+    truth = np.ones((20, 20), int)
+    truth[:, 10:] = 2  # one vertical boundary between columns 9 and 10
+    assert boundary_f1(truth, truth) == 1.0
+    near = np.roll(truth, 2, axis=1)  # the same boundary 2 px (20 m) to the right
+    near[:, :2] = 1
+    assert boundary_f1(near, truth, tolerance=2) == 1.0
+    assert boundary_f1(near, truth, tolerance=1) == 0.0  # 2 px apart: nothing matches
+    far = np.ones((20, 20), int)
+    far[:, 16:] = 2  # 6 px away
+    assert boundary_f1(far, truth) == 0.0
+    extra = truth.copy()
+    extra[0:4, 0:4] = 3  # the true boundary plus a false one far from it
+    f1 = boundary_f1(extra, truth)
+    assert 0.0 < f1 < 1.0  # recall 1, precision < 1
+    uniform = np.ones((20, 20), int)
+    assert boundary_f1(uniform, uniform) == 1.0  # no boundary in either map
+    area = np.zeros((20, 20), bool)
+    area[:, :5] = True  # neither map has a boundary inside the area
+    assert boundary_f1(far, truth, area) == 1.0
