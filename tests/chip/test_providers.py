@@ -228,6 +228,7 @@ def localise(item: dict[str, Any], folder: Path, arrays: dict[str, np.ndarray]) 
 import json  # noqa: E402
 import os  # noqa: E402
 
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from geofm.chip import chip  # noqa: E402
@@ -479,18 +480,38 @@ REAL = {
     "copernicus/S2C_MSIL2A_20250330T100051_N0511_R122_T33UWP_20250330T145914.json":
         ("copernicus", 1000),
 }
+#: Real Landsat C2 L2 items: file -> (WRS-2 tile, EPSG, bands the item holds). Every
+#: provider keys the assets by common name; USGS declares no raster metadata (scale and
+#: offset then come from the sensor table), Landsat 7 ETM+ has no coastal band.
+LS_ALL = ("coastal", "blue", "green", "red", "nir08", "swir16", "swir22", "qa_pixel")
+REAL_LANDSAT = {
+    "usgs-landsat/LC08_L2SP_028030_20200114_20200824_02_T1_SR.json":
+        ("WRS2-028030", 32615, LS_ALL),
+    "usgs-landsat/LE07_L2SP_044033_20210329_20210424_02_T1_SR.json":
+        ("WRS2-044033", 32610, LS_ALL[1:]),
+    "planetary-computer-landsat/LC09_L2SR_084056_20250722_02_T1.json":
+        ("WRS2-084056", 32659, LS_ALL),
+    "earth-search-landsat/LC08_L2SP_033032_20231008_02_T1.json":
+        ("WRS2-033032", 32613, LS_ALL),
+}
 REAL_DIR = os.environ.get("GEOFM_STAC_ITEMS")
+real = pytest.mark.skipif(not REAL_DIR, reason="set GEOFM_STAC_ITEMS to a folder of the "
+                          "real items listed in tests/data/stac_items/README.md")
 
 
-@pytest.mark.skipif(not REAL_DIR, reason="set GEOFM_STAC_ITEMS to a folder of the real "
-                    "items listed in tests/data/stac_items/README.md")
-@pytest.mark.parametrize("rel", list(REAL))
-def test_real_published_items_chip_unchanged(rel, tmp_path):
-    name, offset = REAL[rel]
+def _real_item(rel: str) -> dict[str, Any]:
+    """The published item ``rel`` under ``$GEOFM_STAC_ITEMS``, parsed, unchanged."""
     path = Path(str(REAL_DIR)) / rel
     if not path.is_file():
         pytest.skip(f"{path} is not there")
-    original = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+@real
+@pytest.mark.parametrize("rel", list(REAL))
+def test_real_published_items_chip_unchanged(rel, tmp_path):
+    name, offset = REAL[rel]
+    original = _real_item(rel)
     scene = scene_from_dict(original, base=None, source=rel)
     assert {b: scene.bands[b].key for b in S2_USED + ("scl",)} == \
         {b: KEYS[name][b] for b in S2_USED + ("scl",)}
@@ -501,6 +522,112 @@ def test_real_published_items_chip_unchanged(rel, tmp_path):
     first = meta.index[1]
     array, _ = read_chip_array(RunRoot.of(root).chip_path(scene_id, first), ["blue"])
     np.testing.assert_array_equal(array[0], TRUTH["blue"][:32, 32:])
+
+
+@real
+def test_real_earth_search_v1_and_c1_of_one_acquisition_give_equal_chips(tmp_path):
+    """S2B 20EPT 2025-07-31, published twice by Earth Search: v1 with the +1000 already
+    removed (its flag true), C1 as ESA wrote it. Same chip ids, footprints, clouds and
+    harmonised DNs, equal to what was written."""
+    pair = ["earth-search/S2B_20EPT_20250731_0_L2A.json",
+            "earth-search-c1/S2B_T20EPT_20250731T131905_L2A.json"]
+    metas, chips = [], []
+    for rel in pair:
+        name, offset = REAL[rel]
+        item = localise(_real_item(rel), tmp_path / "cogs", _arrays(KEYS[name], offset))
+        root, rec = _chip_one(item, tmp_path, name)
+        scene, meta = _meta(root)
+        assert rec.extra["harmonisation_detail"][scene]["offset_dn"] == offset, name
+        metas.append(meta)
+        chips.append({cid: read_chip_array(RunRoot.of(root).chip_path(scene, cid),
+                                           list(S2_USED))[0] for cid in meta.index})
+    v1, c1 = metas
+    assert list(v1.index) == list(c1.index) == ["20EPT_32_0000_0000", "20EPT_32_0000_0001",
+                                                "20EPT_32_0001_0000", "20EPT_32_0001_0001"]
+    columns = ["minx", "miny", "maxx", "maxy", "cloud_fraction", "nodata_fraction"]
+    pd.testing.assert_frame_equal(v1[columns], c1[columns])
+    assert v1.loc["20EPT_32_0000_0000", "cloud_fraction"] == 1.0
+    for cid in v1.index:
+        np.testing.assert_array_equal(chips[0][cid], chips[1][cid], err_msg=cid)
+    np.testing.assert_array_equal(chips[1]["20EPT_32_0000_0001"][0], TRUTH["blue"][:32, 32:])
+
+
+#: Landsat QA_PIXEL words: clear (bit 6), cloud (bits 3 and 6), fill (bit 0).
+QA_CLEAR, QA_CLOUD, QA_FILL = 1 << 6, (1 << 6) | (1 << 3), 1
+
+
+def _landsat_arrays(bands: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """DN for every reflectance band, and a QA_PIXEL with chip (0, 0) cloudy and half of
+    chip (1, 1) fill, for 16-pixel chips."""
+    rng = np.random.default_rng(11)
+    arrays = {b: rng.integers(7000, 40000, (32, 32)).astype(np.uint16)
+              for b in bands if b != "qa_pixel"}
+    qa = np.full((32, 32), QA_CLEAR, np.uint16)
+    qa[:16, :16] = QA_CLOUD
+    qa[16:, 16:][:, :8] = QA_FILL
+    arrays["qa_pixel"] = qa
+    return arrays
+
+
+@real
+@pytest.mark.parametrize("rel", list(REAL_LANDSAT))
+def test_real_landsat_items_chip_unchanged(rel, tmp_path):
+    tile, epsg, held = REAL_LANDSAT[rel]
+    original = _real_item(rel)
+    scene = scene_from_dict(original, base=None, source=rel)
+    assert (scene.sensor, scene.tile, scene.epsg) == ("landsat-c2-l2", tile, epsg)
+    assert {b: scene.bands[b].key for b in scene.bands} == {b: b for b in held}
+    for b in held[:-1]:
+        band = scene.bands[b]
+        assert (band.scale, band.nodata) == (pytest.approx(2.75e-5), 0), b
+        assert band.offset in (None, pytest.approx(-0.2)), b  # declared, or not at all
+    assert scene.bands["qa_pixel"].nodata == 1
+    assert scene.harmonisation.offset_dn == 0
+    arrays = _landsat_arrays(held)
+    item = localise(original, tmp_path / "cogs", arrays)
+    items = tmp_path / "item.json"
+    items.write_text(json.dumps(item))
+    rec = chip(items, tmp_path / "root", chip_size=16, bands=",".join(held[:-1]),
+               max_cloud=1.0, max_nodata=1.0, progress=False)
+    assert rec.failures == [] and rec.counts["valid_chips"] == 4
+    scene_id, meta = _meta(tmp_path / "root")
+    assert rec.extra["harmonisation"][scene_id].startswith("none (not Sentinel-2")
+    assert meta.loc[f"{tile}_16_0000_0000", "cloud_fraction"] == 1.0
+    assert meta.loc[f"{tile}_16_0000_0001", "cloud_fraction"] == 0.0
+    assert meta.loc[f"{tile}_16_0001_0001", "nodata_fraction"] == 0.5
+    assert meta.loc[f"{tile}_16_0001_0000", "nodata_fraction"] == 0.0
+    path = RunRoot.of(tmp_path / "root").chip_path(scene_id, f"{tile}_16_0000_0001")
+    array, _ = read_chip_array(path, list(held[:-1]))
+    for i, b in enumerate(held[:-1]):
+        np.testing.assert_array_equal(array[i], arrays[b][:16, 16:], err_msg=b)
+    ds = open_chip(path)
+    assert float(ds["blue"].attrs["scale_factor"]) == pytest.approx(2.75e-5)
+    assert float(ds["blue"].attrs["add_offset"]) == pytest.approx(-0.2)
+
+
+@real
+@pytest.mark.parametrize("rel", list(REAL) + list(REAL_LANDSAT))
+def test_real_items_chip_through_the_cli(rel, tmp_path, capsys):
+    """``geofm chip --items`` on each original item (hrefs local, in a copy): exit 0 and
+    no failed scene in run.json, with the CLI's default bands."""
+    from geofm.cli import main
+
+    original = _real_item(rel)
+    if rel in REAL:
+        name, offset = REAL[rel]
+        arrays, size = _arrays(KEYS[name], offset), "32"
+    else:
+        arrays, size = _landsat_arrays(REAL_LANDSAT[rel][2]), "16"
+    item = localise(original, tmp_path / "cogs", arrays)
+    (tmp_path / "items").mkdir()
+    (tmp_path / "items" / f"{original['id']}.json").write_text(json.dumps(item))
+    root = tmp_path / "root"
+    assert main(["chip", "--items", str(tmp_path / "items"), "--out", str(root),
+                 "--chip-size", size, "--max-cloud", "1", "--max-nodata", "1",
+                 "--no-progress"]) == 0, capsys.readouterr()
+    run = json.loads(next(root.rglob("run.json")).read_text())["stages"]["chip"]
+    assert run["failures"] == [] and run["counts"]["failed_scenes"] == 0
+    assert run["counts"]["scenes"] == 1 and run["counts"]["valid_chips"] == 4
 
 
 def test_landsat_fixed_grid_origin_keeps_ids_across_shifted_acquisitions(tmp_path):
