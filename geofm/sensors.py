@@ -81,6 +81,8 @@ class Sensor:
         clay_bands: the bands Clay was trained on for this sensor (``--bands all``).
         collections: STAC collection ids whose items are this sensor's.
         mask_band: the band chip screening reads clouds and nodata from (``None``: none).
+        not_chipped: why ``geofm chip`` refuses this sensor's items (``None``: it chips
+            them). The sensor's statistics still serve the encoder.
     """
 
     name: str
@@ -90,6 +92,7 @@ class Sensor:
     clay_bands: tuple[str, ...]
     collections: tuple[str, ...] = ()
     mask_band: str | None = None
+    not_chipped: str | None = None
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -222,7 +225,10 @@ def _naip() -> Sensor:
         Band("nir", 1, 0.842, mean=139.04, std=49.86),
     )
     return Sensor(name="naip", gsd=1, bands=bands, default_bands=("red", "green", "blue", "nir"),
-                  clay_bands=("red", "green", "blue", "nir"), collections=("naip",))
+                  clay_bands=("red", "green", "blue", "nir"), collections=("naip",),
+                  not_chipped="NAIP items hold all four bands in one multi-band 'image' "
+                              "asset (geofm reads one band per asset) and name no tile "
+                              "grid, so chip ids would not be stable")
 
 
 def _s1() -> Sensor:
@@ -231,7 +237,10 @@ def _s1() -> Sensor:
         Band("vh", 10, 4.0, nodata=None, mean=-18.673, std=8.017),
     )
     return Sensor(name="sentinel-1-rtc", gsd=10, bands=bands, default_bands=("vv", "vh"),
-                  clay_bands=("vv", "vh"), collections=("sentinel-1-rtc",))
+                  clay_bands=("vv", "vh"), collections=("sentinel-1-rtc",),
+                  not_chipped="Sentinel-1 RTC items hold linear backscatter while Clay's "
+                              "statistics are in dB, and geofm does not convert it (the "
+                              "embeddings would be silently wrong)")
 
 
 SENSORS: dict[str, Sensor] = {s.name: s for s in (_s2(), _landsat(), _naip(), _s1())}

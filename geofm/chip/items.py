@@ -274,7 +274,8 @@ def scene_from_dict(item_dict: dict[str, Any], *, base: str | os.PathLike[str] |
             ``geometry`` is null or not GeoJSON; ``assets`` is not an object or an asset
             has no href; ``datetime``, ``proj:epsg``/``proj:code``, the tile code,
             ``bbox``, ``s2:processing_baseline`` or ``earthsearch:boa_offset_applied``
-            is malformed. The error's ``item``, ``path`` and ``field`` say which.
+            is malformed; its collection is not one geofm chips (``field`` is
+            ``"collection"``). The error's ``item``, ``path`` and ``field`` say which.
     """
     check = _Checker(None, source, path if path is not None else source)
     if not isinstance(item_dict, dict):
@@ -341,8 +342,18 @@ def scene_from_dict(item_dict: dict[str, Any], *, base: str | os.PathLike[str] |
 
 
 def _sensor(collection: str | None, props: dict[str, Any], check: _Checker) -> Sensor:
-    """The item's sensor: by its collection, else its platform; no collection -> Sentinel-2."""
+    """The item's sensor: by its collection, else its platform; no collection -> Sentinel-2.
+
+    A sensor geofm knows but does not chip (:attr:`geofm.sensors.Sensor.not_chipped`:
+    NAIP, Sentinel-1 RTC) is refused with the reason, like an unknown collection.
+    """
     found = sensor_for_collection(collection)
+    known = sorted({c for s in SENSORS.values() if s.not_chipped is None
+                    for c in (s.name, *s.collections)})
+    if found is not None and found.not_chipped is not None:
+        raise check.error("collection", f"collection {collection!r} is not one geofm can chip "
+                          f"yet: {found.not_chipped}; search a Sentinel-2 L2A or Landsat C2 "
+                          f"L2 collection ({', '.join(known)})")
     if found is not None:
         return found
     platform = " ".join(str(props.get(k, "")) for k in ("platform", "constellation")).lower()
@@ -352,9 +363,8 @@ def _sensor(collection: str | None, props: dict[str, Any], check: _Checker) -> S
         return get_sensor("landsat-c2-l2")
     if collection is None:
         return get_sensor(DEFAULT_SENSOR)
-    known = sorted({c for s in SENSORS.values() for c in (s.name, *s.collections)})
     raise check.error("collection", f"collection {collection!r} is not one geofm can chip "
-                      f"(Sentinel-2 L2A or Landsat C2 L2, or: {', '.join(known)}); search "
+                      f"(Sentinel-2 L2A or Landsat C2 L2: {', '.join(known)}); search "
                       "one of those collections")
 
 

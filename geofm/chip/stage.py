@@ -147,17 +147,20 @@ def chip(
         root: run root folder.
         chip_size: chip edge in pixels of the finest selected band (10 m for S2).
         bands: band names or the provider's names (list or comma string: ``blue,nir``
-            or ``B02,B08``; :meth:`geofm.sensors.Sensor.resolve`); ``None`` = sensor
-            defaults (``blue,green,red,nir``), ``"all"`` = the bands Clay was trained on.
+            or ``B02,B08``; :meth:`geofm.sensors.Sensor.resolve`); ``None`` = the
+            sensor's defaults (Sentinel-2 ``blue,green,red,nir``, Landsat
+            ``blue,green,red,nir08``), ``"all"`` = the bands Clay was trained on.
             Each band's asset is found by the item's metadata
             (:func:`geofm.chip.assets.resolve_bands`), not by its key.
         aoi: GeoJSON with polygon(s), any CRS (WGS84 if unstated); keep chips whose
             footprint intersects it.
-        max_cloud: largest cloud fraction (SCL 3, 8, 9, 10) of a valid chip, 0..1.
-        max_nodata: largest nodata fraction (SCL 0 or any band nodata) of a valid chip.
+        max_cloud: largest cloud fraction (Sentinel-2 SCL 3, 8, 9, 10; Landsat QA_PIXEL
+            bits 1-4) of a valid chip, 0..1.
+        max_nodata: largest nodata fraction (SCL 0 or QA_PIXEL fill, or any band nodata)
+            of a valid chip.
         grid_origin: ``(x, y)`` upper-left corner of chip (0, 0) in the native CRS, metres.
-        cloud_mask: screen clouds with the SCL asset (an item without it then fails);
-            ``False`` skips cloud screening.
+        cloud_mask: screen clouds with the sensor's mask asset (SCL, QA_PIXEL; an item
+            without it then fails); ``False`` skips cloud screening.
         workers: scenes processed in parallel (processes); 1 runs inline. ``None``:
             scenes run inline until the rest of the run is predicted to take more than
             :data:`PARALLEL_AFTER_S` seconds (from the scenes done so far), then the
@@ -298,8 +301,9 @@ def cli_options() -> dict[str, Any]:
         "root": Cli(flags=("--out", "--root"), required=True, help="run root folder"),
         "chip_size": Cli(type=positive_int),
         "bands": Cli(help="comma list of bands by name (blue,nir) or provider name "
-                          "(B02,B08) (default blue,green,red,nir); 'all' = the ten bands "
-                          "Clay was trained on"),
+                          "(B02,B08) (default blue,green,red,nir; Landsat blue,green,red,"
+                          "nir08); 'all' = the bands Clay was trained on (ten for "
+                          "Sentinel-2)"),
         "grid_origin": Cli(type=_origin, metavar="X,Y"),
         "workers": Cli(type=positive_int),
     })

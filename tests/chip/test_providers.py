@@ -189,6 +189,39 @@ def usgs_landsat(*, planetary: bool = False) -> dict[str, Any]:
     return item
 
 
+def naip() -> dict[str, Any]:
+    """Planetary Computer ``naip``: one 4-band ``image`` asset (``eo:bands`` Red, Green,
+    Blue, NIR), ``proj:epsg`` of the UTM zone, no tile grid."""
+    base = "https://naipeuwest.blob.core.windows.net/naip/v002/mt/2023/mt_060cm_2023/49116"
+    item = _feature("mt_m_4911664_se_11_060_20231117_20240103", "naip",
+                    {"gsd": 0.6, "naip:year": "2023", "naip:state": "mt", "proj:epsg": 26911,
+                     "proj:shape": [12350, 8430],
+                     "proj:transform": [0.6, 0.0, 568284.0, 0.0, -0.6, 5435088.0]},
+                    {"image": {"href": f"{base}/m_4911664_se_11_060_20231117.tif",
+                               "roles": ["data"],
+                               "eo:bands": [{"name": "Red", "common_name": "red"},
+                                            {"name": "Green", "common_name": "green"},
+                                            {"name": "Blue", "common_name": "blue"},
+                                            {"name": "NIR", "common_name": "nir"}]},
+                     "thumbnail": {"href": f"{base}/m_4911664_se_11_060_20231117.200.jpg",
+                                   "roles": ["thumbnail"]}})
+    item["properties"]["datetime"] = "2023-11-17T16:00:00Z"
+    return item
+
+
+def sentinel1_rtc() -> dict[str, Any]:
+    """Planetary Computer ``sentinel-1-rtc``: ``vv`` / ``vh`` float32 linear gamma0."""
+    base = "https://sentinel1euwestrtc.blob.core.windows.net/sentinel1-grd-rtc/GRD/2023/6/1/IW"
+    assets = {pol: {"href": f"{base}/measurement/iw-{pol}.rtc.tiff", "roles": ["data"],
+                    "raster:bands": [{"nodata": -32768, "data_type": "float32",
+                                      "spatial_resolution": 10}]} for pol in ("vv", "vh")}
+    return _feature("S1A_IW_GRDH_1SDV_20230601T050000_20230601T050025_048800_05DE3A_rtc",
+                    "sentinel-1-rtc", {"platform": "SENTINEL-1A", "constellation":
+                                       "Sentinel-1", "proj:epsg": EPSG,
+                                       "sar:polarizations": ["VV", "VH"],
+                                       "sar:instrument_mode": "IW"}, assets)
+
+
 def grid_of(item: dict[str, Any], key: str) -> tuple[int, float, float, float]:
     """``(epsg, x0, y0, res)`` of an asset: its own ``proj:*`` fields, else the item's."""
     asset, props = item["assets"][key], item["properties"]
@@ -454,6 +487,53 @@ def test_unusable_items_are_clear_errors(tmp_path):
         scene.href("blue")
 
 
+@pytest.mark.parametrize(("item", "message"), [
+    (naip, "collection 'naip' is not one geofm can chip yet: NAIP items hold all four "
+           "bands in one multi-band 'image' asset"),
+    (sentinel1_rtc, "collection 'sentinel-1-rtc' is not one geofm can chip yet: Sentinel-1 "
+                    "RTC items hold linear backscatter"),
+    (lambda: {**earth_search(), "collection": "sentinel-1-grd"} | {"properties": {
+        "datetime": DATE, "platform": "sentinel-1a", "constellation": "sentinel-1"}},
+     "collection 'sentinel-1-grd' is not one geofm can chip (Sentinel-2 L2A or Landsat"),
+])
+def test_collections_geofm_does_not_chip_exit_1_naming_them(item, message, tmp_path,
+                                                            geofm_log):
+    """A Clay sensor geofm knows but cannot chip honestly (NAIP, Sentinel-1 RTC), or any
+    other collection: exit 1 (bad data) before any work, naming the collection, the
+    reason and the collections it does chip."""
+    from geofm.cli import main
+
+    (tmp_path / "item.json").write_text(json.dumps(item()))
+    root = tmp_path / "root"
+    assert main(["chip", "--items", str(tmp_path / "item.json"), "--out", str(root),
+                 "--no-progress"]) == 1
+    assert message in geofm_log.text
+    # the collections it does chip, and only those
+    assert "landsat-c2-l2, landsat-c2l2-sr, sentinel-2-c1-l2a, sentinel-2-l2a, " \
+           "sentinel-s2-l2a-cogs)" in geofm_log.text
+    assert not (root / "chips").exists()
+
+
+def test_item_with_no_usable_band_metadata_fails_its_scene_exit_1(tmp_path, geofm_log):
+    """An item whose assets say nothing geofm can match (no band names, common names or
+    known keys): its scene fails naming the band, what was looked for and the assets the
+    item has; exit 1, the failure in run.json."""
+    from geofm.cli import main
+
+    bare = planetary_computer()
+    bare["assets"] = {"data": {"href": "x.tif", "roles": ["data"]},
+                      "visual": {"href": "tci.tif", "roles": ["visual"],
+                                 "eo:bands": [{"name": "B02", "common_name": "blue"}]}}
+    (tmp_path / "item.json").write_text(json.dumps(bare))
+    root = tmp_path / "root"
+    assert main(["chip", "--items", str(tmp_path / "item.json"), "--out", str(root),
+                 "--no-progress"]) == 1
+    assert "has no asset 'blue' (looked for band names / common names / asset keys blue, " \
+           "B02); it has data, visual" in geofm_log.text
+    (failure,) = json.loads((root / "run.json").read_text())["stages"]["chip"]["failures"]
+    assert failure["unit"] == bare["id"]
+
+
 def test_unsigned_planetary_computer_hrefs_name_the_extra(tmp_path):
     import importlib.util
 
@@ -625,9 +705,19 @@ def test_real_items_chip_through_the_cli(rel, tmp_path, capsys):
     assert main(["chip", "--items", str(tmp_path / "items"), "--out", str(root),
                  "--chip-size", size, "--max-cloud", "1", "--max-nodata", "1",
                  "--no-progress"]) == 0, capsys.readouterr()
-    run = json.loads(next(root.rglob("run.json")).read_text())["stages"]["chip"]
+    run = json.loads((root / "run.json").read_text())["stages"]["chip"]
     assert run["failures"] == [] and run["counts"]["failed_scenes"] == 0
     assert run["counts"]["scenes"] == 1 and run["counts"]["valid_chips"] == 4
+
+
+@real
+def test_real_naip_item_is_refused_with_the_reason():
+    original = _real_item("planetary-computer-naip/"
+                          "mt_m_4911664_se_11_060_20231117_20240103.json")
+    with pytest.raises(ItemError, match="collection 'naip' is not one geofm can chip yet: "
+                       "NAIP items hold all four bands in one multi-band 'image'") as err:
+        scene_from_dict(original, base=None, source="naip")
+    assert err.value.field == "collection"
 
 
 def test_landsat_fixed_grid_origin_keeps_ids_across_shifted_acquisitions(tmp_path):

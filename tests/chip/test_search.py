@@ -175,6 +175,12 @@ def test_search_errors(catalog, tmp_path, capsys, geofm_log):
     assert main(["chip", "--stac", down, "--collection", "x", "--out", str(tmp_path / "r"),
                  "--no-progress"]) == 1
     assert "cannot reach the STAC API" in geofm_log.text
+    # an empty search is bad data (exit 1) naming the query and the fix, nothing chipped
+    assert main(["chip", "--stac", url, "--collection", "sentinel-2-l2a",
+                 "--bbox=100,10,101,11", "--out", str(tmp_path / "empty"),
+                 "--no-progress"]) == 1
+    assert "found no items" in geofm_log.text and "widen" in geofm_log.text
+    assert not (tmp_path / "empty" / "chips").exists()
     assert main(["chip", "--stac", url, "--out", str(tmp_path / "r")]) == 2
     assert "--stac needs --collection" in capsys.readouterr().err
     assert main(["chip", "--out", str(tmp_path / "r")]) == 2
