@@ -192,7 +192,10 @@ def _s2() -> Sensor:
 
 def _landsat() -> Sensor:
     r, o = 2.75e-5, -0.2
-    bands = (  # aliases: USGS asset keys / eo:bands names (SR_B*, OLI_B*, B*) of OLI
+    # aliases: USGS asset keys / eo:bands names of OLI (SR_B*, OLI_B*). A bare B2 is not
+    # one: it is blue on OLI but green on ETM+ (USGS Landsat 7 items), so such
+    # items are matched by common name and users name the band blue or SR_B2.
+    bands = (
         Band("coastal", 30, 0.44, scale=r, offset=o, aliases=("SR_B1", "OLI_B1")),
         Band("blue", 30, 0.48, mean=12474, std=10144, scale=r, offset=o,
              aliases=("SR_B2", "OLI_B2")),

@@ -73,3 +73,11 @@ def test_sensor_for_collection():
     assert sensor_for_collection("landsat-c2l2-sr").name == "landsat-c2-l2"
     assert sensor_for_collection("cop-dem-glo-30") is None
     assert sensor_for_collection(None) is None
+
+
+def test_landsat_provider_names_are_unambiguous_across_landsat_generations():
+    landsat = get_sensor("landsat-c2-l2")
+    assert landsat.resolve("SR_B2,OLI_B5,qa_pixel") == ("blue", "nir08", "qa_pixel")
+    # B2 is blue on Landsat 8/9 OLI but green on Landsat 7 ETM+: not a name geofm guesses
+    with pytest.raises(SensorError, match="unknown band 'B2'.*SR_B2=blue"):
+        landsat.band("B2")
