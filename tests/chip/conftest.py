@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +96,62 @@ def make_scene(tmp_path: Path):
 def tif():
     """The :func:`write_tif` helper (test modules cannot import conftest in importlib mode)."""
     return write_tif
+
+
+class StacServer:
+    """A real STAC API on localhost: ``rustac serve`` (in-memory backend) over item dicts."""
+
+    rustac = shutil.which("rustac") or str(Path(sys.executable).parent / "rustac")
+
+    @staticmethod
+    def free_port() -> int:
+        """A localhost TCP port nothing listens on (for a server, or an API that is down)."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    @contextlib.contextmanager
+    def serve(self, folder: Path, items: list[dict], collections: list[str]) -> Iterator[str]:
+        """Serve ``items`` (each ``collection`` one of ``collections``); yield the URL.
+
+        Skips the test when ``rustac`` is not installed (``pip install 'geofm[dev]'``).
+        """
+        if not Path(self.rustac).exists():
+            pytest.skip("rustac is not installed (pip install 'geofm[dev]')")
+        import requests
+
+        folder.mkdir(parents=True, exist_ok=True)
+        hrefs = []
+        for name in collections:
+            collection = {"type": "Collection", "stac_version": "1.0.0", "id": name,
+                          "description": name, "license": "other", "links": [],
+                          "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]},
+                                     "temporal": {"interval": [[None, None]]}}}
+            (folder / f"{name}.json").write_text(json.dumps(collection))
+            hrefs.append(str(folder / f"{name}.json"))
+        (folder / "served.json").write_text(json.dumps({"type": "FeatureCollection",
+                                                        "features": items}))
+        url = f"http://127.0.0.1:{self.free_port()}"
+        proc = subprocess.Popen([self.rustac, "serve", "--addr", url.removeprefix("http://"),
+                                 *hrefs, str(folder / "served.json")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            for _ in range(100):
+                try:
+                    if requests.get(f"{url}/collections", timeout=1).ok:
+                        break
+                except requests.exceptions.ConnectionError:
+                    time.sleep(0.1)
+            else:
+                pytest.fail("rustac serve did not start: "
+                            f"{proc.stderr.read() if proc.stderr else ''}")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def stac_server() -> StacServer:
+    """:class:`StacServer` (test modules cannot import conftest in importlib mode)."""
+    return StacServer()

@@ -1,11 +1,6 @@
 """``geofm chip --stac`` against a real STAC API on localhost (``rustac serve``, in memory)."""
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +13,14 @@ from geofm.cli import main
 from geofm.exceptions import CatalogError, GeofmValueError
 from geofm.layout import RunRoot
 
-RUSTAC = shutil.which("rustac") or str(Path(sys.executable).parent / "rustac")
 DATES = ["2024-05-01", "2024-05-11", "2024-05-21", "2024-06-10", "2024-06-20"]
 CLOUD = [5.0, 60.0, 10.0, 20.0, 1.0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory):
+def catalog(tmp_path_factory, stac_server):
     """Five acquisitions in sentinel-2-l2a (one also republished in sentinel-2-c1-l2a,
     one reprocessed under a second id), served by ``rustac serve``; yields (url, folder)."""
-    if not Path(RUSTAC).exists():
-        pytest.skip("rustac is not installed (pip install 'geofm[dev]')")
     import rasterio
     from affine import Affine
 
@@ -80,38 +66,10 @@ def catalog(tmp_path_factory):
                                                           [-122.0, 37.1]]]}
     far["properties"]["grid:code"] = "MGRS-10SEG"
     served = [*items, c1, old, far]
-    hrefs = []
-    for name in ("sentinel-2-l2a", "sentinel-2-c1-l2a"):
-        collection = {"type": "Collection", "stac_version": "1.0.0", "id": name,
-                      "description": name, "license": "other", "links": [],
-                      "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]},
-                                 "temporal": {"interval": [[None, None]]}}}
-        (folder / f"{name}.json").write_text(json.dumps(collection))
-        hrefs.append(str(folder / f"{name}.json"))
-    (folder / "served.json").write_text(json.dumps({"type": "FeatureCollection",
-                                                    "features": served}))
     (folder / "l2a.json").write_text(json.dumps({"type": "FeatureCollection",
                                                  "features": items}))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([RUSTAC, "serve", "--addr", f"127.0.0.1:{port}", *hrefs,
-                             str(folder / "served.json")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        import requests
-
-        for _ in range(100):
-            try:
-                if requests.get(f"{url}/collections", timeout=1).ok:
-                    break
-            except requests.exceptions.ConnectionError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(f"rustac serve did not start: {proc.stderr.read() if proc.stderr else ''}")
+    with stac_server.serve(folder, served, ["sentinel-2-l2a", "sentinel-2-c1-l2a"]) as url:
         yield url, folder
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _ids(path: Path) -> list[str]:
@@ -163,12 +121,12 @@ def test_stac_gives_exactly_the_chips_of_items(catalog, tmp_path, capsys):
     assert len(list(a.items_dir.glob("search-*.json"))) == 1
 
 
-def test_search_errors(catalog, tmp_path, capsys, geofm_log):
+def test_search_errors(catalog, tmp_path, capsys, geofm_log, stac_server):
     url, _ = catalog
     with pytest.raises(GeofmValueError, match="found no items.*widen"):
         search_items(tmp_path, StacQuery(url=url, collections=("sentinel-2-l2a",),
                                          bbox=(100.0, 10.0, 101.0, 11.0)))
-    down = f"http://127.0.0.1:{_free_port()}"
+    down = f"http://127.0.0.1:{stac_server.free_port()}"
     with pytest.raises(CatalogError, match="cannot reach the STAC API") as err:
         search_items(tmp_path, StacQuery(url=down, collections=("sentinel-2-l2a",)))
     assert err.value.url == down
