@@ -399,6 +399,60 @@ def test_one_acquisition_from_every_provider_gives_equal_harmonised_chips(tmp_pa
         np.testing.assert_array_equal(array, reference, err_msg=name)
 
 
+def _acquired(item: dict, when: str, baseline: str) -> dict:
+    """``item`` as the provider would publish an acquisition of ``when`` processed with
+    ``baseline``: the date, id and every baseline field of its dialect changed."""
+    item = copy.deepcopy(item)
+    code = "N" + baseline.replace(".", "")
+    item["id"] = item["id"].replace("20250330", when[:10].replace("-", "")).replace(
+        "N0511", code)
+    props = item["properties"]
+    for key in ("datetime", "start_datetime", "end_datetime"):
+        if key in props:
+            props[key] = when
+    for key in ("s2:processing_baseline", "processing:version"):
+        if key in props:
+            props[key] = baseline
+    if "s2:product_uri" in props:
+        props["s2:product_uri"] = props["s2:product_uri"].replace("N0511", code)
+    if props.get("earthsearch:boa_offset_applied") is not None and baseline < "04.00":
+        props["earthsearch:boa_offset_applied"] = False  # what v1 wrote before 2022
+    return item
+
+
+#: dialect -> (baseline of a 2021 acquisition, DN offset it carries). Earth Search C1 is
+#: ESA's Collection 1 reprocessing: old acquisitions too are baseline 05.00, with +1000.
+BEFORE_SWITCH = {"earth-search": ("03.01", 0), "earth-search-c1": ("05.00", 1000),
+                 "planetary-computer": ("03.01", 0), "copernicus": ("03.01", 0)}
+
+
+@pytest.mark.parametrize(("name", "offset", "rule"), ACQUISITION)
+def test_stable_surface_does_not_jump_at_the_baseline_switch_on_any_provider(
+        name, offset, rule, tmp_path):
+    """The same unchanging DNs acquired in 2021 (old baseline, or C1's reprocessing) and
+    in 2025 (baseline 05.11), each as the provider publishes it: equal harmonised chips."""
+    baseline, old_offset = BEFORE_SWITCH[name]
+    before = _acquired(_dialect(name), "2021-06-01T10:00:51.025000Z", baseline)
+    items = [localise(before, tmp_path / "cogs", _arrays(KEYS[name], old_offset)),
+             localise(_dialect(name), tmp_path / "cogs", _arrays(KEYS[name], offset))]
+    assert items[0]["id"] != items[1]["id"]
+    (tmp_path / "items.json").write_text(json.dumps({"type": "FeatureCollection",
+                                                     "features": items}))
+    rec = chip(tmp_path / "items.json", tmp_path / "root", chip_size=32, bands="blue,nir",
+               max_cloud=1.0, max_nodata=1.0, progress=False)
+    assert rec.failures == []
+    run = RunRoot.of(tmp_path / "root")
+    detail = rec.extra["harmonisation_detail"]
+    assert (detail[items[0]["id"]]["offset_dn"], detail[items[1]["id"]]["offset_dn"]) == \
+        (old_offset, offset)
+    assert detail[items[1]["id"]]["rule"] == rule
+    for item in items:
+        array, _ = read_chip_array(run.chip_path(item["id"], "33UWP_32_0000_0001"),
+                                   ["blue", "nir"])
+        np.testing.assert_array_equal(array[0], TRUTH["blue"][:32, 32:], err_msg=item["id"])
+        np.testing.assert_array_equal(array[1], TRUTH["nir"][:32, 32:], err_msg=item["id"])
+
+
 def test_a_wrong_earth_search_flag_is_caught_by_the_data(tmp_path):
     """Flag false (and raster offset -0.1) on DNs that are already harmonised
     (Element84/earth-search#71): the data check subtracts nothing and says why."""
