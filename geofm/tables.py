@@ -44,7 +44,7 @@ def read_table(path: str | os.PathLike[str], *, made_by: str,
     """Read a stage's Parquet file (all columns or ``columns``) as an Arrow table.
 
     Args:
-        path: the Parquet file.
+        path: the Parquet file, or a folder of Parquet parts read as one table.
         made_by: the stage that writes it (``chip``, ``embed``, ``analyze``, ``index``);
             named in the error's fix.
         columns: columns to read; None reads all.
@@ -60,14 +60,24 @@ def read_table(path: str | os.PathLike[str], *, made_by: str,
 
 
 def read_schema(path: str | os.PathLike[str], *, made_by: str) -> pa.Schema:
-    """The Arrow schema (with its metadata) of a stage's Parquet file.
+    """The Arrow schema (with its metadata) of a stage's Parquet file or dataset folder.
+
+    For a folder of parts (``analysis/timeseries.parquet``): the first part's schema
+    (every part has the same columns).
 
     Raises:
         TableError: the file is truncated or not Parquet.
-        GeofmFileNotFoundError: the file does not exist.
+        GeofmFileNotFoundError: the file does not exist (or the folder has no part).
     """
     import pyarrow.parquet as pq
 
+    if os.path.isdir(path):
+        parts = sorted(n for n in os.listdir(path) if n.endswith(".parquet")
+                       and not n.startswith((".", "_")))
+        if not parts:
+            raise GeofmFileNotFoundError(f"{os.fspath(path)} holds no Parquet part; re-run "
+                                         f"`geofm {made_by}` on this run root with --overwrite")
+        path = os.path.join(path, parts[0])
     with _reading(path, made_by):
         return pq.read_schema(path)
 

@@ -25,6 +25,7 @@ from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, SeasonalFit, a
 from geofm.analyze.overlaps import duplicate_changes, find_overlaps
 from geofm.analyze.passes import Padded
 from geofm.analyze.reference import write_state
+from geofm.analyze.timeseries import stage_timeseries
 from geofm.analyze.update import CHIP_META_COLUMNS, Core, Obs, Options, Work, chip_date_order
 from geofm.io import StagedFiles
 from geofm.layout import RunRoot
@@ -107,9 +108,8 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
         writer(staged.path(name))
     anomaly = np.empty(core.chip.size, dtype=bool)
     anomaly[order] = grid.gather(out["anomaly"])
-    write_timeseries(staged.path("timeseries.parquet"), work.obs, work.chip_ids,
-                     anomaly[n_prior:], o.n_components,
-                     prior=None if work.prior is None else work.prior.table,
+    stage_timeseries(staged, rr, work.obs, work.chip_ids, anomaly[n_prior:], o.n_components,
+                     prior=None if work.prior is None else work.prior.published,
                      prior_anomaly=anomaly[:n_prior])
     write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
                   work.chip_ids, meta, out, work.fit, change_ns, duplicate)
@@ -185,41 +185,6 @@ def published_counts(rr: RunRoot) -> dict[str, int]:
     return {"chips": int(status.size), "changed": int((status == CHANGE).sum()),
             "no_change": int((status == NO_CHANGE).sum()),
             "insufficient": int((status == INSUFFICIENT).sum())}
-
-
-def write_timeseries(path: Path, obs: Obs, chip_ids: np.ndarray, anomaly: np.ndarray,
-                     n_components: int, *, prior: pa.Table | None = None,
-                     prior_anomaly: np.ndarray | None = None) -> None:
-    """Write ``prior`` (published rows, ``anomaly`` replaced) then ``obs`` as new rows."""
-    chip_dict = pa.array(chip_ids.tolist(), type=pa.string())
-    scene_dict = pa.array(obs.scenes, type=pa.string())
-    cols: dict[str, pa.Array] = {
-        "chip_id": pa.DictionaryArray.from_arrays(pa.array(obs.chip.astype(np.int32)),
-                                                  chip_dict),
-        "scene_id": pa.DictionaryArray.from_arrays(pa.array(obs.scene.astype(np.int32)),
-                                                   scene_dict),
-        "date": pa.array(obs.ns, type=pa.timestamp("ns", tz="UTC")),
-    }
-    for k in range(n_components):
-        cols[f"pc{k + 1}"] = pa.array(obs.pcs[:, k].astype(np.float32))
-    cols["cosine_to_baseline"] = pa.array(obs.cos.astype(np.float32))
-    cols["signal"] = pa.array(obs.sig.astype(np.float32))
-    cols["predicted"] = pa.array(obs.pred.astype(np.float32))
-    cols["residual"] = pa.array(obs.resid.astype(np.float32))
-    cols["anomaly"] = pa.array(np.asarray(anomaly, dtype=bool))
-    cols["baseline"] = pa.array(obs.base.astype(bool))
-    table = pa.table(cols)
-    if prior is not None:
-        prior = prior.set_column(prior.schema.get_field_index("anomaly"), "anomaly",
-                                 pa.array(np.asarray(prior_anomaly, dtype=bool)))
-        table = pa.concat_tables([prior.select(table.column_names).cast(table.schema), table])
-    # dictionary-encode only the ids (trying it on the float columns doubles the write
-    # time) and compress only the others: snappy gains nothing on float32 PCs and scores
-    # but costs half the write and read time of every update's rewrite
-    floats = [n for n in table.column_names if pa.types.is_floating(table.schema.field(n).type)]
-    pq.write_table(table, path, use_dictionary=["chip_id", "scene_id"],
-                   compression={n: "none" if n in floats else "snappy"
-                                for n in table.column_names})
 
 
 def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd.DataFrame,

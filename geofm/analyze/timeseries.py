@@ -1,0 +1,260 @@
+"""``analysis/timeseries.parquet``: a Parquet dataset of parts, one appended per update.
+
+The reference analysis writes one part with every observation; an update writes one
+part with its new observations and leaves the published parts as they are, byte for
+byte, except the parts whose rows change: those holding rows of a re-embedded or
+removed scene (the rows are dropped; a re-embedded scene's new rows come with the
+update) and those holding an observation whose ``anomaly`` flag flips (a chip that
+just got, or lost, enough monitoring observations to be assessed). Such a part's
+remaining rows move into the new part and the old file is deleted in the same commit
+(:class:`geofm.io.StagedFiles`), so every row is published exactly once. A new
+reference (``refit``) replaces the whole dataset.
+
+A root analysed before parts holds a single ``timeseries.parquet`` file; its next
+update converts it: the file becomes ``part-00000.parquet`` (a hard link into the
+staged group, no copy) unless its rows change, in which case they move into the new
+part like any other part's.
+
+Part names: ``part-<n>.parquet``, ``n`` (5 digits) one more than the highest before, so
+a name is never reused (a recovery that repeats a commit's deletions cannot delete a
+new part).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from geofm.tables import read_table
+
+if TYPE_CHECKING:
+    from geofm.analyze.update import Obs
+    from geofm.io import StagedFiles
+    from geofm.layout import RunRoot
+
+#: The columns an update reads from the published parts (what assessment needs, and
+#: ``anomaly`` to find the parts whose flags change); the others are read only from
+#: the parts that are rewritten.
+CORE_COLUMNS = ("chip_id", "scene_id", "date", "signal", "residual", "baseline", "anomaly")
+
+#: The dataset's name inside ``analysis/``.
+DATASET = "timeseries.parquet"
+
+
+def part_name(number: int) -> str:
+    """The staged name (relative to ``analysis/``) of part ``number``."""
+    return f"{DATASET}/part-{number:05d}.parquet"
+
+
+def part_number(path: Path) -> int:
+    """The number of a part file (0 for a single-file ``timeseries.parquet``)."""
+    if path.name == DATASET:
+        return 0
+    return int(path.name.removeprefix("part-").removesuffix(".parquet"))
+
+
+@dataclass
+class Published:
+    """Where the published rows an update keeps live, and their ``anomaly`` as published.
+
+    Attributes:
+        parts: the dataset's files (:meth:`geofm.layout.RunRoot.timeseries_parts`).
+        part: int64 ``[M]`` the part of each kept row (rows in part order, then file
+            order).
+        anomaly: bool ``[M]`` each kept row's published ``anomaly``.
+        dropped: bool ``[len(parts)]`` parts that hold rows of ``drop_scenes``.
+        drop_scenes: the scenes whose rows were left out (re-embedded or removed).
+    """
+
+    parts: list[Path]
+    part: np.ndarray
+    anomaly: np.ndarray
+    dropped: np.ndarray
+    drop_scenes: frozenset[str]
+
+
+def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """int64 ``[N]`` codes into the returned value list, of a (dictionary) string column."""
+    if pa.types.is_dictionary(col.type):
+        arr = col.unify_dictionaries().combine_chunks()
+    else:
+        arr = col.cast(pa.string()).combine_chunks().dictionary_encode()
+    return (arr.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+            [str(v) for v in arr.dictionary.to_pylist()])
+
+
+def _kept(table: pa.Table, drop_scenes: frozenset[str]
+          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(keep, codes, scenes)``: bool ``[N]`` rows not of ``drop_scenes``, scene codes."""
+    idx, scenes = _codes(table.column("scene_id"))
+    drop = np.isin(np.asarray(scenes, dtype=object), list(drop_scenes)) if scenes else \
+        np.zeros(0, dtype=bool)
+    return (~drop[idx] if drop.any() else np.ones(idx.size, dtype=bool)), idx, scenes
+
+
+def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, dict[str, Any]]:
+    """The published observations (:data:`CORE_COLUMNS` only), minus those of ``drop_scenes``.
+
+    Returns:
+        ``(published, core)``: where the kept rows live, and the
+        :class:`~geofm.analyze.update.Core` fields as arrays: ``chip`` (int64 ``[M]``)
+        indexes ``chip_ids`` (object ``[C']``, sorted, the chips the rows name),
+        ``scene`` indexes ``scenes`` (sorted), ``ns`` int64 ns since the epoch (UTC),
+        ``sig``, ``resid`` float32, ``base`` bool.
+
+    Raises:
+        TableError: a part is truncated or lacks a column.
+    """
+    import pyarrow.compute as pc
+
+    parts = rr.timeseries_parts()
+    drop = frozenset(drop_scenes)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "chip", "scene", "ns", "sig", "resid", "base", "anomaly", "part")}
+    chip_lists: list[list[str]] = []
+    scene_lists: list[list[str]] = []
+    dropped = np.zeros(len(parts), dtype=bool)
+    for i, path in enumerate(parts):
+        table = read_table(path, made_by="analyze", columns=CORE_COLUMNS)
+        keep, scene_idx, scenes = _kept(table, drop)
+        chip_idx, chips = _codes(table.column("chip_id"))
+        if not keep.all():
+            dropped[i] = True
+            table = table.filter(pa.array(keep))
+            chip_idx, scene_idx = chip_idx[keep], scene_idx[keep]
+        date = table.column("date")
+        if date.type.unit != "ns":
+            date = date.cast(pa.timestamp("ns", tz="UTC"))
+        cols["chip"].append(chip_idx)
+        cols["scene"].append(scene_idx)
+        cols["ns"].append(np.asarray(pc.cast(date, pa.int64()).to_numpy(), dtype=np.int64))
+        for key, name, dtype in (("sig", "signal", np.float32), ("resid", "residual", np.float32),
+                                 ("base", "baseline", bool), ("anomaly", "anomaly", bool)):
+            cols[key].append(np.asarray(table.column(name).to_numpy(), dtype=dtype))
+        cols["part"].append(np.full(len(table), i, dtype=np.int64))
+        chip_lists.append(chips)
+        scene_lists.append(scenes)
+    chip_ids = np.unique(np.asarray([c for lst in chip_lists for c in lst], dtype=object)) \
+        if chip_lists else np.array([], dtype=object)
+    scene_ids = sorted({s for lst in scene_lists for s in lst})
+
+    def remap(codes: list[np.ndarray], lists: list[list[str]], union: np.ndarray
+              ) -> np.ndarray:
+        out = [np.searchsorted(union, np.asarray(lst, dtype=object))[c] if lst else c
+               for c, lst in zip(codes, lists, strict=True)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def cat(key: str, dtype: Any) -> np.ndarray:
+        return np.concatenate(cols[key]) if cols[key] else np.zeros(0, dtype=dtype)
+
+    published = Published(parts=parts, part=cat("part", np.int64), anomaly=cat("anomaly", bool),
+                          dropped=dropped, drop_scenes=drop)
+    core = {"chip": remap(cols.pop("chip"), chip_lists, chip_ids), "chip_ids": chip_ids,
+            "scene": remap(cols.pop("scene"), scene_lists, np.asarray(scene_ids, dtype=object)),
+            "scenes": scene_ids, "ns": cat("ns", np.int64), "sig": cat("sig", np.float32),
+            "resid": cat("resid", np.float32), "base": cat("base", bool)}
+    return published, core
+
+
+def stage_timeseries(staged: StagedFiles, rr: RunRoot, obs: Obs, chip_ids: np.ndarray,
+                     anomaly: np.ndarray, n_components: int, *, prior: Published | None,
+                     prior_anomaly: np.ndarray | None) -> str | None:
+    """Stage this analysis' part of the dataset and the deletions that go with it.
+
+    ``obs``: the observations scored now, ``anomaly`` bool ``[len(obs)]`` their flags;
+    ``prior``: the published rows an update keeps (None: a new reference, which
+    replaces the dataset) and ``prior_anomaly`` bool ``[M]`` their flags now.
+
+    Returns:
+        The staged part's name (relative to ``analysis/``), or None when this update
+        adds no row and changes none.
+    """
+    tables: list[pa.Table] = []
+    if prior is None:
+        parts = rr.timeseries_parts()
+        remove = list(parts)
+        survivors = 0
+    else:
+        parts = prior.parts
+        assert prior_anomaly is not None
+        hit = prior.dropped.copy()
+        hit[np.unique(prior.part[prior.anomaly != prior_anomaly])] = True
+        for i in np.flatnonzero(hit).tolist():  # rewritten into the new part
+            table = read_table(parts[i], made_by="analyze")
+            keep, _, _ = _kept(table, prior.drop_scenes)
+            if not keep.all():
+                table = table.filter(pa.array(keep))
+            flags = pa.array(prior_anomaly[prior.part == i])
+            tables.append(table.set_column(table.schema.get_field_index("anomaly"), "anomaly",
+                                           flags))
+        remove = [p for p, h in zip(parts, hit.tolist(), strict=True) if h]
+        survivors = len(parts) - len(remove)
+        if parts == [rr.timeseries_path] and not hit[0]:
+            # a single file from before parts: kept as part 0 (a hard link, no copy)
+            _link(parts[0], staged.path(part_name(0)))
+            remove = list(parts)
+    for path in remove:
+        staged.remove(path.relative_to(rr.analysis_dir).as_posix())
+    n_rows = obs.chip.size + sum(len(t) for t in tables)
+    if not n_rows and survivors:
+        return None
+    name = part_name(max((part_number(p) for p in parts), default=0) + 1)
+    write_part(staged.path(name), obs, chip_ids, anomaly, n_components, prior=tables)
+    return name
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (a copy where the file system has no hard links)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, dst)
+
+
+def write_part(path: Path, obs: Obs, chip_ids: np.ndarray, anomaly: np.ndarray,
+               n_components: int, *, prior: Sequence[pa.Table] = ()) -> None:
+    """Write one part: the rows of ``prior`` (published tables, as they are) then ``obs``.
+
+    Columns: ``chip_id``, ``scene_id`` (dictionary-encoded strings), ``date``
+    (timestamp ns UTC), ``pc1..pcK``, ``cosine_to_baseline``, ``signal``, ``predicted``,
+    ``residual`` (float32, uncompressed), ``anomaly`` (``anomaly`` bool ``[len(obs)]``),
+    ``baseline``.
+    """
+    import pyarrow.parquet as pq
+
+    chip_dict = pa.array(chip_ids.tolist(), type=pa.string())
+    scene_dict = pa.array(obs.scenes, type=pa.string())
+    cols: dict[str, pa.Array] = {
+        "chip_id": pa.DictionaryArray.from_arrays(pa.array(obs.chip.astype(np.int32)),
+                                                  chip_dict),
+        "scene_id": pa.DictionaryArray.from_arrays(pa.array(obs.scene.astype(np.int32)),
+                                                   scene_dict),
+        "date": pa.array(obs.ns, type=pa.timestamp("ns", tz="UTC")),
+    }
+    for k in range(n_components):
+        cols[f"pc{k + 1}"] = pa.array(obs.pcs[:, k].astype(np.float32))
+    cols["cosine_to_baseline"] = pa.array(obs.cos.astype(np.float32))
+    cols["signal"] = pa.array(obs.sig.astype(np.float32))
+    cols["predicted"] = pa.array(obs.pred.astype(np.float32))
+    cols["residual"] = pa.array(obs.resid.astype(np.float32))
+    cols["anomaly"] = pa.array(np.asarray(anomaly, dtype=bool))
+    cols["baseline"] = pa.array(obs.base.astype(bool))
+    table = pa.table(cols)
+    if prior:
+        table = pa.concat_tables([*(t.select(table.column_names).cast(table.schema)
+                                    for t in prior), table])
+    # dictionary-encode only the ids (trying it on the float columns doubles the write
+    # time) and compress only the others: snappy gains nothing on float32 PCs and scores
+    # but costs half the write and read time
+    floats = [n for n in table.column_names if pa.types.is_floating(table.schema.field(n).type)]
+    pq.write_table(table, path, use_dictionary=["chip_id", "scene_id"],
+                   compression={n: "none" if n in floats else "snappy"
+                                for n in table.column_names})
