@@ -176,7 +176,8 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
         signatures = {s: refs.file_signature(f) for s, f in zip(scene_ids, files, strict=True)}
         state = refs.read_state(rr)
         published = published_changes(rr)
-        scenes = refs.changed_scenes(state, ref_options, signatures,
+        stats = {s: refs.stat_signature(f) for s, f in zip(scene_ids, files, strict=True)}
+        scenes = refs.changed_scenes(state, ref_options, signatures, stats=stats,
                                      changes_path=rr.changes_path, refit=refit or overwrite)
         if scenes is not None:  # an update of the stored reference
             assert state is not None
@@ -192,7 +193,7 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             todo, gone = scene_ids, []
         state["scenes"] = signatures
         outputs.publish(rr, record, staged, work, state, opts, published, scene_added=todo,
-                        scene_removed=gone, fingerprint=refs.fingerprint(files, config),
+                        scene_removed=gone, fingerprint=refs.fingerprint(signatures, config),
                         plot_chips=plot_chips, max_plots=max_plots, rasters=rasters)
     return record
 
