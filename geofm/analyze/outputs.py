@@ -227,16 +227,23 @@ def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd
     day = np.datetime_as_string(np.where(change, change_ns, 0).astype("datetime64[ns]"),
                                 unit="D")
     dates = np.where(change, np.char.add(np.char.add('"', day), '"'), "null")
-    mags = [("null" if not np.isfinite(m) else repr(round(float(m), 4)))
-            for m in magnitude.tolist()]
+    finite = np.isfinite(magnitude).tolist()
+    mags = [repr(round(m, 4)) if ok else "null"
+            for m, ok in zip(magnitude.astype(np.float64).tolist(), finite, strict=True)]
     dups = ["null" if d is None else json.dumps(d) for d in duplicate.tolist()]
     status = out["status"].tolist()
     n_obs = out["n_observations"].tolist()
     flags = ["true" if c else "false" for c in change.tolist()]
+    ids = [str(c) for c in chip_ids.tolist()]
+    joined = "".join(ids)
+    if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
+        quoted = [f'"{c}"' for c in ids]  # what json.dumps gives for such ids, faster
+    else:
+        quoted = [json.dumps(c) for c in ids]
     parts = []
-    for i in np.flatnonzero([g is not None for g in geoms]).tolist():
+    for i in np.flatnonzero(~pd.isna(geoms)).tolist():
         parts.append(f'{{"type": "Feature", "geometry": {texts[i]}, "properties": '
-                     f'{{"chip_id": {json.dumps(str(chip_ids[i]))}, "status": "{status[i]}", '
+                     f'{{"chip_id": {quoted[i]}, "status": "{status[i]}", '
                      f'"change": {flags[i]}, "change_date": {dates[i]}, '
                      f'"intensity": {mags[i]}, "n_observations": {n_obs[i]}, '
                      f'"duplicate_of": {dups[i]}}}}}')

@@ -65,37 +65,53 @@ class Published:
 
     Attributes:
         parts: the dataset's files (:meth:`geofm.layout.RunRoot.timeseries_parts`).
-        part: int64 ``[M]`` the part of each kept row (rows in part order, then file
-            order).
+        bounds: int64 ``[len(parts) + 1]``: the kept rows of part ``i`` are rows
+            ``bounds[i]:bounds[i + 1]`` (in part order, then file order).
         anomaly: bool ``[M]`` each kept row's published ``anomaly``.
         dropped: bool ``[len(parts)]`` parts that hold rows of ``drop_scenes``.
         drop_scenes: the scenes whose rows were left out (re-embedded or removed).
     """
 
     parts: list[Path]
-    part: np.ndarray
+    bounds: np.ndarray
     anomaly: np.ndarray
     dropped: np.ndarray
     drop_scenes: frozenset[str]
 
 
-def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    """int64 ``[N]`` codes into the returned value list, of a (dictionary) string column."""
-    if pa.types.is_dictionary(col.type):
-        arr = col.unify_dictionaries().combine_chunks()
-    else:
-        arr = col.cast(pa.string()).combine_chunks().dictionary_encode()
-    return (arr.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-            [str(v) for v in arr.dictionary.to_pylist()])
+def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (int ``[N]``) into the returned values (object ``[V]``) of a string column.
+
+    The parts geofm writes give every chunk of a dictionary column the same dictionary:
+    then the chunks' indices are used as they are (no unification, no hashing).
+    """
+    if not pa.types.is_dictionary(col.type):
+        col = pa.chunked_array([col.cast(pa.string()).combine_chunks().dictionary_encode()])
+    chunks = col.chunks
+    if not chunks:
+        return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
+    first = chunks[0].dictionary
+    if not all(c.dictionary.equals(first) for c in chunks[1:]):
+        chunks = col.unify_dictionaries().chunks
+        first = chunks[0].dictionary
+    indices = pa.chunked_array([c.indices for c in chunks]).combine_chunks()
+    return (indices.to_numpy(zero_copy_only=False),
+            np.asarray(first.to_numpy(zero_copy_only=False), dtype=object))
 
 
 def _kept(table: pa.Table, drop_scenes: frozenset[str]
-          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(keep, codes, scenes)``: bool ``[N]`` rows not of ``drop_scenes``, scene codes."""
+          ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(keep, codes, scenes)``: rows not of ``drop_scenes`` (None: all), scene codes."""
     idx, scenes = _codes(table.column("scene_id"))
-    drop = np.isin(np.asarray(scenes, dtype=object), list(drop_scenes)) if scenes else \
-        np.zeros(0, dtype=bool)
-    return (~drop[idx] if drop.any() else np.ones(idx.size, dtype=bool)), idx, scenes
+    drop = np.isin(scenes, list(drop_scenes)) if scenes.size and drop_scenes else None
+    return (~drop[idx] if drop is not None and drop.any() else None), idx, scenes
+
+
+def _union(values: list[np.ndarray]) -> np.ndarray:
+    """Sorted unique object ``[V]`` of several value lists (one sorted list: as it is)."""
+    if len(values) == 1 and (values[0].size < 2 or bool(np.all(values[0][1:] > values[0][:-1]))):
+        return values[0]
+    return np.unique(np.concatenate(values)) if values else np.array([], dtype=object)
 
 
 def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, dict[str, Any]]:
@@ -111,54 +127,48 @@ def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, di
     Raises:
         TableError: a part is truncated or lacks a column.
     """
-    import pyarrow.compute as pc
-
     parts = rr.timeseries_parts()
     drop = frozenset(drop_scenes)
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "chip", "scene", "ns", "sig", "resid", "base", "anomaly", "part")}
-    chip_lists: list[list[str]] = []
-    scene_lists: list[list[str]] = []
+    tables = [read_table(path, made_by="analyze", columns=CORE_COLUMNS) for path in parts]
+    sizes = [len(t) for t in tables]
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(bounds[-1])
+    out = {"chip": np.empty(n, np.int64), "scene": np.empty(n, np.int64),
+           "ns": np.empty(n, np.int64), "sig": np.empty(n, np.float32),
+           "resid": np.empty(n, np.float32), "base": np.empty(n, bool),
+           "anomaly": np.empty(n, bool)}
+    keep = np.ones(n, dtype=bool)
     dropped = np.zeros(len(parts), dtype=bool)
-    for i, path in enumerate(parts):
-        table = read_table(path, made_by="analyze", columns=CORE_COLUMNS)
-        keep, scene_idx, scenes = _kept(table, drop)
-        chip_idx, chips = _codes(table.column("chip_id"))
-        if not keep.all():
+    codes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"chip": [], "scene": []}
+    for i, table in enumerate(tables):
+        rows = slice(int(bounds[i]), int(bounds[i + 1]))
+        kept, scene_idx, scenes = _kept(table, drop)
+        if kept is not None:
             dropped[i] = True
-            table = table.filter(pa.array(keep))
-            chip_idx, scene_idx = chip_idx[keep], scene_idx[keep]
+            keep[rows] = kept
+        codes["scene"].append((scene_idx, scenes))
+        codes["chip"].append(_codes(table.column("chip_id")))
         date = table.column("date")
-        if date.type.unit != "ns":
+        if date.type != pa.timestamp("ns", tz="UTC"):
             date = date.cast(pa.timestamp("ns", tz="UTC"))
-        cols["chip"].append(chip_idx)
-        cols["scene"].append(scene_idx)
-        cols["ns"].append(np.asarray(pc.cast(date, pa.int64()).to_numpy(), dtype=np.int64))
-        for key, name, dtype in (("sig", "signal", np.float32), ("resid", "residual", np.float32),
-                                 ("base", "baseline", bool), ("anomaly", "anomaly", bool)):
-            cols[key].append(np.asarray(table.column(name).to_numpy(), dtype=dtype))
-        cols["part"].append(np.full(len(table), i, dtype=np.int64))
-        chip_lists.append(chips)
-        scene_lists.append(scenes)
-    chip_ids = np.unique(np.asarray([c for lst in chip_lists for c in lst], dtype=object)) \
-        if chip_lists else np.array([], dtype=object)
-    scene_ids = sorted({s for lst in scene_lists for s in lst})
-
-    def remap(codes: list[np.ndarray], lists: list[list[str]], union: np.ndarray
-              ) -> np.ndarray:
-        out = [np.searchsorted(union, np.asarray(lst, dtype=object))[c] if lst else c
-               for c, lst in zip(codes, lists, strict=True)]
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-    def cat(key: str, dtype: Any) -> np.ndarray:
-        return np.concatenate(cols[key]) if cols[key] else np.zeros(0, dtype=dtype)
-
-    published = Published(parts=parts, part=cat("part", np.int64), anomaly=cat("anomaly", bool),
+        out["ns"][rows] = date.combine_chunks().view(pa.int64()).to_numpy()
+        for key, name in (("sig", "signal"), ("resid", "residual"), ("base", "baseline"),
+                          ("anomaly", "anomaly")):
+            out[key][rows] = table.column(name).to_numpy()
+    del tables
+    unions = {}
+    for key, pairs in codes.items():  # each part's codes -> codes into the union
+        unions[key] = _union([values for _, values in pairs])
+        for i, (idx, values) in enumerate(pairs):
+            lut = np.searchsorted(unions[key], values) if values.size else \
+                np.zeros(1, np.int64)
+            out[key][int(bounds[i]):int(bounds[i + 1])] = lut[idx]
+    if not keep.all():
+        out = {k: v[keep] for k, v in out.items()}
+        bounds = np.concatenate([[0], np.cumsum(keep)])[bounds]
+    published = Published(parts=parts, bounds=bounds, anomaly=out.pop("anomaly"),
                           dropped=dropped, drop_scenes=drop)
-    core = {"chip": remap(cols.pop("chip"), chip_lists, chip_ids), "chip_ids": chip_ids,
-            "scene": remap(cols.pop("scene"), scene_lists, np.asarray(scene_ids, dtype=object)),
-            "scenes": scene_ids, "ns": cat("ns", np.int64), "sig": cat("sig", np.float32),
-            "resid": cat("resid", np.float32), "base": cat("base", bool)}
+    core = {**out, "chip_ids": unions["chip"], "scenes": [str(s) for s in unions["scene"]]}
     return published, core
 
 
@@ -184,13 +194,14 @@ def stage_timeseries(staged: StagedFiles, rr: RunRoot, obs: Obs, chip_ids: np.nd
         parts = prior.parts
         assert prior_anomaly is not None
         hit = prior.dropped.copy()
-        hit[np.unique(prior.part[prior.anomaly != prior_anomaly])] = True
+        changed = np.flatnonzero(prior.anomaly != prior_anomaly)
+        hit[np.unique(np.searchsorted(prior.bounds, changed, side="right") - 1)] = True
         for i in np.flatnonzero(hit).tolist():  # rewritten into the new part
             table = read_table(parts[i], made_by="analyze")
             keep, _, _ = _kept(table, prior.drop_scenes)
-            if not keep.all():
+            if keep is not None:
                 table = table.filter(pa.array(keep))
-            flags = pa.array(prior_anomaly[prior.part == i])
+            flags = pa.array(prior_anomaly[prior.bounds[i]:prior.bounds[i + 1]])
             tables.append(table.set_column(table.schema.get_field_index("anomaly"), "anomaly",
                                            flags))
         remove = [p for p, h in zip(parts, hit.tolist(), strict=True) if h]

@@ -419,12 +419,12 @@ def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
                 cols[col][pos[new]] = np.asarray(taken.column(col).to_pylist(), dtype=object)
             missing[pos[new]] = False
     geometry = cols["geometry"]
-    no_geom = np.array([g is None for g in geometry], dtype=bool)
+    no_geom = np.asarray(pd.isna(geometry), dtype=bool)
     if no_geom.any():
         log.warning("%d chip(s) have no footprint in %s (e.g. %s); they get no geometry",
                     int(no_geom.sum()), rr.meta_dir, chip_ids[no_geom][:3].tolist())
         record.counts["chips_without_footprint"] = int(no_geom.sum())
-    raw = np.flatnonzero([isinstance(g, bytes | bytearray) for g in geometry])
+    raw = np.flatnonzero(~shapely.is_geometry(geometry) & ~no_geom)  # WKB bytes
     if raw.size:  # WKB from meta/: decoded in one call
         geometry[raw] = shapely.from_wkb(geometry[raw].tolist())
     frame["geometry"] = pd.Series(geometry, dtype=object)
