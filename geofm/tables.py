@@ -59,6 +59,37 @@ def read_table(path: str | os.PathLike[str], *, made_by: str,
         return pq.read_table(path, columns=None if columns is None else list(columns))
 
 
+def iter_row_groups(path: str | os.PathLike[str], *, made_by: str,
+                    columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """A stage's Parquet file, one row group at a time (as :func:`read_table` tables).
+
+    Memory is one row group's columns, not the file's.
+
+    Raises:
+        TableError: the file is truncated, not Parquet, or lacks a column.
+        GeofmFileNotFoundError: the file does not exist.
+    """
+    import pyarrow.parquet as pq
+
+    with _reading(path, made_by):
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            yield pf.read_row_group(i, columns=None if columns is None else list(columns))
+
+
+def read_metadata(path: str | os.PathLike[str], *, made_by: str) -> Any:
+    """The Parquet footer (``pyarrow.parquet.FileMetaData``: rows, row groups) of a file.
+
+    Raises:
+        TableError: the file is truncated or not Parquet.
+        GeofmFileNotFoundError: the file does not exist.
+    """
+    import pyarrow.parquet as pq
+
+    with _reading(path, made_by):
+        return pq.read_metadata(path)
+
+
 def read_schema(path: str | os.PathLike[str], *, made_by: str) -> pa.Schema:
     """The Arrow schema (with its metadata) of a stage's Parquet file or dataset folder.
 

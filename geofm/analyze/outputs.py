@@ -58,12 +58,11 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     out = assess(work.fit, resid, valid, monitor, threshold=o.threshold,
                  consecutive=o.consecutive)
     status = out["status"]
-    ns_grid = grid.take(obs.ns, 0)
-    rows = np.arange(n_chips)
-    change_ns = np.where(out["change"], ns_grid[rows, np.maximum(out["change_index"], 0)], 0)
-    confirm = np.maximum(out["confirm_index"], 0)
-    confirm_ns = ns_grid[rows, confirm]
-    confirm_scene = grid.take(obs.scene, -1)[rows, confirm]
+    # the observation in column k of chip c's row is obs[first[c] + k] (sorted by chip)
+    first = np.concatenate([[0], np.cumsum(np.bincount(obs.chip, minlength=n_chips))[:-1]])
+    last = max(obs.chip.size - 1, 0)
+    at_change = np.minimum(first + np.maximum(out["change_index"], 0), last)
+    change_ns = np.where(out["change"], obs.ns[at_change] if obs.chip.size else 0, 0)
 
     prev: np.ndarray = np.full(work.chip_ids.size, None, dtype=object)
     if published is not None and len(published):
@@ -77,13 +76,14 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, meta,
                                   overlaps=overlaps)
     idx = np.flatnonzero(alert)
+    at_confirm = first[idx] + out["confirm_index"][idx]  # alerts are changes: index >= 0
     new_alerts = alerts_frame({
         "chip_id": work.chip_ids[idx].astype(str), "tile": meta["tile"].to_numpy()[idx],
         "change_date": change_ns[idx], "magnitude": out["magnitude"][idx],
         "previous_status": prev[idx], "detected_at": [now] * idx.size,
         "update": [update_no] * idx.size, "reference_id": [work.reference.id] * idx.size,
-        "confirmed_scene_id": [obs.scenes[s] for s in confirm_scene[idx]],
-        "confirmed_date": confirm_ns[idx], "duplicate_of": duplicate[idx]},
+        "confirmed_scene_id": [obs.scenes[s] for s in obs.scene[at_confirm]],
+        "confirmed_date": obs.ns[at_confirm], "duplicate_of": duplicate[idx]},
         list(meta["geometry"].to_numpy()[idx]))
     history = previous_alerts(rr)
     all_alerts = new_alerts if not len(history) else pd.concat([history, new_alerts],

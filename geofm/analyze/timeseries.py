@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from geofm.tables import read_table
+from geofm.exceptions import TableError
+from geofm.tables import iter_row_groups, read_metadata, read_table
 
 if TYPE_CHECKING:
     from geofm.analyze.update import Obs
@@ -79,8 +80,8 @@ class Published:
     drop_scenes: frozenset[str]
 
 
-def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes (int ``[N]``) into the returned values (object ``[V]``) of a string column.
+def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Codes (int ``[N]``) into the returned Arrow string dictionary, of a string column.
 
     The parts geofm writes give every chunk of a dictionary column the same dictionary:
     then the chunks' indices are used as they are (no unification, no hashing).
@@ -89,21 +90,43 @@ def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         col = pa.chunked_array([col.cast(pa.string()).combine_chunks().dictionary_encode()])
     chunks = col.chunks
     if not chunks:
-        return np.zeros(0, dtype=np.int32), np.array([], dtype=object)
+        return np.zeros(0, dtype=np.int32), pa.array([], type=pa.string())
     first = chunks[0].dictionary
     if not all(c.dictionary.equals(first) for c in chunks[1:]):
         chunks = col.unify_dictionaries().chunks
         first = chunks[0].dictionary
     indices = pa.chunked_array([c.indices for c in chunks]).combine_chunks()
-    return (indices.to_numpy(zero_copy_only=False),
-            np.asarray(first.to_numpy(zero_copy_only=False), dtype=object))
+    return indices.to_numpy(zero_copy_only=False), first
+
+
+class _Dictionaries:
+    """The distinct dictionaries of one id column over row groups, and their union."""
+
+    def __init__(self) -> None:
+        self.arrow: list[pa.Array] = []
+        self.groups: list[tuple[int, np.ndarray, int]] = []  # (first row, codes, dictionary)
+
+    def add(self, first: int, codes: np.ndarray, dictionary: pa.Array) -> None:
+        if not (self.arrow and self.arrow[-1].equals(dictionary)):  # usually the same
+            self.arrow.append(dictionary)
+        self.groups.append((first, codes, len(self.arrow) - 1))
+
+    def remap(self, out: np.ndarray) -> np.ndarray:
+        """Write codes into the union into ``out``; return the union (sorted object ``[V]``)."""
+        values = [np.asarray(d.to_numpy(zero_copy_only=False), dtype=object) for d in self.arrow]
+        union = _union(values)
+        luts = [np.searchsorted(union, v) if v.size else np.zeros(1, np.int64) for v in values]
+        for first, codes, k in self.groups:
+            out[first:first + codes.size] = luts[k][codes]
+        return union
 
 
 def _kept(table: pa.Table, drop_scenes: frozenset[str]
-          ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+          ) -> tuple[np.ndarray | None, np.ndarray, pa.Array]:
     """``(keep, codes, scenes)``: rows not of ``drop_scenes`` (None: all), scene codes."""
     idx, scenes = _codes(table.column("scene_id"))
-    drop = np.isin(scenes, list(drop_scenes)) if scenes.size and drop_scenes else None
+    drop = np.isin(np.asarray(scenes.to_pylist(), dtype=object), list(drop_scenes)) \
+        if len(scenes) and drop_scenes else None
     return (~drop[idx] if drop is not None and drop.any() else None), idx, scenes
 
 
@@ -129,8 +152,7 @@ def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, di
     """
     parts = rr.timeseries_parts()
     drop = frozenset(drop_scenes)
-    tables = [read_table(path, made_by="analyze", columns=CORE_COLUMNS) for path in parts]
-    sizes = [len(t) for t in tables]
+    sizes = [read_metadata(p, made_by="analyze").num_rows for p in parts]
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     n = int(bounds[-1])
     out = {"chip": np.empty(n, np.int64), "scene": np.empty(n, np.int64),
@@ -139,30 +161,30 @@ def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, di
            "anomaly": np.empty(n, bool)}
     keep = np.ones(n, dtype=bool)
     dropped = np.zeros(len(parts), dtype=bool)
-    codes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"chip": [], "scene": []}
-    for i, table in enumerate(tables):
-        rows = slice(int(bounds[i]), int(bounds[i + 1]))
-        kept, scene_idx, scenes = _kept(table, drop)
-        if kept is not None:
-            dropped[i] = True
-            keep[rows] = kept
-        codes["scene"].append((scene_idx, scenes))
-        codes["chip"].append(_codes(table.column("chip_id")))
-        date = table.column("date")
-        if date.type != pa.timestamp("ns", tz="UTC"):
-            date = date.cast(pa.timestamp("ns", tz="UTC"))
-        out["ns"][rows] = date.combine_chunks().view(pa.int64()).to_numpy()
-        for key, name in (("sig", "signal"), ("resid", "residual"), ("base", "baseline"),
-                          ("anomaly", "anomaly")):
-            out[key][rows] = table.column(name).to_numpy()
-    del tables
-    unions = {}
-    for key, pairs in codes.items():  # each part's codes -> codes into the union
-        unions[key] = _union([values for _, values in pairs])
-        for i, (idx, values) in enumerate(pairs):
-            lut = np.searchsorted(unions[key], values) if values.size else \
-                np.zeros(1, np.int64)
-            out[key][int(bounds[i]):int(bounds[i + 1])] = lut[idx]
+    # each row group's id codes, mapped onto the union of the parts' ids at the end
+    codes = {"chip": _Dictionaries(), "scene": _Dictionaries()}
+    stamp = pa.timestamp("ns", tz="UTC")
+    at = 0
+    for i, path in enumerate(parts):  # row group by row group: memory is one group's
+        for table in iter_row_groups(path, made_by="analyze", columns=CORE_COLUMNS):
+            rows = slice(at, at + len(table))
+            kept, scene_idx, scenes = _kept(table, drop)
+            if kept is not None:
+                dropped[i] = True
+                keep[rows] = kept
+            codes["scene"].add(at, scene_idx, scenes)
+            codes["chip"].add(at, *_codes(table.column("chip_id")))
+            date = table.column("date")
+            date = date if date.type == stamp else date.cast(stamp)
+            _fill(out["ns"], at, [c.view(pa.int64()) for c in date.chunks])
+            for key, name in (("sig", "signal"), ("resid", "residual"), ("base", "baseline"),
+                              ("anomaly", "anomaly")):
+                _fill(out[key], at, table.column(name).chunks)
+            at = rows.stop
+        if at != bounds[i + 1]:
+            raise TableError(f"{path} changed while being read; re-run `geofm analyze`",
+                             path=path, made_by="analyze")
+    unions = {key: dicts.remap(out[key]) for key, dicts in codes.items()}
     if not keep.all():
         out = {k: v[keep] for k, v in out.items()}
         bounds = np.concatenate([[0], np.cumsum(keep)])[bounds]
@@ -170,6 +192,13 @@ def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, di
                           dropped=dropped, drop_scenes=drop)
     core = {**out, "chip_ids": unions["chip"], "scenes": [str(s) for s in unions["scene"]]}
     return published, core
+
+
+def _fill(out: np.ndarray, at: int, chunks: Sequence[pa.Array]) -> None:
+    """Copy Arrow ``chunks`` into ``out[at:]`` (one copy: each chunk viewed, not joined)."""
+    for chunk in chunks:
+        out[at:at + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        at += len(chunk)
 
 
 def stage_timeseries(staged: StagedFiles, rr: RunRoot, obs: Obs, chip_ids: np.ndarray,
