@@ -8,8 +8,9 @@ Later updates score new observations against it and never refit.
 
 ``analysis/state.json`` says which reference is current (its id, options and baseline
 period), which embedding files were analysed (name -> :func:`file_signature`, a digest
-of the content) and the history of updates. The files of one update are published together (:class:`geofm.io.StagedFiles`),
-so the state always describes the outputs beside it.
+of the content) and the history of updates. The files of one update are published
+together (:class:`geofm.io.StagedFiles`), so the state always describes the outputs
+beside it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -118,10 +118,12 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             :mod:`geofm.analyze.rasters`).
         progress: show progress bars.
 
-    Outputs (``analysis/``): ``timeseries.parquet`` (a row per chip and date: ``chip_id``,
+    Outputs (``analysis/``): ``timeseries.parquet``, a Parquet dataset (a folder of parts
+    read as one table; each update appends a part, see
+    :mod:`geofm.analyze.timeseries`) with a row per chip and date: ``chip_id``,
     ``scene_id``, ``date``, ``pc1..pcK``, ``cosine_to_baseline``, ``signal``, ``predicted``,
     ``residual`` = scaled residual (for ``pcs``: the combined score; ``signal`` and
-    ``predicted`` then show pc1), ``anomaly``, ``baseline`` = used in the fit),
+    ``predicted`` then show pc1), ``anomaly``, ``baseline`` = used in the fit;
     ``changes.parquet`` (GeoParquet, WGS84), ``change_map.geojson``, ``pca.npz``,
     ``reference.npz``, ``reference_means.npy``, ``state.json`` (analysed files, update
     history), ``alerts.parquet`` / ``alerts.geojson``, ``rasters/``,
