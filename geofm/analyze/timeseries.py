@@ -155,10 +155,11 @@ def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, di
     sizes = [read_metadata(p, made_by="analyze").num_rows for p in parts]
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     n = int(bounds[-1])
-    out = {"chip": np.empty(n, np.int64), "scene": np.empty(n, np.int64),
-           "ns": np.empty(n, np.int64), "sig": np.empty(n, np.float32),
-           "resid": np.empty(n, np.float32), "base": np.empty(n, bool),
-           "anomaly": np.empty(n, bool)}
+    out: dict[str, np.ndarray] = {
+        "chip": np.empty(n, np.int64), "scene": np.empty(n, np.int64),
+        "ns": np.empty(n, np.int64), "sig": np.empty(n, np.float32),
+        "resid": np.empty(n, np.float32), "base": np.empty(n, bool),
+        "anomaly": np.empty(n, bool)}
     keep = np.ones(n, dtype=bool)
     dropped = np.zeros(len(parts), dtype=bool)
     # each row group's id codes, mapped onto the union of the parts' ids at the end

@@ -386,16 +386,23 @@ def _as_single_file(rr):
     return rr.timeseries_path.read_bytes()
 
 
-def test_a_single_file_root_is_converted_by_its_next_update(grown, tmp_path):
+@pytest.mark.parametrize("rescored", [False, True])
+def test_a_single_file_root_is_converted_by_its_next_update(grown, tmp_path, rescored):
     rr, _ = grown
+    if rescored:  # a scene of the old file is rescored: its rows move into the new part
+        path = rr.embeddings_path(_scene(3))
+        pq.write_table(pq.read_table(path), path, compression="zstd")
     clean = RunRoot.of(tmp_path / "clean")
     shutil.copytree(rr.path, clean.path)
     analyze(clean.path, **OPTS)
     old = _as_single_file(rr)
     analyze(rr.path, **OPTS)
     parts = _parts(rr)
-    assert list(parts) == ["part-00000.parquet", "part-00001.parquet"]
-    assert parts["part-00000.parquet"] == old  # the old file, kept as it was
+    if rescored:
+        assert list(parts) == ["part-00001.parquet"]
+    else:
+        assert list(parts) == ["part-00000.parquet", "part-00001.parquet"]
+        assert parts["part-00000.parquet"] == old  # the old file, kept as it was
     pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(clean))
     pd.testing.assert_frame_equal(_changes(rr), _changes(clean))
 
