@@ -2,7 +2,8 @@
 
 :func:`publish` assesses every chip of a :class:`~geofm.analyze.update.Work` (a
 reference or an update), finds the alerts and writes all of ``analysis/`` together
-(:class:`geofm.io.StagedFiles`): ``timeseries.parquet``, ``changes.parquet`` with
+(:class:`geofm.io.StagedFiles`): this analysis' part of ``timeseries.parquet``
+(:mod:`geofm.analyze.timeseries`), ``changes.parquet`` with
 ``change_map.geojson``, alerts, overlaps, rasters, ``state.json``; plots follow.
 """
 
