@@ -462,3 +462,16 @@ def test_a_state_from_before_content_digests_is_not_rescored(grown):
     path = rr.embeddings_path(_scene(3))
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     assert analyze(rr.path, **OPTS).counts["new_observations"] == N_CHIPS  # mtime moved
+
+
+def test_removing_every_scene_of_a_part_deletes_it(grown):
+    rr, _ = grown
+    before = _timeseries(rr)
+    analyze(rr.path, **OPTS)
+    first = _parts(rr)["part-00001.parquet"]
+    for t in range(CUT, N_DATES):  # the update's scenes, all in part 2
+        rr.embeddings_path(_scene(t)).unlink()
+    record = analyze(rr.path, **OPTS)
+    assert record.counts["new_observations"] == 0
+    assert _parts(rr) == {"part-00001.parquet": first}  # no new part, part 2 deleted
+    pd.testing.assert_frame_equal(_timeseries(rr), before)
