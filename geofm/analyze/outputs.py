@@ -49,26 +49,38 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     core = work.obs.core() if work.prior is None else Core.concat(work.prior.core,
                                                                     work.obs.core())
     n_prior = core.chip.size - work.obs.chip.size
-    order = chip_date_order(core.chip, core.ns)
-    obs = core.take(order)  # by chip, then date: the [chip, date] grid's order
     n_chips = work.chip_ids.size
-    grid = Padded(obs.chip, n_chips, np.ones(obs.chip.size, dtype=bool))
-    valid = grid.take(np.isfinite(obs.sig), False)
-    monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
-    resid = grid.take(obs.resid.astype(np.float64), np.nan)
-    out = assess(work.fit, resid, valid, monitor, threshold=o.threshold,
-                 consecutive=o.consecutive)
-    status = out["status"]
-    # the observation in column k of chip c's row is obs[first[c] + k] (sorted by chip)
-    first = np.concatenate([[0], np.cumsum(np.bincount(obs.chip, minlength=n_chips))[:-1]])
-    last = max(obs.chip.size - 1, 0)
-    at_change = np.minimum(first + np.maximum(out["change_index"], 0), last)
-    change_ns = np.where(out["change"], obs.ns[at_change] if obs.chip.size else 0, 0)
-
-    prev: np.ndarray = np.full(work.chip_ids.size, None, dtype=object)
+    pos = np.full(n_chips, -1, dtype=np.int64)  # each chip's row in `published`
+    prev: np.ndarray = np.full(n_chips, None, dtype=object)
     if published is not None and len(published):
         pos = pd.Index(published["chip_id"].astype(str)).get_indexer(work.chip_ids.astype(str))
         prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
+    touched = touched_chips(work, published, pos, plot_chips)
+    # assess the touched chips (all, for a reference) over their whole series
+    if touched is None:
+        local, rows, sub, ids, fit = np.arange(n_chips), None, core, work.chip_ids, work.fit
+    else:
+        local = np.cumsum(touched) - 1
+        rows = np.flatnonzero(touched[core.chip])
+        sub = core.take(rows)
+        sub.chip = local[sub.chip]
+        ids, fit = work.chip_ids[touched], take_fit(work.fit, touched)
+    order = chip_date_order(sub.chip, sub.ns)
+    obs = sub.take(order)  # by chip, then date: the [chip, date] grid's order
+    grid = Padded(obs.chip, ids.size, np.ones(obs.chip.size, dtype=bool))
+    valid = grid.take(np.isfinite(obs.sig), False)
+    monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
+    resid = grid.take(obs.resid.astype(np.float64), np.nan)
+    assessed = assess(fit, resid, valid, monitor, threshold=o.threshold,
+                      consecutive=o.consecutive)
+    del valid, monitor, resid
+    # the observation in column k of chip c's row is obs[first[c] + k] (sorted by chip)
+    first = np.concatenate([[0], np.cumsum(np.bincount(obs.chip, minlength=ids.size))[:-1]])
+    last = max(obs.chip.size - 1, 0)
+    at_change = np.minimum(first + np.maximum(assessed["change_index"], 0), last)
+    sub_change_ns = np.where(assessed["change"], obs.ns[at_change] if obs.chip.size else 0, 0)
+    out, change_ns = merge_assessment(assessed, sub_change_ns, touched, published, pos)
+    status = out["status"]
     alert = out["change"] & (prev != CHANGE)
     now = pd.Timestamp.now(tz="UTC")
     update_no = len(state["updates"]) + 1
@@ -76,8 +88,8 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     overlaps = find_overlaps(meta)
     duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, meta,
                                   overlaps=overlaps)
-    idx = np.flatnonzero(alert)
-    at_confirm = first[idx] + out["confirm_index"][idx]  # alerts are changes: index >= 0
+    idx = np.flatnonzero(alert)  # alerts are touched changes: confirm_index >= 0
+    at_confirm = first[local[idx]] + assessed["confirm_index"][local[idx]]
     new_alerts = alerts_frame({
         "chip_id": work.chip_ids[idx].astype(str), "tile": meta["tile"].to_numpy()[idx],
         "change_date": change_ns[idx], "magnitude": out["magnitude"][idx],
@@ -108,7 +120,14 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     for name, writer in work.files.items():
         writer(staged.path(name))
     anomaly = np.empty(core.chip.size, dtype=bool)
-    anomaly[order] = grid.gather(out["anomaly"])
+    flags = np.empty(sub.chip.size, dtype=bool)
+    flags[order] = grid.gather(assessed["anomaly"])
+    if rows is None:
+        anomaly[:] = flags
+    else:  # untouched chips keep their published flags (their rows are all published)
+        assert work.prior is not None
+        anomaly[:n_prior] = work.prior.published.anomaly
+        anomaly[rows] = flags
     stage_timeseries(staged, rr, work.obs, work.chip_ids, anomaly[n_prior:], o.n_components,
                      prior=None if work.prior is None else work.prior.published,
                      prior_anomaly=anomaly[:n_prior])
@@ -126,16 +145,80 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
 
     from geofm.analyze.plots import write_plots
 
-    plot = idx if work.kind == "update" else np.flatnonzero(out["change"])
-    n_plots = write_plots(rr, work.chip_ids, obs, grid, out, work.fit, plot, o, plot_chips,
-                          max_plots)
-    record.counts.update(embeddings=work.n_rows, observations=int(obs.chip.size),
+    plot = local[idx] if work.kind == "update" else np.flatnonzero(assessed["change"])
+    n_plots = write_plots(rr, ids, obs, grid, assessed, fit, plot, o, plot_chips, max_plots)
+    record.counts.update(embeddings=work.n_rows, observations=int(core.chip.size),
                          new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
                          **counts)
     record.extra["reference"] = state["reference"]
     record.extra["updates"] = state["updates"]
     log.info("analyze %s %d: %d new observation(s), %d alert(s) (%d distinct places)",
              work.kind, update_no, work.n_new, n_alerts, n_distinct)
+
+
+#: ``changes.parquet`` columns an update takes over for the chips it does not assess.
+KEPT_COLUMNS = ("status", "change_date", "magnitude", "n_observations")
+
+
+def touched_chips(work: Work, published: pd.DataFrame | None, pos: np.ndarray,
+                  plot_chips: Sequence[str]) -> np.ndarray | None:
+    """Which chips an update must assess: bool ``[C]`` (None: every chip).
+
+    Those with new observations, those that lost published rows (a rescored or removed
+    scene), those not in ``published`` (``pos`` -1: their row in it) and ``plot_chips``.
+    Any other chip keeps its published rows, its reference fit and so its assessment:
+    its ``changes.parquet`` values are taken over. A reference, or published changes
+    without :data:`KEPT_COLUMNS`, assesses every chip.
+    """
+    if work.prior is None or published is None or not set(KEPT_COLUMNS) <= set(published):
+        return None
+    touched = pos < 0
+    touched[work.obs.chip] = True
+    touched[work.prior.lost] = True
+    if plot_chips:
+        touched[pd.Index(work.chip_ids.astype(str)).get_indexer(list(plot_chips))] = True
+    return touched
+
+
+def take_fit(fit: SeasonalFit, chips: np.ndarray) -> SeasonalFit:
+    """The fits of ``chips`` (bool ``[C]`` or int indexes)."""
+    return SeasonalFit(coef=fit.coef[chips], intercept=fit.intercept[chips],
+                       scale=fit.scale[chips], fitted=fit.fitted[chips],
+                       n_baseline=fit.n_baseline[chips])
+
+
+def merge_assessment(assessed: dict[str, np.ndarray], change_ns: np.ndarray,
+                     touched: np.ndarray | None, published: pd.DataFrame | None,
+                     pos: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-chip results ``[C]``: ``assessed`` for the touched chips, ``published`` elsewhere.
+
+    Returns ``(out, change_ns)``: ``status``, ``change``, ``magnitude`` (float64; a
+    published one is float32), ``n_observations``, ``change_index`` and
+    ``confirm_index`` (-1 for untouched chips), and int64 change dates (ns, 0: none).
+    """
+    if touched is None:
+        return assessed, change_ns
+    assert published is not None
+    n = touched.size
+    rest = pos[~touched]
+    kept_status = published["status"].to_numpy(dtype=object)[rest]
+    kept_date = pd.DatetimeIndex(pd.to_datetime(published["change_date"], utc=True)).asi8[rest]
+    out: dict[str, np.ndarray] = {}
+    for key, dtype, kept in (
+            ("status", object, kept_status),
+            ("magnitude", np.float64, published["magnitude"].to_numpy(np.float64)[rest]),
+            ("n_observations", np.int64,
+             published["n_observations"].to_numpy(np.int64)[rest]),
+            ("change_index", np.int64, -1), ("confirm_index", np.int64, -1)):
+        full = np.empty(n, dtype=dtype)
+        full[touched] = assessed[key]
+        full[~touched] = kept
+        out[key] = full
+    out["change"] = out["status"] == CHANGE
+    dates = np.zeros(n, dtype=np.int64)
+    dates[touched] = change_ns
+    dates[~touched] = np.where(kept_status == CHANGE, kept_date, 0)  # NaT elsewhere
+    return out, dates
 
 
 def moves(prev: np.ndarray, status: np.ndarray) -> dict[str, int]:
@@ -229,8 +312,10 @@ def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd
                                 unit="D")
     dates = np.where(change, np.char.add(np.char.add('"', day), '"'), "null")
     finite = np.isfinite(magnitude).tolist()
-    mags = [repr(round(m, 4)) if ok else "null"
-            for m, ok in zip(magnitude.astype(np.float64).tolist(), finite, strict=True)]
+    # rounded from the float32 value changes.parquet keeps (an update takes the
+    # magnitudes of chips it does not assess from there: the same digits either way)
+    mags = [repr(round(m, 4)) if ok else "null" for m, ok in zip(
+        magnitude.astype(np.float32).astype(np.float64).tolist(), finite, strict=True)]
     dups = ["null" if d is None else json.dumps(d) for d in duplicate.tolist()]
     status = out["status"].tolist()
     n_obs = out["n_observations"].tolist()

@@ -145,7 +145,8 @@ def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, di
         :class:`~geofm.analyze.update.Core` fields as arrays: ``chip`` (int64 ``[M]``)
         indexes ``chip_ids`` (object ``[C']``, sorted, the chips the rows name),
         ``scene`` indexes ``scenes`` (sorted), ``ns`` int64 ns since the epoch (UTC),
-        ``sig``, ``resid`` float32, ``base`` bool.
+        ``sig``, ``resid`` float32, ``base`` bool; and ``lost``: the ``chip`` codes of
+        the dropped rows.
 
     Raises:
         TableError: a part is truncated or lacks a column.
@@ -186,12 +187,14 @@ def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, di
             raise TableError(f"{path} changed while being read; re-run `geofm analyze`",
                              path=path, made_by="analyze")
     unions = {key: dicts.remap(out[key]) for key, dicts in codes.items()}
+    lost = out["chip"][~keep]  # chips whose rows are dropped (codes into the union)
     if not keep.all():
         out = {k: v[keep] for k, v in out.items()}
         bounds = np.concatenate([[0], np.cumsum(keep)])[bounds]
     published = Published(parts=parts, bounds=bounds, anomaly=out.pop("anomaly"),
                           dropped=dropped, drop_scenes=drop)
-    core = {**out, "chip_ids": unions["chip"], "scenes": [str(s) for s in unions["scene"]]}
+    core = {**out, "chip_ids": unions["chip"], "scenes": [str(s) for s in unions["scene"]],
+            "lost": lost}
     return published, core
 
 

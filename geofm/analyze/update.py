@@ -211,6 +211,7 @@ class _Prior:
 
     core: Core
     published: Published
+    lost: np.ndarray  # int64 rows of the work's chip_ids that lost published rows
 
 
 @dataclass
@@ -320,6 +321,7 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     _check_plot_chips(plot_chips, chip_ids, rr)
     fit, ref_pos = reference.extend(chip_ids)
     old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
+    lost = np.unique(old_chip[old.pop("lost")])
     old_obs = Core(chip=old_chip[old.pop("chip")], scenes=old.pop("scenes"), **old)
     n_rows = 0
     if index is not None:
@@ -358,7 +360,8 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
              len(gone))
     geoms = _chip_meta(rr, chip_ids, record, known=published)
     return Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=new,
-                 prior=_Prior(core=old_obs, published=published_rows), kind="update",
+                 prior=_Prior(core=old_obs, published=published_rows, lost=lost),
+                 kind="update",
                  n_rows=n_rows, n_new=int(sel.size), files={}, meta=geoms)
 
 
@@ -440,14 +443,17 @@ def published_changes(rr: RunRoot) -> pd.DataFrame | None:
     """The published ``changes.parquet`` (None before the first analysis).
 
     Columns ``chip_id``, ``status``, ``geometry`` (shapely) and the
-    :data:`CHIP_META_COLUMNS` it has.
+    :data:`CHIP_META_COLUMNS` and :data:`~geofm.analyze.outputs.KEPT_COLUMNS` it has.
     """
     import shapely
 
     if not rr.changes_path.is_file():
         return None
     names = read_schema(rr.changes_path, made_by="analyze").names
-    cols = ["chip_id", "status", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
+    from geofm.analyze.outputs import KEPT_COLUMNS
+
+    cols = ["chip_id", "status", "geometry",
+            *(c for c in (*CHIP_META_COLUMNS, *KEPT_COLUMNS[1:]) if c in names)]
     frame = read_table(rr.changes_path, made_by="analyze", columns=cols).to_pandas()
     frame["geometry"] = list(shapely.from_wkb(frame["geometry"].to_numpy()))
     return frame

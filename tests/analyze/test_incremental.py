@@ -40,12 +40,12 @@ def _scene(t, tile="33UUP"):
     return f"S2A_{tile}_{_date(t):%Y%m%d}_0_L2A"
 
 
-def write_dates(root, dates, *, tiles=("33UUP",), seed=0, spikes=()):
+def write_dates(root, dates, *, tiles=("33UUP",), seed=0, spikes=(), missing=()):
     """Write meta + embeddings for the given date indexes (each date seeded on its own).
 
     A second tile (``33UVP``) re-chips the same ground: its chips have the same
     footprints (and the same planted steps), with other ids. ``spikes``: (chip, date
-    index) pairs that get a one-date outlier.
+    index) pairs that get a one-date outlier; ``missing``: chips left out of every date.
     """
     import shapely
     from pyproj import Transformer
@@ -61,7 +61,7 @@ def write_dates(root, dates, *, tiles=("33UUP",), seed=0, spikes=()):
         for tile in tiles:
             rows, meta = [], []
             for c in range(N_CHIPS):
-                if c == SPARSE and 20 <= t < CUT:
+                if (c == SPARSE and 20 <= t < CUT) or c in missing:
                     continue
                 v = base[c] + np.sin(phase) * season + noise[c]
                 if c in STEPS and t >= STEPS[c]:
@@ -475,3 +475,34 @@ def test_removing_every_scene_of_a_part_deletes_it(grown):
     assert record.counts["new_observations"] == 0
     assert _parts(rr) == {"part-00001.parquet": first}  # no new part, part 2 deleted
     pd.testing.assert_frame_equal(_timeseries(rr), before)
+
+
+def test_chips_without_new_observations_keep_their_assessment(tmp_path, monkeypatch):
+    """Chips 0 (changed before the cut) and 5 get no new date: the update assesses only
+    the others and takes theirs over; the result equals a from-scratch analysis."""
+    import geofm.analyze.outputs as outputs
+
+    rr = write_dates(tmp_path / "inc", range(CUT))
+    analyze(rr.path, **OPTS)
+    write_dates(rr.path, range(CUT, N_DATES), missing={0, 5})
+    sizes = []
+    real = outputs.assess
+
+    def counting(fit, residual, *args, **kwargs):
+        sizes.append(residual.shape[0])
+        return real(fit, residual, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "assess", counting)
+    record = analyze(rr.path, **OPTS)
+    assert sizes == [N_CHIPS - 2] and record.counts["alerts"] == 2
+    monkeypatch.undo()
+    scratch = write_dates(tmp_path / "scratch", range(CUT))
+    write_dates(scratch.path, range(CUT, N_DATES), missing={0, 5})
+    shutil.copy(rr.pca_path, tmp_path / "ref_pca.npz")
+    analyze(scratch.path, pca=tmp_path / "ref_pca.npz", **OPTS)
+    pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(scratch))
+    assert rr.change_map_path.read_text() == scratch.change_map_path.read_text()
+    changes = _changes(rr).set_index("chip_id")
+    assert changes.loc["33UUP_64_0000_0000", "status"] == "change"
+    assert changes.loc["33UUP_64_0000_0000", "change_date"] == _date(STEPS[0])
