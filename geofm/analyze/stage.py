@@ -55,19 +55,19 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             rasters: bool = True, progress: bool = True) -> StageRecord:
     """Reduce, compare to baseline and detect changes for every chip of a run root.
 
-    The first analysis of a root fixes its **reference**: the PCA basis, the baseline
-    period and each chip's seasonal fit and residual scale (see
-    :mod:`geofm.analyze.reference`). A later call on a root with new (or re-embedded)
-    embedding files is an **update**: only the new observations are read, projected and
-    scored against the reference; each chip's status is then re-assessed over its whole
-    scored series (a change is confirmed after ``consecutive`` anomalies, dated at the
-    first), and the chips that became ``change`` are written as alerts
-    (:mod:`geofm.analyze.alerts`). Earlier observations keep their scores: the result
-    equals a from-scratch analysis over all observations given the same PCA basis and
-    baseline period, as long as the new observations fall after the baseline period
-    (late observations inside it are scored, not fitted on) and on days not analysed
-    before for that chip. Chips first seen in an update have no fit: ``insufficient
-    data`` until a refit. Without new files the call is skipped.
+    The first analysis of a root fixes its **reference**: the PCA basis, the baseline period
+    and each chip's seasonal fit and residual scale (see :mod:`geofm.analyze.reference`). A
+    later call on a root with new (or re-embedded) embedding files is an **update**: only
+    the new observations are read, projected and scored against the reference; the status of
+    each chip that got one (or lost one) is then re-assessed over its whole scored series,
+    the others keep theirs (a change is confirmed after ``consecutive`` anomalies, dated at
+    the first), and the chips that became ``change`` are written as alerts
+    (:mod:`geofm.analyze.alerts`). Earlier observations keep their scores: the result equals
+    a from-scratch analysis over all observations given the same PCA basis and baseline
+    period, as long as the new observations fall after the baseline period (late
+    observations inside it are scored, not fitted on) and on days not analysed before for
+    that chip. Chips first seen in an update have no fit: ``insufficient data`` until a
+    refit. Without new files the call is skipped.
 
     Args:
         root: run root with ``embeddings/`` (and ``meta/`` for footprints, thumbnails).
