@@ -111,7 +111,8 @@ class StagedFiles:
     marker leaves the targets untouched; one killed after it leaves the marker, and
     :meth:`recover` (call it, holding the root's lock, before reading the targets)
     finishes the renames. Either way a reader never sees a mix of two versions once
-    ``recover`` has run.
+    ``recover`` has run. :meth:`remove` adds targets to delete in the same commit
+    (before the renames, so a staged ``x/part.parquet`` can replace a file ``x``).
 
     Args:
         folder: the folder of the target files.
@@ -124,20 +125,35 @@ class StagedFiles:
         self.folder = Path(folder)
         self.staging = self.folder / name
         self.names: list[str] = []
+        self.removed: list[str] = []
 
     def path(self, name: str) -> Path:
         """The staging path of target ``folder/name`` (``name`` may hold sub-folders)."""
+        rel = self._check(name)
+        if name not in self.names:
+            self.names.append(name)
+        out = self.staging / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def remove(self, name: str) -> None:
+        """Delete target file ``folder/name`` at :meth:`commit` (never a folder).
+
+        ``name`` must not also be staged (:meth:`path`): a recovery repeats the deletions,
+        and would then delete the staged file already renamed onto the target.
+        """
+        self._check(name)
+        if name not in self.removed:
+            self.removed.append(name)
+
+    def _check(self, name: str) -> Path:
         rel = Path(name)
         if rel.is_absolute() or ".." in rel.parts or name == self.MARKER:
             from geofm.exceptions import GeofmValueError
 
             raise GeofmValueError(f"staged file name {name!r} must be a relative path inside "
                                   f"{self.folder} (and not {self.MARKER!r})")
-        if name not in self.names:
-            self.names.append(name)
-        out = self.staging / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return out
+        return rel
 
     def begin(self) -> StagedFiles:
         """Start a new group: recover any earlier one, then create an empty staging folder."""
@@ -146,9 +162,16 @@ class StagedFiles:
         return self
 
     def commit(self) -> None:
-        """Publish every staged file (marker first, then one rename per file)."""
+        """Publish every staged file (marker first, then the deletions, then the renames)."""
+        from geofm.exceptions import GeofmValueError
+
         present = [n for n in self.names if (self.staging / n).exists()]
-        write_json_atomic(self.staging / self.MARKER, present)
+        both = sorted(set(present) & set(self.removed))
+        if both:
+            raise GeofmValueError(f"{both} are both staged and removed in {self.folder}; "
+                                  "stage a file or remove it, not both")
+        write_json_atomic(self.staging / self.MARKER, {"rename": present,
+                                                       "remove": self.removed})
         self._finish()
 
     def recover(self) -> bool:
@@ -172,7 +195,13 @@ class StagedFiles:
         import shutil
 
         with open(self.staging / self.MARKER, encoding="utf-8") as fh:
-            names = json.load(fh)
+            marker = json.load(fh)
+        # a list: the marker of a geofm without deletions
+        names = marker if isinstance(marker, list) else marker["rename"]
+        for name in [] if isinstance(marker, list) else marker["remove"]:
+            target = self.folder / name
+            if target.is_file() or target.is_symlink():  # absent: deleted before
+                target.unlink()
         for name in names:
             src = self.staging / name
             if src.exists():  # absent: renamed before an interruption

@@ -118,8 +118,27 @@ class RunRoot:
 
     @property
     def timeseries_path(self) -> Path:
-        """``analysis/timeseries.parquet``: a row per chip and date."""
+        """``analysis/timeseries.parquet``: a row per chip and date.
+
+        A Parquet dataset: a folder of parts ``part-NNNNN.parquet`` (the reference
+        analysis writes one, each update appends one) that pyarrow, pandas and geofm's
+        readers open as one table. Roots analysed before parts hold a single file here
+        until their next update converts it (see :meth:`timeseries_parts`).
+        """
         return self.analysis_dir / "timeseries.parquet"
+
+    def timeseries_parts(self) -> list[Path]:
+        """The files of :attr:`timeseries_path`: its parts by name, or the single file.
+
+        Returns ``[]`` when there is no time series (or an empty folder).
+        """
+        path = self.timeseries_path
+        if path.is_file():
+            return [path]
+        if not path.is_dir():
+            return []
+        return sorted(p for p in path.iterdir() if p.name.startswith("part-")
+                      and p.name.endswith(".parquet") and p.is_file())
 
     @property
     def changes_path(self) -> Path:

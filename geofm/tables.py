@@ -44,7 +44,7 @@ def read_table(path: str | os.PathLike[str], *, made_by: str,
     """Read a stage's Parquet file (all columns or ``columns``) as an Arrow table.
 
     Args:
-        path: the Parquet file.
+        path: the Parquet file, or a folder of Parquet parts read as one table.
         made_by: the stage that writes it (``chip``, ``embed``, ``analyze``, ``index``);
             named in the error's fix.
         columns: columns to read; None reads all.
@@ -59,8 +59,26 @@ def read_table(path: str | os.PathLike[str], *, made_by: str,
         return pq.read_table(path, columns=None if columns is None else list(columns))
 
 
-def read_schema(path: str | os.PathLike[str], *, made_by: str) -> pa.Schema:
-    """The Arrow schema (with its metadata) of a stage's Parquet file.
+def iter_row_groups(path: str | os.PathLike[str], *, made_by: str,
+                    columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """A stage's Parquet file, one row group at a time (as :func:`read_table` tables).
+
+    Memory is one row group's columns, not the file's.
+
+    Raises:
+        TableError: the file is truncated, not Parquet, or lacks a column.
+        GeofmFileNotFoundError: the file does not exist.
+    """
+    import pyarrow.parquet as pq
+
+    with _reading(path, made_by):
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            yield pf.read_row_group(i, columns=None if columns is None else list(columns))
+
+
+def read_metadata(path: str | os.PathLike[str], *, made_by: str) -> Any:
+    """The Parquet footer (``pyarrow.parquet.FileMetaData``: rows, row groups) of a file.
 
     Raises:
         TableError: the file is truncated or not Parquet.
@@ -68,6 +86,29 @@ def read_schema(path: str | os.PathLike[str], *, made_by: str) -> pa.Schema:
     """
     import pyarrow.parquet as pq
 
+    with _reading(path, made_by):
+        return pq.read_metadata(path)
+
+
+def read_schema(path: str | os.PathLike[str], *, made_by: str) -> pa.Schema:
+    """The Arrow schema (with its metadata) of a stage's Parquet file or dataset folder.
+
+    For a folder of parts (``analysis/timeseries.parquet``): the first part's schema
+    (every part has the same columns).
+
+    Raises:
+        TableError: the file is truncated or not Parquet.
+        GeofmFileNotFoundError: the file does not exist (or the folder has no part).
+    """
+    import pyarrow.parquet as pq
+
+    if os.path.isdir(path):
+        parts = sorted(n for n in os.listdir(path) if n.endswith(".parquet")
+                       and not n.startswith((".", "_")))
+        if not parts:
+            raise GeofmFileNotFoundError(f"{os.fspath(path)} holds no Parquet part; re-run "
+                                         f"`geofm {made_by}` on this run root with --overwrite")
+        path = os.path.join(path, parts[0])
     with _reading(path, made_by):
         return pq.read_schema(path)
 

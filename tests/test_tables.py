@@ -66,3 +66,25 @@ def test_truncated_embeddings_fail_analyze_and_index(embedded_root, writable_cop
     _expect_exit_1(["analyze", "--root", str(root.path), "--no-progress"], bad, "embed",
                    capsys)
     _expect_exit_1(["index", "--root", str(root.path)], bad, "embed", capsys)
+
+
+def test_a_folder_of_parts_reads_as_one_table_and_a_broken_part_is_a_table_error(tmp_path):
+    from geofm.tables import iter_row_groups, read_metadata
+
+    folder = tmp_path / "timeseries.parquet"
+    folder.mkdir()
+    with pytest.raises(GeofmFileNotFoundError, match="holds no Parquet part"):
+        read_schema(folder, made_by="analyze")
+    for k in (1, 2):
+        pq.write_table(pa.table({"a": [k, k]}), folder / f"part-{k:05d}.parquet")
+    assert sorted(read_table(folder, made_by="analyze").column("a").to_pylist()) == [1, 1, 2, 2]
+    assert read_schema(folder, made_by="analyze").names == ["a"]
+    part = folder / "part-00002.parquet"
+    assert read_metadata(part, made_by="analyze").num_rows == 2
+    assert [len(t) for t in iter_row_groups(part, made_by="analyze")] == [2]
+    _truncate(part)
+    for call in (lambda: read_table(folder, made_by="analyze"),
+                 lambda: read_metadata(part, made_by="analyze"),
+                 lambda: list(iter_row_groups(part, made_by="analyze"))):
+        with pytest.raises(TableError, match="re-run `geofm analyze`"):
+            call()

@@ -2,7 +2,8 @@
 
 :func:`publish` assesses every chip of a :class:`~geofm.analyze.update.Work` (a
 reference or an update), finds the alerts and writes all of ``analysis/`` together
-(:class:`geofm.io.StagedFiles`): ``timeseries.parquet``, ``changes.parquet`` with
+(:class:`geofm.io.StagedFiles`): this analysis' part of ``timeseries.parquet``
+(:mod:`geofm.analyze.timeseries`), ``changes.parquet`` with
 ``change_map.geojson``, alerts, overlaps, rasters, ``state.json``; plots follow.
 """
 
@@ -25,6 +26,7 @@ from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, SeasonalFit, a
 from geofm.analyze.overlaps import duplicate_changes, find_overlaps
 from geofm.analyze.passes import Padded
 from geofm.analyze.reference import write_state
+from geofm.analyze.timeseries import stage_timeseries
 from geofm.analyze.update import CHIP_META_COLUMNS, Core, Obs, Options, Work, chip_date_order
 from geofm.io import StagedFiles
 from geofm.layout import RunRoot
@@ -47,27 +49,38 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     core = work.obs.core() if work.prior is None else Core.concat(work.prior.core,
                                                                     work.obs.core())
     n_prior = core.chip.size - work.obs.chip.size
-    order = chip_date_order(core.chip, core.ns)
-    obs = core.take(order)  # by chip, then date: the [chip, date] grid's order
     n_chips = work.chip_ids.size
-    grid = Padded(obs.chip, n_chips, np.ones(obs.chip.size, dtype=bool))
-    valid = grid.take(np.isfinite(obs.sig), False)
-    monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
-    resid = grid.take(obs.resid.astype(np.float64), np.nan)
-    out = assess(work.fit, resid, valid, monitor, threshold=o.threshold,
-                 consecutive=o.consecutive)
-    status = out["status"]
-    ns_grid = grid.take(obs.ns, 0)
-    rows = np.arange(n_chips)
-    change_ns = np.where(out["change"], ns_grid[rows, np.maximum(out["change_index"], 0)], 0)
-    confirm = np.maximum(out["confirm_index"], 0)
-    confirm_ns = ns_grid[rows, confirm]
-    confirm_scene = grid.take(obs.scene, -1)[rows, confirm]
-
-    prev: np.ndarray = np.full(work.chip_ids.size, None, dtype=object)
+    pos = np.full(n_chips, -1, dtype=np.int64)  # each chip's row in `published`
+    prev: np.ndarray = np.full(n_chips, None, dtype=object)
     if published is not None and len(published):
         pos = pd.Index(published["chip_id"].astype(str)).get_indexer(work.chip_ids.astype(str))
         prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
+    touched = touched_chips(work, published, pos, plot_chips)
+    # assess the touched chips (all, for a reference) over their whole series
+    if touched is None:
+        local, rows, sub, ids, fit = np.arange(n_chips), None, core, work.chip_ids, work.fit
+    else:
+        local = np.cumsum(touched) - 1
+        rows = np.flatnonzero(touched[core.chip])
+        sub = core.take(rows)
+        sub.chip = local[sub.chip]
+        ids, fit = work.chip_ids[touched], take_fit(work.fit, touched)
+    order = chip_date_order(sub.chip, sub.ns)
+    obs = sub.take(order)  # by chip, then date: the [chip, date] grid's order
+    grid = Padded(obs.chip, ids.size, np.ones(obs.chip.size, dtype=bool))
+    valid = grid.take(np.isfinite(obs.sig), False)
+    monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
+    resid = grid.take(obs.resid.astype(np.float64), np.nan)
+    assessed = assess(fit, resid, valid, monitor, threshold=o.threshold,
+                      consecutive=o.consecutive)
+    del valid, monitor, resid
+    # the observation in column k of chip c's row is obs[first[c] + k] (sorted by chip)
+    first = np.concatenate([[0], np.cumsum(np.bincount(obs.chip, minlength=ids.size))[:-1]])
+    last = max(obs.chip.size - 1, 0)
+    at_change = np.minimum(first + np.maximum(assessed["change_index"], 0), last)
+    sub_change_ns = np.where(assessed["change"], obs.ns[at_change] if obs.chip.size else 0, 0)
+    out, change_ns = merge_assessment(assessed, sub_change_ns, touched, published, pos)
+    status = out["status"]
     alert = out["change"] & (prev != CHANGE)
     now = pd.Timestamp.now(tz="UTC")
     update_no = len(state["updates"]) + 1
@@ -75,14 +88,15 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     overlaps = find_overlaps(meta)
     duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, meta,
                                   overlaps=overlaps)
-    idx = np.flatnonzero(alert)
+    idx = np.flatnonzero(alert)  # alerts are touched changes: confirm_index >= 0
+    at_confirm = first[local[idx]] + assessed["confirm_index"][local[idx]]
     new_alerts = alerts_frame({
         "chip_id": work.chip_ids[idx].astype(str), "tile": meta["tile"].to_numpy()[idx],
         "change_date": change_ns[idx], "magnitude": out["magnitude"][idx],
         "previous_status": prev[idx], "detected_at": [now] * idx.size,
         "update": [update_no] * idx.size, "reference_id": [work.reference.id] * idx.size,
-        "confirmed_scene_id": [obs.scenes[s] for s in confirm_scene[idx]],
-        "confirmed_date": confirm_ns[idx], "duplicate_of": duplicate[idx]},
+        "confirmed_scene_id": [obs.scenes[s] for s in obs.scene[at_confirm]],
+        "confirmed_date": obs.ns[at_confirm], "duplicate_of": duplicate[idx]},
         list(meta["geometry"].to_numpy()[idx]))
     history = previous_alerts(rr)
     all_alerts = new_alerts if not len(history) else pd.concat([history, new_alerts],
@@ -106,10 +120,16 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     for name, writer in work.files.items():
         writer(staged.path(name))
     anomaly = np.empty(core.chip.size, dtype=bool)
-    anomaly[order] = grid.gather(out["anomaly"])
-    write_timeseries(staged.path("timeseries.parquet"), work.obs, work.chip_ids,
-                     anomaly[n_prior:], o.n_components,
-                     prior=None if work.prior is None else work.prior.table,
+    flags = np.empty(sub.chip.size, dtype=bool)
+    flags[order] = grid.gather(assessed["anomaly"])
+    if rows is None:
+        anomaly[:] = flags
+    else:  # untouched chips keep their published flags (their rows are all published)
+        assert work.prior is not None
+        anomaly[:n_prior] = work.prior.published.anomaly
+        anomaly[rows] = flags
+    stage_timeseries(staged, rr, work.obs, work.chip_ids, anomaly[n_prior:], o.n_components,
+                     prior=None if work.prior is None else work.prior.published,
                      prior_anomaly=anomaly[:n_prior])
     write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
                   work.chip_ids, meta, out, work.fit, change_ns, duplicate)
@@ -125,16 +145,80 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
 
     from geofm.analyze.plots import write_plots
 
-    plot = idx if work.kind == "update" else np.flatnonzero(out["change"])
-    n_plots = write_plots(rr, work.chip_ids, obs, grid, out, work.fit, plot, o, plot_chips,
-                          max_plots)
-    record.counts.update(embeddings=work.n_rows, observations=int(obs.chip.size),
+    plot = local[idx] if work.kind == "update" else np.flatnonzero(assessed["change"])
+    n_plots = write_plots(rr, ids, obs, grid, assessed, fit, plot, o, plot_chips, max_plots)
+    record.counts.update(embeddings=work.n_rows, observations=int(core.chip.size),
                          new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
                          **counts)
     record.extra["reference"] = state["reference"]
     record.extra["updates"] = state["updates"]
     log.info("analyze %s %d: %d new observation(s), %d alert(s) (%d distinct places)",
              work.kind, update_no, work.n_new, n_alerts, n_distinct)
+
+
+#: ``changes.parquet`` columns an update takes over for the chips it does not assess.
+KEPT_COLUMNS = ("status", "change_date", "magnitude", "n_observations")
+
+
+def touched_chips(work: Work, published: pd.DataFrame | None, pos: np.ndarray,
+                  plot_chips: Sequence[str]) -> np.ndarray | None:
+    """Which chips an update must assess: bool ``[C]`` (None: every chip).
+
+    Those with new observations, those that lost published rows (a rescored or removed
+    scene), those not in ``published`` (``pos`` -1: their row in it) and ``plot_chips``.
+    Any other chip keeps its published rows, its reference fit and so its assessment:
+    its ``changes.parquet`` values are taken over. A reference, or published changes
+    without :data:`KEPT_COLUMNS`, assesses every chip.
+    """
+    if work.prior is None or published is None or not set(KEPT_COLUMNS) <= set(published):
+        return None
+    touched = pos < 0
+    touched[work.obs.chip] = True
+    touched[work.prior.lost] = True
+    if plot_chips:
+        touched[pd.Index(work.chip_ids.astype(str)).get_indexer(list(plot_chips))] = True
+    return touched
+
+
+def take_fit(fit: SeasonalFit, chips: np.ndarray) -> SeasonalFit:
+    """The fits of ``chips`` (bool ``[C]`` or int indexes)."""
+    return SeasonalFit(coef=fit.coef[chips], intercept=fit.intercept[chips],
+                       scale=fit.scale[chips], fitted=fit.fitted[chips],
+                       n_baseline=fit.n_baseline[chips])
+
+
+def merge_assessment(assessed: dict[str, np.ndarray], change_ns: np.ndarray,
+                     touched: np.ndarray | None, published: pd.DataFrame | None,
+                     pos: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-chip results ``[C]``: ``assessed`` for the touched chips, ``published`` elsewhere.
+
+    Returns ``(out, change_ns)``: ``status``, ``change``, ``magnitude`` (float64; a
+    published one is float32), ``n_observations``, ``change_index`` and
+    ``confirm_index`` (-1 for untouched chips), and int64 change dates (ns, 0: none).
+    """
+    if touched is None:
+        return assessed, change_ns
+    assert published is not None
+    n = touched.size
+    rest = pos[~touched]
+    kept_status = published["status"].to_numpy(dtype=object)[rest]
+    kept_date = pd.DatetimeIndex(pd.to_datetime(published["change_date"], utc=True)).asi8[rest]
+    out: dict[str, np.ndarray] = {}
+    for key, dtype, kept in (
+            ("status", object, kept_status),
+            ("magnitude", np.float64, published["magnitude"].to_numpy(np.float64)[rest]),
+            ("n_observations", np.int64,
+             published["n_observations"].to_numpy(np.int64)[rest]),
+            ("change_index", np.int64, -1), ("confirm_index", np.int64, -1)):
+        full = np.empty(n, dtype=dtype)
+        full[touched] = assessed[key]
+        full[~touched] = kept
+        out[key] = full
+    out["change"] = out["status"] == CHANGE
+    dates = np.zeros(n, dtype=np.int64)
+    dates[touched] = change_ns
+    dates[~touched] = np.where(kept_status == CHANGE, kept_date, 0)  # NaT elsewhere
+    return out, dates
 
 
 def moves(prev: np.ndarray, status: np.ndarray) -> dict[str, int]:
@@ -187,41 +271,6 @@ def published_counts(rr: RunRoot) -> dict[str, int]:
             "insufficient": int((status == INSUFFICIENT).sum())}
 
 
-def write_timeseries(path: Path, obs: Obs, chip_ids: np.ndarray, anomaly: np.ndarray,
-                     n_components: int, *, prior: pa.Table | None = None,
-                     prior_anomaly: np.ndarray | None = None) -> None:
-    """Write ``prior`` (published rows, ``anomaly`` replaced) then ``obs`` as new rows."""
-    chip_dict = pa.array(chip_ids.tolist(), type=pa.string())
-    scene_dict = pa.array(obs.scenes, type=pa.string())
-    cols: dict[str, pa.Array] = {
-        "chip_id": pa.DictionaryArray.from_arrays(pa.array(obs.chip.astype(np.int32)),
-                                                  chip_dict),
-        "scene_id": pa.DictionaryArray.from_arrays(pa.array(obs.scene.astype(np.int32)),
-                                                   scene_dict),
-        "date": pa.array(obs.ns, type=pa.timestamp("ns", tz="UTC")),
-    }
-    for k in range(n_components):
-        cols[f"pc{k + 1}"] = pa.array(obs.pcs[:, k].astype(np.float32))
-    cols["cosine_to_baseline"] = pa.array(obs.cos.astype(np.float32))
-    cols["signal"] = pa.array(obs.sig.astype(np.float32))
-    cols["predicted"] = pa.array(obs.pred.astype(np.float32))
-    cols["residual"] = pa.array(obs.resid.astype(np.float32))
-    cols["anomaly"] = pa.array(np.asarray(anomaly, dtype=bool))
-    cols["baseline"] = pa.array(obs.base.astype(bool))
-    table = pa.table(cols)
-    if prior is not None:
-        prior = prior.set_column(prior.schema.get_field_index("anomaly"), "anomaly",
-                                 pa.array(np.asarray(prior_anomaly, dtype=bool)))
-        table = pa.concat_tables([prior.select(table.column_names).cast(table.schema), table])
-    # dictionary-encode only the ids (trying it on the float columns doubles the write
-    # time) and compress only the others: snappy gains nothing on float32 PCs and scores
-    # but costs half the write and read time of every update's rewrite
-    floats = [n for n in table.column_names if pa.types.is_floating(table.schema.field(n).type)]
-    pq.write_table(table, path, use_dictionary=["chip_id", "scene_id"],
-                   compression={n: "none" if n in floats else "snappy"
-                                for n in table.column_names})
-
-
 def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd.DataFrame,
                   out: dict[str, np.ndarray], fit: SeasonalFit, change_ns: np.ndarray,
                   duplicate: np.ndarray) -> None:
@@ -262,16 +311,25 @@ def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd
     day = np.datetime_as_string(np.where(change, change_ns, 0).astype("datetime64[ns]"),
                                 unit="D")
     dates = np.where(change, np.char.add(np.char.add('"', day), '"'), "null")
-    mags = [("null" if not np.isfinite(m) else repr(round(float(m), 4)))
-            for m in magnitude.tolist()]
+    finite = np.isfinite(magnitude).tolist()
+    # rounded from the float32 value changes.parquet keeps (an update takes the
+    # magnitudes of chips it does not assess from there: the same digits either way)
+    mags = [repr(round(m, 4)) if ok else "null" for m, ok in zip(
+        magnitude.astype(np.float32).astype(np.float64).tolist(), finite, strict=True)]
     dups = ["null" if d is None else json.dumps(d) for d in duplicate.tolist()]
     status = out["status"].tolist()
     n_obs = out["n_observations"].tolist()
     flags = ["true" if c else "false" for c in change.tolist()]
+    ids = [str(c) for c in chip_ids.tolist()]
+    joined = "".join(ids)
+    if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
+        quoted = [f'"{c}"' for c in ids]  # what json.dumps gives for such ids, faster
+    else:
+        quoted = [json.dumps(c) for c in ids]
     parts = []
-    for i in np.flatnonzero([g is not None for g in geoms]).tolist():
+    for i in np.flatnonzero(~pd.isna(geoms)).tolist():
         parts.append(f'{{"type": "Feature", "geometry": {texts[i]}, "properties": '
-                     f'{{"chip_id": {json.dumps(str(chip_ids[i]))}, "status": "{status[i]}", '
+                     f'{{"chip_id": {quoted[i]}, "status": "{status[i]}", '
                      f'"change": {flags[i]}, "change_date": {dates[i]}, '
                      f'"intensity": {mags[i]}, "n_observations": {n_obs[i]}, '
                      f'"duplicate_of": {dups[i]}}}}}')

@@ -7,9 +7,10 @@ embedding (``analysis/reference_means.npy``, float32 ``[C, D]``, read memory-map
 Later updates score new observations against it and never refit.
 
 ``analysis/state.json`` says which reference is current (its id, options and baseline
-period), which embedding files were analysed (name -> size and mtime) and the history of
-updates. The files of one update are published together (:class:`geofm.io.StagedFiles`),
-so the state always describes the outputs beside it.
+period), which embedding files were analysed (name -> :func:`file_signature`, a digest
+of the content) and the history of updates. The files of one update are published
+together (:class:`geofm.io.StagedFiles`), so the state always describes the outputs
+beside it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,29 +164,67 @@ def write_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     return write_json_atomic(path, {**state, "version": STATE_VERSION})
 
 
+#: Files up to this size are hashed whole; a larger one by its Parquet footer and
+#: :data:`SAMPLE_BLOCKS` blocks of :data:`SAMPLE_BYTES` spread over the rest.
+WHOLE_FILE_BYTES = 1 << 20
+SAMPLE_BLOCKS = 16
+SAMPLE_BYTES = 4096
+
+
 def file_signature(path: Path) -> str:
-    """``"<size>:<mtime_ns>"`` of an embeddings file: a changed file is analysed again."""
+    """``"<size>:<digest>"`` of an embeddings file's content: a changed file is analysed again.
+
+    Content, not modification time: a copy of the same bytes (SageMaker downloads its
+    inputs again for every job, with new mtimes) keeps its signature. The digest
+    (sha256, 32 hex digits) covers a small file whole; of a larger one, the Parquet
+    footer (the schema with embed's model identity, the row count, every column chunk's
+    offsets, sizes and min/max statistics) and 16 blocks of 4 KiB spread evenly over
+    the data: a few reads whatever the size. A rewrite with other rows, another model or
+    other values changes the footer (sizes or statistics) or a sampled block.
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        if size <= WHOLE_FILE_BYTES:
+            digest.update(fh.read())
+        else:
+            fh.seek(size - 8)
+            tail = fh.read(8)
+            footer = int.from_bytes(tail[:4], "little") + 8 if tail[4:] == b"PAR1" else 8
+            data = size - min(footer, size)
+            fh.seek(data)
+            digest.update(fh.read())
+            for k in range(SAMPLE_BLOCKS):
+                fh.seek(data * k // SAMPLE_BLOCKS)
+                digest.update(fh.read(min(SAMPLE_BYTES, data)))
+    return f"{size}:{digest.hexdigest()[:32]}"
+
+
+def stat_signature(path: Path) -> str:
+    """``"<size>:<mtime_ns>"``: the signature ``state.json`` held before content digests."""
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def fingerprint(files: Sequence[Path], config: dict[str, Any]) -> str:
-    """sha256 of the options and of each embeddings file's name, size and mtime."""
+def fingerprint(signatures: dict[str, str], config: dict[str, Any]) -> str:
+    """sha256 of the options and of each embeddings file's name and :func:`file_signature`."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for path in files:
-        st = path.stat()
-        h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for scene, signature in sorted(signatures.items()):
+        h.update(f"{scene}:{signature}".encode())
     return h.hexdigest()
 
 
 def changed_scenes(state: dict[str, Any] | None, options: dict[str, Any],
-                   signatures: dict[str, str], *, changes_path: Path, refit: bool
+                   signatures: dict[str, str], *, changes_path: Path, refit: bool,
+                   stats: dict[str, str] | None = None
                    ) -> tuple[list[str], list[str]] | None:
     """The scenes an update must score (new or rewritten) and drop (gone), sorted.
 
     ``state``: the stored ``state.json`` (None: none yet); ``options``: the analysis'
     :data:`REFERENCE_OPTIONS` (JSON-able values); ``signatures``: scene id ->
-    :func:`file_signature` of every embeddings file now.
+    :func:`file_signature` of every embeddings file now; ``stats``: scene id ->
+    :func:`stat_signature`, matched against a state written before content digests
+    (so such a root is not rescored whole once).
 
     Returns:
         ``(todo, gone)``, or None when a new reference must be fitted (``refit``, or
@@ -211,7 +249,9 @@ def changed_scenes(state: dict[str, Any] | None, options: dict[str, Any],
             f"{state['reference']['id']} differs in {diff}); pass overwrite=True "
             "(--overwrite) or refit=True (--refit) to start a new reference, or use the "
             "reference's options.")
-    todo = sorted(s for s in signatures if state["scenes"].get(s) != signatures[s])
+    stored_sigs = state["scenes"]
+    todo = sorted(s for s in signatures if stored_sigs.get(s) not in (
+        signatures[s], None if stats is None else stats.get(s)))
     gone = sorted(set(state["scenes"]) - set(signatures))
     return todo, gone
 

@@ -55,19 +55,19 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             rasters: bool = True, progress: bool = True) -> StageRecord:
     """Reduce, compare to baseline and detect changes for every chip of a run root.
 
-    The first analysis of a root fixes its **reference**: the PCA basis, the baseline
-    period and each chip's seasonal fit and residual scale (see
-    :mod:`geofm.analyze.reference`). A later call on a root with new (or re-embedded)
-    embedding files is an **update**: only the new observations are read, projected and
-    scored against the reference; each chip's status is then re-assessed over its whole
-    scored series (a change is confirmed after ``consecutive`` anomalies, dated at the
-    first), and the chips that became ``change`` are written as alerts
-    (:mod:`geofm.analyze.alerts`). Earlier observations keep their scores: the result
-    equals a from-scratch analysis over all observations given the same PCA basis and
-    baseline period, as long as the new observations fall after the baseline period
-    (late observations inside it are scored, not fitted on) and on days not analysed
-    before for that chip. Chips first seen in an update have no fit: ``insufficient
-    data`` until a refit. Without new files the call is skipped.
+    The first analysis of a root fixes its **reference**: the PCA basis, the baseline period
+    and each chip's seasonal fit and residual scale (see :mod:`geofm.analyze.reference`). A
+    later call on a root with new (or re-embedded) embedding files is an **update**: only
+    the new observations are read, projected and scored against the reference; the status of
+    each chip that got one (or lost one) is then re-assessed over its whole scored series,
+    the others keep theirs (a change is confirmed after ``consecutive`` anomalies, dated at
+    the first), and the chips that became ``change`` are written as alerts
+    (:mod:`geofm.analyze.alerts`). Earlier observations keep their scores: the result equals
+    a from-scratch analysis over all observations given the same PCA basis and baseline
+    period, as long as the new observations fall after the baseline period (late
+    observations inside it are scored, not fitted on) and on days not analysed before for
+    that chip. Chips first seen in an update have no fit: ``insufficient data`` until a
+    refit. Without new files the call is skipped.
 
     Args:
         root: run root with ``embeddings/`` (and ``meta/`` for footprints, thumbnails).
@@ -118,10 +118,12 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             :mod:`geofm.analyze.rasters`).
         progress: show progress bars.
 
-    Outputs (``analysis/``): ``timeseries.parquet`` (a row per chip and date: ``chip_id``,
+    Outputs (``analysis/``): ``timeseries.parquet``, a Parquet dataset (a folder of parts
+    read as one table; each update appends a part, see
+    :mod:`geofm.analyze.timeseries`) with a row per chip and date: ``chip_id``,
     ``scene_id``, ``date``, ``pc1..pcK``, ``cosine_to_baseline``, ``signal``, ``predicted``,
     ``residual`` = scaled residual (for ``pcs``: the combined score; ``signal`` and
-    ``predicted`` then show pc1), ``anomaly``, ``baseline`` = used in the fit),
+    ``predicted`` then show pc1), ``anomaly``, ``baseline`` = used in the fit;
     ``changes.parquet`` (GeoParquet, WGS84), ``change_map.geojson``, ``pca.npz``,
     ``reference.npz``, ``reference_means.npy``, ``state.json`` (analysed files, update
     history), ``alerts.parquet`` / ``alerts.geojson``, ``rasters/``,
@@ -176,7 +178,8 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
         signatures = {s: refs.file_signature(f) for s, f in zip(scene_ids, files, strict=True)}
         state = refs.read_state(rr)
         published = published_changes(rr)
-        scenes = refs.changed_scenes(state, ref_options, signatures,
+        stats = {s: refs.stat_signature(f) for s, f in zip(scene_ids, files, strict=True)}
+        scenes = refs.changed_scenes(state, ref_options, signatures, stats=stats,
                                      changes_path=rr.changes_path, refit=refit or overwrite)
         if scenes is not None:  # an update of the stored reference
             assert state is not None
@@ -192,7 +195,7 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             todo, gone = scene_ids, []
         state["scenes"] = signatures
         outputs.publish(rr, record, staged, work, state, opts, published, scene_added=todo,
-                        scene_removed=gone, fingerprint=refs.fingerprint(files, config),
+                        scene_removed=gone, fingerprint=refs.fingerprint(signatures, config),
                         plot_chips=plot_chips, max_plots=max_plots, rasters=rasters)
     return record
 

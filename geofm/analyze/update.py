@@ -24,6 +24,7 @@ from geofm.analyze.passes import Padded, pass_one, pass_two
 from geofm.analyze.reduce import PCAModel, fit_pca
 from geofm.analyze.reference import Reference, load_means, save_means
 from geofm.analyze.series import EMBEDDING_COLUMNS, NS_PER_DAY, index_embeddings
+from geofm.analyze.timeseries import Published, read_published
 from geofm.exceptions import GeofmValueError
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord
@@ -206,10 +207,11 @@ class Core:
 
 @dataclass
 class _Prior:
-    """The published ``timeseries.parquet`` rows an update keeps: as read, and their core."""
+    """The published ``timeseries.parquet`` rows an update keeps: their core and location."""
 
-    table: pa.Table
     core: Core
+    published: Published
+    lost: np.ndarray  # int64 rows of the work's chip_ids that lost published rows
 
 
 @dataclass
@@ -311,7 +313,7 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     """Score the observations of new (or re-embedded) files against the stored reference."""
     reference = Reference.load(rr.reference_path)
     pca_model = PCAModel.load(rr.pca_path)
-    table, old = _read_timeseries(rr, drop_scenes=set(todo) | set(gone))
+    published_rows, old = read_published(rr, drop_scenes=set(todo) | set(gone))
     files = [rr.embeddings_path(s) for s in todo]
     index = index_embeddings(files, todo, column=o.column) if files else None
     new_chips = index.chip_ids if index is not None else np.array([], dtype=object)
@@ -319,6 +321,7 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     _check_plot_chips(plot_chips, chip_ids, rr)
     fit, ref_pos = reference.extend(chip_ids)
     old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
+    lost = np.unique(old_chip[old.pop("lost")])
     old_obs = Core(chip=old_chip[old.pop("chip")], scenes=old.pop("scenes"), **old)
     n_rows = 0
     if index is not None:
@@ -357,7 +360,8 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
              len(gone))
     geoms = _chip_meta(rr, chip_ids, record, known=published)
     return Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=new,
-                 prior=_Prior(table=table, core=old_obs), kind="update",
+                 prior=_Prior(core=old_obs, published=published_rows, lost=lost),
+                 kind="update",
                  n_rows=n_rows, n_new=int(sel.size), files={}, meta=geoms)
 
 
@@ -374,47 +378,6 @@ def _check_plot_chips(plot_chips: Sequence[str], chip_ids: np.ndarray, rr: RunRo
     if unknown:
         raise GeofmValueError(f"plot_chips {unknown[:5]} are not chips of {rr.path}; "
                               "use chip ids from meta/<scene>.parquet.")
-
-
-def _read_timeseries(rr: RunRoot, *, drop_scenes: set[str]
-                     ) -> tuple[pa.Table, dict[str, Any]]:
-    """The published observations, minus those of ``drop_scenes``.
-
-    Returns:
-        ``(table, core)``: the rows as read (rewritten as they are by the update, but for
-        ``anomaly``), and the :class:`Core` fields as arrays (``chip`` indexes
-        ``chip_ids``, the file's own chip list).
-    """
-    import pyarrow.compute as pc
-
-    table = read_table(rr.timeseries_path, made_by="analyze")
-    codes: dict[str, tuple[np.ndarray, list[str]]] = {}
-    for name in ("chip_id", "scene_id"):
-        col = table.column(name)
-        if pa.types.is_dictionary(col.type):
-            arr = col.unify_dictionaries().combine_chunks()
-        else:
-            arr = col.cast(pa.string()).combine_chunks().dictionary_encode()
-        idx = arr.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        codes[name] = (idx, [str(v) for v in arr.dictionary.to_pylist()])
-    scene_idx, scenes = codes["scene_id"]
-    keep = ~np.isin(np.asarray(scenes, dtype=object), list(drop_scenes))[scene_idx] \
-        if scenes else np.ones(scene_idx.size, dtype=bool)
-    if not keep.all():
-        table = table.filter(pa.array(keep))
-    date = table.column("date")
-    if date.type.unit != "ns":
-        date = date.cast(pa.timestamp("ns", tz="UTC"))
-
-    def num(name: str, dtype: Any) -> np.ndarray:
-        return np.asarray(table.column(name).to_numpy(), dtype=dtype)
-
-    chip_idx, chip_names = codes["chip_id"]
-    return table, {"chip": chip_idx[keep], "chip_ids": np.asarray(chip_names, dtype=object),
-                   "ns": np.asarray(pc.cast(date, pa.int64()).to_numpy(), dtype=np.int64),
-                   "scene": scene_idx[keep], "scenes": scenes,
-                   "sig": num("signal", np.float32), "resid": num("residual", np.float32),
-                   "base": num("baseline", bool)}
 
 
 def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
@@ -459,12 +422,12 @@ def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
                 cols[col][pos[new]] = np.asarray(taken.column(col).to_pylist(), dtype=object)
             missing[pos[new]] = False
     geometry = cols["geometry"]
-    no_geom = np.array([g is None for g in geometry], dtype=bool)
+    no_geom = np.asarray(pd.isna(geometry), dtype=bool)
     if no_geom.any():
         log.warning("%d chip(s) have no footprint in %s (e.g. %s); they get no geometry",
                     int(no_geom.sum()), rr.meta_dir, chip_ids[no_geom][:3].tolist())
         record.counts["chips_without_footprint"] = int(no_geom.sum())
-    raw = np.flatnonzero([isinstance(g, bytes | bytearray) for g in geometry])
+    raw = np.flatnonzero(~shapely.is_geometry(geometry) & ~no_geom)  # WKB bytes
     if raw.size:  # WKB from meta/: decoded in one call
         geometry[raw] = shapely.from_wkb(geometry[raw].tolist())
     frame["geometry"] = pd.Series(geometry, dtype=object)
@@ -480,14 +443,17 @@ def published_changes(rr: RunRoot) -> pd.DataFrame | None:
     """The published ``changes.parquet`` (None before the first analysis).
 
     Columns ``chip_id``, ``status``, ``geometry`` (shapely) and the
-    :data:`CHIP_META_COLUMNS` it has.
+    :data:`CHIP_META_COLUMNS` and :data:`~geofm.analyze.outputs.KEPT_COLUMNS` it has.
     """
     import shapely
 
     if not rr.changes_path.is_file():
         return None
     names = read_schema(rr.changes_path, made_by="analyze").names
-    cols = ["chip_id", "status", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
+    from geofm.analyze.outputs import KEPT_COLUMNS
+
+    cols = ["chip_id", "status", "geometry",
+            *(c for c in (*CHIP_META_COLUMNS, *KEPT_COLUMNS[1:]) if c in names)]
     frame = read_table(rr.changes_path, made_by="analyze", columns=cols).to_pandas()
     frame["geometry"] = list(shapely.from_wkb(frame["geometry"].to_numpy()))
     return frame

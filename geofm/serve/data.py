@@ -255,7 +255,7 @@ class RunData:
 
     @property
     def timeseries_path(self) -> Path:
-        """``analysis/timeseries.parquet``."""
+        """``analysis/timeseries.parquet`` (a folder of parts, or one file in older roots)."""
         return self.root.analysis_dir / "timeseries.parquet"
 
     def has_embeddings(self) -> bool:
@@ -576,10 +576,12 @@ class RunData:
         import numpy as np
         import pyarrow.parquet as pq
 
-        if not self.timeseries_path.is_file():
+        from geofm.tables import read_schema
+
+        if not self.root.timeseries_parts():
             return None
         summary_tl = self._timeline_config()
-        names = set(pq.read_schema(self.timeseries_path).names)
+        names = set(read_schema(self.timeseries_path, made_by="analyze").names)
         cols = [c for c in ("date", "signal", "predicted", "residual", "anomaly", "baseline")
                 if c in names]
         frame = pq.read_table(self.timeseries_path, columns=cols,

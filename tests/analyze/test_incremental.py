@@ -40,11 +40,12 @@ def _scene(t, tile="33UUP"):
     return f"S2A_{tile}_{_date(t):%Y%m%d}_0_L2A"
 
 
-def write_dates(root, dates, *, tiles=("33UUP",), seed=0):
+def write_dates(root, dates, *, tiles=("33UUP",), seed=0, spikes=(), missing=()):
     """Write meta + embeddings for the given date indexes (each date seeded on its own).
 
     A second tile (``33UVP``) re-chips the same ground: its chips have the same
-    footprints (and the same planted steps), with other ids.
+    footprints (and the same planted steps), with other ids. ``spikes``: (chip, date
+    index) pairs that get a one-date outlier; ``missing``: chips left out of every date.
     """
     import shapely
     from pyproj import Transformer
@@ -60,10 +61,12 @@ def write_dates(root, dates, *, tiles=("33UUP",), seed=0):
         for tile in tiles:
             rows, meta = [], []
             for c in range(N_CHIPS):
-                if c == SPARSE and 20 <= t < CUT:
+                if (c == SPARSE and 20 <= t < CUT) or c in missing:
                     continue
                 v = base[c] + np.sin(phase) * season + noise[c]
                 if c in STEPS and t >= STEPS[c]:
+                    v = v + 6.0 * np.eye(DIM)[0]
+                if (c, t) in spikes:
                     v = v + 6.0 * np.eye(DIM)[0]
                 cid = f"{tile}_64_0000_{c:04d}"
                 minx, maxy = X0 + c * SIZE, Y0
@@ -256,9 +259,10 @@ def test_rewritten_and_removed_files_are_rescored_and_dropped(grown):
     rr, _ = grown
     analyze(rr.path, **OPTS)
     before_ts, before_ch = _timeseries(rr), _changes(rr)
-    # a re-embedded file (same content, new mtime) is scored again, not added twice
+    # a re-embedded file (same values, written again: other bytes) is scored again, not
+    # added twice
     path = rr.embeddings_path(_scene(25))
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    pq.write_table(pq.read_table(path), path, compression="zstd")
     again = analyze(rr.path, **OPTS)
     assert again.counts["new_observations"] == N_CHIPS and again.counts["alerts"] == 0
     pd.testing.assert_frame_equal(_timeseries(rr), before_ts)
@@ -299,3 +303,206 @@ def test_update_equals_from_scratch_for_other_signals(tmp_path, signal, embeddin
     analyze(scratch.path, pca=tmp_path / "ref_pca.npz", **opts)
     pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
     pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(scratch))
+
+
+# --- timeseries.parquet as a dataset of parts -------------------------------------------
+
+
+def _parts(rr):
+    """part file name -> bytes."""
+    return {p.name: p.read_bytes() for p in rr.timeseries_parts()}
+
+
+def _scratch(tmp_path, rr, dates=range(N_DATES), **kwargs):
+    """A from-scratch analysis of ``dates`` with ``rr``'s PCA basis (the same reference)."""
+    scratch = write_dates(tmp_path / "scratch", dates, **kwargs)
+    shutil.copy(rr.pca_path, tmp_path / "ref_pca.npz")
+    analyze(scratch.path, pca=tmp_path / "ref_pca.npz", **OPTS)
+    return scratch
+
+
+def test_update_appends_a_part_and_leaves_the_published_ones_as_they_are(grown, tmp_path):
+    from geofm.tables import read_schema, read_table
+
+    rr, _ = grown
+    assert rr.timeseries_path.is_dir()
+    before = _parts(rr)
+    assert list(before) == ["part-00001.parquet"]
+    analyze(rr.path, **OPTS)
+    after = _parts(rr)
+    assert list(after) == ["part-00001.parquet", "part-00002.parquet"]
+    assert after["part-00001.parquet"] == before["part-00001.parquet"]  # byte for byte
+    new = pq.read_table(rr.timeseries_path / "part-00002.parquet")
+    assert len(new) == (N_DATES - CUT) * N_CHIPS  # only the update's observations
+    assert new.schema == pq.read_schema(rr.timeseries_path / "part-00001.parquet")
+    # one table for pyarrow, pandas and geofm's readers
+    ts = _timeseries(rr)
+    assert len(ts) == N_DATES * N_CHIPS - 4 and not ts.duplicated(["chip_id", "date"]).any()
+    assert len(pd.read_parquet(rr.timeseries_path)) == len(ts)
+    assert read_table(rr.timeseries_path, made_by="analyze", columns=["date"]).num_rows == len(ts)
+    assert "pc3" in read_schema(rr.timeseries_path, made_by="analyze").names
+
+
+def test_a_part_whose_anomaly_flags_change_is_rewritten(tmp_path):
+    """Chip 3 has too few monitoring dates before the cut, so its outlier at date 19 is
+    no anomaly; the update gives it enough, the flag flips, and its part is rewritten."""
+    spikes = {(SPARSE, 19)}
+    rr = write_dates(tmp_path / "inc", range(CUT), spikes=spikes)
+    analyze(rr.path, **OPTS)
+    first = pq.read_table(rr.timeseries_path).to_pandas()
+    sparse = first["chip_id"].astype(str) == f"33UUP_64_0000_{SPARSE:04d}"
+    assert (first.loc[sparse, "residual"].abs() > 3).any()
+    assert not first.loc[sparse, "anomaly"].any()
+    write_dates(rr.path, range(CUT, N_DATES), spikes=spikes)
+    analyze(rr.path, **OPTS)
+    assert list(_parts(rr)) == ["part-00002.parquet"]  # part 1's rows moved into part 2
+    ts = _timeseries(rr)
+    assert ts.loc[ts["chip_id"] == f"33UUP_64_0000_{SPARSE:04d}", "anomaly"].sum() == 1
+    scratch = _scratch(tmp_path, rr, spikes=spikes)
+    pd.testing.assert_frame_equal(ts, _timeseries(scratch))
+    pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
+
+
+def test_a_rescored_scene_rewrites_only_the_parts_holding_it(grown):
+    rr, _ = grown
+    analyze(rr.path, **OPTS)
+    before, ts = _parts(rr), _timeseries(rr)
+    path = rr.embeddings_path(_scene(25))  # published in part 2 (the update)
+    pq.write_table(pq.read_table(path), path, compression="zstd")
+    analyze(rr.path, **OPTS)
+    after = _parts(rr)
+    assert list(after) == ["part-00001.parquet", "part-00003.parquet"]
+    assert after["part-00001.parquet"] == before["part-00001.parquet"]
+    assert len(pq.read_table(rr.timeseries_path / "part-00003.parquet")) == \
+        (N_DATES - CUT) * N_CHIPS  # part 2's other rows and the rescored scene, once
+    pd.testing.assert_frame_equal(_timeseries(rr), ts)
+
+
+def _as_single_file(rr):
+    """Turn ``rr``'s timeseries dataset into the single file of a root from before parts."""
+    table = pq.read_table(rr.timeseries_path)
+    shutil.rmtree(rr.timeseries_path)
+    pq.write_table(table, rr.timeseries_path)
+    return rr.timeseries_path.read_bytes()
+
+
+@pytest.mark.parametrize("rescored", [False, True])
+def test_a_single_file_root_is_converted_by_its_next_update(grown, tmp_path, rescored):
+    rr, _ = grown
+    if rescored:  # a scene of the old file is rescored: its rows move into the new part
+        path = rr.embeddings_path(_scene(3))
+        pq.write_table(pq.read_table(path), path, compression="zstd")
+    clean = RunRoot.of(tmp_path / "clean")
+    shutil.copytree(rr.path, clean.path)
+    analyze(clean.path, **OPTS)
+    old = _as_single_file(rr)
+    analyze(rr.path, **OPTS)
+    parts = _parts(rr)
+    if rescored:
+        assert list(parts) == ["part-00001.parquet"]
+    else:
+        assert list(parts) == ["part-00000.parquet", "part-00001.parquet"]
+        assert parts["part-00000.parquet"] == old  # the old file, kept as it was
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(clean))
+    pd.testing.assert_frame_equal(_changes(rr), _changes(clean))
+
+
+def test_refit_replaces_the_dataset(grown):
+    rr, _ = grown
+    analyze(rr.path, **OPTS)
+    assert len(_parts(rr)) == 2
+    analyze(rr.path, refit=True, **OPTS)
+    assert list(_parts(rr)) == ["part-00003.parquet"]
+    assert len(_timeseries(rr)) == N_DATES * N_CHIPS - 4
+    _as_single_file(rr)
+    analyze(rr.path, refit=True, **OPTS)  # a single file is replaced as well
+    assert rr.timeseries_path.is_dir() and list(_parts(rr)) == ["part-00001.parquet"]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_kill_9_while_converting_a_single_file_root(grown, tmp_path, count):
+    """Killed after the old file's deletion (count 1: before any rename; 2: after one)."""
+    rr, _ = grown
+    _as_single_file(rr)
+    clean = RunRoot.of(tmp_path / "clean")
+    shutil.copytree(rr.path, clean.path)
+    analyze(clean.path, **OPTS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(rr.path), "rename", str(count)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    analyze(rr.path, **OPTS)
+    assert list(_parts(rr)) == list(_parts(clean))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(clean))
+    pd.testing.assert_frame_equal(_changes(rr), _changes(clean))
+
+
+def test_same_content_with_a_new_mtime_is_not_rescored(grown, tmp_path):
+    """SageMaker downloads the inputs again for every job: same bytes, new mtimes."""
+    rr, _ = grown
+    analyze(rr.path, **OPTS)
+    for path in rr.embeddings_dir.iterdir():
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    copied = RunRoot.of(tmp_path / "copied")  # and a copy elsewhere
+    shutil.copytree(rr.path, copied.path)
+    for root in (rr, copied):
+        record = analyze(root.path, **OPTS)
+        assert record.counts.get("skipped") == 1 and "new_observations" not in record.counts
+
+
+def test_a_state_from_before_content_digests_is_not_rescored(grown):
+    from geofm.analyze.reference import stat_signature
+
+    rr, _ = grown
+    analyze(rr.path, **OPTS)
+    state = json.loads(rr.analysis_state_path.read_text())
+    state["scenes"] = {s: stat_signature(rr.embeddings_path(s)) for s in state["scenes"]}
+    rr.analysis_state_path.write_text(json.dumps(state))
+    assert analyze(rr.path, **OPTS).counts.get("skipped") == 1
+    path = rr.embeddings_path(_scene(3))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert analyze(rr.path, **OPTS).counts["new_observations"] == N_CHIPS  # mtime moved
+
+
+def test_removing_every_scene_of_a_part_deletes_it(grown):
+    rr, _ = grown
+    before = _timeseries(rr)
+    analyze(rr.path, **OPTS)
+    first = _parts(rr)["part-00001.parquet"]
+    for t in range(CUT, N_DATES):  # the update's scenes, all in part 2
+        rr.embeddings_path(_scene(t)).unlink()
+    record = analyze(rr.path, **OPTS)
+    assert record.counts["new_observations"] == 0
+    assert _parts(rr) == {"part-00001.parquet": first}  # no new part, part 2 deleted
+    pd.testing.assert_frame_equal(_timeseries(rr), before)
+
+
+def test_chips_without_new_observations_keep_their_assessment(tmp_path, monkeypatch):
+    """Chips 0 (changed before the cut) and 5 get no new date: the update assesses only
+    the others and takes theirs over; the result equals a from-scratch analysis."""
+    import geofm.analyze.outputs as outputs
+
+    rr = write_dates(tmp_path / "inc", range(CUT))
+    analyze(rr.path, **OPTS)
+    write_dates(rr.path, range(CUT, N_DATES), missing={0, 5})
+    sizes = []
+    real = outputs.assess
+
+    def counting(fit, residual, *args, **kwargs):
+        sizes.append(residual.shape[0])
+        return real(fit, residual, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "assess", counting)
+    record = analyze(rr.path, **OPTS)
+    assert sizes == [N_CHIPS - 2] and record.counts["alerts"] == 2
+    monkeypatch.undo()
+    scratch = write_dates(tmp_path / "scratch", range(CUT))
+    write_dates(scratch.path, range(CUT, N_DATES), missing={0, 5})
+    shutil.copy(rr.pca_path, tmp_path / "ref_pca.npz")
+    analyze(scratch.path, pca=tmp_path / "ref_pca.npz", **OPTS)
+    pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(scratch))
+    assert rr.change_map_path.read_text() == scratch.change_map_path.read_text()
+    changes = _changes(rr).set_index("chip_id")
+    assert changes.loc["33UUP_64_0000_0000", "status"] == "change"
+    assert changes.loc["33UUP_64_0000_0000", "change_date"] == _date(STEPS[0])

@@ -59,3 +59,32 @@ def test_means_and_state(tmp_path):
         read_state(rr)
     (tmp_path / "f").write_bytes(b"abc")
     assert file_signature(tmp_path / "f").startswith("3:")
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_file_signature_follows_the_content_not_the_mtime(tmp_path, monkeypatch, whole):
+    import os
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from geofm.analyze import reference
+
+    if not whole:  # the footer-and-samples path of large files
+        monkeypatch.setattr(reference, "WHOLE_FILE_BYTES", 0)
+    values = np.random.default_rng(0).normal(size=4000).astype(np.float32)
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"x": values}), path)
+    sig = file_signature(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert file_signature(path) == sig  # new mtime, same bytes
+    shutil.copy(path, tmp_path / "copy.parquet")
+    assert file_signature(tmp_path / "copy.parquet") == sig
+    changed = values.copy()
+    changed[1234] += 1.0  # one value: the footer's sizes and statistics may not move
+    pq.write_table(pa.table({"x": changed}), path)
+    assert path.stat().st_size == (tmp_path / "copy.parquet").stat().st_size
+    assert file_signature(path) != sig
+    pq.write_table(pa.table({"x": values}), path, compression="zstd")  # same values
+    assert file_signature(path) != sig

@@ -83,6 +83,33 @@ def test_layer_without_analysis_marks_chips_not_analysed(bare_root):
     assert RunData(bare_root).chip(layer.chip_ids[0])["timeline"] is None
 
 
+@pytest.mark.parametrize("layout", ["one file", "three parts"])
+def test_chip_timeline_reads_every_timeseries_layout(served_root, changed_chips, tmp_path,
+                                                     layout):
+    """Roots analysed before parts hold one file; updates add parts: the same timeline."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "run"
+    shutil.copytree(served_root, root)
+    path = root / "analysis" / "timeseries.parquet"
+    assert path.is_dir()  # the analysis writes a dataset of parts
+    table = pq.read_table(path)
+    shutil.rmtree(path)
+    if layout == "one file":
+        pq.write_table(table, path)
+    else:
+        path.mkdir()
+        cuts = [0, len(table) // 3, 2 * len(table) // 3, len(table)]
+        for k in range(3):
+            pq.write_table(table.slice(cuts[k], cuts[k + 1] - cuts[k]),
+                           path / f"part-{k + 1:05d}.parquet")
+    cid = changed_chips[0]
+    timeline = RunData(root).chip(cid)["timeline"]
+    n_dates = int((table.column("chip_id").to_pandas().astype(str) == cid).sum())
+    assert timeline is not None and len(timeline["dates"]) == n_dates > 0
+    assert timeline == RunData(served_root).chip(cid)["timeline"]
+
+
 def test_chip_timeline_is_the_analysed_signal_with_its_band(served_root, changed_chips):
     data = RunData(served_root)
     cid = changed_chips[0]
