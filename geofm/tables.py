@@ -59,6 +59,34 @@ def read_table(path: str | os.PathLike[str], *, made_by: str,
         return pq.read_table(path, columns=None if columns is None else list(columns))
 
 
+def iter_row_group_batches(path: str | os.PathLike[str], *, made_by: str, column: str,
+                           batch_size: int, buffer_size: int = 1 << 20
+                           ) -> Iterator[pa.Array | pa.ChunkedArray]:
+    """Stream one column of a stage's Parquet file, row group by row group.
+
+    Each row group is read in batches of at most ``batch_size`` rows (a batch never
+    spans two row groups), through a read buffer of ``buffer_size`` bytes: memory is a
+    batch and the buffer, not the file (nor a whole column chunk).
+
+    Yields:
+        The column's values of each batch, in row order.
+
+    Raises:
+        TableError: the file is truncated, not Parquet, or lacks the column.
+        GeofmFileNotFoundError: the file does not exist.
+    """
+    import pyarrow.parquet as pq
+
+    with _reading(path, made_by):
+        with pq.ParquetFile(path, buffer_size=buffer_size) as source:
+            if column not in source.schema_arrow.names:
+                raise KeyError(f"no column {column!r}")
+            for group in range(source.num_row_groups):
+                for batch in source.iter_batches(batch_size=batch_size, row_groups=[group],
+                                                 columns=[column], use_threads=False):
+                    yield batch.column(0)
+
+
 def read_schema(path: str | os.PathLike[str], *, made_by: str) -> pa.Schema:
     """The Arrow schema (with its metadata) of a stage's Parquet file.
 

@@ -36,11 +36,11 @@ def _vectors(index: ObservationIndex, column: str, center: str, *,
              order: Sequence[int] | None = None) -> Iterator[FileVectors]:
     """:func:`iter_vectors`, with each scene's median embedding subtracted if asked."""
     for f in iter_vectors(index, column, order=order):
-        ok = f.ok
-        if center == "scene" and ok.sum() >= MIN_CENTER_CHIPS:
-            vectors = f.whole()
-            vectors -= np.median(vectors[ok], axis=0)
-            vectors[~ok] = 0.0
+        if center == "scene":  # the scene's median needs the whole file
+            vectors, ok = f.whole()
+            if ok.sum() >= MIN_CENTER_CHIPS:
+                vectors -= np.median(vectors[ok], axis=0)
+                vectors[~ok] = 0.0
             f = FileVectors(f.index, [(0, vectors, ok)])
         yield f
 
@@ -86,10 +86,6 @@ def pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.
                        unit="file", disable=not progress)
     for f in _vectors(index, column, center):
         i, first = f.index, int(index.offsets[f.index])
-        ok = f.ok
-        if not ok.all():
-            _record_bad(record, rr, index, i, ok)
-            row_ok[first:first + ok.size] = ok
         for start, vectors, block_ok in f.blocks:
             rows = slice(first + start, first + start + block_ok.size)
             weight = index.row_weight[rows] * (row_in_base[rows] & block_ok)
@@ -98,6 +94,10 @@ def pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.
                 take = np.flatnonzero(block_ok & draws[i][start:start + block_ok.size])
                 sample[n_sample:n_sample + take.size] = vectors[take]
                 n_sample += take.size
+        ok = f.ok
+        if not ok.all():
+            _record_bad(record, rr, index, i, ok)
+            row_ok[first:first + ok.size] = ok
         bar.update(1)
     bar.close()
     sample = sample[:n_sample]
@@ -154,9 +154,6 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
     order = range(len(index.files) - 1, -1, -1) if row_ok is not None else None
     for f in _vectors(index, column, center, order=order):
         i, first = f.index, int(index.offsets[f.index])
-        if row_ok is None:
-            assert record is not None and rr is not None
-            _record_bad(record, rr, index, i, f.ok)
         for start, vectors, valid in f.blocks:
             rows = slice(first + start, first + start + valid.size)
             ok = valid if row_ok is None else row_ok[rows]
@@ -175,6 +172,9 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
                 np.add.at(dup_w, slot, w)
                 np.add.at(dup_pcs, slot, proj[shared] * w[:, None])
                 np.add.at(dup_vec, slot, vectors[shared] * w[:, None])
+        if row_ok is None:
+            assert record is not None and rr is not None
+            _record_bad(record, rr, index, i, f.ok)
         bar.update(1)
     bar.close()
     _release_read_buffers()
