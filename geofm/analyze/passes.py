@@ -1,16 +1,19 @@
 """The two streaming passes of a reference analysis over the embedding files.
 
-Pass 1 (:func:`pass_one`) collects the PCA sample and the per-chip baseline sums
-(:class:`~geofm.analyze.similarity.BaselineMeans`), pass 2 (:func:`pass_two`) projects
-every vector onto the PCA basis (:meth:`~geofm.analyze.reduce.PCAModel.transform`) and
-takes its cosine to the chip's unit baseline mean
-(:func:`~geofm.analyze.similarity.cosine`); an update runs pass 2 alone on its new
-files. Both work on blocks of rows (:data:`~geofm.analyze.series.BLOCK_ROWS`) while the
-next file is read (:func:`~geofm.analyze.series.iter_vectors`); pass 2 streams the files
-in reverse, so the files pass 1 read last are read first, while the operating system
-may still cache them. Memory: two files plus ``[chips, D]`` sums plus the PCA sample
-plus float32 ``[observations, K]`` projections. :class:`Padded` lays observations out
-as a ``[chip, date]`` grid.
+Pass 1 (:func:`pass_one`) reads the files of the baseline period only: it collects the
+per-chip baseline sums (:class:`~geofm.analyze.similarity.BaselineMeans`) and the PCA
+sample, a seeded uniform sample of the baseline period's vectors (the reference period:
+the basis is fitted on what later observations are compared with, and the files after
+it are decoded once, not twice). Pass 2 (:func:`pass_two`) projects every vector onto
+the PCA basis (:meth:`~geofm.analyze.reduce.PCAModel.transform`) and takes its cosine
+to the chip's unit baseline mean (:func:`~geofm.analyze.similarity.cosine`); an update
+runs pass 2 alone on its new files. Both stream blocks of rows
+(:data:`~geofm.analyze.series.BLOCK_ROWS`, never a whole file) while a thread decodes
+the next ones (:func:`~geofm.analyze.series.iter_vectors`); pass 2 streams pass 1's
+files first, in reverse, so the files pass 1 read last are read while the operating
+system may still cache them. Memory: a few blocks plus ``[chips, D]`` sums plus the PCA
+sample (pass 1) plus float32 ``[observations, K]`` projections. :class:`Padded` lays
+observations out as a ``[chip, date]`` grid.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.
     # the sample's candidate rows, drawn file by file up front (the same draws as while
     # streaming): the sample is filled in place, no list of picks to concatenate
     draws = {}
-    for i in files if fit else ():
+    for i in (files.tolist() if fit else []):
         rows = slice(index.offsets[i], index.offsets[i + 1])
         draws[i] = rng.random(rows.stop - rows.start) < rate
         if not everything:

@@ -1,9 +1,10 @@
 """Dimensionality reduction: one PCA for the whole run (saved, reusable) and t-SNE.
 
-The PCA is fitted once over the run's valid embeddings, never per shard, so every
-chip and date is projected onto the same axes. To bound memory it is fitted on a
-seeded uniform subsample of at most ``max_samples`` vectors (exact when the run is
-smaller): the covariance of the sample in float64, then its eigenvectors. The fitted
+The PCA is fitted once per reference, never per shard, so every chip and date is
+projected onto the same axes. The analyze stage fits it on the baseline period's valid
+embeddings (:func:`geofm.analyze.passes.pass_one`); to bound memory on a seeded uniform
+subsample of at most ``max_samples`` vectors (exact when there are fewer): the
+covariance of the sample in float64, then its eigenvectors. The fitted
 axes are saved to ``analysis/pca.npz`` and can be loaded to project later data onto
 the very same axes (:meth:`PCAModel.transform`).
 """

@@ -210,13 +210,11 @@ class FileVectors:
 
     @property
     def ok(self) -> np.ndarray:
-        """bool ``[rows]`` usable rows of the blocks iterated so far (after a full
-        iteration: of the whole file)."""
+        """Usable rows, bool ``[rows]``, of the blocks iterated so far (all: the file's)."""
         return np.concatenate(self._ok) if self._ok else np.zeros(0, dtype=bool)
 
     def whole(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every (remaining) block in one array: float32 ``[rows, D]`` (writable, a copy)
-        and bool ``[rows]`` usable rows."""
+        """The (remaining) blocks in one writable copy: float32 ``[rows, D]``, ``ok [rows]``."""
         parts = [v for _, v, _ in self.blocks]
         return (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)), self.ok
 
