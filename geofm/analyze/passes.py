@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from geofm.analyze import series
 from geofm.analyze.reduce import PCAModel
 from geofm.analyze.series import FileVectors, ObservationIndex, iter_vectors
 from geofm.analyze.similarity import BaselineMeans, cosine
@@ -177,6 +178,8 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
         (NaN where there is no baseline mean), bool ``[M]`` observations with a valid
         row (the others are NaN).
     """
+    from threadpoolctl import threadpool_limits
+
     n_obs = index.n_obs
     pcs = np.full((n_obs, n_components), np.nan, dtype=np.float32)
     cos = np.full(n_obs, np.nan, dtype=np.float32)
@@ -194,30 +197,34 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
     if row_ok is None:
         checked = np.zeros(n_files, dtype=bool)
     order = np.concatenate([np.flatnonzero(checked)[::-1], np.flatnonzero(~checked)])
-    for f in _vectors(index, column, center, order=order.tolist()):
-        i, first = f.index, int(index.offsets[f.index])
-        for start, vectors, valid in f.blocks:
-            rows = slice(first + start, first + start + valid.size)
-            ok = row_ok[rows] if checked[i] and row_ok is not None else valid
-            obs = index.row_obs[rows]
-            weight = index.row_weight[rows]
-            proj = pca.transform(vectors)[:, :n_components]
-            sim = cosine(vectors, _mean_of(means, index.row_chip[rows], mean_rows))
-            single = ok & (weight == 1.0)
-            pcs[obs[single]] = proj[single]
-            cos[obs[single]] = sim[single]
-            seen[obs[single]] = True
-            shared = np.flatnonzero(ok & (weight < 1.0))
-            if shared.size:
-                slot = np.searchsorted(multi, obs[shared])
-                w = weight[shared]
-                np.add.at(dup_w, slot, w)
-                np.add.at(dup_pcs, slot, proj[shared] * w[:, None])
-                np.add.at(dup_vec, slot, vectors[shared] * w[:, None])
-        if not checked[i]:
-            assert record is not None and rr is not None
-            _record_bad(record, rr, index, i, f.ok)
-        bar.update(1)
+    scratch = np.empty((series.BLOCK_ROWS, index.dim), dtype=np.float32)
+    # one BLAS thread for the projections: the reading thread has the other core (the
+    # products are the same with any number of threads)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for f in _vectors(index, column, center, order=order.tolist()):
+            i, first = f.index, int(index.offsets[f.index])
+            for start, vectors, valid in f.blocks:
+                rows = slice(first + start, first + start + valid.size)
+                ok = row_ok[rows] if checked[i] and row_ok is not None else valid
+                obs = index.row_obs[rows]
+                weight = index.row_weight[rows]
+                proj = pca.transform(vectors, scratch=scratch)[:, :n_components]
+                sim = cosine(vectors, _mean_of(means, index.row_chip[rows], mean_rows))
+                single = ok & (weight == 1.0)
+                pcs[obs[single]] = proj[single]
+                cos[obs[single]] = sim[single]
+                seen[obs[single]] = True
+                shared = np.flatnonzero(ok & (weight < 1.0))
+                if shared.size:
+                    slot = np.searchsorted(multi, obs[shared])
+                    w = weight[shared]
+                    np.add.at(dup_w, slot, w)
+                    np.add.at(dup_pcs, slot, proj[shared] * w[:, None])
+                    np.add.at(dup_vec, slot, vectors[shared] * w[:, None])
+            if not checked[i]:
+                assert record is not None and rr is not None
+                _record_bad(record, rr, index, i, f.ok)
+            bar.update(1)
     bar.close()
     _release_read_buffers()
     if multi.size:

@@ -175,9 +175,10 @@ def index_embeddings(files: list[Path], scene_ids: list[str], *,
         obs_scene=np.searchsorted(offsets, first_rows, side="right").astype(np.int64) - 1)
 
 
-#: Rows per block handed to the passes (bounds their temporaries: 16,384 x 768 float32
-#: = 48 MiB). Blocks never span two row groups.
-BLOCK_ROWS = 16_384
+#: Rows per block handed to the passes (bounds their temporaries: 8,192 x 768 float32
+#: = 24 MiB, under glibc's largest mmap threshold, so the allocator reuses them instead
+#: of mapping fresh pages for every block). Blocks never span two row groups.
+BLOCK_ROWS = 8_192
 
 #: Blocks decoded ahead of the one being processed (by the reading thread).
 PREFETCH_BLOCKS = 2
