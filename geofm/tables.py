@@ -60,13 +60,16 @@ def read_table(path: str | os.PathLike[str], *, made_by: str,
 
 
 def iter_row_group_batches(path: str | os.PathLike[str], *, made_by: str, column: str,
-                           batch_size: int, buffer_size: int = 1 << 20
-                           ) -> Iterator[pa.Array | pa.ChunkedArray]:
+                           batch_size: int, max_prebuffer: int = 64 << 20,
+                           buffer_size: int = 8 << 20) -> Iterator[pa.Array | pa.ChunkedArray]:
     """Stream one column of a stage's Parquet file, row group by row group.
 
     Each row group is read in batches of at most ``batch_size`` rows (a batch never
-    spans two row groups), through a read buffer of ``buffer_size`` bytes: memory is a
-    batch and the buffer, not the file (nor a whole column chunk).
+    spans two row groups). Where the column's largest chunk (one row group's worth,
+    compressed) is at most ``max_prebuffer`` bytes, each chunk is read whole first
+    (pyarrow's ``pre_buffer``: the fewest reads, the least CPU); otherwise through a
+    read buffer of ``buffer_size`` bytes. Memory: a batch plus one chunk or the buffer,
+    not the file.
 
     Yields:
         The column's values of each batch, in row order.
@@ -78,9 +81,16 @@ def iter_row_group_batches(path: str | os.PathLike[str], *, made_by: str, column
     import pyarrow.parquet as pq
 
     with _reading(path, made_by):
-        with pq.ParquetFile(path, buffer_size=buffer_size) as source:
-            if column not in source.schema_arrow.names:
-                raise KeyError(f"no column {column!r}")
+        meta = pq.read_metadata(path)
+        if column not in meta.schema.to_arrow_schema().names:
+            raise KeyError(f"no column {column!r}")
+        leaves = [i for i in range(meta.num_columns)
+                  if meta.schema.column(i).path.split(".")[0] == column]
+        largest = max((meta.row_group(g).column(i).total_compressed_size
+                       for g in range(meta.num_row_groups) for i in leaves), default=0)
+        whole = largest <= max_prebuffer
+        with pq.ParquetFile(path, metadata=meta, pre_buffer=whole,
+                            buffer_size=0 if whole else buffer_size) as source:
             for group in range(source.num_row_groups):
                 for batch in source.iter_batches(batch_size=batch_size, row_groups=[group],
                                                  columns=[column], use_threads=False):
