@@ -4,8 +4,9 @@
 ``date``) of every ``embeddings/<scene_id>.parquet`` and numbers chips and
 observations. An observation is one chip on one UTC day: several acquisitions of a
 chip on the same day (duplicate items) are averaged, each with weight ``1/k``.
-:func:`iter_vectors` then streams the (large) embedding column one file at a time, so
-memory stays bounded by one file plus per-chip accumulators.
+:func:`iter_vectors` then streams the (large) embedding column file by file, row group
+by row group, in blocks of :data:`BLOCK_ROWS` rows decoded ahead by a reading thread, so
+memory stays bounded by a few blocks plus per-chip accumulators (not by a file).
 """
 
 from __future__ import annotations
