@@ -77,6 +77,44 @@ def iter_row_groups(path: str | os.PathLike[str], *, made_by: str,
             yield pf.read_row_group(i, columns=None if columns is None else list(columns))
 
 
+def iter_row_group_batches(path: str | os.PathLike[str], *, made_by: str, column: str,
+                           batch_size: int, max_prebuffer: int = 64 << 20,
+                           buffer_size: int = 8 << 20) -> Iterator[pa.Array | pa.ChunkedArray]:
+    """Stream one column of a stage's Parquet file, row group by row group.
+
+    Each row group is read in batches of at most ``batch_size`` rows (a batch never
+    spans two row groups). Where the column's largest chunk (one row group's worth,
+    compressed) is at most ``max_prebuffer`` bytes, each chunk is read whole first
+    (pyarrow's ``pre_buffer``: the fewest reads, the least CPU); otherwise through a
+    read buffer of ``buffer_size`` bytes. Memory: a batch plus one chunk or the buffer,
+    not the file.
+
+    Yields:
+        The column's values of each batch, in row order.
+
+    Raises:
+        TableError: the file is truncated, not Parquet, or lacks the column.
+        GeofmFileNotFoundError: the file does not exist.
+    """
+    import pyarrow.parquet as pq
+
+    with _reading(path, made_by):
+        meta = pq.read_metadata(path)
+        if column not in meta.schema.to_arrow_schema().names:
+            raise KeyError(f"no column {column!r}")
+        leaves = [i for i in range(meta.num_columns)
+                  if meta.schema.column(i).path.split(".")[0] == column]
+        largest = max((meta.row_group(g).column(i).total_compressed_size
+                       for g in range(meta.num_row_groups) for i in leaves), default=0)
+        whole = largest <= max_prebuffer
+        with pq.ParquetFile(path, metadata=meta, pre_buffer=whole,
+                            buffer_size=0 if whole else buffer_size) as source:
+            for group in range(source.num_row_groups):
+                for batch in source.iter_batches(batch_size=batch_size, row_groups=[group],
+                                                 columns=[column], use_threads=False):
+                    yield batch.column(0)
+
+
 def read_metadata(path: str | os.PathLike[str], *, made_by: str) -> Any:
     """The Parquet footer (``pyarrow.parquet.FileMetaData``: rows, row groups) of a file.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from geofm.cli import main
 from geofm.exceptions import GeofmFileNotFoundError, TableError
 from geofm.layout import RunRoot
-from geofm.tables import read_geoframe, read_schema, read_table
+from geofm.tables import iter_row_group_batches, read_geoframe, read_schema, read_table
 
 
 def _truncate(path):
@@ -88,3 +89,19 @@ def test_a_folder_of_parts_reads_as_one_table_and_a_broken_part_is_a_table_error
                  lambda: list(iter_row_groups(part, made_by="analyze"))):
         with pytest.raises(TableError, match="re-run `geofm analyze`"):
             call()
+
+
+def test_iter_row_group_batches_streams_whole_chunks_or_through_a_buffer(tmp_path):
+    path = tmp_path / "e.parquet"
+    values = np.arange(50 * 4, dtype=np.float32)
+    pq.write_table(pa.table({"a": np.arange(50), "embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(values), 4)}), path, row_group_size=20)
+    for limit in (1 << 20, 0):  # each chunk read whole / through the read buffer
+        batches = list(iter_row_group_batches(path, made_by="embed", column="embedding",
+                                              batch_size=8, max_prebuffer=limit))
+        # batches never span a row group: 8 + 8 + 4 per group of 20, then 8 + 2
+        assert [len(b) for b in batches] == [8, 8, 4, 8, 8, 4, 8, 2]
+        got = np.concatenate([b.flatten().to_numpy() for b in batches])
+        np.testing.assert_array_equal(got, values)
+    with pytest.raises(TableError, match="no column 'nope'"):
+        list(iter_row_group_batches(path, made_by="embed", column="nope", batch_size=8))

@@ -1,16 +1,19 @@
 """The two streaming passes of a reference analysis over the embedding files.
 
-Pass 1 (:func:`pass_one`) collects the PCA sample and the per-chip baseline sums
-(:class:`~geofm.analyze.similarity.BaselineMeans`), pass 2 (:func:`pass_two`) projects
-every vector onto the PCA basis (:meth:`~geofm.analyze.reduce.PCAModel.transform`) and
-takes its cosine to the chip's unit baseline mean
-(:func:`~geofm.analyze.similarity.cosine`); an update runs pass 2 alone on its new
-files. Both work on blocks of rows (:data:`~geofm.analyze.series.BLOCK_ROWS`) while the
-next file is read (:func:`~geofm.analyze.series.iter_vectors`); pass 2 streams the files
-in reverse, so the files pass 1 read last are read first, while the operating system
-may still cache them. Memory: two files plus ``[chips, D]`` sums plus the PCA sample
-plus float32 ``[observations, K]`` projections. :class:`Padded` lays observations out
-as a ``[chip, date]`` grid.
+Pass 1 (:func:`pass_one`) reads the files of the baseline period only: it collects the
+per-chip baseline sums (:class:`~geofm.analyze.similarity.BaselineMeans`) and the PCA
+sample, a seeded uniform sample of the baseline period's vectors (the reference period:
+the basis is fitted on what later observations are compared with, and the files after
+it are decoded once, not twice). Pass 2 (:func:`pass_two`) projects every vector onto
+the PCA basis (:meth:`~geofm.analyze.reduce.PCAModel.transform`) and takes its cosine
+to the chip's unit baseline mean (:func:`~geofm.analyze.similarity.cosine`); an update
+runs pass 2 alone on its new files. Both stream blocks of rows
+(:data:`~geofm.analyze.series.BLOCK_ROWS`, never a whole file) while a thread decodes
+the next ones (:func:`~geofm.analyze.series.iter_vectors`); pass 2 streams pass 1's
+files first, in reverse, so the files pass 1 read last are read while the operating
+system may still cache them. Memory: a few blocks plus ``[chips, D]`` sums plus the PCA
+sample (pass 1) plus float32 ``[observations, K]`` projections. :class:`Padded` lays
+observations out as a ``[chip, date]`` grid.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from geofm.analyze import series
 from geofm.analyze.reduce import PCAModel
 from geofm.analyze.series import FileVectors, ObservationIndex, iter_vectors
 from geofm.analyze.similarity import BaselineMeans, cosine
@@ -36,11 +40,11 @@ def _vectors(index: ObservationIndex, column: str, center: str, *,
              order: Sequence[int] | None = None) -> Iterator[FileVectors]:
     """:func:`iter_vectors`, with each scene's median embedding subtracted if asked."""
     for f in iter_vectors(index, column, order=order):
-        ok = f.ok
-        if center == "scene" and ok.sum() >= MIN_CENTER_CHIPS:
-            vectors = f.whole()
-            vectors -= np.median(vectors[ok], axis=0)
-            vectors[~ok] = 0.0
+        if center == "scene":  # the scene's median needs the whole file
+            vectors, ok = f.whole()
+            if ok.sum() >= MIN_CENTER_CHIPS:
+                vectors -= np.median(vectors[ok], axis=0)
+                vectors[~ok] = 0.0
             f = FileVectors(f.index, [(0, vectors, ok)])
         yield f
 
@@ -59,37 +63,62 @@ def _record_bad(record: StageRecord, rr: RunRoot, index: ObservationIndex, i: in
                 path=os.path.relpath(index.files[i], rr.path))
 
 
+def pass_one_files(index: ObservationIndex, row_in_base: np.ndarray, *, fit: bool
+                   ) -> np.ndarray:
+    """The files :func:`pass_one` reads: bool ``[F]``.
+
+    Those with a row in the baseline period; every file when a PCA is to be fitted
+    (``fit``) and the baseline period has fewer than 2 rows (the PCA sample is then
+    drawn from every row).
+    """
+    upto = np.concatenate([[0], np.cumsum(row_in_base)])
+    counts = upto[index.offsets[1:]] - upto[index.offsets[:-1]]
+    if fit and counts.sum() < 2:
+        return np.ones(len(index.files), dtype=bool)
+    return counts > 0
+
+
 def pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.ndarray,
              record: StageRecord, rr: RunRoot, *, fit: bool, max_samples: int, seed: int,
              progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pass 1: per-chip unit baseline means and the PCA sample, one file at a time.
 
-    ``row_in_base``: bool ``[rows]`` rows dated in the baseline period. Bad rows are
-    recorded as failures in ``record``.
+    Reads only the files :func:`pass_one_files` names (those of the baseline period):
+    the PCA is fitted on the baseline period, the reference period every later
+    observation is compared with (and on every row when the period has fewer than 2).
+
+    ``row_in_base``: bool ``[rows]`` rows dated in the baseline period. Bad rows of the
+    files read are recorded as failures in ``record``.
 
     Returns:
-        ``(row_ok, means, sample)``: bool ``[rows]`` valid rows, float32 ``[C, D]`` unit
-        baseline means (NaN rows without baseline), float32 ``[S, D]`` seeded uniform
-        subsample of at most ``max_samples`` valid vectors (empty unless ``fit``).
+        ``(row_ok, means, sample)``: bool ``[rows]`` valid rows (True in the files not
+        read), float32 ``[C, D]`` unit baseline means (NaN rows without baseline),
+        float32 ``[S, D]`` seeded uniform subsample of at most ``max_samples`` valid
+        baseline vectors (empty unless ``fit``).
     """
     rng = np.random.default_rng(seed)
-    rate = min(1.0, max_samples / max(index.n_rows, 1))
+    read = pass_one_files(index, row_in_base, fit=fit)
+    everything = bool(read.all()) and int(row_in_base.sum()) < 2
+    pool = index.n_rows if everything else int(row_in_base.sum())
+    rate = min(1.0, max_samples / max(pool, 1))
     row_ok = np.ones(index.n_rows, dtype=bool)
     means = BaselineMeans(index.chip_ids.size, index.dim)
+    files = np.flatnonzero(read)
     # the sample's candidate rows, drawn file by file up front (the same draws as while
     # streaming): the sample is filled in place, no list of picks to concatenate
-    draws = [rng.random(int(index.offsets[i + 1] - index.offsets[i])) < rate if fit
-             else np.zeros(0, dtype=bool) for i in range(len(index.files))]
-    sample = np.empty((sum(int(d.sum()) for d in draws), index.dim), dtype=np.float32)
+    draws = {}
+    for i in (files.tolist() if fit else []):
+        rows = slice(index.offsets[i], index.offsets[i + 1])
+        draws[i] = rng.random(rows.stop - rows.start) < rate
+        if not everything:
+            draws[i] &= row_in_base[rows]
+    sample = np.empty((sum(int(d.sum()) for d in draws.values()), index.dim),
+                      dtype=np.float32)
     n_sample = 0
-    bar = progress_bar(total=len(index.files), desc="analyze: baseline + PCA sample",
+    bar = progress_bar(total=files.size, desc="analyze: baseline + PCA sample",
                        unit="file", disable=not progress)
-    for f in _vectors(index, column, center):
+    for f in _vectors(index, column, center, order=files.tolist()):
         i, first = f.index, int(index.offsets[f.index])
-        ok = f.ok
-        if not ok.all():
-            _record_bad(record, rr, index, i, ok)
-            row_ok[first:first + ok.size] = ok
         for start, vectors, block_ok in f.blocks:
             rows = slice(first + start, first + start + block_ok.size)
             weight = index.row_weight[rows] * (row_in_base[rows] & block_ok)
@@ -98,8 +127,13 @@ def pass_one(index: ObservationIndex, column: str, center: str, row_in_base: np.
                 take = np.flatnonzero(block_ok & draws[i][start:start + block_ok.size])
                 sample[n_sample:n_sample + take.size] = vectors[take]
                 n_sample += take.size
+        ok = f.ok
+        if not ok.all():
+            _record_bad(record, rr, index, i, ok)
+            row_ok[first:first + ok.size] = ok
         bar.update(1)
     bar.close()
+    del draws
     sample = sample[:n_sample]
     _release_read_buffers()
     if sample.shape[0] > max_samples:
@@ -111,7 +145,7 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
              means: np.ndarray,
              pca: PCAModel, n_components: int, *, progress: bool,
              record: StageRecord | None = None, rr: RunRoot | None = None,
-             mean_rows: np.ndarray | None = None
+             mean_rows: np.ndarray | None = None, checked: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Project every row and take its cosine to the chip's unit baseline mean.
 
@@ -123,9 +157,10 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
         index: the files and their numbering.
         column: the embedding column.
         center: ``scene`` or ``none`` (see :func:`geofm.analyze.stage.analyze`).
-        row_ok: bool ``[rows]`` valid rows (from pass 1); None: the rows' own validity,
-            and bad rows are recorded as failures in ``record`` (the update path, which
-            has no pass 1).
+        row_ok: bool ``[rows]`` valid rows (from pass 1) of the ``checked`` files; None:
+            no file was checked (the update path, which has no pass 1). The rows of the
+            files not checked are checked here: their own validity, and their bad rows
+            are recorded as failures in ``record``.
         means: float32 ``[C', D]`` unit baseline means (may be memory-mapped).
         pca: the basis; its first ``n_components`` axes are used.
         n_components: ``K``.
@@ -134,12 +169,17 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
         rr: the run root (paths in those failures).
         mean_rows: the row of ``means`` of each of the index's chips (-1: none, the
             cosine is NaN); default the chip's own index.
+        checked: bool ``[F]`` the files pass 1 read (:func:`pass_one_files`; default
+            all when ``row_ok`` is given). Those are streamed first, in reverse (the
+            files pass 1 read last may still be cached), then the others in order.
 
     Returns:
         ``(pcs, cos, obs_ok)``: float32 ``[M, K]`` projections, float32 ``[M]`` cosines
         (NaN where there is no baseline mean), bool ``[M]`` observations with a valid
         row (the others are NaN).
     """
+    from threadpoolctl import threadpool_limits
+
     n_obs = index.n_obs
     pcs = np.full((n_obs, n_components), np.nan, dtype=np.float32)
     cos = np.full(n_obs, np.nan, dtype=np.float32)
@@ -151,31 +191,40 @@ def pass_two(index: ObservationIndex, column: str, center: str, row_ok: np.ndarr
     dup_w = np.zeros(multi.size)
     bar = progress_bar(total=len(index.files), desc="analyze: project + cosine", unit="file",
                        disable=not progress)
-    order = range(len(index.files) - 1, -1, -1) if row_ok is not None else None
-    for f in _vectors(index, column, center, order=order):
-        i, first = f.index, int(index.offsets[f.index])
-        if row_ok is None:
-            assert record is not None and rr is not None
-            _record_bad(record, rr, index, i, f.ok)
-        for start, vectors, valid in f.blocks:
-            rows = slice(first + start, first + start + valid.size)
-            ok = valid if row_ok is None else row_ok[rows]
-            obs = index.row_obs[rows]
-            weight = index.row_weight[rows]
-            proj = pca.transform(vectors)[:, :n_components]
-            sim = cosine(vectors, _mean_of(means, index.row_chip[rows], mean_rows))
-            single = ok & (weight == 1.0)
-            pcs[obs[single]] = proj[single]
-            cos[obs[single]] = sim[single]
-            seen[obs[single]] = True
-            shared = np.flatnonzero(ok & (weight < 1.0))
-            if shared.size:
-                slot = np.searchsorted(multi, obs[shared])
-                w = weight[shared]
-                np.add.at(dup_w, slot, w)
-                np.add.at(dup_pcs, slot, proj[shared] * w[:, None])
-                np.add.at(dup_vec, slot, vectors[shared] * w[:, None])
-        bar.update(1)
+    n_files = len(index.files)
+    if checked is None:
+        checked = np.full(n_files, row_ok is not None)
+    if row_ok is None:
+        checked = np.zeros(n_files, dtype=bool)
+    order = np.concatenate([np.flatnonzero(checked)[::-1], np.flatnonzero(~checked)])
+    scratch = np.empty((series.BLOCK_ROWS, index.dim), dtype=np.float32)
+    # one BLAS thread for the projections: the reading thread has the other core (the
+    # products are the same with any number of threads)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for f in _vectors(index, column, center, order=order.tolist()):
+            i, first = f.index, int(index.offsets[f.index])
+            for start, vectors, valid in f.blocks:
+                rows = slice(first + start, first + start + valid.size)
+                ok = row_ok[rows] if checked[i] and row_ok is not None else valid
+                obs = index.row_obs[rows]
+                weight = index.row_weight[rows]
+                proj = pca.transform(vectors, scratch=scratch)[:, :n_components]
+                sim = cosine(vectors, _mean_of(means, index.row_chip[rows], mean_rows))
+                single = ok & (weight == 1.0)
+                pcs[obs[single]] = proj[single]
+                cos[obs[single]] = sim[single]
+                seen[obs[single]] = True
+                shared = np.flatnonzero(ok & (weight < 1.0))
+                if shared.size:
+                    slot = np.searchsorted(multi, obs[shared])
+                    w = weight[shared]
+                    np.add.at(dup_w, slot, w)
+                    np.add.at(dup_pcs, slot, proj[shared] * w[:, None])
+                    np.add.at(dup_vec, slot, vectors[shared] * w[:, None])
+            if not checked[i]:
+                assert record is not None and rr is not None
+                _record_bad(record, rr, index, i, f.ok)
+            bar.update(1)
     bar.close()
     _release_read_buffers()
     if multi.size:

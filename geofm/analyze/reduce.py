@@ -1,9 +1,10 @@
 """Dimensionality reduction: one PCA for the whole run (saved, reusable) and t-SNE.
 
-The PCA is fitted once over the run's valid embeddings, never per shard, so every
-chip and date is projected onto the same axes. To bound memory it is fitted on a
-seeded uniform subsample of at most ``max_samples`` vectors (exact when the run is
-smaller): the covariance of the sample in float64, then its eigenvectors. The fitted
+The PCA is fitted once per reference, never per shard, so every chip and date is
+projected onto the same axes. The analyze stage fits it on the baseline period's valid
+embeddings (:func:`geofm.analyze.passes.pass_one`); to bound memory on a seeded uniform
+subsample of at most ``max_samples`` vectors (exact when there are fewer): the
+covariance of the sample in float64, then its eigenvectors. The fitted
 axes are saved to ``analysis/pca.npz`` and can be loaded to project later data onto
 the very same axes (:meth:`PCAModel.transform`).
 """
@@ -49,11 +50,14 @@ class PCAModel:
         """Number of axes ``K``."""
         return int(self.components.shape[0])
 
-    def transform(self, vectors: np.ndarray) -> np.ndarray:
+    def transform(self, vectors: np.ndarray, *, scratch: np.ndarray | None = None
+                  ) -> np.ndarray:
         """Project vectors onto the axes.
 
         Args:
             vectors: float ``[N, D]`` embeddings.
+            scratch: optional float32 ``[>= N, D]`` C-contiguous work array for the
+                centred vectors (a stream of blocks reuses one; the result is the same).
 
         Returns:
             float32 ``[N, K]`` coordinates (``pc1`` is column 0).
@@ -67,7 +71,14 @@ class PCAModel:
                              f"'embedding' is {vectors.shape[-1]} but the PCA was fitted on "
                              f"{self.dim}. Use a PCA fitted on embeddings of the same model "
                              "and kind (cls/mean).")
-        return (vectors - self.mean) @ self.components.T
+        axes = np.ascontiguousarray(self.components.T)  # [D, K]: a faster product
+        n = vectors.shape[0]
+        if scratch is not None and scratch.dtype == np.float32 and scratch.shape[0] >= n \
+                and scratch.shape[1:] == vectors.shape[1:] and scratch.flags.c_contiguous:
+            centred = np.subtract(vectors, self.mean, out=scratch[:n])
+        else:
+            centred = vectors - self.mean
+        return centred @ axes
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to an ``.npz`` file atomically and return its path."""

@@ -4,22 +4,24 @@
 ``date``) of every ``embeddings/<scene_id>.parquet`` and numbers chips and
 observations. An observation is one chip on one UTC day: several acquisitions of a
 chip on the same day (duplicate items) are averaged, each with weight ``1/k``.
-:func:`iter_vectors` then streams the (large) embedding column one file at a time, so
-memory stays bounded by one file plus per-chip accumulators.
+:func:`iter_vectors` then streams the (large) embedding column file by file, row group
+by row group, in blocks of :data:`BLOCK_ROWS` rows decoded ahead by a reading thread, so
+memory stays bounded by a few blocks plus per-chip accumulators (not by a file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from geofm.exceptions import GeofmFileNotFoundError, GeofmValueError
-from geofm.tables import read_schema, read_table
+from geofm.tables import iter_row_group_batches, read_schema, read_table
 
 NS_PER_DAY = 86_400 * 10**9
 
@@ -37,10 +39,9 @@ class ObservationIndex:
         offsets: int64 ``[F + 1]`` first global row of each file.
         dim: embedding dimension ``D``.
         chip_ids: str ``[C]`` sorted unique chip ids.
-        row_chip: int64 ``[N]`` chip index of each row.
-        row_obs: int64 ``[N]`` observation index of each row.
+        row_chip: int32 ``[N]`` chip index of each row (int64 past 2**31 rows).
+        row_obs: int32 ``[N]`` observation index of each row (int64 past 2**31 rows).
         row_weight: float64 ``[N]`` ``1/k`` for ``k`` same-day rows of a chip.
-        row_scene: int64 ``[N]`` file index of each row.
         obs_chip: int64 ``[M]`` chip of each observation (observations are sorted by
             chip, then date).
         obs_ns: int64 ``[M]`` time of each observation, ns since the epoch (UTC; the
@@ -56,7 +57,6 @@ class ObservationIndex:
     row_chip: np.ndarray
     row_obs: np.ndarray
     row_weight: np.ndarray
-    row_scene: np.ndarray
     obs_chip: np.ndarray
     obs_ns: np.ndarray
     obs_scene: np.ndarray
@@ -152,7 +152,6 @@ def index_embeddings(files: list[Path], scene_ids: list[str], *,
     codes = rank[np.concatenate(code_parts)] if code_parts else np.array([], dtype=np.int64)
     del code_parts
     ns = np.concatenate(ns_parts) if ns_parts else np.array([], dtype=np.int64)
-    row_scene = np.repeat(np.arange(len(files)), counts).astype(np.int64)
     day = np.floor_divide(ns, NS_PER_DAY)
     day_span = int(day.max() - day.min() + 1) if day.size else 1
     key = codes * day_span + (day - (day.min() if day.size else 0))
@@ -166,43 +165,60 @@ def index_embeddings(files: list[Path], scene_ids: list[str], *,
     n_obs = int(first.sum())
     obs_count = np.bincount(row_obs, minlength=n_obs)
     first_rows = order[first]
+    del order, sorted_key, key, first, obs_of_sorted
     pa.default_memory_pool().release_unused()  # the id strings read: back to the system
+    small = np.int32 if max(int(offsets[-1]), n_obs, chip_ids.size) < 2**31 else np.int64
     return ObservationIndex(
         files=list(files), scene_ids=list(scene_ids), offsets=offsets, dim=dim,
-        chip_ids=chip_ids, row_chip=codes, row_obs=row_obs,
-        row_weight=1.0 / obs_count[row_obs], row_scene=row_scene,
-        obs_chip=codes[first_rows], obs_ns=ns[first_rows], obs_scene=row_scene[first_rows])
+        chip_ids=chip_ids, row_chip=codes.astype(small), row_obs=row_obs.astype(small),
+        row_weight=1.0 / obs_count[row_obs], obs_chip=codes[first_rows],
+        obs_ns=ns[first_rows],
+        obs_scene=np.searchsorted(offsets, first_rows, side="right").astype(np.int64) - 1)
 
 
-#: Rows per block handed to the passes (bounds their temporaries: 16,384 x 768 float32
-#: = 48 MiB).
-BLOCK_ROWS = 16_384
+#: Rows per block handed to the passes (bounds their temporaries: 8,192 x 768 float32
+#: = 24 MiB, under glibc's largest mmap threshold, so the allocator reuses them instead
+#: of mapping fresh pages for every block). Blocks never span two row groups.
+BLOCK_ROWS = 8_192
+
+#: Blocks decoded ahead of the one being processed (by the reading thread).
+PREFETCH_BLOCKS = 2
+
+Block = tuple[int, np.ndarray, np.ndarray]
 
 
-@dataclass
 class FileVectors:
-    """One file's embedding column, as blocks of consecutive rows.
+    """One file's embedding column, as blocks of consecutive rows, read while iterated.
 
-    Attributes:
+    Args:
         index: the file's position in :attr:`ObservationIndex.files`.
         blocks: ``(start, vectors, ok)``: the block's first row within the file, float32
             ``[n, D]`` vectors (read-only views of the Arrow buffers where possible), and
             bool ``[n]`` rows that are usable (not null, of length ``D``, finite; the
-            others are zero in ``vectors``).
+            others are zero in ``vectors``). Iterated once.
     """
 
-    index: int
-    blocks: list[tuple[int, np.ndarray, np.ndarray]]
+    def __init__(self, index: int, blocks: Iterable[Block]) -> None:
+        self.index = index
+        self._blocks = iter(blocks)
+        self._ok: list[np.ndarray] = []
+
+    @property
+    def blocks(self) -> Iterator[Block]:
+        """The blocks, in row order (each is read when it is reached; iterate once)."""
+        for block in self._blocks:
+            self._ok.append(block[2])
+            yield block
 
     @property
     def ok(self) -> np.ndarray:
-        """The usable rows of the whole file: bool ``[rows]``."""
-        return np.concatenate([ok for _, _, ok in self.blocks]) if self.blocks else \
-            np.zeros(0, dtype=bool)
+        """Usable rows, bool ``[rows]``, of the blocks iterated so far (all: the file's)."""
+        return np.concatenate(self._ok) if self._ok else np.zeros(0, dtype=bool)
 
-    def whole(self) -> np.ndarray:
-        """float32 ``[rows, D]`` every block in one (writable) array: a copy."""
-        return np.concatenate([v for _, v, _ in self.blocks])
+    def whole(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (remaining) blocks in one writable copy: float32 ``[rows, D]``, ``ok [rows]``."""
+        parts = [v for _, v, _ in self.blocks]
+        return (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)), self.ok
 
 
 def _finite_rows(vectors: np.ndarray) -> np.ndarray:
@@ -215,9 +231,11 @@ def _finite_rows(vectors: np.ndarray) -> np.ndarray:
     return finite
 
 
-def read_vectors(path: Path, column: str, dim: int, *, block_rows: int | None = None
-                 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Read one file's embedding column as blocks of at most ``block_rows`` rows.
+def iter_file_vectors(path: Path, column: str, dim: int, *, block_rows: int | None = None
+                      ) -> Iterator[Block]:
+    """Stream one file's embedding column as blocks of at most ``block_rows`` rows.
+
+    Each row group is decoded batch by batch (memory: one block, not the file).
 
     Args:
         path: an embeddings Parquet file.
@@ -225,17 +243,16 @@ def read_vectors(path: Path, column: str, dim: int, *, block_rows: int | None = 
         dim: expected dimension ``D``.
         block_rows: most rows per block (default :data:`BLOCK_ROWS`).
 
-    Returns:
-        ``[(start, vectors float32 [n, D], ok bool [n]), ...]`` in row order (``start``:
-        first row of the block in the file); rows that are null, of another length or
-        not finite are zero in ``vectors`` and False in ``ok``. Vectors of a
+    Yields:
+        ``(start, vectors float32 [n, D], ok bool [n])`` in row order (``start``: first
+        row of the block in the file); rows that are null, of another length or not
+        finite are zero in ``vectors`` and False in ``ok``. Vectors of a
         ``fixed_size_list<float32>`` column without nulls are zero-copy (read-only).
     """
     block_rows = block_rows or BLOCK_ROWS
-    col = read_table(path, made_by="embed", columns=[column]).column(column)
-    out: list[tuple[int, np.ndarray, np.ndarray]] = []
     start = 0
-    for chunk in col.chunks:
+    for chunk in iter_row_group_batches(path, made_by="embed", column=column,
+                                        batch_size=block_rows):
         n = len(chunk)
         if pa.types.is_fixed_size_list(chunk.type) and chunk.null_count == 0 and \
                 chunk.type.list_size == dim and pa.types.is_float32(chunk.type.value_type):
@@ -249,23 +266,27 @@ def read_vectors(path: Path, column: str, dim: int, *, block_rows: int | None = 
                     ok[i] = False
                 else:
                     vectors[i] = item
-        for lo in range(0, n, block_rows):
-            v = vectors[lo:lo + block_rows]
-            finite = _finite_rows(v)
-            if not finite.all():
-                v = v.copy()  # arrow buffers are read-only
-                v[~finite] = 0.0
-            out.append((start + lo, v, ok[lo:lo + block_rows] & finite))
+        finite = _finite_rows(vectors)
+        if not finite.all():
+            vectors = vectors.copy() if not vectors.flags.writeable else vectors
+            vectors[~finite] = 0.0
+        yield start, vectors, ok & finite
         start += n
-    return out
+
+
+def read_vectors(path: Path, column: str, dim: int, *, block_rows: int | None = None
+                 ) -> list[Block]:
+    """Read one file's embedding column as blocks: :func:`iter_file_vectors` as a list."""
+    return list(iter_file_vectors(path, column, dim, block_rows=block_rows))
 
 
 def iter_vectors(index: ObservationIndex, column: str, *, order: Sequence[int] | None = None
                  ) -> Iterator[FileVectors]:
-    """Stream the embedding column, one file at a time, reading the next file meanwhile.
+    """Stream the embedding column file by file, block by block, decoding ahead.
 
-    A background thread reads file ``k + 1`` (pyarrow decodes without the GIL) while
-    the caller works on file ``k``: memory is two files' vectors.
+    A background thread decodes the next :data:`PREFETCH_BLOCKS` blocks (pyarrow
+    decodes without the GIL, across file boundaries) while the caller works on the
+    current one: memory is a few blocks, not whole files.
 
     Args:
         index: the files and their row numbering.
@@ -273,28 +294,68 @@ def iter_vectors(index: ObservationIndex, column: str, *, order: Sequence[int] |
         order: file indexes in the order to stream them (default: all, in order).
 
     Yields:
-        :class:`FileVectors`; the file's global rows are ``index.offsets[i]`` plus each
+        :class:`FileVectors` (iterate its blocks before taking the next file: the rest
+        are skipped otherwise); the file's global rows are ``index.offsets[i]`` plus each
         block's ``start``.
+
+    Raises:
+        GeofmValueError: a file's row count changed since :func:`index_embeddings`.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import queue
+    import threading
 
     files = list(range(len(index.files))) if order is None else list(order)
+    if not files:
+        return
+    blocks: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=PREFETCH_BLOCKS)
+    stop = threading.Event()
+    block_rows = BLOCK_ROWS  # read here: the module value (tests change it)
 
-    def read(i: int) -> FileVectors:
-        path = index.files[i]
-        blocks = read_vectors(path, column, index.dim)
-        got = sum(ok.size for _, _, ok in blocks)
-        expected = int(index.offsets[i + 1] - index.offsets[i])
-        if got != expected:
-            raise GeofmValueError(f"{path} changed while being analysed ({got} rows, "
-                                  f"{expected} before); re-run when `geofm embed` is done.")
-        return FileVectors(i, blocks)
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                blocks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geofm-read") as pool:
-        pending = pool.submit(read, files[0]) if files else None
-        for k in range(len(files)):
-            assert pending is not None
-            current = pending.result()
-            pending = pool.submit(read, files[k + 1]) if k + 1 < len(files) else None
+    def produce() -> None:
+        try:
+            for i in files:
+                path, got = index.files[i], 0
+                for block in iter_file_vectors(path, column, index.dim, block_rows=block_rows):
+                    got += block[2].size
+                    if not put(("block", block)):
+                        return
+                expected = int(index.offsets[i + 1] - index.offsets[i])
+                if got != expected:
+                    raise GeofmValueError(f"{path} changed while being analysed ({got} rows, "
+                                          f"{expected} before); re-run when `geofm embed` "
+                                          "is done.")
+                if not put(("end", i)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+
+    def file_blocks() -> Iterator[Block]:
+        while True:
+            kind, item = blocks.get()
+            if kind == "error":
+                raise item
+            if kind == "end":
+                return
+            yield item
+
+    reader = threading.Thread(target=produce, name="geofm-read", daemon=True)
+    reader.start()
+    try:
+        for i in files:
+            current = FileVectors(i, file_blocks())
             yield current
+            for _ in current.blocks:  # whatever the caller left unread
+                pass
             del current
+    finally:
+        stop.set()
+        reader.join()

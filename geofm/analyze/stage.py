@@ -105,7 +105,11 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
         pca: an existing ``pca.npz`` to project onto (same axes as an earlier run);
             default fits a new PCA on this run.
         pca_samples: PCA is fitted on a seeded uniform subsample of at most this many
-            vectors (memory bound); exact when the run is smaller.
+            vectors of the baseline period (memory bound; exact when it has fewer).
+            The baseline period is the reference every later observation is compared
+            with; its files are read twice, the later ones once (earlier versions
+            sampled every date). A baseline period of fewer than 2 embeddings samples
+            every date.
         seed: seed of the PCA subsample and t-SNE.
         refit: start a new reference: refit the PCA (unless ``pca``) and every baseline
             on all observations, rescore everything. Past change dates and magnitudes

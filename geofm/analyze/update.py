@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from geofm.analyze.change import SeasonalFit, check_parameters, fit_seasonal
-from geofm.analyze.passes import Padded, pass_one, pass_two
+from geofm.analyze.passes import Padded, pass_one, pass_one_files, pass_two
 from geofm.analyze.reduce import PCAModel, fit_pca
 from geofm.analyze.reference import Reference, load_means, save_means
 from geofm.analyze.series import EMBEDDING_COLUMNS, NS_PER_DAY, index_embeddings
@@ -248,6 +248,7 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
     row_ok, means, sample = pass_one(index, o.column, o.center, row_in_base, record, rr,
                                      fit=pca_model is None, max_samples=o.pca_samples,
                                      seed=o.seed, progress=o.progress)
+    checked = pass_one_files(index, row_in_base, fit=pca_model is None)
     del row_ns, row_in_base
     if pca_model is None:
         pca_model = fit_pca(sample, n_components=o.n_components)
@@ -257,7 +258,8 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
                               f"the embeddings have {index.dim}; fit a new one (omit --pca).")
     # Pass 2: projections and cosine to the baseline mean, per observation.
     obs_pcs, obs_cos, obs_ok = pass_two(index, o.column, o.center, row_ok, means, pca_model,
-                                        o.n_components, progress=o.progress)
+                                        o.n_components, progress=o.progress, record=record,
+                                        rr=rr, checked=checked)
     sel = np.flatnonzero(obs_ok)
     every = sel.size == obs_ok.size  # then no copies of the [M, K] projections
 

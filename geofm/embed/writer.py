@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 
 METADATA_KEY = b"geofm"
 
+#: Rows per Parquet row group of an embeddings file: 16,384 x 768 float32 = 48 MiB per
+#: embedding column chunk, so analyze streams a file one chunk at a time (any reader
+#: reads any row-group size; older files have one row group).
+ROW_GROUP_ROWS = 16_384
+
 log = logging.getLogger(__name__)
 
 
@@ -111,7 +116,7 @@ def write_scene(path: str | os.PathLike[str], *, scene_id: str, chip_ids: Sequen
             pa.array(embedding_mean.reshape(-1)), dim),
     }, schema=schema)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     return Path(path)
 
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from geofm.analyze import series
-from geofm.analyze.passes import pass_one, pass_two
+from geofm.analyze.passes import pass_one, pass_one_files, pass_two
 from geofm.analyze.reduce import fit_pca
 from geofm.analyze.series import index_embeddings, read_vectors
 from geofm.layout import RunRoot
@@ -107,3 +107,56 @@ def test_read_vectors_flags_null_short_and_non_finite_rows(tmp_path):
     # a row of huge finite values overflows its sum but is kept
     assert ok.tolist() == [True, False, False, True, False]
     assert (vectors[~ok] == 0).all() and (vectors[3] == np.float32(1e38)).all()
+
+
+def test_pass_one_reads_only_the_baseline_files_and_pass_two_checks_the_rest(files, tmp_path,
+                                                                            monkeypatch):
+    paths, ids, data = files
+    index = index_embeddings(paths, ids)
+    read = []
+    real = series.iter_file_vectors
+
+    def spy(path, *args, **kwargs):
+        read.append(path.stem)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(series, "iter_file_vectors", spy)
+    in_base = np.zeros(index.n_rows, dtype=bool)
+    in_base[:index.offsets[1]] = True  # the baseline period: file s0 only
+    record = _Record()
+    rr = RunRoot.of(tmp_path)
+    row_ok, means, sample = pass_one(index, "embedding", "none", in_base, record, rr,
+                                     fit=True, max_samples=1000, seed=0, progress=False)
+    assert read == ["s0"] and record.failures == []  # s3's bad row: not read yet
+    # the PCA sample: the baseline period's vectors, all of them (fewer than max_samples)
+    np.testing.assert_array_equal(sample, np.asarray(data[0][1], np.float32))
+    checked = pass_one_files(index, in_base, fit=True)
+    assert checked.tolist() == [True, False, False, False]
+    pca = fit_pca(sample, n_components=3)
+    read.clear()
+    pcs, cos, ok = pass_two(index, "embedding", "none", row_ok, means, pca, 3,
+                            progress=False, record=record, rr=rr, checked=checked)
+    assert read == ["s0", "s1", "s2", "s3"]
+    assert [u for u, _ in record.failures] == ["s3"] and (~ok).sum() == 1
+    # equal to pass 2 with the same basis and means after a pass 1 over every file
+    every = np.ones(index.n_rows, dtype=bool)
+    every_ok, _, _ = pass_one(index, "embedding", "none", every, _Record(), rr, fit=False,
+                              max_samples=0, seed=0, progress=False)
+    pcs2, cos2, ok2 = pass_two(index, "embedding", "none", every_ok, means, pca, 3,
+                               progress=False)
+    np.testing.assert_array_equal(ok, ok2)
+    np.testing.assert_allclose(pcs[ok], pcs2[ok], rtol=1e-6)
+    np.testing.assert_allclose(cos[ok], cos2[ok], rtol=1e-6)
+
+
+def test_pass_one_samples_every_file_when_the_baseline_has_under_two_rows(files, tmp_path):
+    paths, ids, _ = files
+    index = index_embeddings(paths, ids)
+    none = np.zeros(index.n_rows, dtype=bool)
+    assert pass_one_files(index, none, fit=True).all()
+    assert not pass_one_files(index, none, fit=False).any()
+    record = _Record()
+    row_ok, _, sample = pass_one(index, "embedding", "none", none, record,
+                                 RunRoot.of(tmp_path), fit=True, max_samples=1000, seed=0,
+                                 progress=False)
+    assert sample.shape == (int(row_ok.sum()), DIM) and [u for u, _ in record.failures] == ["s3"]
