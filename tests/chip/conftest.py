@@ -155,3 +155,32 @@ class StacServer:
 def stac_server() -> StacServer:
     """:class:`StacServer` (test modules cannot import conftest in importlib mode)."""
     return StacServer()
+
+
+def assert_same_chips(a: Path, b: Path, bands: list[str]) -> list[str]:
+    """Assert two run roots hold the same scenes, chip metadata and pixels of ``bands``.
+
+    Returns the scene ids (sorted), for further checks.
+    """
+    import pandas as pd
+
+    from geofm.chipfile import read_chip_array
+    from geofm.layout import RunRoot
+
+    ra, rb = RunRoot.of(a), RunRoot.of(b)
+    scenes = ra.scene_ids(ra.meta_dir)
+    assert scenes == rb.scene_ids(rb.meta_dir)
+    for scene in scenes:
+        ma, mb = pd.read_parquet(ra.meta_path(scene)), pd.read_parquet(rb.meta_path(scene))
+        pd.testing.assert_frame_equal(ma, mb)
+        for cid in ma.loc[ma["valid"], "chip_id"]:
+            xa, _ = read_chip_array(ra.chip_path(scene, cid), bands)
+            xb, _ = read_chip_array(rb.chip_path(scene, cid), bands)
+            np.testing.assert_array_equal(xa, xb)
+    return scenes
+
+
+@pytest.fixture
+def same_chips():
+    """:func:`assert_same_chips` (test modules cannot import conftest in importlib mode)."""
+    return assert_same_chips
