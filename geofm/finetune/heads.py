@@ -359,11 +359,14 @@ class UNetHead(WhitenedHead):
                  context_dropout: float = 0.0) -> None:
         super().__init__(dim, whiten=whiten)
         if not 0.0 <= context_dropout < 1.0:
-            raise GeofmValueError(f"context_dropout must be in [0, 1), got {context_dropout}",
-                                  name="context_dropout", value=context_dropout)
+            raise GeofmValueError(f"context_dropout must be in [0, 1), got {context_dropout}; "
+                                  "use e.g. 0.8 (the finetune default), or 0 to keep the "
+                                  "context at full weight", name="context_dropout",
+                                  value=context_dropout)
         if context_dropout > 0 and pixel_branch <= 0:
-            raise GeofmValueError("context_dropout needs a pixel branch (pixel_branch > 0): "
-                                  "without it a dropped chip has no logits",
+            raise GeofmValueError(f"context_dropout={context_dropout} needs a pixel branch "
+                                  "(without it a dropped chip has no logits); pass "
+                                  "pixel_branch > 0 (e.g. 32) or context_dropout=0",
                                   name="context_dropout", value=context_dropout)
         self.token_dropout = float(token_dropout)
         self.context_dropout = float(context_dropout)
