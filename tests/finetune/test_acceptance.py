@@ -2,6 +2,7 @@
 
 The setting of ``benchmarks/bench_finetune.py`` (1024 px synthetic scene, 6 dates, 64 px
 chips, random-weight ``tiny`` encoder, default head): about 100 s on 2 CPU cores.
+Issue 21's few-shot goals on a small scene (``benchmarks/fewshot.py``): about 150 s.
 """
 
 from __future__ import annotations
