@@ -320,6 +320,12 @@ class UNetHead(WhitenedHead):
     logits [B, n_classes, H, W]. Every full-resolution layer sees 10 m pixels, so class
     boundaries follow the bands, not the patch grid.
 
+    Per-pixel branch (``pixel_branch > 0``): 1x1 convolutions on the normalised bands,
+    logits added to the fused (*context*) ones. With ``context_dropout`` p the context
+    logits of a chip are dropped in training with probability p (so the branch must
+    classify on its own) and scaled by ``1 - p`` in evaluation (their expectation in
+    training): ``logits = branch + (1 - p) * context``.
+
     Args:
         dim: encoder token width D (times the number of layers fed).
         patch_size: encoder patch size p in pixels.
@@ -337,6 +343,11 @@ class UNetHead(WhitenedHead):
             convolutions: an MLP applied to every 10 m pixel on its own) whose logits are
             added to the fused ones; 0: none. It sees what the per-pixel baseline sees,
             so the head can match the baseline and the tokens only add context.
+        context_dropout: with a pixel branch, probability of dropping a chip's context
+            logits (token and 3x3 paths) in training; they are scaled by
+            ``1 - context_dropout`` in evaluation. With a few labelled places the context
+            paths fit the texture of the training blocks (``benchmarks/results/
+            finetune.md``, issue 21); 0: always on, unscaled.
     """
 
     uses_pixels = True
@@ -344,9 +355,21 @@ class UNetHead(WhitenedHead):
     def __init__(self, dim: int, patch_size: int, n_classes: int, *, bands: int,
                  hidden: int = 128, out_channels: int = 16, dropout: float = 0.1,
                  input_norm: bool = True, whiten: bool = True,
-                 token_dropout: float = 0.0, pixel_branch: int = 0) -> None:
+                 token_dropout: float = 0.0, pixel_branch: int = 0,
+                 context_dropout: float = 0.0) -> None:
         super().__init__(dim, whiten=whiten)
+        if not 0.0 <= context_dropout < 1.0:
+            raise GeofmValueError(f"context_dropout must be in [0, 1), got {context_dropout}; "
+                                  "use e.g. 0.8 (the finetune default), or 0 to keep the "
+                                  "context at full weight", name="context_dropout",
+                                  value=context_dropout)
+        if context_dropout > 0 and pixel_branch <= 0:
+            raise GeofmValueError(f"context_dropout={context_dropout} needs a pixel branch "
+                                  "(without it a dropped chip has no logits); pass "
+                                  "pixel_branch > 0 (e.g. 32) or context_dropout=0",
+                                  name="context_dropout", value=context_dropout)
         self.token_dropout = float(token_dropout)
+        self.context_dropout = float(context_dropout)
         self.dim, self.patch_size, self.n_classes = dim, patch_size, n_classes
         self.pixel_norm = PixelNorm(bands)
         self.input_norm = nn.BatchNorm2d(dim) if input_norm else nn.Identity()
@@ -393,9 +416,16 @@ class UNetHead(WhitenedHead):
         bands = self.pixel_norm(pixels)
         fused = torch.cat([context_px, self.skip(bands)], dim=1)
         logits = self.classify(self.dropout(self.fuse(fused)))
-        if self.pixel_branch is not None:
-            logits = logits + self.pixel_branch(bands)
-        return logits
+        if self.pixel_branch is None:
+            return logits
+        if self.context_dropout > 0:
+            if self.training:
+                keep = (torch.rand(logits.shape[0], 1, 1, 1, device=logits.device)
+                        >= self.context_dropout).to(logits.dtype)
+                logits = logits * keep
+            else:
+                logits = logits * (1.0 - self.context_dropout)
+        return logits + self.pixel_branch(bands)
 
     def whitening_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The patch tokens [B * L, D] (CLS left out: the head never sees it)."""

@@ -113,7 +113,8 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
              decoder: str = "unet", augment: bool = True, sampling: str = "balanced",
              pixel_stats: bool = True, baseline: bool = True,
              epoch_samples: int | None = 512, token_dropout: float = 0.5,
-             pixel_branch: int = 32, keep_epoch: str = "auto",
+             pixel_branch: int = 32, context_dropout: float = 0.8,
+             keep_epoch: str = "auto",
              baseline_pixels: int | None = None,
              device: str = "auto", seed: int = 0, encoder: Any = None, overwrite: bool = False,
              progress: bool = True) -> StageRecord:
@@ -183,6 +184,10 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
         pixel_branch: ``unet`` head: width of its per-pixel classifier on the bands,
             whose logits are added to the fused ones (0: none;
             :class:`geofm.finetune.heads.UNetHead`).
+        context_dropout: ``unet`` head with a pixel branch: probability of dropping a
+            chip's context logits (token and 3x3 paths) in training, so the pixel branch
+            classifies on its own; in prediction they are scaled by ``1 - p``. 0: the
+            context is always on; ignored without a pixel branch.
         keep_epoch: which epoch's head is saved: ``best`` (best validation mean IoU, with
             early stopping after ``patience``), ``last`` (a fixed schedule of ``epochs``)
             or ``auto`` (``last`` when fewer than :data:`MIN_VAL_LOCATIONS` locations
@@ -336,7 +341,9 @@ def finetune(root: str | os.PathLike[str] | RunRoot,
             head_options = {"hidden": hidden, "out_channels": out_channels, "whiten": whiten}
             if decoder == "unet":
                 head_options.update(decoder="unet", bands=len(data.bands),
-                                    token_dropout=token_dropout, pixel_branch=pixel_branch)
+                                    token_dropout=token_dropout, pixel_branch=pixel_branch,
+                                    context_dropout=context_dropout if pixel_branch > 0
+                                    else 0.0)
         head = build_head(task, dim=feature_dim, patch_size=int(encoder.patch_size),
                           n_classes=data.n_classes, **head_options)
         batches = [train_idx[i:i + batch_size].tolist()

@@ -171,3 +171,44 @@ def test_pixel_branch_classifies_each_pixel_on_its_own_bands():
                      bands=4, hidden=8, out_channels=4)
     assert old.pixel_branch is None
     assert not any(k.startswith("pixel_branch.") for k in old.state_dict())
+
+
+def test_context_dropout_keeps_the_pixel_branch_and_scales_the_context():
+    """Training drops whole chips' context logits (what is left is the pixel branch's);
+    evaluation adds the context scaled by 1 - p, its expectation in training."""
+    torch.manual_seed(0)
+    tokens, pixels = _inputs(8, b=16)
+    plain = UNetHead(12, 8, 3, bands=4, hidden=8, out_channels=4, pixel_branch=6, dropout=0.0)
+    head = UNetHead(12, 8, 3, bands=4, hidden=8, out_channels=4, pixel_branch=6, dropout=0.0,
+                    context_dropout=0.75)
+    head.load_state_dict(plain.state_dict())  # same weights: only the option differs
+    plain.eval(), head.eval()
+    with torch.no_grad():
+        branch = head.pixel_branch(head.pixel_norm(pixels))
+        context = plain(tokens, pixels) - branch
+        torch.testing.assert_close(head(tokens, pixels), branch + 0.25 * context)
+        # training: a chip gets either only the branch or branch + the whole context
+        head.train()
+        for module in head.modules():  # BatchNorm in eval: statistics must not move
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        out = head(tokens, pixels)
+    dropped = [torch.allclose(out[i], branch[i], atol=1e-5) for i in range(16)]
+    kept = [torch.allclose(out[i], branch[i] + context[i], atol=1e-5) for i in range(16)]
+    assert all(d or k for d, k in zip(dropped, kept, strict=True))
+    assert 0 < sum(kept) < sum(dropped)  # p = 0.75: most chips dropped, not all
+    # the option is stored in the head config and rebuilds the same head
+    again = build_head("segmentation", dim=12, patch_size=8, n_classes=3, decoder="unet",
+                       bands=4, hidden=8, out_channels=4, pixel_branch=6,
+                       context_dropout=0.75)
+    assert again.context_dropout == 0.75
+    assert build_head("segmentation", dim=12, patch_size=8, n_classes=3, decoder="unet",
+                      bands=4, pixel_branch=6).context_dropout == 0.0  # older heads
+
+
+@pytest.mark.parametrize("options", [dict(pixel_branch=6, context_dropout=1.0),
+                                     dict(pixel_branch=6, context_dropout=-0.1),
+                                     dict(pixel_branch=0, context_dropout=0.5)])
+def test_context_dropout_needs_a_pixel_branch_and_a_probability(options):
+    with pytest.raises(GeofmValueError, match="context_dropout"):
+        UNetHead(12, 8, 3, bands=4, **options)

@@ -188,3 +188,17 @@ def test_cli_shuffle_decoder_without_baseline_is_the_earlier_head(chipped_root, 
     assert metrics["baseline"] is None
     run = json.loads((out / "run.json").read_text())["stages"]["finetune"]
     assert run["config"]["decoder"] == "shuffle" and run["config"]["epoch_samples"] is None
+
+
+def test_cli_context_dropout_reaches_the_head(chipped_root, label_raster, tmp_path):
+    from geofm.finetune.train import load_head
+
+    out = tmp_path / "ctx"
+    with pytest.warns(Warning, match="RANDOM WEIGHTS"):
+        code = main(["--root", str(chipped_root), "--labels", str(label_raster), "--out",
+                     str(out), "--model", "tiny", "--epochs", "1", "--batch-size", "8",
+                     "--context-dropout", "0.3", "--no-baseline", "--no-progress", "-q"])
+    assert code == 0
+    head, cfg = load_head(out / "best.pt")
+    assert cfg["head_options"]["context_dropout"] == 0.3 and head.context_dropout == 0.3
+    assert cfg["head_options"]["pixel_branch"] == 32
