@@ -58,15 +58,21 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     touched = touched_chips(work, published, pos, plot_chips)
     # assess the touched chips (all, for a reference) over their whole series
     if touched is None:
-        local, rows, sub, ids, fit = np.arange(n_chips), None, core, work.chip_ids, work.fit
+        local, ids, fit = np.arange(n_chips), work.chip_ids, work.fit
+        chip, ns = core.chip, core.ns
+        order = pick = chip_date_order(chip, ns)
     else:
         local = np.cumsum(touched) - 1
         rows = np.flatnonzero(touched[core.chip])
-        sub = core.take(rows)
-        sub.chip = local[sub.chip]
+        chip, ns = local[core.chip[rows]], core.ns[rows]
         ids, fit = work.chip_ids[touched], take_fit(work.fit, touched)
-    order = chip_date_order(sub.chip, sub.ns)
-    obs = sub.take(order)  # by chip, then date: the [chip, date] grid's order
+        order = chip_date_order(chip, ns)
+        pick = rows[order]  # rows of `core`, taken once
+        del rows
+    # by chip, then date: the [chip, date] grid's order
+    obs = Core(chip=chip[order], scenes=core.scenes,
+               **{f: getattr(core, f)[pick] for f in Core._FIELDS if f != "chip"})
+    del chip, ns, order
     grid = Padded(obs.chip, ids.size, np.ones(obs.chip.size, dtype=bool))
     valid = grid.take(np.isfinite(obs.sig), False)
     monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
@@ -120,14 +126,10 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     for name, writer in work.files.items():
         writer(staged.path(name))
     anomaly = np.empty(core.chip.size, dtype=bool)
-    flags = np.empty(sub.chip.size, dtype=bool)
-    flags[order] = grid.gather(assessed["anomaly"])
-    if rows is None:
-        anomaly[:] = flags
-    else:  # untouched chips keep their published flags (their rows are all published)
-        assert work.prior is not None
+    if touched is not None:  # untouched chips keep their published flags (their rows are
+        assert work.prior is not None  # all published)
         anomaly[:n_prior] = work.prior.published.anomaly
-        anomaly[rows] = flags
+    anomaly[pick] = grid.gather(assessed["anomaly"])
     stage_timeseries(staged, rr, work.obs, work.chip_ids, anomaly[n_prior:], o.n_components,
                      prior=None if work.prior is None else work.prior.published,
                      prior_anomaly=anomaly[:n_prior])
