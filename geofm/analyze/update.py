@@ -319,7 +319,7 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     files = [rr.embeddings_path(s) for s in todo]
     index = index_embeddings(files, todo, column=o.column) if files else None
     new_chips = index.chip_ids if index is not None else np.array([], dtype=object)
-    chip_ids = np.union1d(reference.chip_ids.astype(str), new_chips.astype(str)).astype(object)
+    chip_ids, local = _union_ids(reference.chip_ids, new_chips)
     _check_plot_chips(plot_chips, chip_ids, rr)
     fit, ref_pos = reference.extend(chip_ids)
     old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
@@ -332,7 +332,6 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
                                   f"the new embeddings have {index.dim}; they come from another "
                                   "model: re-embed them, or refit (--refit).")
         n_rows = index.n_rows
-        local = np.searchsorted(chip_ids, index.chip_ids)   # local chip -> global row
         ref_means = load_means(rr.reference_means_path, reference.chip_ids.size)
         pcs, cos, obs_ok = pass_two(index, o.column, o.center, None, ref_means, pca_model,
                                     o.n_components, progress=o.progress, record=record, rr=rr,
@@ -365,6 +364,22 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
                  prior=_Prior(core=old_obs, published=published_rows, lost=lost),
                  kind="update",
                  n_rows=n_rows, n_new=int(sel.size), files={}, meta=geoms)
+
+
+def _union_ids(known: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted union of two sorted unique id arrays, and the row of each ``new`` id in it.
+
+    ``known`` is returned as it is when it holds every ``new`` id (an update of the same
+    chips: no sort). Returns object ``[C]`` ids and int64 ``[len(new)]`` rows.
+    """
+    new_str = new.astype(str)
+    if known.size and new.size:
+        known_str = known.astype(str)
+        at = np.minimum(np.searchsorted(known_str, new_str), known.size - 1)
+        if (known_str[at] == new_str).all():
+            return known.astype(object), at.astype(np.int64)
+    union = np.union1d(known.astype(str), new_str)
+    return union.astype(object), np.searchsorted(union, new_str).astype(np.int64)
 
 
 def _score(obs: Obs, fit: SeasonalFit, signal_pc: int | None | slice,

@@ -506,3 +506,17 @@ def test_chips_without_new_observations_keep_their_assessment(tmp_path, monkeypa
     changes = _changes(rr).set_index("chip_id")
     assert changes.loc["33UUP_64_0000_0000", "status"] == "change"
     assert changes.loc["33UUP_64_0000_0000", "change_date"] == _date(STEPS[0])
+
+
+def test_union_ids_reuses_known_ids_and_places_new_ones():
+    from geofm.analyze.update import _union_ids
+
+    known = np.array(["a", "c", "e"], dtype=object)
+    same, rows = _union_ids(known, np.array(["c", "e"], dtype=object))
+    assert same.tolist() == ["a", "c", "e"] and same.dtype == object
+    assert rows.tolist() == [1, 2]
+    grown, rows = _union_ids(known, np.array(["b", "e", "f"], dtype=object))
+    assert grown.tolist() == ["a", "b", "c", "e", "f"] and grown.dtype == object
+    assert rows.tolist() == [1, 3, 4]
+    first, rows = _union_ids(np.array([], dtype=object), np.array(["x"], dtype=object))
+    assert first.tolist() == ["x"] and rows.tolist() == [0]
