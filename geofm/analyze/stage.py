@@ -170,7 +170,7 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
     ref_options = json.loads(json.dumps({k: config[k] for k in refs.REFERENCE_OPTIONS},
                                         default=str))
 
-    with StageRecord(rr, "analyze", config=call_config(**config)) as record, _small_pages():
+    with StageRecord(rr, "analyze", config=call_config(**config)) as record:
         staged = StagedFiles(rr.analysis_dir)
         if staged.recover():
             log.warning("analyze: completed the publication of an update that was "
@@ -192,7 +192,7 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             todo, gone = scenes
             if outputs.resume(rr, record, state, todo=todo, gone=gone):
                 return record  # nothing changed: skipped
-            heap = _reused_heap()
+            heap = _update_memory()
         with heap:
             if scenes is not None:
                 assert state is not None
@@ -213,16 +213,26 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
 
 
 @contextlib.contextmanager
-def _small_pages() -> Iterator[None]:
-    """Within: numpy does not ask for transparent huge pages for its arrays.
+def _update_memory() -> Iterator[None]:
+    """Within: fewer page faults for an update's many short-lived arrays of tens of MB.
 
-    An analysis allocates many short-lived arrays of tens of MB (``[chips, dates]``
-    grids, the published rows' columns) and touches each once; on a busy machine the
-    kernel's compaction for huge pages made the system time of an update at 100k chips
-    (2.3-2.8 s) larger than its user time; with 4 KiB pages 1.1-1.5 s, same results.
-    numpy >= 1.20 has the switch (``NUMPY_MADVISE_HUGEPAGE`` at import, this at run
-    time); without it nothing changes.
+    numpy does not ask for transparent huge pages (on a busy machine the kernel's
+    compaction for them made the system time of an update at 100k chips, 2.3-2.8 s,
+    larger than its user time; 1.1-1.5 s without them, same results); and (glibc only)
+    freed arrays stay in the heap and are reused: glibc maps every allocation above
+    32 MiB afresh and unmaps it when freed, so each ``[observations]`` column and
+    ``[chips, dates]`` grid was paid for again in page faults. Here no allocation is
+    mapped on its own and the heap is trimmed only at the end (:func:`malloc_trim`):
+    ~500k -> ~320k faults for an update at 100k chips. Only for updates: the full
+    analysis was not measured with these settings.
     """
+    with _no_huge_pages(), _reused_heap():
+        yield
+
+
+@contextlib.contextmanager
+def _no_huge_pages() -> Iterator[None]:
+    """Within: numpy does not madvise its arrays for huge pages (numpy >= 1.20)."""
     import numpy as np
 
     core = getattr(np, "_core", None) or getattr(np, "core", None)
@@ -239,15 +249,7 @@ def _small_pages() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _reused_heap() -> Iterator[None]:
-    """Within (glibc only): freed arrays stay in the heap and are reused, not unmapped.
-
-    glibc maps every allocation above 32 MiB afresh and unmaps it when freed, so each of
-    an update's short-lived ``[observations]`` columns and ``[chips, dates]`` grids was
-    paid for again in page faults (~500k at 100k chips, ~1 s of system time). Here no
-    allocation is mapped on its own and the heap is not trimmed until the end (then it
-    is, :func:`malloc_trim`), which halves the faults of an update. Only for updates: a
-    full analysis' peak memory is bounded by other means and not measured with this.
-    """
+    """Within (glibc only): no allocation is mapped on its own, the heap is not trimmed."""
     import ctypes
     import sys
 
