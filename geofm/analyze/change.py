@@ -194,7 +194,8 @@ def assess(fit: SeasonalFit, residual: np.ndarray, valid: np.ndarray, monitor: n
     # same side of the seasonal model (a run is broken by a normal monitoring
     # observation or by a jump to the other side).
     # laid out [T, C]: the loop below reads one date of every chip at a time
-    signed = np.where(anomaly & monitor, np.sign(residual), 0.0).T.copy()
+    signed = np.sign(residual.T, out=np.empty((n_t, n_chips), dtype=residual.dtype))
+    signed[~(anomaly & monitor).T] = 0.0
     monitor_t = monitor.T.copy()
     run = np.zeros(n_chips, dtype=np.int64)
     side = np.zeros(n_chips)
