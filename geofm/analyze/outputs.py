@@ -28,7 +28,15 @@ from geofm.analyze.overlaps import duplicate_changes, find_overlaps
 from geofm.analyze.passes import Padded
 from geofm.analyze.reference import write_state
 from geofm.analyze.timeseries import stage_timeseries
-from geofm.analyze.update import CHIP_META_COLUMNS, Core, Obs, Options, Work, chip_date_order
+from geofm.analyze.update import (
+    CHIP_META_COLUMNS,
+    Core,
+    Obs,
+    Options,
+    Work,
+    chip_date_order,
+    take_two,
+)
 from geofm.io import StagedFiles
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord
@@ -47,9 +55,9 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     ``published``: the ``changes.parquet`` before it (None: the first), whose statuses
     decide which changes are new alerts. Fills ``record``'s counts.
     """
-    core = work.obs.core() if work.prior is None else Core.concat(work.prior.core,
-                                                                    work.obs.core())
-    n_prior = core.chip.size - work.obs.chip.size
+    new = work.obs.core()
+    n_prior = 0 if work.prior is None else work.prior.core.chip.size
+    n_all = n_prior + new.chip.size
     n_chips = work.chip_ids.size
     pos = np.full(n_chips, -1, dtype=np.int64)  # each chip's row in `published`
     prev: np.ndarray = np.full(n_chips, None, dtype=object)
@@ -58,22 +66,28 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
         prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
     touched = touched_chips(work, published, pos, plot_chips)
     # assess the touched chips (all, for a reference) over their whole series
+    # `obs`: the assessed observations by chip, then date (the [chip, date] grid's
+    # order); `pick`: their rows in the published rows followed by the new ones
     if touched is None:
+        core = new if work.prior is None else Core.concat(work.prior.core, new)
         local, ids, fit = np.arange(n_chips), work.chip_ids, work.fit
-        chip, ns = core.chip, core.ns
-        order = pick = chip_date_order(chip, ns)
-    else:
+        order = pick = chip_date_order(core.chip, core.ns)
+        obs = core.take(order)
+        del core
+    else:  # an update: the published rows are not concatenated with the new ones
+        assert work.prior is not None
+        old = work.prior.core
         local = np.cumsum(touched) - 1
-        rows = np.flatnonzero(touched[core.chip])
-        chip, ns = local[core.chip[rows]], core.ns[rows]
-        ids, fit = work.chip_ids[touched], take_fit(work.fit, touched)
-        order = chip_date_order(chip, ns)
-        pick = rows[order]  # rows of `core`, taken once
+        rows = np.concatenate([np.flatnonzero(touched[old.chip]),
+                               np.flatnonzero(touched[new.chip]) + n_prior])
+        chip = local[take_two(old.chip, new.chip, rows)]
+        order = chip_date_order(chip, take_two(old.ns, new.ns, rows))
+        pick = rows[order]
         del rows
-    # by chip, then date: the [chip, date] grid's order
-    obs = Core(chip=chip[order], scenes=core.scenes,
-               **{f: getattr(core, f)[pick] for f in Core._FIELDS if f != "chip"})
-    del chip, ns, order
+        ids, fit = work.chip_ids[touched], take_fit(work.fit, touched)
+        obs = Core.take_pair(old, new, pick, chip=chip[order])
+        del chip
+    del order
     grid = Padded(obs.chip, ids.size, np.ones(obs.chip.size, dtype=bool))
     valid = grid.take(np.isfinite(obs.sig), False)
     monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
@@ -126,7 +140,7 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     staged.begin()
     for name, writer in work.files.items():
         writer(staged.path(name))
-    anomaly = np.empty(core.chip.size, dtype=bool)
+    anomaly = np.empty(n_all, dtype=bool)
     if touched is not None:  # untouched chips keep their published flags (their rows are
         assert work.prior is not None  # all published)
         anomaly[:n_prior] = work.prior.published.anomaly
@@ -150,7 +164,7 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
 
     plot = local[idx] if work.kind == "update" else np.flatnonzero(assessed["change"])
     n_plots = write_plots(rr, ids, obs, grid, assessed, fit, plot, o, plot_chips, max_plots)
-    record.counts.update(embeddings=work.n_rows, observations=int(core.chip.size),
+    record.counts.update(embeddings=work.n_rows, observations=int(n_all),
                          new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
                          **counts)
     record.extra["reference"] = state["reference"]

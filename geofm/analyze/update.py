@@ -195,14 +195,49 @@ class Core:
     @classmethod
     def concat(cls, a: Core, b: Core) -> Core:
         """``a`` then ``b`` (scene codes remapped onto the union of their scene lists)."""
-        scenes = sorted(set(a.scenes) | set(b.scenes))
-        pos = {s: i for i, s in enumerate(scenes)}
-        remap_a = np.array([pos[s] for s in a.scenes] or [0], dtype=np.int64)
-        remap_b = np.array([pos[s] for s in b.scenes] or [0], dtype=np.int64)
+        scenes, remap_a, remap_b = _scene_union(a.scenes, b.scenes)
         parts = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in cls._FIELDS
                  if f != "scene"}
         parts["scene"] = np.concatenate([remap_a[a.scene], remap_b[b.scene]])
         return cls(scenes=scenes, **parts)
+
+    @classmethod
+    def take_pair(cls, a: Core, b: Core, idx: np.ndarray, *, chip: np.ndarray) -> Core:
+        """``concat(a, b).take(idx)`` with ``chip`` as its chips, without the concatenation."""
+        scenes, remap_a, remap_b = _scene_union(a.scenes, b.scenes)
+        parts = {f: take_two(getattr(a, f), getattr(b, f), idx) for f in cls._FIELDS
+                 if f not in ("chip", "scene")}
+        parts["scene"] = take_two(a.scene, b.scene, idx, remap=(remap_a, remap_b))
+        return cls(chip=chip, scenes=scenes, **parts)
+
+
+def _scene_union(a: list[str], b: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The sorted union of two scene lists and each list's codes in it (int64)."""
+    scenes = sorted(set(a) | set(b))
+    pos = {s: i for i, s in enumerate(scenes)}
+    return (scenes, np.array([pos[s] for s in a] or [0], dtype=np.int64),
+            np.array([pos[s] for s in b] or [0], dtype=np.int64))
+
+
+def take_two(a: np.ndarray, b: np.ndarray, idx: np.ndarray, *,
+             remap: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``np.concatenate([a, b])[idx]`` (values mapped through ``remap[0]`` / ``remap[1]``).
+
+    Without the ``[len(a) + len(b)]`` copy: one take from ``a``, then the (few) rows of
+    ``b`` put in place. ``a``, ``b``: ``[n_a]``, ``[n_b]``; ``idx``: int64 rows.
+    """
+    n_a = a.size
+    from_b = np.flatnonzero(idx >= n_a)
+    if n_a == 0 or from_b.size == idx.size:
+        out = b[idx - n_a]
+        return remap[1][out] if remap is not None else out
+    out = a[np.minimum(idx, n_a - 1)] if from_b.size else a[idx]
+    if remap is not None:
+        out = remap[0][out]
+    if from_b.size:
+        vb = b[idx[from_b] - n_a]
+        out[from_b] = remap[1][vb] if remap is not None else vb
+    return out
 
 
 @dataclass

@@ -520,3 +520,18 @@ def test_union_ids_reuses_known_ids_and_places_new_ones():
     assert rows.tolist() == [1, 3, 4]
     first, rows = _union_ids(np.array([], dtype=object), np.array(["x"], dtype=object))
     assert first.tolist() == ["x"] and rows.tolist() == [0]
+
+
+def test_take_two_equals_take_of_the_concatenation():
+    from geofm.analyze.update import take_two
+
+    a, b = np.array([10, 11, 12, 13]), np.array([20, 21])
+    both = np.concatenate([a, b])
+    remap = (np.array([5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 4, 4, 4, 4]), np.arange(30) * 2)
+    for idx in ([5, 0, 4, 3, 1], [0, 2], [4, 5], [], [1]):
+        idx = np.asarray(idx, dtype=np.int64)
+        assert take_two(a, b, idx).tolist() == both[idx].tolist()
+        mapped = np.concatenate([remap[0][a - 10], remap[1][b - 20]])
+        assert take_two(a - 10, b - 20, idx, remap=remap).tolist() == mapped[idx].tolist()
+    empty = np.zeros(0, dtype=np.int64)
+    assert take_two(empty, b, np.array([1, 0])).tolist() == [21, 20]
