@@ -359,7 +359,10 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     fit, ref_pos = reference.extend(chip_ids)
     old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
     lost = np.unique(old_chip[old.pop("lost")])
-    old_obs = Core(chip=old_chip[old.pop("chip")], scenes=old.pop("scenes"), **old)
+    codes = old.pop("chip")
+    if not (old_chip.size == chip_ids.size and (old_chip == np.arange(old_chip.size)).all()):
+        codes = old_chip[codes]  # else the published chips are these: codes already rows
+    old_obs = Core(chip=codes, scenes=old.pop("scenes"), **old)
     n_rows = 0
     if index is not None:
         if pca_model.dim != index.dim:
