@@ -217,11 +217,14 @@ def assess(fit: SeasonalFit, residual: np.ndarray, valid: np.ndarray, monitor: n
 
     cols = np.arange(n_t)[None, :]
     after = monitor & np.where(change[:, None], cols >= change_index[:, None], True)
-    masked = np.where(after, absres, np.nan)
+    masked = absres  # |residual| after the change (or in monitoring), NaN elsewhere
+    masked[~after] = np.nan
+    del absres
     has = after.any(axis=1) & ok
     magnitude = np.full(n_chips, np.nan)
     if has.any():  # np.nanmedian, without its masked-array sort: NaNs sort last
-        rows = np.sort(masked[has], axis=1)
+        rows = masked[has]
+        rows.sort(axis=1)
         n = (~np.isnan(rows)).sum(axis=1)
         r = np.arange(rows.shape[0])
         magnitude[has] = (rows[r, (n - 1) // 2] + rows[r, n // 2]) / 2
