@@ -249,7 +249,12 @@ def _no_huge_pages() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _reused_heap() -> Iterator[None]:
-    """Within (glibc only): no allocation is mapped on its own, the heap is not trimmed."""
+    """Within (glibc only): no allocation is mapped on its own, the heap is not trimmed.
+
+    On exit glibc's documented static defaults are set back (``M_MMAP_MAX`` 65536,
+    ``M_TRIM_THRESHOLD`` 128 KiB; glibc's dynamic mmap threshold stays off in this
+    process afterwards) and the heap is trimmed.
+    """
     import ctypes
     import sys
 
