@@ -251,9 +251,9 @@ def _no_huge_pages() -> Iterator[None]:
 def _reused_heap() -> Iterator[None]:
     """Within (glibc only): no allocation is mapped on its own, the heap is not trimmed.
 
-    On exit glibc's documented static defaults are set back (``M_MMAP_MAX`` 65536,
-    ``M_TRIM_THRESHOLD`` 128 KiB; glibc's dynamic mmap threshold stays off in this
-    process afterwards) and the heap is trimmed.
+    On exit the heap is trimmed and glibc is left as its dynamic thresholds leave it
+    once large arrays have been freed (mmap above 32 MiB, trim above 64 MiB): an
+    explicit setting turns the dynamic adjustment off for the rest of the process.
     """
     import ctypes
     import sys
@@ -268,14 +268,15 @@ def _reused_heap() -> Iterator[None]:
     if libc is None:
         yield
         return
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4  # <malloc.h>
     mallopt(m_mmap_max, 0)
     mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))
     try:
         yield
     finally:
-        mallopt(m_mmap_max, 65536)  # glibc's defaults
-        mallopt(m_trim_threshold, 128 * 1024)
+        mallopt(m_mmap_max, 65536)  # glibc's default
+        mallopt(m_mmap_threshold, 32 * 2**20)  # the dynamic threshold's ceiling
+        mallopt(m_trim_threshold, 64 * 2**20)  # 2x it, as the dynamic rule sets
         trim(0)
 
 
