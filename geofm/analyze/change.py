@@ -193,14 +193,17 @@ def assess(fit: SeasonalFit, residual: np.ndarray, valid: np.ndarray, monitor: n
     # CCDC rule: >= `consecutive` anomalous monitoring observations in a row, all on the
     # same side of the seasonal model (a run is broken by a normal monitoring
     # observation or by a jump to the other side).
-    signed = np.where(anomaly & monitor, np.sign(residual), 0.0)
+    # laid out [T, C]: the loop below reads one date of every chip at a time
+    signed = np.sign(residual.T, out=np.empty((n_t, n_chips), dtype=residual.dtype))
+    signed[~(anomaly & monitor).T] = 0.0
+    monitor_t = monitor.T.copy()
     run = np.zeros(n_chips, dtype=np.int64)
     side = np.zeros(n_chips)
     start = np.full(n_chips, -1, dtype=np.int64)
     change_index = np.full(n_chips, -1, dtype=np.int64)
     confirm_index = np.full(n_chips, -1, dtype=np.int64)
     for t in range(n_t):
-        s_t, m_t = signed[:, t], monitor[:, t]
+        s_t, m_t = signed[t], monitor_t[t]
         extend = (s_t != 0) & (s_t == side) & (run > 0)
         begin = (s_t != 0) & ~extend
         run = np.where(extend, run + 1, np.where(begin, 1, np.where(m_t, 0, run)))
@@ -209,15 +212,19 @@ def assess(fit: SeasonalFit, residual: np.ndarray, valid: np.ndarray, monitor: n
         found = (run >= consecutive) & (change_index < 0)
         change_index[found] = start[found]
         confirm_index[found] = t
+    del signed, monitor_t
     change = (change_index >= 0) & ok
 
     cols = np.arange(n_t)[None, :]
     after = monitor & np.where(change[:, None], cols >= change_index[:, None], True)
-    masked = np.where(after, absres, np.nan)
+    masked = absres  # |residual| after the change (or in monitoring), NaN elsewhere
+    masked[~after] = np.nan
+    del absres
     has = after.any(axis=1) & ok
     magnitude = np.full(n_chips, np.nan)
     if has.any():  # np.nanmedian, without its masked-array sort: NaNs sort last
-        rows = np.sort(masked[has], axis=1)
+        rows = masked[has]
+        rows.sort(axis=1)
         n = (~np.isnan(rows)).sum(axis=1)
         r = np.arange(rows.shape[0])
         magnitude[has] = (rows[r, (n - 1) // 2] + rows[r, n // 2]) / 2

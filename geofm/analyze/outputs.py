@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from geofm.analyze.alerts import alerts_frame, previous_alerts
@@ -27,7 +28,15 @@ from geofm.analyze.overlaps import duplicate_changes, find_overlaps
 from geofm.analyze.passes import Padded
 from geofm.analyze.reference import write_state
 from geofm.analyze.timeseries import stage_timeseries
-from geofm.analyze.update import CHIP_META_COLUMNS, Core, Obs, Options, Work, chip_date_order
+from geofm.analyze.update import (
+    CHIP_META_COLUMNS,
+    Core,
+    Obs,
+    Options,
+    Work,
+    chip_date_order,
+    take_two,
+)
 from geofm.io import StagedFiles
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord
@@ -46,9 +55,9 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     ``published``: the ``changes.parquet`` before it (None: the first), whose statuses
     decide which changes are new alerts. Fills ``record``'s counts.
     """
-    core = work.obs.core() if work.prior is None else Core.concat(work.prior.core,
-                                                                    work.obs.core())
-    n_prior = core.chip.size - work.obs.chip.size
+    new = work.obs.core()
+    n_prior = 0 if work.prior is None else work.prior.core.chip.size
+    n_all = n_prior + new.chip.size
     n_chips = work.chip_ids.size
     pos = np.full(n_chips, -1, dtype=np.int64)  # each chip's row in `published`
     prev: np.ndarray = np.full(n_chips, None, dtype=object)
@@ -57,16 +66,28 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
         prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
     touched = touched_chips(work, published, pos, plot_chips)
     # assess the touched chips (all, for a reference) over their whole series
+    # `obs`: the assessed observations by chip, then date (the [chip, date] grid's
+    # order); `pick`: their rows in the published rows followed by the new ones
     if touched is None:
-        local, rows, sub, ids, fit = np.arange(n_chips), None, core, work.chip_ids, work.fit
-    else:
+        core = new if work.prior is None else Core.concat(work.prior.core, new)
+        local, ids, fit = np.arange(n_chips), work.chip_ids, work.fit
+        order = pick = chip_date_order(core.chip, core.ns)
+        obs = core.take(order)
+        del core
+    else:  # an update: the published rows are not concatenated with the new ones
+        assert work.prior is not None
+        old = work.prior.core
         local = np.cumsum(touched) - 1
-        rows = np.flatnonzero(touched[core.chip])
-        sub = core.take(rows)
-        sub.chip = local[sub.chip]
+        rows = np.concatenate([np.flatnonzero(touched[old.chip]),
+                               np.flatnonzero(touched[new.chip]) + n_prior])
+        chip = local[take_two(old.chip, new.chip, rows)]
+        order = chip_date_order(chip, take_two(old.ns, new.ns, rows))
+        pick = rows[order]
+        del rows
         ids, fit = work.chip_ids[touched], take_fit(work.fit, touched)
-    order = chip_date_order(sub.chip, sub.ns)
-    obs = sub.take(order)  # by chip, then date: the [chip, date] grid's order
+        obs = Core.take_pair(old, new, pick, chip=chip[order])
+        del chip
+    del order
     grid = Padded(obs.chip, ids.size, np.ones(obs.chip.size, dtype=bool))
     valid = grid.take(np.isfinite(obs.sig), False)
     monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
@@ -119,15 +140,11 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     staged.begin()
     for name, writer in work.files.items():
         writer(staged.path(name))
-    anomaly = np.empty(core.chip.size, dtype=bool)
-    flags = np.empty(sub.chip.size, dtype=bool)
-    flags[order] = grid.gather(assessed["anomaly"])
-    if rows is None:
-        anomaly[:] = flags
-    else:  # untouched chips keep their published flags (their rows are all published)
-        assert work.prior is not None
+    anomaly = np.empty(n_all, dtype=bool)
+    if touched is not None:  # untouched chips keep their published flags (their rows are
+        assert work.prior is not None  # all published)
         anomaly[:n_prior] = work.prior.published.anomaly
-        anomaly[rows] = flags
+    anomaly[pick] = grid.gather(assessed["anomaly"])
     stage_timeseries(staged, rr, work.obs, work.chip_ids, anomaly[n_prior:], o.n_components,
                      prior=None if work.prior is None else work.prior.published,
                      prior_anomaly=anomaly[:n_prior])
@@ -147,7 +164,7 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
 
     plot = local[idx] if work.kind == "update" else np.flatnonzero(assessed["change"])
     n_plots = write_plots(rr, ids, obs, grid, assessed, fit, plot, o, plot_chips, max_plots)
-    record.counts.update(embeddings=work.n_rows, observations=int(core.chip.size),
+    record.counts.update(embeddings=work.n_rows, observations=int(n_all),
                          new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
                          **counts)
     record.extra["reference"] = state["reference"]
@@ -316,25 +333,35 @@ def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd
     # magnitudes of chips it does not assess from there: the same digits either way)
     mags = [repr(round(m, 4)) if ok else "null" for m, ok in zip(
         magnitude.astype(np.float32).astype(np.float64).tolist(), finite, strict=True)]
-    dups = ["null" if d is None else json.dumps(d) for d in duplicate.tolist()]
-    status = out["status"].tolist()
-    n_obs = out["n_observations"].tolist()
-    flags = ["true" if c else "false" for c in change.tolist()]
     ids = [str(c) for c in chip_ids.tolist()]
     joined = "".join(ids)
-    if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
-        quoted = [f'"{c}"' for c in ids]  # what json.dumps gives for such ids, faster
-    else:
-        quoted = [json.dumps(c) for c in ids]
-    parts = []
-    for i in np.flatnonzero(~pd.isna(geoms)).tolist():
-        parts.append(f'{{"type": "Feature", "geometry": {texts[i]}, "properties": '
-                     f'{{"chip_id": {quoted[i]}, "status": "{status[i]}", '
-                     f'"change": {flags[i]}, "change_date": {dates[i]}, '
-                     f'"intensity": {mags[i]}, "n_observations": {n_obs[i]}, '
-                     f'"duplicate_of": {dups[i]}}}}}')
-    geojson_path.write_text('{"type": "FeatureCollection", "features": [' + ", ".join(parts)
-                            + "]}", encoding="utf-8")
+    plain = joined.isascii() and joined.isprintable() and '"' not in joined \
+        and "\\" not in joined  # then json.dumps(id) is '"' + id + '"'
+    dups = ["null" if d is None else json.dumps(d) for d in duplicate.tolist()]
+    keep = pa.array(~np.asarray(pd.isna(geoms), dtype=bool))
+    # one feature per chip, joined element-wise by Arrow (a Python f-string per chip
+    # was most of the cost); the bytes are those of json.dumps with default separators
+    pieces: list[Any] = [
+        '{"type": "Feature", "geometry": ', pa.array(texts, pa.large_string()),
+        ', "properties": {"chip_id": ',
+        *(('"', pa.array(ids, pa.large_string()), '"') if plain
+          else (pa.array([json.dumps(c) for c in ids], pa.large_string()),)),
+        ', "status": "', pa.array(out["status"].astype(str).tolist(), pa.large_string()),
+        '", "change": ', pa.array(np.where(change, "true", "false").tolist(), pa.large_string()),
+        ', "change_date": ', pa.array(dates.tolist(), pa.large_string()),
+        ', "intensity": ', pa.array(mags, pa.large_string()),
+        ', "n_observations": ', pc.cast(pa.array(out["n_observations"].astype(np.int64)),
+                                        pa.large_string()),
+        ', "duplicate_of": ', pa.array(dups, pa.large_string()), "}}"]
+    text = pa.large_string()
+    pieces = [pa.scalar(p, text) if isinstance(p, str) else p for p in pieces]
+    features = pc.filter(pc.binary_join_element_wise(*pieces, pa.scalar("", text)), keep)
+    body = pc.binary_join(pa.LargeListArray.from_arrays(
+        pa.array([0, len(features)], pa.int64()), features), pa.scalar(", ", text))[0]
+    with open(geojson_path, "wb") as fh:  # UTF-8 bytes, not decoded into a str
+        fh.write(b'{"type": "FeatureCollection", "features": [')
+        fh.write(body.as_buffer() or b"")
+        fh.write(b"]}")
 
 
 def write_tsne(path: Path, obs: Obs, chip_ids: np.ndarray, *, seed: int) -> None:

@@ -195,14 +195,49 @@ class Core:
     @classmethod
     def concat(cls, a: Core, b: Core) -> Core:
         """``a`` then ``b`` (scene codes remapped onto the union of their scene lists)."""
-        scenes = sorted(set(a.scenes) | set(b.scenes))
-        pos = {s: i for i, s in enumerate(scenes)}
-        remap_a = np.array([pos[s] for s in a.scenes] or [0], dtype=np.int64)
-        remap_b = np.array([pos[s] for s in b.scenes] or [0], dtype=np.int64)
+        scenes, remap_a, remap_b = _scene_union(a.scenes, b.scenes)
         parts = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in cls._FIELDS
                  if f != "scene"}
         parts["scene"] = np.concatenate([remap_a[a.scene], remap_b[b.scene]])
         return cls(scenes=scenes, **parts)
+
+    @classmethod
+    def take_pair(cls, a: Core, b: Core, idx: np.ndarray, *, chip: np.ndarray) -> Core:
+        """``concat(a, b).take(idx)`` with ``chip`` as its chips, without the concatenation."""
+        scenes, remap_a, remap_b = _scene_union(a.scenes, b.scenes)
+        parts = {f: take_two(getattr(a, f), getattr(b, f), idx) for f in cls._FIELDS
+                 if f not in ("chip", "scene")}
+        parts["scene"] = take_two(a.scene, b.scene, idx, remap=(remap_a, remap_b))
+        return cls(chip=chip, scenes=scenes, **parts)
+
+
+def _scene_union(a: list[str], b: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The sorted union of two scene lists and each list's codes in it (int64)."""
+    scenes = sorted(set(a) | set(b))
+    pos = {s: i for i, s in enumerate(scenes)}
+    return (scenes, np.array([pos[s] for s in a] or [0], dtype=np.int64),
+            np.array([pos[s] for s in b] or [0], dtype=np.int64))
+
+
+def take_two(a: np.ndarray, b: np.ndarray, idx: np.ndarray, *,
+             remap: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``np.concatenate([a, b])[idx]`` (values mapped through ``remap[0]`` / ``remap[1]``).
+
+    Without the ``[len(a) + len(b)]`` copy: one take from ``a``, then the (few) rows of
+    ``b`` put in place. ``a``, ``b``: ``[n_a]``, ``[n_b]``; ``idx``: int64 rows.
+    """
+    n_a = a.size
+    from_b = np.flatnonzero(idx >= n_a)
+    if n_a == 0 or from_b.size == idx.size:
+        out = b[idx - n_a]
+        return remap[1][out] if remap is not None else out
+    out = a[np.minimum(idx, n_a - 1)] if from_b.size else a[idx]
+    if remap is not None:
+        out = remap[0][out]
+    if from_b.size:
+        vb = b[idx[from_b] - n_a]
+        out[from_b] = remap[1][vb] if remap is not None else vb
+    return out
 
 
 @dataclass
@@ -319,12 +354,15 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     files = [rr.embeddings_path(s) for s in todo]
     index = index_embeddings(files, todo, column=o.column) if files else None
     new_chips = index.chip_ids if index is not None else np.array([], dtype=object)
-    chip_ids = np.union1d(reference.chip_ids.astype(str), new_chips.astype(str)).astype(object)
+    chip_ids, local = _union_ids(reference.chip_ids, new_chips)
     _check_plot_chips(plot_chips, chip_ids, rr)
     fit, ref_pos = reference.extend(chip_ids)
     old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
     lost = np.unique(old_chip[old.pop("lost")])
-    old_obs = Core(chip=old_chip[old.pop("chip")], scenes=old.pop("scenes"), **old)
+    codes = old.pop("chip")
+    if not (old_chip.size == chip_ids.size and (old_chip == np.arange(old_chip.size)).all()):
+        codes = old_chip[codes]  # else the published chips are these: codes already rows
+    old_obs = Core(chip=codes, scenes=old.pop("scenes"), **old)
     n_rows = 0
     if index is not None:
         if pca_model.dim != index.dim:
@@ -332,7 +370,6 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
                                   f"the new embeddings have {index.dim}; they come from another "
                                   "model: re-embed them, or refit (--refit).")
         n_rows = index.n_rows
-        local = np.searchsorted(chip_ids, index.chip_ids)   # local chip -> global row
         ref_means = load_means(rr.reference_means_path, reference.chip_ids.size)
         pcs, cos, obs_ok = pass_two(index, o.column, o.center, None, ref_means, pca_model,
                                     o.n_components, progress=o.progress, record=record, rr=rr,
@@ -365,6 +402,22 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
                  prior=_Prior(core=old_obs, published=published_rows, lost=lost),
                  kind="update",
                  n_rows=n_rows, n_new=int(sel.size), files={}, meta=geoms)
+
+
+def _union_ids(known: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted union of two sorted unique id arrays, and the row of each ``new`` id in it.
+
+    ``known`` is returned as it is when it holds every ``new`` id (an update of the same
+    chips: no sort). Returns object ``[C]`` ids and int64 ``[len(new)]`` rows.
+    """
+    new_str = new.astype(str)
+    if known.size and new.size:
+        known_str = known.astype(str)
+        at = np.minimum(np.searchsorted(known_str, new_str), known.size - 1)
+        if (known_str[at] == new_str).all():
+            return known.astype(object), at.astype(np.int64)
+    union = np.union1d(known.astype(str), new_str)
+    return union.astype(object), np.searchsorted(union, new_str).astype(np.int64)
 
 
 def _score(obs: Obs, fit: SeasonalFit, signal_pc: int | None | slice,

@@ -506,3 +506,32 @@ def test_chips_without_new_observations_keep_their_assessment(tmp_path, monkeypa
     changes = _changes(rr).set_index("chip_id")
     assert changes.loc["33UUP_64_0000_0000", "status"] == "change"
     assert changes.loc["33UUP_64_0000_0000", "change_date"] == _date(STEPS[0])
+
+
+def test_union_ids_reuses_known_ids_and_places_new_ones():
+    from geofm.analyze.update import _union_ids
+
+    known = np.array(["a", "c", "e"], dtype=object)
+    same, rows = _union_ids(known, np.array(["c", "e"], dtype=object))
+    assert same.tolist() == ["a", "c", "e"] and same.dtype == object
+    assert rows.tolist() == [1, 2]
+    grown, rows = _union_ids(known, np.array(["b", "e", "f"], dtype=object))
+    assert grown.tolist() == ["a", "b", "c", "e", "f"] and grown.dtype == object
+    assert rows.tolist() == [1, 3, 4]
+    first, rows = _union_ids(np.array([], dtype=object), np.array(["x"], dtype=object))
+    assert first.tolist() == ["x"] and rows.tolist() == [0]
+
+
+def test_take_two_equals_take_of_the_concatenation():
+    from geofm.analyze.update import take_two
+
+    a, b = np.array([10, 11, 12, 13]), np.array([20, 21])
+    both = np.concatenate([a, b])
+    remap = (np.array([5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 4, 4, 4, 4]), np.arange(30) * 2)
+    for idx in ([5, 0, 4, 3, 1], [0, 2], [4, 5], [], [1]):
+        idx = np.asarray(idx, dtype=np.int64)
+        assert take_two(a, b, idx).tolist() == both[idx].tolist()
+        mapped = np.concatenate([remap[0][a - 10], remap[1][b - 20]])
+        assert take_two(a - 10, b - 20, idx, remap=remap).tolist() == mapped[idx].tolist()
+    empty = np.zeros(0, dtype=np.int64)
+    assert take_two(empty, b, np.array([1, 0])).tolist() == [21, 20]
