@@ -13,11 +13,10 @@ which assesses every chip and writes one update's files together; plots are draw
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -186,98 +185,23 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
         stats = {s: refs.stat_signature(f) for s, f in zip(scene_ids, files, strict=True)}
         scenes = refs.changed_scenes(state, ref_options, signatures, stats=stats,
                                      changes_path=rr.changes_path, refit=refit or overwrite)
-        heap: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if scenes is not None:  # an update of the stored reference
             assert state is not None
             todo, gone = scenes
             if outputs.resume(rr, record, state, todo=todo, gone=gone):
                 return record  # nothing changed: skipped
-            heap = _update_memory()
-        with heap:
-            if scenes is not None:
-                assert state is not None
-                work = update(rr, record, state, todo, gone, opts, plot_chips, published)
-            else:
-                work = reference(rr, record, files, scene_ids, opts, pca_model, plot_chips,
-                                 baseline_start=baseline_start, monitor_start=monitor_start,
-                                 pca_path=pca, tsne=tsne)
-                state = refs.new_state(work.reference, ref_options, record.extra["analysis"],
-                                       state)
-                todo, gone = scene_ids, []
-            state["scenes"] = signatures
-            outputs.publish(rr, record, staged, work, state, opts, published,
-                            scene_added=todo, scene_removed=gone,
-                            fingerprint=refs.fingerprint(signatures, config),
-                            plot_chips=plot_chips, max_plots=max_plots, rasters=rasters)
+            work = update(rr, record, state, todo, gone, opts, plot_chips, published)
+        else:
+            work = reference(rr, record, files, scene_ids, opts, pca_model, plot_chips,
+                             baseline_start=baseline_start, monitor_start=monitor_start,
+                             pca_path=pca, tsne=tsne)
+            state = refs.new_state(work.reference, ref_options, record.extra["analysis"], state)
+            todo, gone = scene_ids, []
+        state["scenes"] = signatures
+        outputs.publish(rr, record, staged, work, state, opts, published, scene_added=todo,
+                        scene_removed=gone, fingerprint=refs.fingerprint(signatures, config),
+                        plot_chips=plot_chips, max_plots=max_plots, rasters=rasters)
     return record
-
-
-@contextlib.contextmanager
-def _update_memory() -> Iterator[None]:
-    """Within: fewer page faults for an update's many short-lived arrays of tens of MB.
-
-    numpy does not ask for transparent huge pages (on a busy machine the kernel's
-    compaction for them made the system time of an update at 100k chips, 2.3-2.8 s,
-    larger than its user time; 1.1-1.5 s without them, same results); and (glibc only)
-    freed arrays stay in the heap and are reused: glibc maps every allocation above
-    32 MiB afresh and unmaps it when freed, so each ``[observations]`` column and
-    ``[chips, dates]`` grid was paid for again in page faults. Here no allocation is
-    mapped on its own and the heap is trimmed only at the end (:func:`malloc_trim`):
-    ~500k -> ~320k faults for an update at 100k chips. Only for updates: the full
-    analysis was not measured with these settings.
-    """
-    with _no_huge_pages(), _reused_heap():
-        yield
-
-
-@contextlib.contextmanager
-def _no_huge_pages() -> Iterator[None]:
-    """Within: numpy does not madvise its arrays for huge pages (numpy >= 1.20)."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or getattr(np, "core", None)
-    switch = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
-    if switch is None:  # pragma: no cover - not in this numpy
-        yield
-        return
-    before = switch(False)
-    try:
-        yield
-    finally:
-        switch(before)
-
-
-@contextlib.contextmanager
-def _reused_heap() -> Iterator[None]:
-    """Within (glibc only): no allocation is mapped on its own, the heap is not trimmed.
-
-    On exit the heap is trimmed and glibc is left as its dynamic thresholds leave it
-    once large arrays have been freed (mmap above 32 MiB, trim above 64 MiB): an
-    explicit setting turns the dynamic adjustment off for the rest of the process.
-    """
-    import ctypes
-    import sys
-
-    libc = None
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None)
-            mallopt, trim = libc.mallopt, libc.malloc_trim
-        except (OSError, AttributeError):  # not glibc
-            libc = None
-    if libc is None:
-        yield
-        return
-    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4  # <malloc.h>
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))
-    try:
-        yield
-    finally:
-        mallopt(m_mmap_max, 65536)  # glibc's default
-        mallopt(m_mmap_threshold, 32 * 2**20)  # the dynamic threshold's ceiling
-        mallopt(m_trim_threshold, 64 * 2**20)  # 2x it, as the dynamic rule sets
-        trim(0)
 
 
 def cli_options() -> dict[str, Any]:
