@@ -308,22 +308,24 @@ def serve(root: str | os.PathLike[str] | RunRoot, *, host: str = DEFAULT_HOST,
     log.info("serving %s at %s (Ctrl-C to stop)", server.data.root.path, server.url)
     threading.Thread(target=_warm, args=(server.data,), name="geofm-serve-warm",
                      daemon=True).start()
-    previous = None
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-        def _on_term(signum: int, frame: Any) -> None:
-            log.info("SIGTERM received; stopping")
+    # SIGTERM and Ctrl-C (SIGINT) both ask the serving loop to finish, from a thread:
+    # no KeyboardInterrupt raised at a random point of the loop or of a request
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        def _on_signal(signum: int, frame: Any) -> None:
+            log.info("%s received; stopping", signal.Signals(signum).name)
             threading.Thread(target=server.shutdown, daemon=True).start()
 
-        previous = signal.signal(signal.SIGTERM, _on_term)
+        previous = {sig: signal.signal(sig, _on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.serve_forever(poll_interval=0.25)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # served from another thread: no handler of ours
         log.info("interrupted; stopping")
     finally:
         server.server_close()
-        if in_main and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         log.info("stopped; %s was only read", server.data.root.path)
 
 
