@@ -177,13 +177,23 @@ def test_ann_build_calibrates_and_records_choice_and_recall(ann_root, caplog):
     assert "(target 0.97)" in logged
 
 
-def test_large_append_retrains_without_folding(ann_root, tmp_path, caplog):
-    build_index(ann_root, ann_min_rows=300)
-    first = IndexInfo.read(RunRoot.of(ann_root)).ann
-    _add_date(ann_root, tmp_path, date="2021-07-01", noise=0.05, seed=0)  # same clusters
+def _index_then_append(root, tmp_path, caplog, **add):
+    """Index ``root``, add one date of the same clusters (``add``: :func:`_add_date`
+    options), index again (logged into ``caplog``).
+
+    Returns:
+        ``(first, ann, record)``: the ANN metadata before and after, the second record.
+    """
+    build_index(root, ann_min_rows=300)
+    first = IndexInfo.read(RunRoot.of(root)).ann
+    _add_date(root, tmp_path, date="2021-07-01", noise=0.05, seed=0, **add)
     with caplog.at_level("INFO", logger="geofm.index"):
-        record = build_index(ann_root, ann_min_rows=300)
-    ann = IndexInfo.read(RunRoot.of(ann_root)).ann
+        record = build_index(root, ann_min_rows=300)
+    return first, IndexInfo.read(RunRoot.of(root)).ann, record
+
+
+def test_large_append_retrains_without_folding(ann_root, tmp_path, caplog):
+    first, ann, record = _index_then_append(ann_root, tmp_path, caplog)
     done = ann["maintenance"]
     assert record.counts["added"] == 400
     # half the table unindexed (> 10 %): re-trained at once, no optimize() fold (with
@@ -200,12 +210,7 @@ def test_large_append_retrains_without_folding(ann_root, tmp_path, caplog):
 
 def test_small_append_is_searched_beside_the_index_without_a_retrain(ann_root, tmp_path,
                                                                      caplog):
-    build_index(ann_root, ann_min_rows=300)
-    first = IndexInfo.read(RunRoot.of(ann_root)).ann
-    _add_date(ann_root, tmp_path, date="2021-07-01", noise=0.05, seed=0, per_class=1)
-    with caplog.at_level("INFO", logger="geofm.index"):
-        record = build_index(ann_root, ann_min_rows=300)
-    ann = IndexInfo.read(RunRoot.of(ann_root)).ann
+    first, ann, record = _index_then_append(ann_root, tmp_path, caplog, per_class=1)
     done = ann["maintenance"]
     assert record.counts["added"] == 20
     # 20 of 420 rows (4.8 % <= 10 %): the index is kept as trained, the new rows are
