@@ -24,12 +24,13 @@ import pyarrow.parquet as pq
 from geofm.analyze.alerts import alerts_frame, previous_alerts
 from geofm.analyze.alerts import geojson as alerts_geojson
 from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, SeasonalFit, assess
-from geofm.analyze.overlaps import duplicate_changes, find_overlaps
+from geofm.analyze.footprints import GRID_COLUMNS, Footprints
+from geofm.analyze.footprints import NAME as FOOTPRINTS
+from geofm.analyze.overlaps import duplicate_changes, find_overlaps, read_overlaps
 from geofm.analyze.passes import Padded
 from geofm.analyze.reference import write_state
 from geofm.analyze.timeseries import stage_timeseries
 from geofm.analyze.update import (
-    CHIP_META_COLUMNS,
     Core,
     Obs,
     Options,
@@ -88,15 +89,9 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
         obs = Core.take_pair(old, new, pick, chip=chip[order])
         del chip
     del order
-    grid = Padded(obs.chip, ids.size, np.ones(obs.chip.size, dtype=bool))
-    valid = grid.take(np.isfinite(obs.sig), False)
-    monitor = grid.take(obs.ns >= work.reference.monitor_start_ns, False)
-    resid = grid.take(obs.resid.astype(np.float64), np.nan)
-    assessed = assess(fit, resid, valid, monitor, threshold=o.threshold,
-                      consecutive=o.consecutive)
-    del valid, monitor, resid
     # the observation in column k of chip c's row is obs[first[c] + k] (sorted by chip)
     first = np.concatenate([[0], np.cumsum(np.bincount(obs.chip, minlength=ids.size))[:-1]])
+    assessed, obs_anomaly = assess_blocks(fit, obs, first, work.reference.monitor_start_ns, o)
     last = max(obs.chip.size - 1, 0)
     at_change = np.minimum(first + np.maximum(assessed["change_index"], 0), last)
     sub_change_ns = np.where(assessed["change"], obs.ns[at_change] if obs.chip.size else 0, 0)
@@ -105,20 +100,26 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     alert = out["change"] & (prev != CHANGE)
     now = pd.Timestamp.now(tz="UTC")
     update_no = len(state["updates"]) + 1
-    meta = work.meta
-    overlaps = find_overlaps(meta)
-    duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, meta,
+    fp = work.footprints
+    chips = fp.frame()
+    # the same chips as published: the same overlapping pairs
+    overlaps = read_overlaps(rr.overlaps_path) if fp.stored else None
+    fresh_overlaps = overlaps is None
+    if overlaps is None:
+        overlaps = find_overlaps(chips if chips["tile"].nunique() < 2
+                                 else chips.assign(geometry=fp.geometry()))
+    duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, chips,
                                   overlaps=overlaps)
     idx = np.flatnonzero(alert)  # alerts are touched changes: confirm_index >= 0
     at_confirm = first[local[idx]] + assessed["confirm_index"][local[idx]]
     new_alerts = alerts_frame({
-        "chip_id": work.chip_ids[idx].astype(str), "tile": meta["tile"].to_numpy()[idx],
+        "chip_id": work.chip_ids[idx].astype(str), "tile": chips["tile"].to_numpy()[idx],
         "change_date": change_ns[idx], "magnitude": out["magnitude"][idx],
         "previous_status": prev[idx], "detected_at": [now] * idx.size,
         "update": [update_no] * idx.size, "reference_id": [work.reference.id] * idx.size,
         "confirmed_scene_id": [obs.scenes[s] for s in obs.scene[at_confirm]],
         "confirmed_date": obs.ns[at_confirm], "duplicate_of": duplicate[idx]},
-        list(meta["geometry"].to_numpy()[idx]))
+        list(fp.geometry(idx)))
     history = previous_alerts(rr)
     all_alerts = new_alerts if not len(history) else pd.concat([history, new_alerts],
                                                                ignore_index=True)
@@ -144,26 +145,34 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     if touched is not None:  # untouched chips keep their published flags (their rows are
         assert work.prior is not None  # all published)
         anomaly[:n_prior] = work.prior.published.anomaly
-    anomaly[pick] = grid.gather(assessed["anomaly"])
+    anomaly[pick] = obs_anomaly
     stage_timeseries(staged, rr, work.obs, work.chip_ids, anomaly[n_prior:], o.n_components,
                      prior=None if work.prior is None else work.prior.published,
                      prior_anomaly=anomaly[:n_prior])
+    if not fp.stored:
+        fp.write(staged.path(FOOTPRINTS))
     write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
-                  work.chip_ids, meta, out, work.fit, change_ns, duplicate)
+                  fp, chips, out, work.fit, change_ns, duplicate)
     staged.path("alerts.geojson").write_text(alerts_geojson(new_alerts), encoding="utf-8")
     all_alerts.reset_index(drop=True).to_parquet(staged.path("alerts.parquet"), index=False)
     if rasters:
         from geofm.analyze.rasters import write_change_rasters
 
-        write_change_rasters(staged, rr, meta, out, change_ns, duplicate)
-    overlaps.to_parquet(staged.path("overlaps.parquet"), index=False)
+        write_change_rasters(staged, rr, chips, out, change_ns, duplicate)
+    if fresh_overlaps:
+        overlaps.to_parquet(staged.path("overlaps.parquet"), index=False)
     write_state(staged.path("state.json"), state)
     staged.commit()
 
     from geofm.analyze.plots import write_plots
 
     plot = local[idx] if work.kind == "update" else np.flatnonzero(assessed["change"])
-    n_plots = write_plots(rr, ids, obs, grid, assessed, fit, plot, o, plot_chips, max_plots)
+    n_plots = 0
+    if plot_chips or (plot.size and max_plots != 0):
+        grid = Padded(obs.chip, ids.size, np.ones(obs.chip.size, dtype=bool))
+        n_plots = write_plots(rr, ids, obs, grid,
+                              {**assessed, "anomaly": grid.take(obs_anomaly, False)}, fit,
+                              plot, o, plot_chips, max_plots)
     record.counts.update(embeddings=work.n_rows, observations=int(n_all),
                          new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
                          **counts)
@@ -171,6 +180,47 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     record.extra["updates"] = state["updates"]
     log.info("analyze %s %d: %d new observation(s), %d alert(s) (%d distinct places)",
              work.kind, update_no, work.n_new, n_alerts, n_distinct)
+
+
+#: Chips assessed together (bounds the ``[chips, dates]`` arrays of :func:`assess_blocks`).
+ASSESS_BLOCK = 8192
+
+
+def assess_blocks(fit: SeasonalFit, obs: Core, first: np.ndarray, monitor_start_ns: int,
+                  o: Options, *, block: int = ASSESS_BLOCK) -> tuple[dict[str, np.ndarray],
+                                                                    np.ndarray]:
+    """:func:`~geofm.analyze.change.assess` of every chip of ``fit``, ``block`` chips at a time.
+
+    ``obs``: the chips' observations sorted by chip, then date; ``first``: int ``[C]``
+    each chip's first row in ``obs``. Each block's ``[chips, dates]`` arrays are a few
+    MB and reused, where one ``[C, T]`` layout of every chip would be fresh memory of
+    hundreds of MB.
+
+    Returns:
+        The per-chip results ``[C]`` (``status``, ``change``, ``change_index``,
+        ``confirm_index`` (columns: observations of the chip in date order),
+        ``magnitude``, ``n_observations``, ``n_monitor``) and bool ``[M]`` each
+        observation's ``anomaly``.
+    """
+    n_chips = fit.fitted.size
+    parts: list[dict[str, np.ndarray]] = []
+    anomaly = np.zeros(obs.chip.size, dtype=bool)
+    bounds = np.append(first, obs.chip.size)
+    for c0 in range(0, n_chips, block):
+        c1 = min(c0 + block, n_chips)
+        rows = slice(int(bounds[c0]), int(bounds[c1]))
+        grid = Padded(obs.chip[rows] - c0, c1 - c0, np.ones(rows.stop - rows.start, bool))
+        out = assess(take_fit(fit, slice(c0, c1)), grid.take(obs.resid[rows].astype(np.float64),
+                                                            np.nan),
+                     grid.take(np.isfinite(obs.sig[rows]), False),
+                     grid.take(obs.ns[rows] >= monitor_start_ns, False),
+                     threshold=o.threshold, consecutive=o.consecutive)
+        anomaly[rows] = grid.gather(out.pop("anomaly"))
+        parts.append(out)
+    if not parts:
+        return assess(fit, np.zeros((0, 0)), np.zeros((0, 0), bool), np.zeros((0, 0), bool),
+                      threshold=o.threshold, consecutive=o.consecutive), anomaly
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, anomaly
 
 
 #: ``changes.parquet`` columns an update takes over for the chips it does not assess.
@@ -197,8 +247,8 @@ def touched_chips(work: Work, published: pd.DataFrame | None, pos: np.ndarray,
     return touched
 
 
-def take_fit(fit: SeasonalFit, chips: np.ndarray) -> SeasonalFit:
-    """The fits of ``chips`` (bool ``[C]`` or int indexes)."""
+def take_fit(fit: SeasonalFit, chips: np.ndarray | slice) -> SeasonalFit:
+    """The fits of ``chips`` (bool ``[C]``, int indexes or a slice)."""
     return SeasonalFit(coef=fit.coef[chips], intercept=fit.intercept[chips],
                        scale=fit.scale[chips], fitted=fit.fitted[chips],
                        n_baseline=fit.n_baseline[chips])
@@ -288,26 +338,27 @@ def published_counts(rr: RunRoot) -> dict[str, int]:
             "insufficient": int((status == INSUFFICIENT).sum())}
 
 
-def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd.DataFrame,
+def write_changes(path: Path, geojson_path: Path, fp: Footprints, chips: pd.DataFrame,
                   out: dict[str, np.ndarray], fit: SeasonalFit, change_ns: np.ndarray,
                   duplicate: np.ndarray) -> None:
     """Write ``changes.parquet`` (GeoParquet, WGS84) and ``change_map.geojson``.
 
-    One row / feature per chip of ``chip_ids`` (``[C]``): ``out`` is the assessment
-    (:func:`geofm.analyze.change.assess`, arrays ``[C]``), ``meta`` the chips'
-    footprints and native grid, ``change_ns`` int64 ``[C]`` change dates (ns since the
-    epoch, UTC; ignored where there is no change), ``duplicate`` object ``[C]`` the chip
-    each change repeats (None: distinct). Chips without a footprint get no feature.
+    One row / feature per chip (``[C]``, the rows of ``fp`` and ``chips``): ``out`` is
+    the assessment (:func:`geofm.analyze.change.assess`, arrays ``[C]``), ``fp`` the
+    chips' footprints (written: its WKB, GeoJSON text and GeoParquet metadata are used
+    as they are), ``chips`` their native grid (:meth:`Footprints.frame`), ``change_ns``
+    int64 ``[C]`` change dates (ns since the epoch, UTC; ignored where there is no
+    change), ``duplicate`` object ``[C]`` the chip each change repeats (None: distinct).
+    Chips without a footprint get no feature.
     """
-    import geopandas as gpd
-    import shapely
-
+    assert fp.geo is not None, "footprints are written before the changes"
     change = out["change"]
     change_date = pd.to_datetime(np.where(change, change_ns, np.iinfo(np.int64).min), utc=True)
     change_date = change_date.where(change)
     ok = out["status"] != INSUFFICIENT
     rmse = np.where(ok, fit.scale[:, 0], np.nan)
-    frame = gpd.GeoDataFrame({
+    chip_ids = chips["chip_id"].to_numpy(dtype=object)
+    frame = pd.DataFrame({
         "chip_id": chip_ids.astype(str),
         "n_observations": out["n_observations"].astype(np.int32),
         "n_baseline": fit.n_baseline.astype(np.int32),
@@ -316,13 +367,14 @@ def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd
         "change_date": change_date,
         "magnitude": out["magnitude"].astype(np.float32),
         "rmse": rmse.astype(np.float32),
-        **{c: meta[c] for c in CHIP_META_COLUMNS},
+        **{c: chips[c] for c in GRID_COLUMNS},
         "duplicate_of": pd.Series(duplicate, dtype=object),
-    }, geometry=gpd.GeoSeries(list(meta["geometry"]), crs="EPSG:4326"))
-    frame.to_parquet(path, index=False)
+    })
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.append_column("geometry", fp.table.column("geometry"))
+    pq.write_table(table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"geo": fp.geo}), path)
 
-    geoms = np.asarray(list(meta["geometry"]), dtype=object)
-    texts = shapely.to_geojson(geoms)
     magnitude = out["magnitude"]
     # One f-string per feature (json.dumps of a dict per chip is most of the cost).
     day = np.datetime_as_string(np.where(change, change_ns, 0).astype("datetime64[ns]"),
@@ -338,29 +390,37 @@ def write_changes(path: Path, geojson_path: Path, chip_ids: np.ndarray, meta: pd
     plain = joined.isascii() and joined.isprintable() and '"' not in joined \
         and "\\" not in joined  # then json.dumps(id) is '"' + id + '"'
     dups = ["null" if d is None else json.dumps(d) for d in duplicate.tolist()]
-    keep = pa.array(~np.asarray(pd.isna(geoms), dtype=bool))
+    text = pa.large_string()
     # one feature per chip, joined element-wise by Arrow (a Python f-string per chip
     # was most of the cost); the bytes are those of json.dumps with default separators
     pieces: list[Any] = [
-        '{"type": "Feature", "geometry": ', pa.array(texts, pa.large_string()),
+        '{"type": "Feature", "geometry": ', fp.table.column("geojson").cast(text),
         ', "properties": {"chip_id": ',
-        *(('"', pa.array(ids, pa.large_string()), '"') if plain
-          else (pa.array([json.dumps(c) for c in ids], pa.large_string()),)),
-        ', "status": "', pa.array(out["status"].astype(str).tolist(), pa.large_string()),
-        '", "change": ', pa.array(np.where(change, "true", "false").tolist(), pa.large_string()),
-        ', "change_date": ', pa.array(dates.tolist(), pa.large_string()),
-        ', "intensity": ', pa.array(mags, pa.large_string()),
+        *(('"', pa.array(ids, text), '"') if plain
+          else (pa.array([json.dumps(c) for c in ids], text),)),
+        ', "status": "', pa.array(out["status"].astype(str).tolist(), text),
+        '", "change": ', pa.array(np.where(change, "true", "false").tolist(), text),
+        ', "change_date": ', pa.array(dates.tolist(), text),
+        ', "intensity": ', pa.array(mags, text),
         ', "n_observations": ', pc.cast(pa.array(out["n_observations"].astype(np.int64)),
-                                        pa.large_string()),
-        ', "duplicate_of": ', pa.array(dups, pa.large_string()), "}}"]
-    text = pa.large_string()
+                                        text),
+        ', "duplicate_of": ', pa.array(dups, text), "}}, "]
     pieces = [pa.scalar(p, text) if isinstance(p, str) else p for p in pieces]
-    features = pc.filter(pc.binary_join_element_wise(*pieces, pa.scalar("", text)), keep)
-    body = pc.binary_join(pa.LargeListArray.from_arrays(
-        pa.array([0, len(features)], pa.int64()), features), pa.scalar(", ", text))[0]
+    features = pc.binary_join_element_wise(*pieces, pa.scalar("", text))
+    has_geometry = pc.is_valid(fp.table.column("geometry"))
+    if not pc.all(has_geometry).as_py():
+        features = pc.filter(features, has_geometry)
+    if isinstance(features, pa.ChunkedArray):
+        features = features.combine_chunks()
+    # each feature ends with ", ": the features' character data, less the last ", ", is
+    # the body of the collection (no joined copy)
+    offsets = np.frombuffer(features.buffers()[1], dtype=np.int64)[
+        features.offset:features.offset + len(features) + 1]
+    data = features.buffers()[2]
     with open(geojson_path, "wb") as fh:  # UTF-8 bytes, not decoded into a str
         fh.write(b'{"type": "FeatureCollection", "features": [')
-        fh.write(body.as_buffer() or b"")
+        if len(features):
+            fh.write(memoryview(data)[int(offsets[0]):int(offsets[-1]) - 2])
         fh.write(b"]}")
 
 

@@ -190,7 +190,7 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
             todo, gone = scenes
             if outputs.resume(rr, record, state, todo=todo, gone=gone):
                 return record  # nothing changed: skipped
-            work = update(rr, record, state, todo, gone, opts, plot_chips, published)
+            work = update(rr, record, state, todo, gone, opts, plot_chips)
         else:
             work = reference(rr, record, files, scene_ids, opts, pca_model, plot_chips,
                              baseline_start=baseline_start, monitor_start=monitor_start,

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
+from geofm.analyze import footprints
 from geofm.analyze.change import SeasonalFit, check_parameters, fit_seasonal
+from geofm.analyze.footprints import Footprints
 from geofm.analyze.passes import Padded, pass_one, pass_one_files, pass_two
 from geofm.analyze.reduce import PCAModel, fit_pca
 from geofm.analyze.reference import Reference, load_means, save_means
@@ -82,10 +83,6 @@ def signal_column(signal: str, n_components: int) -> int | None | slice:
         return int(signal[2:]) - 1
     raise GeofmValueError(f"signal={signal!r} is not valid: use 'pcs', 'cosine' or "
                           f"pc1..pc{n_components} (raise n_components for a higher component).")
-
-
-#: Per-chip columns of ``changes.parquet`` taken from the chip metadata (first row).
-CHIP_META_COLUMNS = ("tile", "epsg", "minx", "miny", "maxx", "maxy")
 
 
 @dataclass
@@ -262,7 +259,7 @@ class Work:
     n_rows: int                    # embedding rows read
     n_new: int                     # observations scored now
     files: dict[str, Any]          # extra staged files: name -> writer(path)
-    meta: pd.DataFrame             # per chip: geometry, tile, native grid (_chip_meta)
+    footprints: Footprints         # per chip: footprint, tile, native grid
 
 
 def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: list[str],
@@ -338,15 +335,13 @@ def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: li
         from geofm.analyze.outputs import write_tsne
 
         extra["tsne.parquet"] = lambda p: write_tsne(p, obs, chip_ids, seed=o.seed)
-    geoms = _chip_meta(rr, chip_ids, record)
     return Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=obs, prior=None,
                  kind="reference", n_rows=n_rows, n_new=sel.size, files=extra,
-                 meta=geoms)
+                 footprints=footprints.gather(rr, chip_ids, record))
 
 
 def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[str],
-           gone: list[str], o: Options, plot_chips: Sequence[str],
-           published: pd.DataFrame | None) -> Work:
+           gone: list[str], o: Options, plot_chips: Sequence[str]) -> Work:
     """Score the observations of new (or re-embedded) files against the stored reference."""
     reference = Reference.load(rr.reference_path)
     pca_model = PCAModel.load(rr.pca_path)
@@ -397,11 +392,13 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     log.info("analyze update: %d new file(s) (%d embeddings, %d observations) scored against "
              "reference %s; %d file(s) dropped", len(todo), n_rows, sel.size, reference.id,
              len(gone))
-    geoms = _chip_meta(rr, chip_ids, record, known=published)
+    shapes = footprints.load(rr)
+    if shapes is None or not footprints.covers(shapes, chip_ids):  # new chips (or a root
+        shapes = footprints.gather(rr, chip_ids, record, known=shapes)
     return Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=new,
                  prior=_Prior(core=old_obs, published=published_rows, lost=lost),
                  kind="update",
-                 n_rows=n_rows, n_new=int(sel.size), files={}, meta=geoms)
+                 n_rows=n_rows, n_new=int(sel.size), files={}, footprints=shapes)
 
 
 def _union_ids(known: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -435,83 +432,19 @@ def _check_plot_chips(plot_chips: Sequence[str], chip_ids: np.ndarray, rr: RunRo
                               "use chip ids from meta/<scene>.parquet.")
 
 
-def _chip_meta(rr: RunRoot, chip_ids: np.ndarray, record: StageRecord, *,
-               known: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per chip (rows in ``chip_ids`` order): ``geometry`` (WGS84 shapely) and the native grid.
-
-    Columns ``chip_id``, ``geometry`` and :data:`CHIP_META_COLUMNS` (``tile``, ``epsg``,
-    native ``minx miny maxx maxy``; None / NaN where the metadata lacks them), from
-    ``known`` (the published ``changes.parquet``) where it has the chip, else from the
-    first ``meta/`` row of the chip.
-    """
-    import shapely
-
-    n = chip_ids.size
-    frame = pd.DataFrame({"chip_id": chip_ids.astype(str)})
-    # object columns filled by position (no per-chip Python loop)
-    cols: dict[str, np.ndarray] = {c: np.full(n, None, dtype=object)
-                                   for c in ("geometry", *CHIP_META_COLUMNS)}
-    missing = np.ones(n, dtype=bool)
-    wanted = pd.Index(frame["chip_id"])
-    if known is not None and len(known):
-        pos = wanted.get_indexer(known["chip_id"].astype(str))
-        hit = np.flatnonzero(pos >= 0)
-        for col in cols:
-            if col in known:
-                cols[col][pos[hit]] = known[col].to_numpy(dtype=object)[hit]
-        missing[pos[hit]] = False
-    for scene in rr.scene_ids(rr.meta_dir):
-        if not missing.any():
-            break
-        path = rr.meta_path(scene)
-        names = read_schema(path, made_by="chip").names
-        read = ["chip_id", "geometry", *(c for c in CHIP_META_COLUMNS if c in names)]
-        table = read_table(path, made_by="chip", columns=read)
-        ids = table.column("chip_id").to_numpy(zero_copy_only=False)
-        pos = wanted.get_indexer(ids)
-        new = np.flatnonzero(pos >= 0)
-        new = new[missing[pos[new]]]
-        if new.size:
-            taken = table.take(pa.array(new))
-            for col in read[1:]:
-                cols[col][pos[new]] = np.asarray(taken.column(col).to_pylist(), dtype=object)
-            missing[pos[new]] = False
-    geometry = cols["geometry"]
-    no_geom = np.asarray(pd.isna(geometry), dtype=bool)
-    if no_geom.any():
-        log.warning("%d chip(s) have no footprint in %s (e.g. %s); they get no geometry",
-                    int(no_geom.sum()), rr.meta_dir, chip_ids[no_geom][:3].tolist())
-        record.counts["chips_without_footprint"] = int(no_geom.sum())
-    raw = np.flatnonzero(~shapely.is_geometry(geometry) & ~no_geom)  # WKB bytes
-    if raw.size:  # WKB from meta/: decoded in one call
-        geometry[raw] = shapely.from_wkb(geometry[raw].tolist())
-    frame["geometry"] = pd.Series(geometry, dtype=object)
-    frame["tile"] = pd.Series(cols["tile"], dtype=object)
-    frame["epsg"] = pd.array(pd.to_numeric(pd.Series(cols["epsg"]), errors="coerce"),
-                             dtype="Int32")
-    for c in ("minx", "miny", "maxx", "maxy"):
-        frame[c] = pd.to_numeric(pd.Series(cols[c]), errors="coerce").to_numpy(np.float64)
-    return frame
-
-
 def published_changes(rr: RunRoot) -> pd.DataFrame | None:
-    """The published ``changes.parquet`` (None before the first analysis).
+    """The published ``changes.parquet``'s statuses (None before the first analysis).
 
-    Columns ``chip_id``, ``status``, ``geometry`` (shapely) and the
-    :data:`CHIP_META_COLUMNS` and :data:`~geofm.analyze.outputs.KEPT_COLUMNS` it has.
+    Columns ``chip_id``, ``status`` and the :data:`~geofm.analyze.outputs.KEPT_COLUMNS`
+    it has (footprints: :mod:`geofm.analyze.footprints`).
     """
-    import shapely
-
     if not rr.changes_path.is_file():
         return None
     names = read_schema(rr.changes_path, made_by="analyze").names
     from geofm.analyze.outputs import KEPT_COLUMNS
 
-    cols = ["chip_id", "status", "geometry",
-            *(c for c in (*CHIP_META_COLUMNS, *KEPT_COLUMNS[1:]) if c in names)]
-    frame = read_table(rr.changes_path, made_by="analyze", columns=cols).to_pandas()
-    frame["geometry"] = list(shapely.from_wkb(frame["geometry"].to_numpy()))
-    return frame
+    cols = ["chip_id", "status", *(c for c in KEPT_COLUMNS[1:] if c in names)]
+    return read_table(rr.changes_path, made_by="analyze", columns=cols).to_pandas()
 
 
 def chip_date_order(chip: np.ndarray, ns: np.ndarray) -> np.ndarray:

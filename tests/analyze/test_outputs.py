@@ -7,6 +7,7 @@ import pandas as pd
 import shapely
 
 from geofm.analyze.change import SeasonalFit
+from geofm.analyze.footprints import Footprints
 from geofm.analyze.outputs import write_changes
 
 
@@ -31,7 +32,9 @@ def test_change_map_features_are_json_of_each_chip(tmp_path):
                           pd.Timestamp("2022-05-06").value])
     duplicate = np.array([None, None, None, 'a"b'], dtype=object)
     geojson = tmp_path / "change_map.geojson"
-    write_changes(tmp_path / "changes.parquet", geojson, ids, meta, out, fit, change_ns,
+    fp = Footprints.build(ids, meta["geometry"].to_numpy(), meta)
+    fp.write(tmp_path / "footprints.parquet")
+    write_changes(tmp_path / "changes.parquet", geojson, fp, fp.frame(), out, fit, change_ns,
                   duplicate)
     text = geojson.read_text(encoding="utf-8")
     expected = {"type": "FeatureCollection", "features": [
