@@ -186,6 +186,11 @@ class RunRoot:
         return self.analysis_dir / "overlaps.parquet"
 
     @property
+    def footprints_path(self) -> Path:
+        """``analysis/footprints.parquet``: each analysed chip's footprint (WKB, GeoJSON)."""
+        return self.analysis_dir / "footprints.parquet"
+
+    @property
     def rasters_dir(self) -> Path:
         """``analysis/rasters/``: change-map COGs (one per tile) and their mosaic VRT."""
         return self.analysis_dir / "rasters"

@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 #: Per-chip columns of the native grid (first ``meta/`` row of the chip).
 GRID_COLUMNS = ("tile", "epsg", "minx", "miny", "maxx", "maxy")
 
-#: The file's name inside ``analysis/``.
-NAME = "footprints.parquet"
-
-
 @dataclass
 class Footprints:
     """Per chip (rows in ``chip_ids`` order): footprint and native grid.
@@ -133,7 +129,7 @@ def load(rr: RunRoot) -> Footprints | None:
     """
     from geofm.exceptions import GeofmError
 
-    path = rr.analysis_dir / NAME
+    path = rr.footprints_path
     try:
         if path.is_file():
             schema = read_schema(path, made_by="analyze")

@@ -25,7 +25,6 @@ from geofm.analyze.alerts import alerts_frame, previous_alerts
 from geofm.analyze.alerts import geojson as alerts_geojson
 from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, SeasonalFit, assess
 from geofm.analyze.footprints import GRID_COLUMNS, Footprints
-from geofm.analyze.footprints import NAME as FOOTPRINTS
 from geofm.analyze.overlaps import duplicate_changes, find_overlaps, read_overlaps
 from geofm.analyze.passes import Padded
 from geofm.analyze.reference import write_state
@@ -150,7 +149,7 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
                      prior=None if work.prior is None else work.prior.published,
                      prior_anomaly=anomaly[:n_prior])
     if not fp.stored:
-        fp.write(staged.path(FOOTPRINTS))
+        fp.write(staged.path(rr.footprints_path.name))
     write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
                   fp, chips, out, work.fit, change_ns, duplicate)
     staged.path("alerts.geojson").write_text(alerts_geojson(new_alerts), encoding="utf-8")

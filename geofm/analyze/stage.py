@@ -130,7 +130,8 @@ def analyze(root: str | os.PathLike[str] | RunRoot, *, embedding: str = "cls",
     ``predicted`` then show pc1), ``anomaly``, ``baseline`` = used in the fit;
     ``changes.parquet`` (GeoParquet, WGS84), ``change_map.geojson``, ``pca.npz``,
     ``reference.npz``, ``reference_means.npy``, ``state.json`` (analysed files, update
-    history), ``alerts.parquet`` / ``alerts.geojson``, ``rasters/``,
+    history), ``alerts.parquet`` / ``alerts.geojson``, ``overlaps.parquet``,
+    ``footprints.parquet`` (:mod:`geofm.analyze.footprints`), ``rasters/``,
     ``plots/<chip_id>.png`` and, with ``tsne``, ``tsne.parquet``. One update's files are
     published together (a killed update leaves the previous state or completes).
 

@@ -535,3 +535,72 @@ def test_take_two_equals_take_of_the_concatenation():
         assert take_two(a - 10, b - 20, idx, remap=remap).tolist() == mapped[idx].tolist()
     empty = np.zeros(0, dtype=np.int64)
     assert take_two(empty, b, np.array([1, 0])).tolist() == [21, 20]
+
+
+def _geo_changes(rr):
+    return gpd.read_parquet(rr.changes_path).sort_values("chip_id").reset_index(drop=True)
+
+
+def test_an_update_of_the_same_chips_reuses_the_published_footprints(grown, tmp_path):
+    rr, _ = grown
+    footprints = rr.analysis_dir / "footprints.parquet"
+    stamp = (footprints.stat().st_ino, footprints.stat().st_mtime_ns)
+    overlaps = (rr.overlaps_path.stat().st_ino, rr.overlaps_path.stat().st_mtime_ns)
+    analyze(rr.path, **OPTS)
+    assert (footprints.stat().st_ino, footprints.stat().st_mtime_ns) == stamp  # not rewritten
+    assert (rr.overlaps_path.stat().st_ino, rr.overlaps_path.stat().st_mtime_ns) == overlaps
+    # the changes carry the footprints and grid that meta/ gives from scratch
+    scratch = _scratch(tmp_path, rr)
+    mine, theirs = _geo_changes(rr), _geo_changes(scratch)
+    assert mine.crs.to_epsg() == 4326 and len(mine) == N_CHIPS
+    pd.testing.assert_frame_equal(mine, theirs)
+    assert rr.change_map_path.read_bytes() == scratch.change_map_path.read_bytes()
+    table = pq.read_table(footprints)
+    assert table.column("chip_id").to_pylist() == sorted(mine["chip_id"])
+    assert table.column("epsg").to_pylist() == [32633] * N_CHIPS
+    assert json.loads(table.column("geojson")[0].as_py())["type"] == "Polygon"
+
+
+def test_an_update_with_new_chips_or_without_footprints_gathers_them(tmp_path):
+    rr = write_dates(tmp_path / "inc", range(CUT), missing=(7,))
+    analyze(rr.path, **OPTS)
+    footprints = rr.analysis_dir / "footprints.parquet"
+    assert pq.read_table(footprints).num_rows == N_CHIPS - 1
+    write_dates(rr.path, range(CUT, CUT + 2))  # chip 7 appears
+    analyze(rr.path, **OPTS)
+    assert pq.read_table(footprints).column("chip_id").to_pylist()[-1] == "33UUP_64_0000_0007"
+    # a root analysed before footprints.parquet existed: the next update writes it
+    footprints.unlink()
+    write_dates(rr.path, range(CUT + 2, N_DATES))
+    analyze(rr.path, **OPTS)
+    assert pq.read_table(footprints).num_rows == N_CHIPS
+    scratch = write_dates(tmp_path / "scratch", range(CUT), missing=(7,))
+    write_dates(scratch.path, range(CUT, N_DATES))
+    analyze(scratch.path, pca=rr.pca_path, **OPTS)
+    pd.testing.assert_frame_equal(_geo_changes(rr), _geo_changes(scratch))
+
+
+def test_two_tiles_update_keeps_the_overlaps_and_one_alert_per_place(tmp_path):
+    tiles = ("33UUP", "33UVP")
+    rr = write_dates(tmp_path / "inc", range(CUT), tiles=tiles)
+    analyze(rr.path, **OPTS)
+    pairs = pd.read_parquet(rr.overlaps_path)
+    assert len(pairs) == 2 * N_CHIPS  # each chip and its twin, both directions
+    write_dates(rr.path, range(CUT, N_DATES), tiles=tiles)
+    analyze(rr.path, **OPTS)
+    pd.testing.assert_frame_equal(pd.read_parquet(rr.overlaps_path), pairs)
+    scratch = _scratch(tmp_path, rr, tiles=tiles)
+    pd.testing.assert_frame_equal(_geo_changes(rr), _geo_changes(scratch))
+    alerts = _alerts(rr)
+    distinct = alerts[alerts["duplicate_of"].isna()]
+    assert len(alerts) == 2 * len(STEPS) and len(distinct) == len(STEPS)
+
+
+def test_a_broken_footprints_file_is_gathered_again(grown, tmp_path, caplog):
+    rr, _ = grown
+    footprints = rr.analysis_dir / "footprints.parquet"
+    footprints.write_bytes(b"not parquet")
+    analyze(rr.path, **OPTS)
+    assert "footprints.parquet cannot be read as Parquet" in caplog.text
+    assert pq.read_table(footprints).num_rows == N_CHIPS
+    pd.testing.assert_frame_equal(_geo_changes(rr), _geo_changes(_scratch(tmp_path, rr)))
