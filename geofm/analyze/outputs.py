@@ -23,19 +23,17 @@ import pyarrow.parquet as pq
 
 from geofm.analyze.alerts import alerts_frame, previous_alerts
 from geofm.analyze.alerts import geojson as alerts_geojson
-from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, SeasonalFit, assess
+from geofm.analyze.assessment import Assessed, ChipRows, assess_chips, take_fit
+from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, SeasonalFit
 from geofm.analyze.footprints import GRID_COLUMNS, Footprints
 from geofm.analyze.overlaps import duplicate_changes, find_overlaps, read_overlaps
 from geofm.analyze.passes import Padded
 from geofm.analyze.reference import write_state
 from geofm.analyze.timeseries import stage_timeseries
 from geofm.analyze.update import (
-    Core,
     Obs,
     Options,
     Work,
-    chip_date_order,
-    take_two,
 )
 from geofm.io import StagedFiles
 from geofm.layout import RunRoot
@@ -65,36 +63,22 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
         pos = pd.Index(published["chip_id"].astype(str)).get_indexer(work.chip_ids.astype(str))
         prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
     touched = touched_chips(work, published, pos, plot_chips)
-    # assess the touched chips (all, for a reference) over their whole series
-    # `obs`: the assessed observations by chip, then date (the [chip, date] grid's
-    # order); `pick`: their rows in the published rows followed by the new ones
-    if touched is None:
-        core = new if work.prior is None else Core.concat(work.prior.core, new)
-        local, ids, fit = np.arange(n_chips), work.chip_ids, work.fit
-        order = pick = chip_date_order(core.chip, core.ns)
-        obs = core.take(order)
-        del core
-    else:  # an update: the published rows are not concatenated with the new ones
-        assert work.prior is not None
-        old = work.prior.core
-        local = np.cumsum(touched) - 1
-        rows = np.concatenate([np.flatnonzero(touched[old.chip]),
-                               np.flatnonzero(touched[new.chip]) + n_prior])
-        chip = local[take_two(old.chip, new.chip, rows)]
-        order = chip_date_order(chip, take_two(old.ns, new.ns, rows))
-        pick = rows[order]
-        del rows
-        ids, fit = work.chip_ids[touched], take_fit(work.fit, touched)
-        obs = Core.take_pair(old, new, pick, chip=chip[order])
-        del chip
-    del order
-    # the observation in column k of chip c's row is obs[first[c] + k] (sorted by chip)
-    first = np.concatenate([[0], np.cumsum(np.bincount(obs.chip, minlength=ids.size))[:-1]])
-    assessed, obs_anomaly = assess_blocks(fit, obs, first, work.reference.monitor_start_ns, o)
-    last = max(obs.chip.size - 1, 0)
-    at_change = np.minimum(first + np.maximum(assessed["change_index"], 0), last)
-    sub_change_ns = np.where(assessed["change"], obs.ns[at_change] if obs.chip.size else 0, 0)
-    out, change_ns = merge_assessment(assessed, sub_change_ns, touched, published, pos)
+    # assess the touched chips (all, for a reference) over their whole series: the
+    # published rows an update keeps, then the new ones (rows numbered in that order)
+    old = work.prior.core if work.prior is not None else Obs.empty(0).core()
+    rows = ChipRows(old, new, n_chips)
+    todo = np.arange(n_chips) if touched is None else np.flatnonzero(touched)
+    local = np.full(n_chips, -1, dtype=np.int64)  # each chip's position in `todo`
+    local[todo] = np.arange(todo.size)
+    anomaly = np.zeros(n_all, dtype=bool)
+    if touched is not None:  # untouched chips keep their published flags (their rows are
+        assert work.prior is not None  # all published)
+        anomaly[:n_prior] = work.prior.published.anomaly
+    assessed = assess_chips(rows, todo, work.fit, anomaly,
+                            monitor_start_ns=work.reference.monitor_start_ns,
+                            threshold=o.threshold, consecutive=o.consecutive)
+    out, change_ns = merge_assessment(assessed.out, assessed.change_ns, touched, published,
+                                      pos)
     status = out["status"]
     alert = out["change"] & (prev != CHANGE)
     now = pd.Timestamp.now(tz="UTC")
@@ -110,14 +94,13 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, chips,
                                   overlaps=overlaps)
     idx = np.flatnonzero(alert)  # alerts are touched changes: confirm_index >= 0
-    at_confirm = first[local[idx]] + assessed["confirm_index"][local[idx]]
     new_alerts = alerts_frame({
         "chip_id": work.chip_ids[idx].astype(str), "tile": chips["tile"].to_numpy()[idx],
         "change_date": change_ns[idx], "magnitude": out["magnitude"][idx],
         "previous_status": prev[idx], "detected_at": [now] * idx.size,
         "update": [update_no] * idx.size, "reference_id": [work.reference.id] * idx.size,
-        "confirmed_scene_id": [obs.scenes[s] for s in obs.scene[at_confirm]],
-        "confirmed_date": obs.ns[at_confirm], "duplicate_of": duplicate[idx]},
+        "confirmed_scene_id": assessed.confirm_scene[local[idx]],
+        "confirmed_date": assessed.confirm_ns[local[idx]], "duplicate_of": duplicate[idx]},
         list(fp.geometry(idx)))
     history = previous_alerts(rr)
     all_alerts = new_alerts if not len(history) else pd.concat([history, new_alerts],
@@ -140,11 +123,6 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     staged.begin()
     for name, writer in work.files.items():
         writer(staged.path(name))
-    anomaly = np.empty(n_all, dtype=bool)
-    if touched is not None:  # untouched chips keep their published flags (their rows are
-        assert work.prior is not None  # all published)
-        anomaly[:n_prior] = work.prior.published.anomaly
-    anomaly[pick] = obs_anomaly
     stage_timeseries(staged, rr, work.obs, work.chip_ids, anomaly[n_prior:], o.n_components,
                      prior=None if work.prior is None else work.prior.published,
                      prior_anomaly=anomaly[:n_prior])
@@ -163,15 +141,9 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     write_state(staged.path("state.json"), state)
     staged.commit()
 
-    from geofm.analyze.plots import write_plots
-
-    plot = local[idx] if work.kind == "update" else np.flatnonzero(assessed["change"])
-    n_plots = 0
-    if plot_chips or (plot.size and max_plots != 0):
-        grid = Padded(obs.chip, ids.size, np.ones(obs.chip.size, dtype=bool))
-        n_plots = write_plots(rr, ids, obs, grid,
-                              {**assessed, "anomaly": grid.take(obs_anomaly, False)}, fit,
-                              plot, o, plot_chips, max_plots)
+    plot = idx if work.kind == "update" else np.flatnonzero(out["change"])
+    n_plots = plot_chosen(rr, rows, work, plot, assessed, local, anomaly, o, plot_chips,
+                          max_plots)
     record.counts.update(embeddings=work.n_rows, observations=int(n_all),
                          new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
                          **counts)
@@ -181,45 +153,28 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
              work.kind, update_no, work.n_new, n_alerts, n_distinct)
 
 
-#: Chips assessed together (bounds the ``[chips, dates]`` arrays of :func:`assess_blocks`).
-ASSESS_BLOCK = 8192
+def plot_chosen(rr: RunRoot, rows: ChipRows, work: Work, plot: np.ndarray, assessed: Assessed,
+                local: np.ndarray, anomaly: np.ndarray, o: Options, plot_chips: Sequence[str],
+                max_plots: int | None) -> int:
+    """Draw the timelines of ``plot`` (int chip codes, assessed now) and ``plot_chips``.
 
-
-def assess_blocks(fit: SeasonalFit, obs: Core, first: np.ndarray, monitor_start_ns: int,
-                  o: Options, *, block: int = ASSESS_BLOCK) -> tuple[dict[str, np.ndarray],
-                                                                    np.ndarray]:
-    """:func:`~geofm.analyze.change.assess` of every chip of ``fit``, ``block`` chips at a time.
-
-    ``obs``: the chips' observations sorted by chip, then date; ``first``: int ``[C]``
-    each chip's first row in ``obs``. Each block's ``[chips, dates]`` arrays are a few
-    MB and reused, where one ``[C, T]`` layout of every chip would be fresh memory of
-    hundreds of MB.
-
-    Returns:
-        The per-chip results ``[C]`` (``status``, ``change``, ``change_index``,
-        ``confirm_index`` (columns: observations of the chip in date order),
-        ``magnitude``, ``n_observations``, ``n_monitor``) and bool ``[M]`` each
-        observation's ``anomaly``.
+    Only those chips' series are laid out (``local``: each chip's position in
+    ``assessed``, -1 if not assessed; ``anomaly``: every row's flag). Returns the
+    number of chips chosen for plotting.
     """
-    n_chips = fit.fitted.size
-    parts: list[dict[str, np.ndarray]] = []
-    anomaly = np.zeros(obs.chip.size, dtype=bool)
-    bounds = np.append(first, obs.chip.size)
-    for c0 in range(0, n_chips, block):
-        c1 = min(c0 + block, n_chips)
-        rows = slice(int(bounds[c0]), int(bounds[c1]))
-        grid = Padded(obs.chip[rows] - c0, c1 - c0, np.ones(rows.stop - rows.start, bool))
-        out = assess(take_fit(fit, slice(c0, c1)), grid.take(obs.resid[rows].astype(np.float64),
-                                                            np.nan),
-                     grid.take(np.isfinite(obs.sig[rows]), False),
-                     grid.take(obs.ns[rows] >= monitor_start_ns, False),
-                     threshold=o.threshold, consecutive=o.consecutive)
-        anomaly[rows] = grid.gather(out.pop("anomaly"))
-        parts.append(out)
-    if not parts:
-        return assess(fit, np.zeros((0, 0)), np.zeros((0, 0), bool), np.zeros((0, 0), bool),
-                      threshold=o.threshold, consecutive=o.consecutive), anomaly
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, anomaly
+    from geofm.analyze.plots import write_plots
+
+    named = pd.Index(work.chip_ids.astype(str)).get_indexer(list(plot_chips))
+    chips = np.unique(np.concatenate([plot, named]).astype(np.int64))
+    if not chips.size or (max_plots == 0 and not plot_chips):
+        return 0
+    row, obs = rows.take(chips)
+    grid = Padded(obs.chip, chips.size, np.ones(obs.chip.size, dtype=bool))
+    at = local[chips]
+    out = {k: v[at] for k, v in assessed.out.items()}
+    out["anomaly"] = grid.take(anomaly[row], False)
+    return write_plots(rr, work.chip_ids[chips], obs, grid, out, take_fit(work.fit, chips),
+                       np.searchsorted(chips, plot), o, plot_chips, max_plots)
 
 
 #: ``changes.parquet`` columns an update takes over for the chips it does not assess.
@@ -244,13 +199,6 @@ def touched_chips(work: Work, published: pd.DataFrame | None, pos: np.ndarray,
     if plot_chips:
         touched[pd.Index(work.chip_ids.astype(str)).get_indexer(list(plot_chips))] = True
     return touched
-
-
-def take_fit(fit: SeasonalFit, chips: np.ndarray | slice) -> SeasonalFit:
-    """The fits of ``chips`` (bool ``[C]``, int indexes or a slice)."""
-    return SeasonalFit(coef=fit.coef[chips], intercept=fit.intercept[chips],
-                       scale=fit.scale[chips], fitted=fit.fitted[chips],
-                       n_baseline=fit.n_baseline[chips])
 
 
 def merge_assessment(assessed: dict[str, np.ndarray], change_ns: np.ndarray,

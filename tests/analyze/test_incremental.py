@@ -480,19 +480,19 @@ def test_removing_every_scene_of_a_part_deletes_it(grown):
 def test_chips_without_new_observations_keep_their_assessment(tmp_path, monkeypatch):
     """Chips 0 (changed before the cut) and 5 get no new date: the update assesses only
     the others and takes theirs over; the result equals a from-scratch analysis."""
-    import geofm.analyze.outputs as outputs
+    import geofm.analyze.assessment as assessment
 
     rr = write_dates(tmp_path / "inc", range(CUT))
     analyze(rr.path, **OPTS)
     write_dates(rr.path, range(CUT, N_DATES), missing={0, 5})
     sizes = []
-    real = outputs.assess
+    real = assessment.assess
 
     def counting(fit, residual, *args, **kwargs):
         sizes.append(residual.shape[0])
         return real(fit, residual, *args, **kwargs)
 
-    monkeypatch.setattr(outputs, "assess", counting)
+    monkeypatch.setattr(assessment, "assess", counting)
     record = analyze(rr.path, **OPTS)
     assert sizes == [N_CHIPS - 2] and record.counts["alerts"] == 2
     monkeypatch.undo()

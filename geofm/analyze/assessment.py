@@ -1,0 +1,153 @@
+"""Each chip's whole series assessed block by block, from published and new observations.
+
+An analysis assesses a chip over all its observations: the published rows an update
+keeps and the rows it scores now (a reference has only the latter). Rather than one
+``[chip, date]`` layout of every chip (hundreds of MB of fresh memory at 100k chips x
+60 dates, sorted and gathered in full), :class:`ChipRows` finds each chip's rows in
+both sets once, and :func:`assess_chips` gathers, lays out and assesses
+:data:`BLOCK` chips at a time: every array but the per-chip results is a block's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from geofm.analyze.change import SeasonalFit, assess
+from geofm.analyze.passes import Padded
+from geofm.analyze.update import Core, chip_date_order, take_two
+
+#: Chips assessed together (bounds the ``[chips, dates]`` arrays of a block).
+BLOCK = 8192
+
+
+def _by_chip(chip: np.ndarray, n_chips: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(order, bounds)``: rows sorted by chip (None: already) and each chip's range.
+
+    The rows of chip ``c`` are ``order[bounds[c]:bounds[c + 1]]`` (in their order).
+    """
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(chip, minlength=n_chips))])
+    if chip.size < 2 or bool(np.all(chip[1:] >= chip[:-1])):
+        return None, bounds
+    return np.argsort(chip, kind="stable"), bounds
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, s + n)`` for each start ``s`` and count ``n``."""
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return shift + np.arange(total)
+
+
+class ChipRows:
+    """Where each chip's observations are among ``old`` (published) then ``new`` rows.
+
+    Row ``r`` is ``old`` row ``r`` below ``len(old.chip)``, else ``new`` row
+    ``r - len(old.chip)``; both hold chip codes in ``[0, n_chips)``.
+    """
+
+    def __init__(self, old: Core, new: Core, n_chips: int) -> None:
+        self.old, self.new = old, new
+        self._index = [_by_chip(old.chip, n_chips), _by_chip(new.chip, n_chips)]
+
+    def rows(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``chips`` (int ``[b]``, ascending) by chip, then date.
+
+        Returns int64 rows and each row's position in ``chips`` (both ``[m]``).
+        """
+        rows, where = [], []
+        for (order, bounds), offset in zip(self._index, (0, self.old.chip.size), strict=True):
+            starts = bounds[chips]
+            counts = bounds[chips + 1] - starts
+            at = _ranges(starts, counts)
+            rows.append((at if order is None else order[at]) + offset)
+            where.append(np.repeat(np.arange(chips.size), counts))
+        row, pos = np.concatenate(rows), np.concatenate(where)
+        order = chip_date_order(pos, take_two(self.old.ns, self.new.ns, row))
+        return row[order], pos[order]
+
+    def take(self, chips: np.ndarray) -> tuple[np.ndarray, Core]:
+        """``(rows, obs)``: the rows of ``chips`` and their observations, by chip then date.
+
+        ``obs.chip`` is each row's position in ``chips``.
+        """
+        row, pos = self.rows(chips)
+        return row, Core.take_pair(self.old, self.new, row, chip=pos)
+
+
+@dataclass
+class Assessed:
+    """The assessment of some chips (``[n]``, in the order they were given).
+
+    Attributes:
+        out: :func:`~geofm.analyze.change.assess`'s per-chip results (``status``,
+            ``change``, ``change_index``, ``confirm_index``, ``magnitude``,
+            ``n_observations``, ``n_monitor``; no ``anomaly``).
+        change_ns: int64 date of the change's first observation (ns since the epoch,
+            UTC; 0 without a change).
+        confirm_ns: int64 date of the observation that confirmed it (0: none).
+        confirm_scene: the scene of that observation (None: none).
+    """
+
+    out: dict[str, np.ndarray]
+    change_ns: np.ndarray
+    confirm_ns: np.ndarray
+    confirm_scene: np.ndarray
+
+
+def assess_chips(rows: ChipRows, chips: np.ndarray, fit: SeasonalFit, anomaly: np.ndarray, *,
+                 monitor_start_ns: int, threshold: float, consecutive: int,
+                 block: int = BLOCK) -> Assessed:
+    """Assess ``chips`` (int ``[n]``, ascending) over their whole series, a block at a time.
+
+    ``fit``: every chip's seasonal fit (rows = chip codes); ``anomaly``: bool
+    ``[len(old) + len(new)]``, where each assessed row's flag is written (the other rows
+    are left as they are).
+    """
+    parts: list[dict[str, np.ndarray]] = []
+    for lo in range(0, chips.size, block):
+        blk = chips[lo:lo + block]
+        row, obs = rows.take(blk)
+        grid = Padded(obs.chip, blk.size, np.ones(obs.chip.size, dtype=bool))
+        out = assess(take_fit(fit, blk), grid.take(obs.resid.astype(np.float64), np.nan),
+                     grid.take(np.isfinite(obs.sig), False),
+                     grid.take(obs.ns >= monitor_start_ns, False),
+                     threshold=threshold, consecutive=consecutive)
+        anomaly[row] = grid.gather(out.pop("anomaly"))
+        parts.append({**out, **_dates(obs, out)})
+    if not parts:  # no chip: empty results of the same kinds
+        out = assess(take_fit(fit, chips), np.zeros((0, 0)), np.zeros((0, 0), bool),
+                     np.zeros((0, 0), bool), threshold=threshold, consecutive=consecutive)
+        del out["anomaly"]
+        parts = [{**out, "change_ns": np.zeros(0, np.int64), "confirm_ns": np.zeros(0, np.int64),
+                  "confirm_scene": np.zeros(0, dtype=object)}]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return Assessed(change_ns=merged.pop("change_ns"), confirm_ns=merged.pop("confirm_ns"),
+                    confirm_scene=merged.pop("confirm_scene"), out=merged)
+
+
+def _dates(obs: Core, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each block chip's change and confirmation dates and confirming scene (see Assessed)."""
+    n = out["change"].size
+    if not obs.chip.size:
+        return {"change_ns": np.zeros(n, np.int64), "confirm_ns": np.zeros(n, np.int64),
+                "confirm_scene": np.full(n, None, dtype=object)}
+    # the observation in column k of the block's chip i is obs[first[i] + k]
+    first = np.concatenate([[0], np.cumsum(np.bincount(obs.chip, minlength=n))[:-1]])
+    change, last = out["change"], obs.chip.size - 1
+    at_change = np.minimum(first + np.maximum(out["change_index"], 0), last)
+    at_confirm = np.minimum(first + np.maximum(out["confirm_index"], 0), last)
+    names = np.asarray([*obs.scenes, None], dtype=object)
+    return {"change_ns": np.where(change, obs.ns[at_change], 0),
+            "confirm_ns": np.where(change, obs.ns[at_confirm], 0),
+            "confirm_scene": names[np.where(change, obs.scene[at_confirm], -1)]}
+
+
+def take_fit(fit: SeasonalFit, chips: np.ndarray | slice) -> SeasonalFit:
+    """The fits of ``chips`` (bool ``[C]``, int indexes or a slice)."""
+    return SeasonalFit(coef=fit.coef[chips], intercept=fit.intercept[chips],
+                       scale=fit.scale[chips], fitted=fit.fitted[chips],
+                       n_baseline=fit.n_baseline[chips])
