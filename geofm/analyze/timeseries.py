@@ -142,9 +142,9 @@ def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, di
 
     Returns:
         ``(published, core)``: where the kept rows live, and the
-        :class:`~geofm.analyze.update.Core` fields as arrays: ``chip`` (int64 ``[M]``)
+        :class:`~geofm.analyze.update.Core` fields as arrays: ``chip`` (int32 ``[M]``)
         indexes ``chip_ids`` (object ``[C']``, sorted, the chips the rows name),
-        ``scene`` indexes ``scenes`` (sorted), ``ns`` int64 ns since the epoch (UTC),
+        ``scene`` (int32) indexes ``scenes`` (sorted), ``ns`` int64 ns since the epoch (UTC),
         ``sig``, ``resid`` float32, ``base`` bool; and ``lost``: the ``chip`` codes of
         the dropped rows.
 
@@ -157,7 +157,7 @@ def read_published(rr: RunRoot, *, drop_scenes: set[str]) -> tuple[Published, di
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     n = int(bounds[-1])
     out: dict[str, np.ndarray] = {
-        "chip": np.empty(n, np.int64), "scene": np.empty(n, np.int64),
+        "chip": np.empty(n, np.int32), "scene": np.empty(n, np.int32),
         "ns": np.empty(n, np.int64), "sig": np.empty(n, np.float32),
         "resid": np.empty(n, np.float32), "base": np.empty(n, bool),
         "anomaly": np.empty(n, bool)}

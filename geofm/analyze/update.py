@@ -175,9 +175,9 @@ class Obs:
 class Core:
     """What assessment needs of each observation (published or new)."""
 
-    chip: np.ndarray    # int64 [M]
+    chip: np.ndarray    # int [M] (int32 for published rows: half the memory of int64)
     ns: np.ndarray      # int64 [M]
-    scene: np.ndarray   # int64 [M] into ``scenes``
+    scene: np.ndarray   # int [M] into ``scenes``
     scenes: list[str]
     resid: np.ndarray   # float32 [M]
     sig: np.ndarray     # float32 [M]
