@@ -186,6 +186,11 @@ class RunRoot:
         return self.analysis_dir / "overlaps.parquet"
 
     @property
+    def assessment_path(self) -> Path:
+        """``analysis/assessment.npz``: where the change rule stands for each chip."""
+        return self.analysis_dir / "assessment.npz"
+
+    @property
     def footprints_path(self) -> Path:
         """``analysis/footprints.parquet``: each analysed chip's footprint (WKB, GeoJSON)."""
         return self.analysis_dir / "footprints.parquet"

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geofm.analyze.change import SeasonalFit, assess
+from geofm.analyze.change import SeasonalFit
+from geofm.analyze.chipstate import ChipState, walk
 from geofm.analyze.passes import Padded
 from geofm.analyze.update import Core, chip_date_order, take_two
 
@@ -83,67 +84,76 @@ class Assessed:
     """The assessment of some chips (``[n]``, in the order they were given).
 
     Attributes:
-        out: :func:`~geofm.analyze.change.assess`'s per-chip results (``status``,
-            ``change``, ``change_index``, ``confirm_index``, ``magnitude``,
+        out: the rule's per-chip results (:func:`~geofm.analyze.chipstate.walk`:
+            ``status``, ``change``, ``change_index``, ``confirm_index``, ``magnitude``,
             ``n_observations``, ``n_monitor``; no ``anomaly``).
         change_ns: int64 date of the change's first observation (ns since the epoch,
             UTC; 0 without a change).
         confirm_ns: int64 date of the observation that confirmed it (0: none).
         confirm_scene: the scene of that observation (None: none).
+        state: the chips' rule state after these observations.
     """
 
     out: dict[str, np.ndarray]
     change_ns: np.ndarray
     confirm_ns: np.ndarray
     confirm_scene: np.ndarray
+    state: ChipState
+
+    @classmethod
+    def concat(cls, parts: list[Assessed]) -> Assessed:
+        """The assessments of several sets of chips, one after the other."""
+        return cls(out={k: np.concatenate([p.out[k] for p in parts]) for k in parts[0].out},
+                   change_ns=np.concatenate([p.change_ns for p in parts]),
+                   confirm_ns=np.concatenate([p.confirm_ns for p in parts]),
+                   confirm_scene=np.concatenate([p.confirm_scene for p in parts]),
+                   state=ChipState.concat([p.state for p in parts]))
+
+    def take(self, idx: np.ndarray) -> Assessed:
+        """The assessment of the chips at ``idx``."""
+        return Assessed(out={k: v[idx] for k, v in self.out.items()},
+                        change_ns=self.change_ns[idx], confirm_ns=self.confirm_ns[idx],
+                        confirm_scene=self.confirm_scene[idx], state=self.state.take(idx))
 
 
-def assess_chips(rows: ChipRows, chips: np.ndarray, fit: SeasonalFit, anomaly: np.ndarray, *,
-                 monitor_start_ns: int, threshold: float, consecutive: int,
-                 block: int = BLOCK) -> Assessed:
-    """Assess ``chips`` (int ``[n]``, ascending) over their whole series, a block at a time.
+def assess_chips(rows: ChipRows, chips: np.ndarray, fit: SeasonalFit, anomaly: np.ndarray,
+                 prev: ChipState, *, monitor_start_ns: int, threshold: float,
+                 consecutive: int, block: int = BLOCK) -> Assessed:
+    """Assess ``chips`` (int ``[n]``, ascending) from their state ``prev``, a block at a time.
 
-    ``fit``: every chip's seasonal fit (rows = chip codes); ``anomaly``: bool
-    ``[len(old) + len(new)]``, where each assessed row's flag is written (the other rows
-    are left as they are).
+    ``rows`` holds the chips' observations after the state (:meth:`ChipState.empty`:
+    all of them); ``fit``: every chip's seasonal fit (rows = chip codes); ``anomaly``:
+    bool, indexed like ``rows``' rows, where each assessed row's flag is written (the
+    other rows are left as they are).
     """
-    parts: list[dict[str, np.ndarray]] = []
+    parts: list[Assessed] = []
     for lo in range(0, chips.size, block):
         blk = chips[lo:lo + block]
         row, obs = rows.take(blk)
         grid = Padded(obs.chip, blk.size, np.ones(obs.chip.size, dtype=bool))
-        out = assess(take_fit(fit, blk), grid.take(obs.resid.astype(np.float64), np.nan),
-                     grid.take(np.isfinite(obs.sig), False),
-                     grid.take(obs.ns >= monitor_start_ns, False),
-                     threshold=threshold, consecutive=consecutive)
+        names = np.asarray([*obs.scenes, None], dtype=object)
+        state, out = walk(prev.take(np.arange(lo, lo + blk.size)),
+                          grid.take(obs.resid.astype(np.float64), np.nan), grid.valid,
+                          grid.take(np.isfinite(obs.sig), False),
+                          grid.take(obs.ns >= monitor_start_ns, False), grid.take(obs.ns, 0),
+                          names[grid.take(obs.scene, -1)], fit.fitted[blk],
+                          threshold=threshold, consecutive=consecutive)
         anomaly[row] = grid.gather(out.pop("anomaly"))
-        parts.append({**out, **_dates(obs, out)})
+        change = out["change"]
+        parts.append(Assessed(
+            out=out, change_ns=np.where(change, state.change_ns, 0),
+            confirm_ns=np.where(change, state.confirm_ns, 0),
+            confirm_scene=np.where(change, state.confirm_scene, np.array(None)), state=state))
     if not parts:  # no chip: empty results of the same kinds
-        out = assess(take_fit(fit, chips), np.zeros((0, 0)), np.zeros((0, 0), bool),
-                     np.zeros((0, 0), bool), threshold=threshold, consecutive=consecutive)
+        none = np.zeros((0, 0), bool)
+        state, out = walk(ChipState.empty(0), np.zeros((0, 0)), none, none, none,
+                          np.zeros((0, 0), np.int64), np.zeros((0, 0), object),
+                          np.zeros(0, bool), threshold=threshold, consecutive=consecutive)
         del out["anomaly"]
-        parts = [{**out, "change_ns": np.zeros(0, np.int64), "confirm_ns": np.zeros(0, np.int64),
-                  "confirm_scene": np.zeros(0, dtype=object)}]
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return Assessed(change_ns=merged.pop("change_ns"), confirm_ns=merged.pop("confirm_ns"),
-                    confirm_scene=merged.pop("confirm_scene"), out=merged)
-
-
-def _dates(obs: Core, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each block chip's change and confirmation dates and confirming scene (see Assessed)."""
-    n = out["change"].size
-    if not obs.chip.size:
-        return {"change_ns": np.zeros(n, np.int64), "confirm_ns": np.zeros(n, np.int64),
-                "confirm_scene": np.full(n, None, dtype=object)}
-    # the observation in column k of the block's chip i is obs[first[i] + k]
-    first = np.concatenate([[0], np.cumsum(np.bincount(obs.chip, minlength=n))[:-1]])
-    change, last = out["change"], obs.chip.size - 1
-    at_change = np.minimum(first + np.maximum(out["change_index"], 0), last)
-    at_confirm = np.minimum(first + np.maximum(out["confirm_index"], 0), last)
-    names = np.asarray([*obs.scenes, None], dtype=object)
-    return {"change_ns": np.where(change, obs.ns[at_change], 0),
-            "confirm_ns": np.where(change, obs.ns[at_confirm], 0),
-            "confirm_scene": names[np.where(change, obs.scene[at_confirm], -1)]}
+        return Assessed(out=out, change_ns=np.zeros(0, np.int64),
+                        confirm_ns=np.zeros(0, np.int64),
+                        confirm_scene=np.zeros(0, dtype=object), state=state)
+    return parts[0] if len(parts) == 1 else Assessed.concat(parts)
 
 
 def take_fit(fit: SeasonalFit, chips: np.ndarray | slice) -> SeasonalFit:

@@ -25,16 +25,13 @@ from geofm.analyze.alerts import alerts_frame, previous_alerts
 from geofm.analyze.alerts import geojson as alerts_geojson
 from geofm.analyze.assessment import Assessed, ChipRows, assess_chips, take_fit
 from geofm.analyze.change import CHANGE, INSUFFICIENT, NO_CHANGE, SeasonalFit
+from geofm.analyze.chipstate import ChipState
 from geofm.analyze.footprints import GRID_COLUMNS, Footprints
 from geofm.analyze.overlaps import duplicate_changes, find_overlaps, read_overlaps
 from geofm.analyze.passes import Padded
 from geofm.analyze.reference import write_state
-from geofm.analyze.timeseries import stage_timeseries
-from geofm.analyze.update import (
-    Obs,
-    Options,
-    Work,
-)
+from geofm.analyze.timeseries import Published, stage_timeseries
+from geofm.analyze.update import Carried, Core, Obs, Options, Work, read_prior
 from geofm.io import StagedFiles
 from geofm.layout import RunRoot
 from geofm.manifest import StageRecord
@@ -54,29 +51,45 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     decide which changes are new alerts. Fills ``record``'s counts.
     """
     new = work.obs.core()
-    n_prior = 0 if work.prior is None else work.prior.core.chip.size
-    n_all = n_prior + new.chip.size
     n_chips = work.chip_ids.size
     pos = np.full(n_chips, -1, dtype=np.int64)  # each chip's row in `published`
     prev: np.ndarray = np.full(n_chips, None, dtype=object)
     if published is not None and len(published):
         pos = pd.Index(published["chip_id"].astype(str)).get_indexer(work.chip_ids.astype(str))
         prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
-    touched = touched_chips(work, published, pos, plot_chips)
-    # assess the touched chips (all, for a reference) over their whole series: the
-    # published rows an update keeps, then the new ones (rows numbered in that order)
-    old = work.prior.core if work.prior is not None else Obs.empty(0).core()
-    rows = ChipRows(old, new, n_chips)
+    carried = work.carried
+    # without the chips' states (a reference, a rescored scene), every chip is walked
+    touched = None if carried is None else touched_chips(work, published, pos, plot_chips)
     todo = np.arange(n_chips) if touched is None else np.flatnonzero(touched)
+    resume = np.zeros(todo.size, dtype=bool) if carried is None else \
+        resumable(carried, new, todo, work.fit, consecutive=o.consecutive,
+                  monitor_start_ns=work.reference.monitor_start_ns)
+    if work.kind == "update" and not resume.all():
+        work.load_prior(rr)  # some chips are walked from their first observation
+    old = work.prior.core if work.prior is not None else Obs.empty(0).core()
+    n_prior = old.chip.size
+    # every row's anomaly flag: the published ones stay unless their chip is walked
+    anomaly = np.zeros(n_prior + new.chip.size, dtype=bool)
+    if work.prior is not None:
+        anomaly[:n_prior] = work.prior.published.anomaly
+    rule: dict[str, Any] = dict(monitor_start_ns=work.reference.monitor_start_ns,
+                                threshold=o.threshold, consecutive=o.consecutive)
+    full, going = todo[~resume], todo[resume]
+    walked = assess_chips(ChipRows(old, new, n_chips), full, work.fit, anomaly,
+                          ChipState.empty(full.size), **rule)
+    if going.size:  # the others go on from their state with their new rows only
+        assert carried is not None
+        on = assess_chips(ChipRows(Obs.empty(0).core(), new, n_chips), going, work.fit,
+                          anomaly[n_prior:], carried.state.take(going), **rule)
+        walked = Assessed.concat([walked, on]).take(np.argsort(np.concatenate([full, going])))
+    assessed = walked
     local = np.full(n_chips, -1, dtype=np.int64)  # each chip's position in `todo`
     local[todo] = np.arange(todo.size)
-    anomaly = np.zeros(n_all, dtype=bool)
-    if touched is not None:  # untouched chips keep their published flags (their rows are
-        assert work.prior is not None  # all published)
-        anomaly[:n_prior] = work.prior.published.anomaly
-    assessed = assess_chips(rows, todo, work.fit, anomaly,
-                            monitor_start_ns=work.reference.monitor_start_ns,
-                            threshold=o.threshold, consecutive=o.consecutive)
+    # the rule's state of every chip after this analysis (the untouched keep theirs)
+    keep = carried.state if carried is not None else ChipState.empty(n_chips)
+    at = np.arange(n_chips)
+    at[todo] = n_chips + np.arange(todo.size)
+    chip_state = ChipState.concat([keep, assessed.state]).take(at)
     out, change_ns = merge_assessment(assessed.out, assessed.change_ns, touched, published,
                                       pos)
     status = out["status"]
@@ -124,8 +137,10 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     for name, writer in work.files.items():
         writer(staged.path(name))
     stage_timeseries(staged, rr, work.obs, work.chip_ids, anomaly[n_prior:], o.n_components,
-                     prior=None if work.prior is None else work.prior.published,
+                     prior=None if work.kind == "reference" else
+                     work.prior.published if work.prior is not None else Published.kept(rr),
                      prior_anomaly=anomaly[:n_prior])
+    chip_state.save(staged.path(rr.assessment_path.name), work.chip_ids, update_no)
     if not fp.stored:
         fp.write(staged.path(rr.footprints_path.name))
     write_changes(staged.path("changes.parquet"), staged.path("change_map.geojson"),
@@ -142,9 +157,9 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     staged.commit()
 
     plot = idx if work.kind == "update" else np.flatnonzero(out["change"])
-    n_plots = plot_chosen(rr, rows, work, plot, assessed, local, anomaly, o, plot_chips,
+    n_plots = plot_chosen(rr, work, new, anomaly, plot, assessed, local, o, plot_chips,
                           max_plots)
-    record.counts.update(embeddings=work.n_rows, observations=int(n_all),
+    record.counts.update(embeddings=work.n_rows, observations=int(chip_state.n_seen.sum()),
                          new_observations=work.n_new, alerts=n_alerts, plots=n_plots,
                          **counts)
     record.extra["reference"] = state["reference"]
@@ -153,14 +168,15 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
              work.kind, update_no, work.n_new, n_alerts, n_distinct)
 
 
-def plot_chosen(rr: RunRoot, rows: ChipRows, work: Work, plot: np.ndarray, assessed: Assessed,
-                local: np.ndarray, anomaly: np.ndarray, o: Options, plot_chips: Sequence[str],
+def plot_chosen(rr: RunRoot, work: Work, new: Core, anomaly: np.ndarray, plot: np.ndarray,
+                assessed: Assessed, local: np.ndarray, o: Options, plot_chips: Sequence[str],
                 max_plots: int | None) -> int:
     """Draw the timelines of ``plot`` (int chip codes, assessed now) and ``plot_chips``.
 
-    Only those chips' series are laid out (``local``: each chip's position in
-    ``assessed``, -1 if not assessed; ``anomaly``: every row's flag). Returns the
-    number of chips chosen for plotting.
+    Only those chips' series are laid out: from the published rows in memory and
+    ``new`` (``anomaly``: their flags, in that order), or else from the dataset just
+    published. ``local``: each chip's position in ``assessed`` (-1: not assessed).
+    Returns the number of chips chosen for plotting.
     """
     from geofm.analyze.plots import write_plots
 
@@ -168,6 +184,13 @@ def plot_chosen(rr: RunRoot, rows: ChipRows, work: Work, plot: np.ndarray, asses
     chips = np.unique(np.concatenate([plot, named]).astype(np.int64))
     if not chips.size or (max_plots == 0 and not plot_chips):
         return 0
+    if work.prior is not None or work.kind == "reference":
+        old = work.prior.core if work.prior is not None else Obs.empty(0).core()
+        rows = ChipRows(old, new, work.chip_ids.size)
+    else:  # the rows were not read: those published now hold the new ones too
+        everything = read_prior(rr, work.chip_ids, drop_scenes=set())
+        rows = ChipRows(everything.core, Obs.empty(0).core(), work.chip_ids.size)
+        anomaly = everything.published.anomaly
     row, obs = rows.take(chips)
     grid = Padded(obs.chip, chips.size, np.ones(obs.chip.size, dtype=bool))
     at = local[chips]
@@ -175,6 +198,22 @@ def plot_chosen(rr: RunRoot, rows: ChipRows, work: Work, plot: np.ndarray, asses
     out["anomaly"] = grid.take(anomaly[row], False)
     return write_plots(rr, work.chip_ids[chips], obs, grid, out, take_fit(work.fit, chips),
                        np.searchsorted(chips, plot), o, plot_chips, max_plots)
+
+
+def resumable(carried: Carried, new: Core, todo: np.ndarray, fit: SeasonalFit, *,
+              consecutive: int, monitor_start_ns: int) -> np.ndarray:
+    """Which chips of ``todo`` go on from their state: bool ``[len(todo)]``.
+
+    A chip does unless its state is of no use: it had published rows and a new one
+    comes before its last (a late acquisition), or it becomes assessable (enough
+    monitoring observations: its earlier anomalies start to count) or stops being.
+    """
+    st, n = carried.state, carried.known.size
+    monitoring = np.isfinite(new.sig) & (new.ns >= monitor_start_ns)
+    n_monitor = st.n_monitor + np.bincount(new.chip[monitoring], minlength=n)
+    ok = fit.fitted & (n_monitor >= consecutive)
+    late = np.bincount(new.chip[new.ns < st.last_ns[new.chip]], minlength=n) > 0
+    return (~carried.known | (~late & (ok == st.ok)))[todo]
 
 
 #: ``changes.parquet`` columns an update takes over for the chips it does not assess.
@@ -191,11 +230,13 @@ def touched_chips(work: Work, published: pd.DataFrame | None, pos: np.ndarray,
     its ``changes.parquet`` values are taken over. A reference, or published changes
     without :data:`KEPT_COLUMNS`, assesses every chip.
     """
-    if work.prior is None or published is None or not set(KEPT_COLUMNS) <= set(published):
+    if work.kind == "reference" or published is None or \
+            not set(KEPT_COLUMNS) <= set(published):
         return None
     touched = pos < 0
     touched[work.obs.chip] = True
-    touched[work.prior.lost] = True
+    if work.prior is not None:
+        touched[work.prior.lost] = True
     if plot_chips:
         touched[pd.Index(work.chip_ids.astype(str)).get_indexer(list(plot_chips))] = True
     return touched

@@ -79,6 +79,14 @@ class Published:
     dropped: np.ndarray
     drop_scenes: frozenset[str]
 
+    @classmethod
+    def kept(cls, rr: RunRoot) -> Published:
+        """The published parts, all kept as they are (an update that read none of them)."""
+        parts = rr.timeseries_parts()
+        return cls(parts=parts, bounds=np.zeros(len(parts) + 1, dtype=np.int64),
+                   anomaly=np.zeros(0, dtype=bool), dropped=np.zeros(len(parts), dtype=bool),
+                   drop_scenes=frozenset())
+
 
 def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Codes (int ``[N]``) into the returned Arrow string dictionary, of a string column.

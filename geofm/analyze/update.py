@@ -20,6 +20,7 @@ import pandas as pd
 
 from geofm.analyze import footprints
 from geofm.analyze.change import SeasonalFit, check_parameters, fit_seasonal
+from geofm.analyze.chipstate import ChipState, load_state
 from geofm.analyze.footprints import Footprints
 from geofm.analyze.passes import Padded, pass_one, pass_one_files, pass_two
 from geofm.analyze.reduce import PCAModel, fit_pca
@@ -246,6 +247,56 @@ class _Prior:
     lost: np.ndarray  # int64 rows of the work's chip_ids that lost published rows
 
 
+def read_prior(rr: RunRoot, chip_ids: np.ndarray, *, drop_scenes: set[str]) -> _Prior:
+    """The published rows (less those of ``drop_scenes``), chips coded as ``chip_ids`` rows.
+
+    ``chip_ids``: object ``[C]``, sorted, holding every published chip.
+    """
+    published_rows, old = read_published(rr, drop_scenes=drop_scenes)
+    old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
+    lost = np.unique(old_chip[old.pop("lost")])
+    codes = old.pop("chip")
+    if not (old_chip.size == chip_ids.size and (old_chip == np.arange(old_chip.size)).all()):
+        codes = old_chip[codes]  # else the published chips are these: codes already rows
+    return _Prior(core=Core(chip=codes, scenes=old.pop("scenes"), **old),
+                  published=published_rows, lost=lost)
+
+
+@dataclass
+class Carried:
+    """Each chip's rule state after the last analysis (:mod:`geofm.analyze.chipstate`).
+
+    ``state``: ``[C]`` in the work's ``chip_ids`` order (chips the last analysis did not
+    have: the empty state); ``known``: bool ``[C]`` chips it had.
+    """
+
+    state: ChipState
+    known: np.ndarray
+
+
+def carried_state(rr: RunRoot, state: dict[str, Any], chip_ids: np.ndarray, *,
+                  rescored: bool) -> Carried | None:
+    """The chip states saved by the last analysis, for ``chip_ids`` (None: none usable).
+
+    None when the file is missing or from another analysis, or when published rows are
+    ``rescored`` (re-embedded or removed scenes: every chip is walked again).
+    """
+    if rescored:
+        return None
+    got = load_state(rr.assessment_path, update=len(state["updates"]))
+    if got is None:
+        return None
+    ids, saved = got
+    at = np.searchsorted(chip_ids.astype(str), ids.astype(str))
+    if ids.size and (at.max() >= chip_ids.size or (chip_ids[at].astype(str) != ids).any()):
+        return None
+    idx = np.full(chip_ids.size, ids.size, dtype=np.int64)  # the empty state's row
+    idx[at] = np.arange(ids.size)
+    known = np.zeros(chip_ids.size, dtype=bool)
+    known[at] = True
+    return Carried(state=ChipState.concat([saved, ChipState.empty(1)]).take(idx), known=known)
+
+
 @dataclass
 class Work:
     """What an analysis (reference or update) hands to :func:`~geofm.analyze.outputs.publish`."""
@@ -254,12 +305,21 @@ class Work:
     fit: SeasonalFit
     reference: Reference
     obs: Obs
-    prior: _Prior | None           # published rows kept by an update (None: reference)
+    prior: _Prior | None           # published rows kept by an update (None: reference,
+    # or an update that needs none: see ``load_prior``)
     kind: str                      # "reference" | "update"
     n_rows: int                    # embedding rows read
     n_new: int                     # observations scored now
     files: dict[str, Any]          # extra staged files: name -> writer(path)
     footprints: Footprints         # per chip: footprint, tile, native grid
+    carried: Carried | None = None  # chip states of the last analysis (an update)
+    drop_scenes: frozenset[str] = frozenset()  # scenes whose published rows go
+
+    def load_prior(self, rr: RunRoot) -> _Prior:
+        """The published rows an update keeps (read once, when first needed)."""
+        if self.prior is None:
+            self.prior = read_prior(rr, self.chip_ids, drop_scenes=set(self.drop_scenes))
+        return self.prior
 
 
 def reference(rr: RunRoot, record: StageRecord, files: list[Path], scene_ids: list[str],
@@ -345,19 +405,17 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     """Score the observations of new (or re-embedded) files against the stored reference."""
     reference = Reference.load(rr.reference_path)
     pca_model = PCAModel.load(rr.pca_path)
-    published_rows, old = read_published(rr, drop_scenes=set(todo) | set(gone))
     files = [rr.embeddings_path(s) for s in todo]
     index = index_embeddings(files, todo, column=o.column) if files else None
     new_chips = index.chip_ids if index is not None else np.array([], dtype=object)
     chip_ids, local = _union_ids(reference.chip_ids, new_chips)
     _check_plot_chips(plot_chips, chip_ids, rr)
     fit, ref_pos = reference.extend(chip_ids)
-    old_chip = np.searchsorted(chip_ids, old.pop("chip_ids"))
-    lost = np.unique(old_chip[old.pop("lost")])
-    codes = old.pop("chip")
-    if not (old_chip.size == chip_ids.size and (old_chip == np.arange(old_chip.size)).all()):
-        codes = old_chip[codes]  # else the published chips are these: codes already rows
-    old_obs = Core(chip=codes, scenes=old.pop("scenes"), **old)
+    drop = frozenset(todo) | frozenset(gone)
+    # the published rows are read only where the rule cannot go on from a chip's state
+    carried = carried_state(rr, state, chip_ids,
+                            rescored=bool(gone) or bool(drop & set(state["scenes"])))
+    prior = None if carried is not None else read_prior(rr, chip_ids, drop_scenes=set(drop))
     n_rows = 0
     if index is not None:
         if pca_model.dim != index.dim:
@@ -377,16 +435,11 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
                    base=np.zeros(sel.size, bool))
         new.sig = new.values(o.signal_pc)[:, 0].astype(np.float32)
         _score(new, fit, o.signal_pc, np.arange(sel.size))
-        if old_obs.chip.size and sel.size:
-            span = np.int64(1) << 32  # chip-day keys: chip * 2**32 + day
-            new_day = new.ns // NS_PER_DAY
-            late = np.flatnonzero(old_obs.ns // NS_PER_DAY >= new_day.min())
-            again = int(np.isin(new.chip * span + new_day, old_obs.chip[late] * span
-                                + old_obs.ns[late] // NS_PER_DAY).sum()) if late.size else 0
-            if again:
-                log.warning("analyze: %d new observation(s) fall on a day already analysed for "
-                            "their chip; they are kept beside the earlier one (a refit would "
-                            "average them)", again)
+        again = _same_day(new, prior, carried)
+        if again:
+            log.warning("analyze: %d new observation(s) fall on a day already analysed for "
+                        "their chip; they are kept beside the earlier one (a refit would "
+                        "average them)", again)
     else:
         new, sel = Obs.empty(o.n_components), np.array([], dtype=np.int64)
     log.info("analyze update: %d new file(s) (%d embeddings, %d observations) scored against "
@@ -395,10 +448,31 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     shapes = footprints.load(rr)
     if shapes is None or not footprints.covers(shapes, chip_ids):  # new chips (or a root
         shapes = footprints.gather(rr, chip_ids, record, known=shapes)
-    return Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=new,
-                 prior=_Prior(core=old_obs, published=published_rows, lost=lost),
-                 kind="update",
-                 n_rows=n_rows, n_new=int(sel.size), files={}, footprints=shapes)
+    return Work(chip_ids=chip_ids, fit=fit, reference=reference, obs=new, prior=prior,
+                 kind="update", n_rows=n_rows, n_new=int(sel.size), files={},
+                 footprints=shapes, carried=carried, drop_scenes=drop)
+
+
+def _same_day(new: Obs, prior: _Prior | None, carried: Carried | None) -> int:
+    """How many new observations fall on a day already analysed for their chip.
+
+    Against the published rows, or the day of the chip's last observation when they are
+    not read.
+    """
+    if not new.chip.size:
+        return 0
+    new_day = new.ns // NS_PER_DAY
+    if prior is None:
+        assert carried is not None
+        last = carried.state.last_ns[new.chip]
+        return int(((last >= 0) & (last // NS_PER_DAY == new_day)).sum())
+    old = prior.core
+    late = np.flatnonzero(old.ns // NS_PER_DAY >= new_day.min())
+    if not late.size:
+        return 0
+    span = np.int64(1) << 32  # chip-day keys: chip * 2**32 + day
+    return int(np.isin(new.chip * span + new_day,
+                       old.chip[late].astype(np.int64) * span + old.ns[late] // NS_PER_DAY).sum())
 
 
 def _union_ids(known: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

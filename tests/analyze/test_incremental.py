@@ -486,15 +486,17 @@ def test_chips_without_new_observations_keep_their_assessment(tmp_path, monkeypa
     analyze(rr.path, **OPTS)
     write_dates(rr.path, range(CUT, N_DATES), missing={0, 5})
     sizes = []
-    real = assessment.assess
+    real = assessment.walk
 
-    def counting(fit, residual, *args, **kwargs):
+    def counting(state, residual, *args, **kwargs):
         sizes.append(residual.shape[0])
-        return real(fit, residual, *args, **kwargs)
+        return real(state, residual, *args, **kwargs)
 
-    monkeypatch.setattr(assessment, "assess", counting)
+    monkeypatch.setattr(assessment, "walk", counting)
     record = analyze(rr.path, **OPTS)
-    assert sizes == [N_CHIPS - 2] and record.counts["alerts"] == 2
+    # the 6 chips with new dates are assessed: chip 3 (SPARSE) becomes assessable now, so
+    # it is walked from its first observation; the 5 others go on from their state
+    assert sorted(sizes) == [1, N_CHIPS - 3] and record.counts["alerts"] == 2
     monkeypatch.undo()
     scratch = write_dates(tmp_path / "scratch", range(CUT))
     write_dates(scratch.path, range(CUT, N_DATES), missing={0, 5})
@@ -604,3 +606,47 @@ def test_a_broken_footprints_file_is_gathered_again(grown, tmp_path, caplog):
     assert "footprints.parquet cannot be read as Parquet" in caplog.text
     assert pq.read_table(footprints).num_rows == N_CHIPS
     pd.testing.assert_frame_equal(_geo_changes(rr), _geo_changes(_scratch(tmp_path, rr)))
+
+
+def test_an_update_goes_on_from_the_chip_states_without_reading_the_published_rows(
+        grown, tmp_path, monkeypatch):
+    import geofm.analyze.update as update
+
+    rr, _ = grown
+    analyze(rr.path, **OPTS)  # chip 3 becomes assessable here: every chip has a state now
+    assert rr.assessment_path.is_file()
+    # a copy of the root grown by two more dates (the same files in a from-scratch root)
+    calls = []
+    real = update.read_published
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(update, "read_published", counting)
+    extra = 2
+    write_dates(rr.path, range(N_DATES, N_DATES + extra))
+    record = analyze(rr.path, **OPTS)
+    assert calls == [] and record.counts["new_observations"] == extra * N_CHIPS
+    assert record.counts["observations"] == (N_DATES + extra) * N_CHIPS - 4
+    monkeypatch.undo()
+    scratch = _scratch(tmp_path, rr, dates=range(N_DATES + extra))
+    pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(scratch))
+    assert rr.change_map_path.read_bytes() == scratch.change_map_path.read_bytes()
+
+
+def test_a_late_acquisition_walks_its_chips_from_the_first_observation(tmp_path):
+    late = 21  # a monitoring date that arrives after later ones were analysed
+    rr = write_dates(tmp_path / "inc", [t for t in range(CUT) if t != late])
+    analyze(rr.path, **OPTS)
+    write_dates(rr.path, [late, *range(CUT, N_DATES)])
+    record = analyze(rr.path, **OPTS)
+    assert record.counts["new_observations"] == (N_DATES - CUT + 1) * N_CHIPS - 1
+    scratch = _scratch(tmp_path, rr)
+    pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(scratch))
+    # the same changes alerted (each alert keeps the magnitude of the time it was raised)
+    cols = ["chip_id", "change_date"]
+    pd.testing.assert_frame_equal(_alerts(rr)[cols].sort_values(cols).reset_index(drop=True),
+                                  _alerts(scratch)[cols].sort_values(cols).reset_index(drop=True))
