@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geofm.analyze.change import SeasonalFit
-from geofm.analyze.chipstate import ChipState, walk
+from geofm.analyze.chipstate import ChipState, ranges, walk
 from geofm.analyze.passes import Padded
 from geofm.analyze.update import Core, chip_date_order, take_two
 
@@ -32,15 +32,6 @@ def _by_chip(chip: np.ndarray, n_chips: int) -> tuple[np.ndarray | None, np.ndar
     if chip.size < 2 or bool(np.all(chip[1:] >= chip[:-1])):
         return None, bounds
     return np.argsort(chip, kind="stable"), bounds
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The concatenation of ``arange(s, s + n)`` for each start ``s`` and count ``n``."""
-    total = int(counts.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
-    return shift + np.arange(total)
 
 
 class ChipRows:
@@ -63,7 +54,7 @@ class ChipRows:
         for (order, bounds), offset in zip(self._index, (0, self.old.chip.size), strict=True):
             starts = bounds[chips]
             counts = bounds[chips + 1] - starts
-            at = _ranges(starts, counts)
+            at = ranges(starts, counts)
             rows.append((at if order is None else order[at]) + offset)
             where.append(np.repeat(np.arange(chips.size), counts))
         row, pos = np.concatenate(rows), np.concatenate(where)

@@ -182,57 +182,16 @@ def assess(fit: SeasonalFit, residual: np.ndarray, valid: np.ndarray, monitor: n
         the observation that completed the run, -1 if none), ``magnitude``,
         ``n_observations``, ``n_monitor``; per observation ``anomaly``.
     """
-    valid = np.asarray(valid, dtype=bool)
-    monitor = valid & np.asarray(monitor, dtype=bool)
+    from geofm.analyze.chipstate import ChipState, walk
+
+    residual = np.asarray(residual)
     n_chips, n_t = residual.shape
-    n_mon = monitor.sum(axis=1)
-    ok = fit.fitted & (n_mon >= consecutive)
-    absres = np.abs(residual)
-    anomaly = (absres > threshold) & valid & ok[:, None]  # NaN compares False
-
-    # CCDC rule: >= `consecutive` anomalous monitoring observations in a row, all on the
-    # same side of the seasonal model (a run is broken by a normal monitoring
-    # observation or by a jump to the other side).
-    # laid out [T, C]: the loop below reads one date of every chip at a time
-    signed = np.sign(residual.T, out=np.empty((n_t, n_chips), dtype=residual.dtype))
-    signed[~(anomaly & monitor).T] = 0.0
-    monitor_t = monitor.T.copy()
-    run = np.zeros(n_chips, dtype=np.int64)
-    side = np.zeros(n_chips)
-    start = np.full(n_chips, -1, dtype=np.int64)
-    change_index = np.full(n_chips, -1, dtype=np.int64)
-    confirm_index = np.full(n_chips, -1, dtype=np.int64)
-    for t in range(n_t):
-        s_t, m_t = signed[t], monitor_t[t]
-        extend = (s_t != 0) & (s_t == side) & (run > 0)
-        begin = (s_t != 0) & ~extend
-        run = np.where(extend, run + 1, np.where(begin, 1, np.where(m_t, 0, run)))
-        start = np.where(begin, t, start)
-        side = np.where(s_t != 0, s_t, np.where(m_t, 0.0, side))
-        found = (run >= consecutive) & (change_index < 0)
-        change_index[found] = start[found]
-        confirm_index[found] = t
-    del signed, monitor_t
-    change = (change_index >= 0) & ok
-
-    cols = np.arange(n_t)[None, :]
-    after = monitor & np.where(change[:, None], cols >= change_index[:, None], True)
-    masked = absres  # |residual| after the change (or in monitoring), NaN elsewhere
-    masked[~after] = np.nan
-    del absres
-    has = after.any(axis=1) & ok
-    magnitude = np.full(n_chips, np.nan)
-    if has.any():  # np.nanmedian, without its masked-array sort: NaNs sort last
-        rows = masked[has]
-        rows.sort(axis=1)
-        n = (~np.isnan(rows)).sum(axis=1)
-        r = np.arange(rows.shape[0])
-        magnitude[has] = (rows[r, (n - 1) // 2] + rows[r, n // 2]) / 2
-    status = np.where(~ok, INSUFFICIENT, np.where(change, CHANGE, NO_CHANGE)).astype(object)
-    return {"status": status, "change": change,
-            "change_index": np.where(change, change_index, -1),
-            "confirm_index": np.where(change, confirm_index, -1), "magnitude": magnitude,
-            "n_observations": valid.sum(axis=1), "n_monitor": n_mon, "anomaly": anomaly}
+    # the rule from no observation on (chipstate.walk: also how an update goes on)
+    _, out = walk(ChipState.empty(n_chips), residual, np.ones((n_chips, n_t), dtype=bool),
+                  valid, monitor, np.zeros((n_chips, n_t), dtype=np.int64),
+                  np.full((n_chips, n_t), None, dtype=object), np.asarray(fit.fitted, bool),
+                  threshold=threshold, consecutive=consecutive)
+    return out
 
 
 def detect_changes(days: np.ndarray, signal: np.ndarray, valid: np.ndarray, *,

@@ -42,7 +42,7 @@ class ChipState:
         change_col, confirm_col, change_ns, confirm_ns: the change (first column of its
             run and the column that confirmed it, -1: none; their dates, 0: none).
         confirm_scene: the confirming observation's scene (None: none).
-        after, after_bounds: float32 ``|residual|`` values the magnitude is the median
+        after, after_bounds: float64 ``|residual|`` values the magnitude is the median
             of, chip ``c``'s sorted in ``after[after_bounds[c]:after_bounds[c + 1]]``.
         run_vals, run_bounds: the ``|residual|`` values of the run in progress (no
             change yet), in date order, laid out the same way.
@@ -74,8 +74,8 @@ class ChipState:
         zero = np.zeros(n_chips + 1, dtype=np.int64)
         return cls(**ints, ok=np.zeros(n_chips, bool), side=np.zeros(n_chips),
                    confirm_scene=np.full(n_chips, None, dtype=object),
-                   after=np.zeros(0, np.float32), after_bounds=zero,
-                   run_vals=np.zeros(0, np.float32), run_bounds=zero.copy())
+                   after=np.zeros(0), after_bounds=zero,
+                   run_vals=np.zeros(0), run_bounds=zero.copy())
 
     def __len__(self) -> int:
         return self.n_seen.size
@@ -137,11 +137,11 @@ def _ragged_take(values: np.ndarray, bounds: np.ndarray, chips: np.ndarray
     """The segments of ``chips`` of a ragged array, and their bounds."""
     starts, stops = bounds[chips], bounds[chips + 1]
     counts = stops - starts
-    idx = _ranges(starts, counts)
+    idx = ranges(starts, counts)
     return values[idx], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The concatenation of ``arange(s, s + n)`` for each start ``s`` and count ``n``."""
     total = int(counts.sum())
     if not total:
@@ -149,30 +149,36 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
 
 
-def _keys(chip: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """uint64 keys ordering (chip, value) pairs (``values`` float32, >= 0, not NaN)."""
-    return (chip.astype(np.uint64) << np.uint64(32)) | \
-        values.astype(np.float32).view(np.uint32).astype(np.uint64)
+def _merge(a: np.ndarray, a_bounds: np.ndarray, b: np.ndarray, b_bounds: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two ragged arrays sorted within each chip's segment.
 
-
-def _sorted_union(old: np.ndarray, old_bounds: np.ndarray, keep: np.ndarray,
-                  chip: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per chip, the sorted union of its kept ``old`` segment and its new ``values``.
-
-    ``old``: float32 segments sorted per chip (``old_bounds`` ``[n + 1]``); ``keep``:
-    bool ``[n]`` chips whose old segment stays; ``chip``/``values``: new entries.
+    Both have the same chips (``[C + 1]`` bounds each); returns each chip's values of
+    both, sorted, and their bounds.
     """
-    counts = np.diff(old_bounds)
-    old_chip = np.repeat(np.arange(n), counts)
-    kept = keep[old_chip]
-    old_keys = _keys(old_chip[kept], old[kept])  # sorted: by chip, then value
-    new_keys = np.sort(_keys(chip, values))
-    keys = np.insert(old_keys, np.searchsorted(old_keys, new_keys), new_keys) \
-        if new_keys.size else old_keys
-    out_chip = (keys >> np.uint64(32)).astype(np.int64)
-    out = (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(out_chip, minlength=n))])
-    return out, bounds.astype(np.int64)
+    n_b = np.diff(b_bounds)
+    chip = np.repeat(np.arange(n_b.size), n_b)
+    lo, hi = a_bounds[chip], a_bounds[chip + 1]
+    while True:  # vectorised bisection: where each b value goes in its chip's a segment
+        open_ = lo < hi
+        if not open_.any():
+            break
+        mid = (lo + hi) // 2
+        less = np.zeros(b.size, dtype=bool)
+        less[open_] = a[mid[open_]] < b[open_]
+        lo = np.where(open_ & less, mid + 1, lo)
+        hi = np.where(open_ & ~less, mid, hi)
+    merged = np.insert(a, lo, b) if b.size else a.copy()
+    return merged, (a_bounds + b_bounds).astype(np.int64)
+
+
+def _row_values(grid: np.ndarray, take: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``take`` entries of each row of ``grid`` (``[C, T]``) sorted, as a ragged array."""
+    rows = np.where(take, grid, np.nan)
+    rows.sort(axis=1)  # NaN last
+    counts = take.sum(axis=1)
+    values = rows[np.arange(grid.shape[1])[None, :] < counts[:, None]]
+    return values, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 def walk(prev: ChipState, resid: np.ndarray, present: np.ndarray, valid: np.ndarray,
@@ -240,22 +246,28 @@ def walk(prev: ChipState, resid: np.ndarray, present: np.ndarray, valid: np.ndar
     # the |residual| values of the magnitude and of the run in progress
     cols = first[:, None] + np.arange(n_t)[None, :]
     usable = monitor & np.isfinite(absres)
-    chip_grid = np.broadcast_to(np.arange(n_chips)[:, None], (n_chips, n_t))
-    prev_run_chip = np.repeat(np.arange(n_chips), np.diff(prev.run_bounds))
     # a change found now: the monitoring values from its first column on (those before
     # these observations are the values of the run it began with), else all of them
     take_new = np.where(found_now[:, None], usable & (cols >= change_col[:, None]), usable)
-    with_run = (found_now & (change_col < first))[prev_run_chip]
-    after, after_bounds = _sorted_union(
-        prev.after, prev.after_bounds, ~found_now,
-        np.concatenate([chip_grid[take_new], prev_run_chip[with_run]]),
-        np.concatenate([absres[take_new].astype(np.float32), prev.run_vals[with_run]]),
-        n_chips)
+    new_vals, new_bounds = _row_values(absres, take_new)
+    # before these: the chip's magnitude values, or (a change found now whose run began
+    # earlier) its run's values, sorted
+    run_len = np.diff(prev.run_bounds)
+    prev_run_chip = np.repeat(np.arange(n_chips), run_len)
+    order = np.lexsort((prev.run_vals, prev_run_chip))
+    sources = np.concatenate([prev.after, prev.run_vals[order]])
+    with_run = found_now & (change_col < first)
+    starts = np.where(with_run, prev.after.size + prev.run_bounds[:-1], prev.after_bounds[:-1])
+    counts = np.where(found_now, np.where(with_run, run_len, 0), np.diff(prev.after_bounds))
+    old_vals = sources[ranges(starts, counts)]
+    after, after_bounds = _merge(old_vals, np.concatenate([[0], np.cumsum(counts)]),
+                                 new_vals, new_bounds)
     going = (change_col < 0) & (run > 0)  # a run in progress (and no change)
     keep_run = (going & (start < first))[prev_run_chip]  # it began before these
     new_run = going[:, None] & usable & (cols >= start[:, None])
+    chip_grid = np.broadcast_to(np.arange(n_chips)[:, None], (n_chips, n_t))
     run_chip = np.concatenate([prev_run_chip[keep_run], chip_grid[new_run]])
-    run_vals = np.concatenate([prev.run_vals[keep_run], absres[new_run].astype(np.float32)])
+    run_vals = np.concatenate([prev.run_vals[keep_run], absres[new_run]])
     order = np.argsort(run_chip, kind="stable")  # by chip, earlier values first
     run_vals = run_vals[order]
     run_bounds = np.concatenate([[0], np.cumsum(np.bincount(run_chip, minlength=n_chips))])
@@ -265,7 +277,7 @@ def walk(prev: ChipState, resid: np.ndarray, present: np.ndarray, valid: np.ndar
     magnitude = np.full(n_chips, np.nan)
     lo = after_bounds[:-1] + (n_after - 1) // 2
     hi = after_bounds[:-1] + n_after // 2
-    magnitude[has] = (after[lo[has]].astype(np.float64) + after[hi[has]]) / 2
+    magnitude[has] = (after[lo[has]] + after[hi[has]]) / 2
     n_valid = prev.n_valid + valid.sum(axis=1)
     present = np.asarray(present, dtype=bool)
     last = np.maximum(prev.last_ns, np.where(present, ns, np.iinfo(np.int64).min).max(

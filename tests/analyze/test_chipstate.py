@@ -1,4 +1,6 @@
-"""chipstate.walk: the CCDC rule continued from a state equals it on the whole series."""
+"""chipstate.walk: the CCDC rule continued from a state equals it on the whole series.
+
+The oracle is the rule written chip by chip in plain Python (``_rule``)."""
 
 import numpy as np
 import pytest
@@ -16,7 +18,6 @@ def _series(seed, n_chips=300, n_t=40):
                              rng.choice([-5.0, 5.0], size=(int(steps.sum()), 1)), 0.0)
     valid = rng.random((n_chips, n_t)) > 0.1
     resid[~valid & (rng.random((n_chips, n_t)) > 0.5)] = np.nan
-    resid = resid.astype(np.float32).astype(np.float64)  # as published (float32)
     monitor = np.arange(n_t)[None, :] >= rng.integers(0, 20, size=(n_chips, 1))
     ns = (np.arange(n_t)[None, :] + 1) * 86_400 * 10**9 + np.zeros((n_chips, 1), np.int64)
     scene = np.array([f"s{t}" for t in range(n_t)], dtype=object)[None, :].repeat(n_chips, 0)
@@ -24,11 +25,51 @@ def _series(seed, n_chips=300, n_t=40):
     return resid, valid, monitor, ns, scene, fitted
 
 
+def _rule(resid, valid, monitor, fitted, threshold=3.0, consecutive=3):
+    """The CCDC rule as documented, chip by chip in plain Python (the oracle)."""
+    n_chips, n_t = resid.shape
+    out = {k: [] for k in ("status", "change", "change_index", "confirm_index", "magnitude",
+                           "n_observations", "n_monitor", "anomaly")}
+    for c in range(n_chips):
+        r, v = resid[c], valid[c]
+        m = v & monitor[c]
+        ok = bool(fitted[c]) and m.sum() >= consecutive
+        anomaly = (np.abs(r) > threshold) & v & ok
+        run, side, start, change, confirm = 0, 0.0, -1, -1, -1
+        for t in range(n_t):
+            s = float(np.sign(r[t])) if anomaly[t] and m[t] else 0.0
+            if s != 0 and s == side and run > 0:
+                run += 1
+            elif s != 0:
+                run, start = 1, t
+            elif m[t]:
+                run = 0
+            side = s if s != 0 else (0.0 if m[t] else side)
+            if run >= consecutive and change < 0:
+                change, confirm = start, t
+        changed = change >= 0 and ok
+        after = m & (np.arange(n_t) >= change if changed else True) & np.isfinite(r)
+        out["status"].append("insufficient data" if not ok else
+                             "change" if changed else "no change")
+        out["change"].append(changed)
+        out["change_index"].append(change if changed else -1)
+        out["confirm_index"].append(confirm if changed else -1)
+        out["magnitude"].append(np.median(np.abs(r[after])) if ok and after.any() else np.nan)
+        out["n_observations"].append(int(v.sum()))
+        out["n_monitor"].append(int(m.sum()))
+        out["anomaly"].append(anomaly)
+    return {k: np.array(v, dtype=object if k == "status" else None) for k, v in out.items()}
+
+
 def _assess(resid, valid, monitor, fitted):
+    expected = _rule(resid, valid, monitor, fitted)
     n = fitted.size
     fit = SeasonalFit(coef=np.zeros((n, 1, 9)), intercept=np.zeros((n, 1)),
                       scale=np.ones((n, 1)), fitted=fitted, n_baseline=np.zeros(n, int))
-    return assess(fit, resid.copy(), valid, monitor, threshold=3.0, consecutive=3)
+    got = assess(fit, resid.copy(), valid, monitor, threshold=3.0, consecutive=3)
+    for key, value in expected.items():  # assess is the rule as documented
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    return expected
 
 
 KEYS = ("status", "change", "change_index", "confirm_index", "magnitude", "n_observations",
