@@ -16,6 +16,7 @@ its last one and whose ``ok`` (fitted, enough monitoring observations) does not 
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,8 @@ def load_state(path: Path, *, update: int) -> tuple[np.ndarray, ChipState] | Non
                 return None
             arrays = {f.name: data[f.name] for f in fields(ChipState)}
             ids = data["chip_ids"]
-    except (OSError, ValueError, KeyError):
-        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable: every chip is walked again
     scenes = arrays["confirm_scene"].astype(object)
     scenes[scenes == ""] = None
     arrays["confirm_scene"] = scenes

@@ -650,3 +650,17 @@ def test_a_late_acquisition_walks_its_chips_from_the_first_observation(tmp_path)
     cols = ["chip_id", "change_date"]
     pd.testing.assert_frame_equal(_alerts(rr)[cols].sort_values(cols).reset_index(drop=True),
                                   _alerts(scratch)[cols].sort_values(cols).reset_index(drop=True))
+
+
+@pytest.mark.parametrize("broken", [None, b"not a zip", b"PK\x03\x04 truncated"])
+def test_a_missing_or_broken_assessment_state_walks_every_chip_again(grown, tmp_path, broken):
+    rr, _ = grown
+    if broken is None:
+        rr.assessment_path.unlink()
+    else:
+        rr.assessment_path.write_bytes(broken)
+    analyze(rr.path, **OPTS)
+    scratch = _scratch(tmp_path, rr)
+    pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(scratch))
+    assert np.load(rr.assessment_path)["update"] == 2  # written again
