@@ -8,7 +8,7 @@ so nothing global (backend, rcParams, open figures) changes when plotting.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,8 +69,208 @@ class Timeline:
     score: bool = False
 
 
+#: Figure size (width, height), inches, without and with the thumbnail row.
+_SIZE = (10.0, 4.2)
+_SIZE_THUMBS = (10.0, 6.5)
+#: Fixed margins around the timeline axes, inches (room for the y tick labels and axis
+#: label, the title, the date tick labels); the left one widens for a chip whose y
+#: labels need more (see :meth:`_TimelineFigure.render`).
+_LEFT, _RIGHT, _TOP, _BOTTOM = 0.75, 0.2, 0.32, 0.35
+#: Timeline axes height above the thumbnail row, and that row's height, inches.
+_PLOT_HEIGHT_THUMBS, _THUMB_HEIGHT, _THUMB_BOTTOM, _THUMB_GAP = 2.85, 2.8, 0.05, 0.2
+#: Smallest gap between the y-axis label and the figure's left edge, pixels.
+_LABEL_PAD_PX = 3.0
+
+
 def _to_datetime(days: np.ndarray) -> np.ndarray:
     return (np.asarray(days, dtype=np.float64) * NS_PER_DAY).astype("datetime64[ns]")
+
+
+def _read_thumbnail(path: Path) -> np.ndarray | None:
+    """uint8 ``[H, W, 3]`` pixels of a thumbnail PNG, or None if the file is missing."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        return None
+
+
+class _TimelineFigure:
+    """One reusable figure of one layout (with or without the thumbnail row).
+
+    The figure, its axes and every artist are made once, in a fixed layout (no layout
+    engine); :meth:`render` sets one chip's data on them, rescales and draws, and
+    :meth:`write` saves the pixels. Everything a chip sets is set again (or emptied)
+    by the next, so a plot does not depend on the chips drawn before it.
+    """
+
+    def __init__(self, *, thumbs: bool, dpi: int) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.collections import PolyCollection
+        from matplotlib.dates import date2num
+        from matplotlib.figure import Figure
+
+        width, height = _SIZE_THUMBS if thumbs else _SIZE
+        self.width = width
+        self.fig = Figure(figsize=(width, height), dpi=dpi, layout="none")
+        self.canvas = FigureCanvasAgg(self.fig)
+        plot_height = _PLOT_HEIGHT_THUMBS if thumbs else height - _TOP - _BOTTOM
+        self.rect = (_LEFT / width, 1.0 - (_TOP + plot_height) / height,
+                     1.0 - (_LEFT + _RIGHT) / width, plot_height / height)
+        # Observation days (since 1970-01-01) -> matplotlib date numbers.
+        self.epoch = float(date2num(np.datetime64("1970-01-01T00:00:00")))
+        ax = self.ax = self.fig.add_axes(self.rect)
+        ax.xaxis_date()
+        # Same artists, order and z-order as one-off fill_between / plot / scatter / axvline.
+        self.band = PolyCollection([], color="tab:blue", alpha=0.15)
+        ax.add_collection(self.band, autolim=False)
+        (self.fit,) = ax.plot([], [], color="tab:blue", lw=1.2)
+        (self.line,) = ax.plot([], [], color="0.6", lw=0.8)
+        self.base = ax.scatter([], [], s=18, color="tab:green", zorder=3)
+        self.rest = ax.scatter([], [], s=18, color="k", zorder=3)
+        self.anom = ax.scatter([], [], s=26, color="tab:red", marker="x", zorder=4)
+        self.change = ax.axvline(0.0, color="tab:red", ls="--")
+        ax.set_title(" ", y=1.0)  # an explicit y: no search for ticks above the axes
+        self.thumbs = []
+        if thumbs:
+            cell = (width - _LEFT - _RIGHT - _THUMB_GAP) / 2
+            for i in range(2):
+                tax = self.fig.add_axes(((_LEFT + i * (cell + _THUMB_GAP)) / width,
+                                         _THUMB_BOTTOM / height, cell / width,
+                                         _THUMB_HEIGHT / height))
+                image = tax.imshow(np.zeros((1, 1, 3), np.uint8))
+                tax.set_title(" ", fontsize=8, y=1.0)
+                tax.set_axis_off()
+                self.thumbs.append((tax, image))
+
+    def render(self, tl: Timeline, thumbs: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Draw one chip: ``thumbs`` are (title, uint8 ``[H, W, 3]``) for the thumbnail row."""
+        ax, epoch, empty = self.ax, self.epoch, np.empty((0, 2))
+        days = np.asarray(tl.days, dtype=np.float64)
+        signal = np.asarray(tl.signal, dtype=np.float64)
+        handles: list = []
+        labels: list[str] = []
+        points = [empty]
+        self.band.set_verts([])
+        self.fit.set_data([], [])
+        for artist in (self.base, self.rest, self.anom):
+            artist.set_offsets(empty)
+        self.line.set_data([], [])
+        if days.size:
+            dense = np.linspace(days.min(), days.max(), 400)
+            curve = tl.intercept + harmonic_design(dense) @ np.asarray(tl.coef)
+            if np.isfinite(tl.rmse) and np.isfinite(curve).all():
+                band = tl.threshold * tl.rmse
+                x = dense + epoch
+                lower = np.column_stack([x, curve - band])
+                upper = np.column_stack([x, curve + band])
+                self.band.set_verts([np.concatenate([lower, upper[::-1]])])
+                self.fit.set_data(x, curve)
+                points += [lower, upper]
+                handles += [self.band, self.fit]
+                labels += [f"threshold band (±{tl.threshold:g}{'' if tl.score else ' RMSE'})",
+                           "expected (0)" if tl.score else "seasonal fit (baseline)"]
+            base = np.asarray(tl.baseline, dtype=bool)
+            anom = np.asarray(tl.anomaly, dtype=bool)
+            xy = np.column_stack([days + epoch, signal])
+            self.line.set_data(xy[:, 0], xy[:, 1])
+            self.base.set_offsets(xy[base])
+            self.rest.set_offsets(xy[~base & ~anom])
+            self.anom.set_offsets(xy[anom])
+            points.append(xy)
+            handles += [self.base, self.rest, self.anom]
+            labels += ["baseline", "monitoring", "beyond threshold"]
+        if tl.change_day is not None:
+            x_change = float(tl.change_day) + epoch
+            self.change.set_xdata([x_change, x_change])
+            handles.append(self.change)
+            labels.append(f"change {str(_to_datetime(np.array([tl.change_day]))[0])[:10]}")
+        else:
+            self.change.set_xdata([])
+        self.change.set_visible(tl.change_day is not None)
+        # Autoscale from this chip's data only, as a fresh axes would.
+        ax.dataLim.ignore(True)
+        ax.dataLim.set_points(np.array([[np.inf, np.inf], [-np.inf, -np.inf]]))
+        ax.ignore_existing_data_limits = True
+        xy = np.concatenate(points)
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if xy.size:
+            ax.update_datalim(xy)
+        if tl.change_day is not None:
+            ax.update_datalim([(float(tl.change_day) + epoch, 0.0)], updatey=False)
+        ax.autoscale_view()
+        ax.set_ylabel(tl.signal_name)
+        ax.title.set_text(f"{tl.chip_id}: {tl.status}")
+        if handles:
+            ax.legend(handles, labels, loc="best", fontsize=7)
+        elif ax.legend_ is not None:
+            ax.legend_.remove()
+        for i, (tax, image) in enumerate(self.thumbs):
+            tax.set_visible(i < len(thumbs))
+            if i < len(thumbs):
+                title, pixels = thumbs[i]
+                height, width = pixels.shape[:2]
+                image.set_data(pixels)
+                image.set_extent((-0.5, width - 0.5, height - 0.5, -0.5))
+                tax.set_xlim(-0.5, width - 0.5)
+                tax.set_ylim(height - 0.5, -0.5)
+                tax.title.set_text(title)
+        ax.set_position(self.rect)
+        self.canvas.draw()
+        # A fixed margin fits the usual tick labels; wider ones move the axes right.
+        overflow = _LABEL_PAD_PX - ax.yaxis.label.get_window_extent().x0
+        if overflow > 0:
+            left = self.rect[0] + overflow / (self.width * self.fig.dpi)
+            ax.set_position((left, self.rect[1], self.rect[0] + self.rect[2] - left,
+                             self.rect[3]))
+            self.canvas.draw()
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Save the last :meth:`render` as a PNG at ``path`` (atomically)."""
+        from PIL import Image
+
+        pixels = np.asarray(self.canvas.buffer_rgba())
+        with atomic_path(path) as tmp:
+            Image.fromarray(pixels).save(tmp, format="png")
+        return Path(path)
+
+
+def plot_timelines(items: Iterable[tuple[Timeline, str | os.PathLike[str]]], *,
+                   dpi: int = 100) -> list[Path]:
+    """Write several chips' timeline plots as PNGs (each atomically).
+
+    Draws on one reusable figure per layout (with / without thumbnails) instead of a
+    new figure per chip; each plot is the same as :func:`plot_timeline` of that chip.
+
+    Args:
+        items: (timeline, output PNG path) pairs, consumed lazily.
+        dpi: resolution; a plot is 10 x 4.2 inches, 10 x 6.5 with thumbnails.
+
+    Returns:
+        The paths written, in order.
+    """
+    figures: dict[bool, _TimelineFigure] = {}
+    written = []
+    for tl, path in items:
+        decoded: dict[Path, np.ndarray | None] = {}
+        thumbs = []
+        for label, p in (("before", tl.before), ("after", tl.after)):
+            if p is None:
+                continue
+            p = Path(p)
+            if p not in decoded:  # before and after can be the same file
+                decoded[p] = _read_thumbnail(p)
+            pixels = decoded[p]
+            if pixels is not None:
+                thumbs.append((f"{label}: {p.parent.name}", pixels))
+        layout = bool(thumbs)
+        if layout not in figures:
+            figures[layout] = _TimelineFigure(thumbs=layout, dpi=dpi)
+        figures[layout].render(tl, thumbs)
+        written.append(figures[layout].write(path))
+    return written
 
 
 def plot_timeline(timeline: Timeline, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
@@ -84,57 +284,7 @@ def plot_timeline(timeline: Timeline, path: str | os.PathLike[str], *, dpi: int 
     Returns:
         The path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    tl = timeline
-    thumbs = [(label, p) for label, p in (("before", tl.before), ("after", tl.after))
-              if p is not None and Path(p).exists()]
-    fig = Figure(figsize=(10, 4.2 if not thumbs else 6.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    if thumbs:
-        grid = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.0])
-        ax = fig.add_subplot(grid[0, :])
-        for i, (label, p) in enumerate(thumbs):
-            tax = fig.add_subplot(grid[1, i])
-            from PIL import Image
-
-            with Image.open(p) as img:
-                tax.imshow(np.asarray(img.convert("RGB")))
-            tax.set_title(f"{label}: {Path(p).parent.name}", fontsize=8)
-            tax.set_axis_off()
-    else:
-        ax = fig.add_subplot(1, 1, 1)
-
-    days = np.asarray(tl.days, dtype=np.float64)
-    if days.size:
-        dense = np.linspace(days.min(), days.max(), 400)
-        curve = tl.intercept + harmonic_design(dense) @ np.asarray(tl.coef)
-        if np.isfinite(tl.rmse) and np.isfinite(curve).all():
-            band = tl.threshold * tl.rmse
-            ax.fill_between(_to_datetime(dense), curve - band, curve + band, color="tab:blue",
-                            alpha=0.15, label=f"threshold band (±{tl.threshold:g}"
-                            f"{'' if tl.score else ' RMSE'})")
-            ax.plot(_to_datetime(dense), curve, color="tab:blue", lw=1.2,
-                    label="expected (0)" if tl.score else "seasonal fit (baseline)")
-        base = np.asarray(tl.baseline, dtype=bool)
-        anom = np.asarray(tl.anomaly, dtype=bool)
-        t = _to_datetime(days)
-        ax.plot(t, tl.signal, color="0.6", lw=0.8)
-        ax.scatter(t[base], tl.signal[base], s=18, color="tab:green", label="baseline", zorder=3)
-        rest = ~base & ~anom
-        ax.scatter(t[rest], tl.signal[rest], s=18, color="k", label="monitoring", zorder=3)
-        ax.scatter(t[anom], tl.signal[anom], s=26, color="tab:red", marker="x",
-                   label="beyond threshold", zorder=4)
-    if tl.change_day is not None:
-        ax.axvline(_to_datetime(np.array([tl.change_day]))[0], color="tab:red", ls="--",
-                   label=f"change {str(_to_datetime(np.array([tl.change_day]))[0])[:10]}")
-    ax.set_ylabel(tl.signal_name)
-    ax.set_title(f"{tl.chip_id}: {tl.status}")
-    ax.legend(loc="best", fontsize=7)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    return Path(path)
+    return plot_timelines([(timeline, path)], dpi=dpi)[0]
 
 
 def _thumbnails(rr: RunRoot, chip_ids: set[str]) -> dict[tuple[str, int], Path]:
