@@ -20,6 +20,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import types
@@ -38,6 +39,7 @@ def _baseline_module(ref: str) -> types.ModuleType:
     source = subprocess.run(["git", "show", f"{ref}:geofm/analyze/plots.py"], cwd=root,
                             check=True, capture_output=True, text=True).stdout
     module = types.ModuleType("geofm_plots_baseline")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, f"{ref[:10]}:geofm/analyze/plots.py", "exec"), module.__dict__)
     return module
 

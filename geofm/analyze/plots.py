@@ -23,6 +23,9 @@ from geofm.log import progress as progress_bar
 from geofm.tables import read_schema, read_table
 
 if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.image import FigureImage
+
     from geofm.analyze.change import SeasonalFit
     from geofm.analyze.passes import Padded
     from geofm.analyze.update import Core, Options
@@ -75,11 +78,22 @@ _SIZE_THUMBS = (10.0, 6.5)
 #: Fixed margins around the timeline axes, inches (room for the y tick labels and axis
 #: label, the title, the date tick labels); the left one widens for a chip whose y
 #: labels need more (see :meth:`_TimelineFigure.render`).
-_LEFT, _RIGHT, _TOP, _BOTTOM = 0.75, 0.2, 0.32, 0.35
+_LEFT, _RIGHT, _TOP, _BOTTOM = 0.75, 0.4, 0.32, 0.35
 #: Timeline axes height above the thumbnail row, and that row's height, inches.
 _PLOT_HEIGHT_THUMBS, _THUMB_HEIGHT, _THUMB_BOTTOM, _THUMB_GAP = 2.85, 2.8, 0.05, 0.2
+#: zlib level of the PNGs: 1 is ~3x faster to write than the default 6 and, with RGB
+#: instead of RGBA, gives files of about the same size.
+_PNG_LEVEL = 1
 #: Smallest gap between the y-axis label and the figure's left edge, pixels.
 _LABEL_PAD_PX = 3.0
+#: Legend font size (points) and its gap to the axes edge (in font sizes), as
+#: ``ax.legend(fontsize=7)`` with matplotlib's default ``borderaxespad``.
+_LEGEND_FONTSIZE, _LEGEND_PAD = 7.0, 0.5
+#: Legend places tried in order (matplotlib's ``loc`` codes 1-10: upper right, upper
+#: left, lower left, lower right, right, center left, center right, lower center,
+#: upper center, center), as (x, y) anchors: 0 left / bottom, 0.5 centre, 1 right / top.
+_LEGEND_PLACES = ((1, 1), (0, 1), (0, 0), (1, 0), (1, 0.5), (0, 0.5), (1, 0.5), (0.5, 0),
+                  (0.5, 1), (0.5, 0.5))
 
 
 def _to_datetime(days: np.ndarray) -> np.ndarray:
@@ -97,23 +111,48 @@ def _read_thumbnail(path: Path) -> np.ndarray | None:
         return None
 
 
+def _legend_layer(handles: Sequence[Artist], labels: Sequence[str], *, dpi: float) -> np.ndarray:
+    """uint8 RGBA ``[h, w, 4]`` pixels of a legend alone, on a transparent background.
+
+    Drawn once per distinct set of entries and laid over each plot (alpha-blended, so
+    its translucent frame shows the data below as a legend drawn in the axes does).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.0), dpi=dpi, layout="none")
+    fig.patch.set_alpha(0.0)
+    canvas = FigureCanvasAgg(fig)
+    legend = fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.01, 0.99),
+                        borderaxespad=0.0, fontsize=_LEGEND_FONTSIZE)
+    canvas.draw()
+    box = legend.get_window_extent()
+    pixels = np.asarray(canvas.buffer_rgba())
+    top = pixels.shape[0]  # display y runs up, rows down; 1 px margin for the frame line
+    return pixels[max(int(top - box.y1) - 1, 0):int(np.ceil(top - box.y0)) + 1,
+                  max(int(box.x0) - 1, 0):int(np.ceil(box.x1)) + 1].copy()
+
+
 class _TimelineFigure:
     """One reusable figure of one layout (with or without the thumbnail row).
 
     The figure, its axes and every artist are made once, in a fixed layout (no layout
     engine); :meth:`render` sets one chip's data on them, rescales and draws, and
     :meth:`write` saves the pixels. Everything a chip sets is set again (or emptied)
-    by the next, so a plot does not depend on the chips drawn before it.
+    by the next, so a plot does not depend on the chips drawn before it. The legend
+    is an image made once per set of entries (``legends``, shared between layouts)
+    and placed, like ``loc="best"``, where it covers the fewest data.
     """
 
-    def __init__(self, *, thumbs: bool, dpi: int) -> None:
+    def __init__(self, *, thumbs: bool, dpi: int,
+                 legends: dict[tuple[str, ...], np.ndarray]) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.collections import PolyCollection
         from matplotlib.dates import date2num
         from matplotlib.figure import Figure
 
         width, height = _SIZE_THUMBS if thumbs else _SIZE
-        self.width = width
+        self.width, self.legends = width, legends
         self.fig = Figure(figsize=(width, height), dpi=dpi, layout="none")
         self.canvas = FigureCanvasAgg(self.fig)
         plot_height = _PLOT_HEIGHT_THUMBS if thumbs else height - _TOP - _BOTTOM
@@ -123,6 +162,7 @@ class _TimelineFigure:
         self.epoch = float(date2num(np.datetime64("1970-01-01T00:00:00")))
         ax = self.ax = self.fig.add_axes(self.rect)
         ax.xaxis_date()
+        ax.xaxis.set_label_coords(0.5, 0.0)  # no x label: nothing to place
         # Same artists, order and z-order as one-off fill_between / plot / scatter / axvline.
         self.band = PolyCollection([], color="tab:blue", alpha=0.15)
         ax.add_collection(self.band, autolim=False)
@@ -133,6 +173,7 @@ class _TimelineFigure:
         self.anom = ax.scatter([], [], s=26, color="tab:red", marker="x", zorder=4)
         self.change = ax.axvline(0.0, color="tab:red", ls="--")
         ax.set_title(" ", y=1.0)  # an explicit y: no search for ticks above the axes
+        self.legend: FigureImage | None = None
         self.thumbs = []
         if thumbs:
             cell = (width - _LEFT - _RIGHT - _THUMB_GAP) / 2
@@ -150,7 +191,7 @@ class _TimelineFigure:
         ax, epoch, empty = self.ax, self.epoch, np.empty((0, 2))
         days = np.asarray(tl.days, dtype=np.float64)
         signal = np.asarray(tl.signal, dtype=np.float64)
-        handles: list = []
+        handles: list[Artist] = []
         labels: list[str] = []
         points = [empty]
         self.band.set_verts([])
@@ -182,13 +223,15 @@ class _TimelineFigure:
             points.append(xy)
             handles += [self.base, self.rest, self.anom]
             labels += ["baseline", "monitoring", "beyond threshold"]
+        title = f"{tl.chip_id}: {tl.status}"
         if tl.change_day is not None:
             x_change = float(tl.change_day) + epoch
-            self.change.set_xdata([x_change, x_change])
+            self.change.set_data([x_change, x_change], [0.0, 1.0])  # y: axes fraction
             handles.append(self.change)
-            labels.append(f"change {str(_to_datetime(np.array([tl.change_day]))[0])[:10]}")
+            labels.append("change date")  # the date is in the title: one legend per run
+            title += f", change date {str(_to_datetime(np.array([tl.change_day]))[0])[:10]}"
         else:
-            self.change.set_xdata([])
+            self.change.set_data([], [])
         self.change.set_visible(tl.change_day is not None)
         # Autoscale from this chip's data only, as a fresh axes would.
         ax.dataLim.ignore(True)
@@ -202,22 +245,25 @@ class _TimelineFigure:
             ax.update_datalim([(float(tl.change_day) + epoch, 0.0)], updatey=False)
         ax.autoscale_view()
         ax.set_ylabel(tl.signal_name)
-        ax.title.set_text(f"{tl.chip_id}: {tl.status}")
+        ax.title.set_text(title)
+        layer = None
         if handles:
-            ax.legend(handles, labels, loc="best", fontsize=7)
-        elif ax.legend_ is not None:
-            ax.legend_.remove()
+            key = tuple(labels)
+            if key not in self.legends:
+                self.legends[key] = _legend_layer(handles, labels, dpi=self.fig.dpi)
+            layer = self.legends[key]
         for i, (tax, image) in enumerate(self.thumbs):
             tax.set_visible(i < len(thumbs))
             if i < len(thumbs):
-                title, pixels = thumbs[i]
+                name, pixels = thumbs[i]
                 height, width = pixels.shape[:2]
                 image.set_data(pixels)
                 image.set_extent((-0.5, width - 0.5, height - 0.5, -0.5))
                 tax.set_xlim(-0.5, width - 0.5)
                 tax.set_ylim(height - 0.5, -0.5)
-                tax.title.set_text(title)
+                tax.title.set_text(name)
         ax.set_position(self.rect)
+        self._place_legend(layer)
         self.canvas.draw()
         # A fixed margin fits the usual tick labels; wider ones move the axes right.
         overflow = _LABEL_PAD_PX - ax.yaxis.label.get_window_extent().x0
@@ -225,15 +271,65 @@ class _TimelineFigure:
             left = self.rect[0] + overflow / (self.width * self.fig.dpi)
             ax.set_position((left, self.rect[1], self.rect[0] + self.rect[2] - left,
                              self.rect[3]))
+            self._place_legend(layer)
             self.canvas.draw()
+
+    def _place_legend(self, layer: np.ndarray | None) -> None:
+        """Lay ``layer`` (RGBA legend pixels) where it meets the fewest data, or remove it.
+
+        The places and the score follow matplotlib's ``loc="best"``: vertices of the
+        lines and polygons and scatter points inside the box, plus the lines that cross
+        it; the first place with the lowest score wins.
+        """
+        from matplotlib.path import Path as MplPath
+        from matplotlib.transforms import Bbox
+
+        if self.legend is not None:
+            self.legend.remove()
+            self.legend = None
+        if layer is None:
+            return
+        ax = self.ax
+        box = ax.get_window_extent()  # display pixels, for the axes' current position
+        lines = [self.line.get_xydata(), self.fit.get_xydata(),
+                 *(path.vertices for path in self.band.get_paths())]
+        to_display = ax.transData.transform
+        lines = [to_display(v) for v in lines if len(v)]
+        if self.change.get_visible():
+            x = to_display([(self.change.get_xdata()[0], 0.0)])[0, 0]
+            lines.append(np.array([[x, box.y0], [x, box.y1]]))
+        paths = [MplPath(v) for v in lines]
+        offsets = [to_display(c.get_offsets()) for c in (self.base, self.rest, self.anom)
+                   if len(c.get_offsets())]
+        vertices = np.concatenate([*lines, *offsets]) if lines or offsets else np.empty((0, 2))
+        height, width = layer.shape[:2]
+        pad = _LEGEND_PAD * _LEGEND_FONTSIZE * self.fig.dpi / 72.0
+        best: tuple[int, float, float] | None = None
+        for fx, fy in _LEGEND_PLACES:
+            x0 = box.x0 + pad + fx * (box.width - 2 * pad - width)
+            y0 = box.y0 + pad + fy * (box.height - 2 * pad - height)
+            inside = ((vertices[:, 0] > x0) & (vertices[:, 0] < x0 + width)
+                      & (vertices[:, 1] > y0) & (vertices[:, 1] < y0 + height))
+            legend_box = Bbox.from_bounds(x0, y0, width, height)
+            score = int(inside.sum()) + sum(p.intersects_bbox(legend_box, filled=False)
+                                            for p in paths)
+            if best is None or score < best[0]:
+                best = (score, x0, y0)
+            if score == 0:
+                break
+        assert best is not None
+        self.legend = self.fig.figimage(layer, xo=int(round(best[1])), yo=int(round(best[2])),
+                                        origin="upper", zorder=10)
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Save the last :meth:`render` as a PNG at ``path`` (atomically)."""
         from PIL import Image
 
-        pixels = np.asarray(self.canvas.buffer_rgba())
+        image = Image.fromarray(np.asarray(self.canvas.buffer_rgba()))
+        if image.getextrema()[3][0] == 255:  # opaque (the usual white figure): no alpha
+            image = image.convert("RGB")
         with atomic_path(path) as tmp:
-            Image.fromarray(pixels).save(tmp, format="png")
+            image.save(tmp, format="png", compress_level=_PNG_LEVEL)
         return Path(path)
 
 
@@ -252,6 +348,7 @@ def plot_timelines(items: Iterable[tuple[Timeline, str | os.PathLike[str]]], *,
         The paths written, in order.
     """
     figures: dict[bool, _TimelineFigure] = {}
+    legends: dict[tuple[str, ...], np.ndarray] = {}
     written = []
     for tl, path in items:
         decoded: dict[Path, np.ndarray | None] = {}
@@ -267,7 +364,7 @@ def plot_timelines(items: Iterable[tuple[Timeline, str | os.PathLike[str]]], *,
                 thumbs.append((f"{label}: {p.parent.name}", pixels))
         layout = bool(thumbs)
         if layout not in figures:
-            figures[layout] = _TimelineFigure(thumbs=layout, dpi=dpi)
+            figures[layout] = _TimelineFigure(thumbs=layout, dpi=dpi, legends=legends)
         figures[layout].render(tl, thumbs)
         written.append(figures[layout].write(path))
     return written
