@@ -100,6 +100,25 @@ def _timelines(n: int, thumbs_dir: Path | None, seed: int) -> list[dict]:
     return out
 
 
+def _methods(old: types.ModuleType, new: types.ModuleType,
+             specs: list[dict]) -> dict[str, Callable[[Path], object]]:
+    """The three ways to draw ``specs``, each a function of the output folder."""
+
+    def baseline(out: Path) -> None:
+        for s in specs:
+            old.plot_timeline(old.Timeline(**s), out / f"{s['chip_id']}.png")
+
+    def per_chip(out: Path) -> None:
+        for s in specs:
+            new.plot_timeline(new.Timeline(**s), out / f"{s['chip_id']}.png")
+
+    def batch(out: Path) -> None:
+        new.plot_timelines((new.Timeline(**s), out / f"{s['chip_id']}.png") for s in specs)
+
+    return {"baseline: plot_timeline per chip (old)": baseline,
+            "plot_timeline per chip (new)": per_chip, "plot_timelines batch (new)": batch}
+
+
 def _time(fn: Callable[[], object], n: int) -> tuple[float, float]:
     """(wall, CPU) seconds per plot of one call of ``fn`` that draws ``n`` plots."""
     w0, c0 = time.perf_counter(), time.process_time()
@@ -129,16 +148,7 @@ def main() -> None:
         for layout in ("no thumbnails", "thumbnails"):
             specs = _timelines(args.n, root / "thumbs" if layout == "thumbnails" else None,
                                args.seed)
-            methods: dict[str, Callable[[Path], object]] = {
-                "baseline: plot_timeline per chip (old)": lambda d: [
-                    old.plot_timeline(old.Timeline(**s), d / f"{s['chip_id']}.png")
-                    for s in specs],
-                "plot_timeline per chip (new)": lambda d: [
-                    plots.plot_timeline(plots.Timeline(**s), d / f"{s['chip_id']}.png")
-                    for s in specs],
-                "plot_timelines batch (new)": lambda d: plots.plot_timelines(
-                    [(plots.Timeline(**s), d / f"{s['chip_id']}.png") for s in specs]),
-            }
+            methods = _methods(old, plots, specs)
             methods["baseline: plot_timeline per chip (old)"](root / "warm")  # imports, fonts
             times: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
             for r in range(args.rounds):

@@ -8,7 +8,7 @@ so nothing global (backend, rcParams, open figures) changes when plotting.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,7 +120,8 @@ def _legend_layer(handles: Sequence[Artist], labels: Sequence[str], *, dpi: floa
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.0, 4.0), dpi=dpi, layout="none")
+    fig = Figure(figsize=(6.0, 4.0), dpi=dpi)
+    fig.set_layout_engine("none")
     fig.patch.set_alpha(0.0)
     canvas = FigureCanvasAgg(fig)
     legend = fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.01, 0.99),
@@ -153,7 +154,8 @@ class _TimelineFigure:
 
         width, height = _SIZE_THUMBS if thumbs else _SIZE
         self.width, self.legends = width, legends
-        self.fig = Figure(figsize=(width, height), dpi=dpi, layout="none")
+        self.fig = Figure(figsize=(width, height), dpi=dpi)
+        self.fig.set_layout_engine("none")  # whatever rcParams say: the fixed layout below
         self.canvas = FigureCanvasAgg(self.fig)
         plot_height = _PLOT_HEIGHT_THUMBS if thumbs else height - _TOP - _BOTTOM
         self.rect = (_LEFT / width, 1.0 - (_TOP + plot_height) / height,
@@ -193,7 +195,9 @@ class _TimelineFigure:
         signal = np.asarray(tl.signal, dtype=np.float64)
         handles: list[Artist] = []
         labels: list[str] = []
-        points = [empty]
+        points = [empty]  # data-coordinate (x, y) arrays, for the limits
+        lines: list[np.ndarray] = []  # the drawn lines and polygons, for the legend place
+        offsets = empty  # the scatter points
         self.band.set_verts([])
         self.fit.set_data([], [])
         for artist in (self.base, self.rest, self.anom):
@@ -210,6 +214,7 @@ class _TimelineFigure:
                 self.band.set_verts([np.concatenate([lower, upper[::-1]])])
                 self.fit.set_data(x, curve)
                 points += [lower, upper]
+                lines += [np.concatenate([lower, upper[::-1]]), np.column_stack([x, curve])]
                 handles += [self.band, self.fit]
                 labels += [f"threshold band (±{tl.threshold:g}{'' if tl.score else ' RMSE'})",
                            "expected (0)" if tl.score else "seasonal fit (baseline)"]
@@ -221,9 +226,12 @@ class _TimelineFigure:
             self.rest.set_offsets(xy[~base & ~anom])
             self.anom.set_offsets(xy[anom])
             points.append(xy)
+            lines.append(xy)
+            offsets = xy
             handles += [self.base, self.rest, self.anom]
             labels += ["baseline", "monitoring", "beyond threshold"]
         title = f"{tl.chip_id}: {tl.status}"
+        x_change = None
         if tl.change_day is not None:
             x_change = float(tl.change_day) + epoch
             self.change.set_data([x_change, x_change], [0.0, 1.0])  # y: axes fraction
@@ -234,15 +242,14 @@ class _TimelineFigure:
             self.change.set_data([], [])
         self.change.set_visible(tl.change_day is not None)
         # Autoscale from this chip's data only, as a fresh axes would.
-        ax.dataLim.ignore(True)
         ax.dataLim.set_points(np.array([[np.inf, np.inf], [-np.inf, -np.inf]]))
         ax.ignore_existing_data_limits = True
         xy = np.concatenate(points)
         xy = xy[np.isfinite(xy).all(axis=1)]
         if xy.size:
             ax.update_datalim(xy)
-        if tl.change_day is not None:
-            ax.update_datalim([(float(tl.change_day) + epoch, 0.0)], updatey=False)
+        if x_change is not None:
+            ax.update_datalim([(x_change, 0.0)], updatey=False)
         ax.autoscale_view()
         ax.set_ylabel(tl.signal_name)
         ax.title.set_text(title)
@@ -263,7 +270,7 @@ class _TimelineFigure:
                 tax.set_ylim(height - 0.5, -0.5)
                 tax.title.set_text(name)
         ax.set_position(self.rect)
-        self._place_legend(layer)
+        self._place_legend(layer, lines, offsets, x_change)
         self.canvas.draw()
         # A fixed margin fits the usual tick labels; wider ones move the axes right.
         overflow = _LABEL_PAD_PX - ax.yaxis.label.get_window_extent().x0
@@ -271,15 +278,17 @@ class _TimelineFigure:
             left = self.rect[0] + overflow / (self.width * self.fig.dpi)
             ax.set_position((left, self.rect[1], self.rect[0] + self.rect[2] - left,
                              self.rect[3]))
-            self._place_legend(layer)
+            self._place_legend(layer, lines, offsets, x_change)
             self.canvas.draw()
 
-    def _place_legend(self, layer: np.ndarray | None) -> None:
+    def _place_legend(self, layer: np.ndarray | None, lines: Sequence[np.ndarray],
+                      offsets: np.ndarray, x_change: float | None) -> None:
         """Lay ``layer`` (RGBA legend pixels) where it meets the fewest data, or remove it.
 
         The places and the score follow matplotlib's ``loc="best"``: vertices of the
-        lines and polygons and scatter points inside the box, plus the lines that cross
-        it; the first place with the lowest score wins.
+        ``lines`` (float ``[V, 2]`` data coordinates, polygons included) and the scatter
+        ``offsets`` inside the box, plus the lines (and the change line at ``x_change``)
+        that cross it; the first place with the lowest score wins.
         """
         from matplotlib.path import Path as MplPath
         from matplotlib.transforms import Bbox
@@ -291,20 +300,16 @@ class _TimelineFigure:
             return
         ax = self.ax
         box = ax.get_window_extent()  # display pixels, for the axes' current position
-        lines = [self.line.get_xydata(), self.fit.get_xydata(),
-                 *(path.vertices for path in self.band.get_paths())]
         to_display = ax.transData.transform
-        lines = [to_display(v) for v in lines if len(v)]
-        if self.change.get_visible():
-            x = to_display([(self.change.get_xdata()[0], 0.0)])[0, 0]
-            lines.append(np.array([[x, box.y0], [x, box.y1]]))
-        paths = [MplPath(v) for v in lines]
-        offsets = [to_display(c.get_offsets()) for c in (self.base, self.rest, self.anom)
-                   if len(c.get_offsets())]
-        vertices = np.concatenate([*lines, *offsets]) if lines or offsets else np.empty((0, 2))
+        shown = [to_display(v) for v in lines if len(v)]
+        if x_change is not None:
+            x = to_display([(x_change, 0.0)])[0, 0]
+            shown.append(np.array([[x, box.y0], [x, box.y1]]))
+        paths = [MplPath(v) for v in shown]
+        vertices = np.concatenate([np.empty((0, 2)), *shown, to_display(offsets)])
         height, width = layer.shape[:2]
         pad = _LEGEND_PAD * _LEGEND_FONTSIZE * self.fig.dpi / 72.0
-        best: tuple[int, float, float] | None = None
+        best = (np.inf, 0.0, 0.0)
         for fx, fy in _LEGEND_PLACES:
             x0 = box.x0 + pad + fx * (box.width - 2 * pad - width)
             y0 = box.y0 + pad + fy * (box.height - 2 * pad - height)
@@ -313,11 +318,10 @@ class _TimelineFigure:
             legend_box = Bbox.from_bounds(x0, y0, width, height)
             score = int(inside.sum()) + sum(p.intersects_bbox(legend_box, filled=False)
                                             for p in paths)
-            if best is None or score < best[0]:
+            if score < best[0]:
                 best = (score, x0, y0)
             if score == 0:
                 break
-        assert best is not None
         self.legend = self.fig.figimage(layer, xo=int(round(best[1])), yo=int(round(best[2])),
                                         origin="upper", zorder=10)
 
@@ -326,7 +330,7 @@ class _TimelineFigure:
         from PIL import Image
 
         image = Image.fromarray(np.asarray(self.canvas.buffer_rgba()))
-        if image.getextrema()[3][0] == 255:  # opaque (the usual white figure): no alpha
+        if image.getchannel("A").getextrema()[0] == 255:  # opaque (a white figure): no alpha
             image = image.convert("RGB")
         with atomic_path(path) as tmp:
             image.save(tmp, format="png", compress_level=_PNG_LEVEL)
@@ -429,32 +433,35 @@ def write_plots(rr: RunRoot, chip_ids: np.ndarray, obs: Core, grid: Padded,
     sig_grid = grid.take(obs.resid if multi else obs.sig, np.nan)
     base_grid = grid.take(obs.base, False)
     n_coef = fit.coef.shape[-1]
-    for c in progress_bar(chosen, desc="analyze: plots", unit="plot", disable=not o.progress):
-        valid = valid_grid[c]
-        days = days_grid[c][valid]
-        cid = str(chip_ids[c])
-        whole = np.floor(days).astype(np.int64)
-        if out["change"][c]:
-            k = int(out["change_index"][c])
-            first_after = int(valid[:k].sum())
-            before_day = whole[first_after - 1] if first_after > 0 else whole[0]
-            after_day = whole[min(first_after, whole.size - 1)]
-            change_day: float | None = float(days_grid[c, k])
-        elif whole.size:
-            before_day, after_day, change_day = whole[0], whole[-1], None
-        else:
-            continue
-        fitted = bool(fit.fitted[c])
-        plot_timeline(Timeline(
-            chip_id=cid, days=days, signal=sig_grid[c][valid],
-            baseline=base_grid[c][valid], anomaly=out["anomaly"][c][valid],
-            coef=fit.coef[c, 0] if not multi and fitted else np.zeros(n_coef),
-            intercept=float(fit.intercept[c, 0]) if not multi and fitted else 0.0,
-            rmse=float(fit.scale[c, 0]) if not multi and fitted else 1.0,
-            threshold=o.threshold, status=str(out["status"][c]), change_day=change_day,
-            signal_name=o.signal if not multi else f"anomaly score ({o.signal})",
-            score=multi,
-            before=thumbs.get((cid, int(before_day))), after=thumbs.get((cid, int(after_day)))),
-            rr.plots_dir / f"{cid}.png")
-    return len(chosen)
 
+    def timelines() -> Iterator[tuple[Timeline, Path]]:
+        for c in progress_bar(chosen, desc="analyze: plots", unit="plot",
+                              disable=not o.progress):
+            valid = valid_grid[c]
+            days = days_grid[c][valid]
+            cid = str(chip_ids[c])
+            whole = np.floor(days).astype(np.int64)
+            if out["change"][c]:
+                k = int(out["change_index"][c])
+                first_after = int(valid[:k].sum())
+                before_day = whole[first_after - 1] if first_after > 0 else whole[0]
+                after_day = whole[min(first_after, whole.size - 1)]
+                change_day: float | None = float(days_grid[c, k])
+            elif whole.size:
+                before_day, after_day, change_day = whole[0], whole[-1], None
+            else:
+                continue
+            fitted = bool(fit.fitted[c])
+            yield Timeline(
+                chip_id=cid, days=days, signal=sig_grid[c][valid],
+                baseline=base_grid[c][valid], anomaly=out["anomaly"][c][valid],
+                coef=fit.coef[c, 0] if not multi and fitted else np.zeros(n_coef),
+                intercept=float(fit.intercept[c, 0]) if not multi and fitted else 0.0,
+                rmse=float(fit.scale[c, 0]) if not multi and fitted else 1.0,
+                threshold=o.threshold, status=str(out["status"][c]), change_day=change_day,
+                signal_name=o.signal if not multi else f"anomaly score ({o.signal})",
+                score=multi, before=thumbs.get((cid, int(before_day))),
+                after=thumbs.get((cid, int(after_day)))), rr.plots_dir / f"{cid}.png"
+
+    plot_timelines(timelines())  # one reusable figure per layout for the whole batch
+    return len(chosen)
