@@ -127,3 +127,21 @@ def test_legend_goes_where_there_are_no_data(tmp_path):
     upper_left, upper_right = pixels[40:130, 85:260], pixels[40:130, 700:880]
     assert (upper_left < 100).sum() > 200
     assert (upper_right < 100).sum() < 20
+
+
+def test_the_change_date_is_in_the_title_so_one_legend_serves_a_run():
+    from geofm.analyze.plots import _TimelineFigure
+
+    legends = {}
+    figure = _TimelineFigure(thumbs=False, dpi=100, legends=legends)
+    changed = _timeline(0, "a", change=True)
+    figure.render(changed, [])
+    date = str(np.datetime64(int(changed.change_day), "D"))
+    assert figure.ax.get_title() == f"a: change, change date {date}"
+    assert figure.change.get_visible()
+    figure.render(_timeline(1, "b", change=True), [])  # another date, the same legend
+    assert len(legends) == 1 and figure.ax.get_title().startswith("b: change, change date")
+    figure.render(_timeline(2, "c", change=False), [])
+    assert figure.ax.get_title() == "c: no change" and not figure.change.get_visible()
+    assert sorted(len(key) for key in legends) == [5, 6]  # without / with "change date"
+    assert "change date" in next(key for key in legends if len(key) == 6)
