@@ -106,13 +106,20 @@ class ChipState:
         return cls(**out)
 
     def save(self, path: str | Path, chip_ids: np.ndarray, update: int) -> None:
-        """Write the state of ``chip_ids`` (``[C]``) after analysis ``update`` (``.npz``)."""
+        """Write the state of ``chip_ids`` (``[C]``) after analysis ``update`` (``.npz``).
+
+        Ids are stored UTF-8 encoded, confirming scenes as codes into their list.
+        """
         arrays = {f.name: getattr(self, f.name) for f in fields(self)}
-        arrays["confirm_scene"] = np.array(["" if s is None else s
-                                            for s in arrays["confirm_scene"].tolist()])
+        scenes = arrays.pop("confirm_scene")
+        named = np.flatnonzero(scenes != None)  # noqa: E711 (element-wise)
+        names, codes = np.unique(scenes[named].astype(str), return_inverse=True)
+        scene_code = np.full(scenes.size, -1, dtype=np.int32)
+        scene_code[named] = codes
         with open(path, "wb") as fh:
-            np.savez(fh, chip_ids=np.asarray(chip_ids).astype(str), update=np.int64(update),
-                     **arrays)
+            np.savez(fh, chip_ids=np.char.encode(np.asarray(chip_ids).astype(str), "utf-8"),
+                     update=np.int64(update), scene_names=np.char.encode(names, "utf-8"),
+                     scene_code=scene_code, **arrays)
 
 
 def load_state(path: Path, *, update: int) -> tuple[np.ndarray, ChipState] | None:
@@ -123,14 +130,15 @@ def load_state(path: Path, *, update: int) -> tuple[np.ndarray, ChipState] | Non
         with np.load(path, allow_pickle=False) as data:
             if int(data["update"]) != update:
                 return None
-            arrays = {f.name: data[f.name] for f in fields(ChipState)}
-            ids = data["chip_ids"]
+            arrays = {f.name: data[f.name] for f in fields(ChipState)
+                      if f.name != "confirm_scene"}
+            ids = np.char.decode(data["chip_ids"], "utf-8").astype(object)
+            names = np.char.decode(data["scene_names"], "utf-8").astype(object)
+            code = data["scene_code"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # unreadable: every chip is walked again
-    scenes = arrays["confirm_scene"].astype(object)
-    scenes[scenes == ""] = None
-    arrays["confirm_scene"] = scenes
-    return ids.astype(object), ChipState(**arrays)
+    arrays["confirm_scene"] = np.asarray([*names, None], dtype=object)[code]  # -1: none
+    return ids, ChipState(**arrays)
 
 
 def _ragged_take(values: np.ndarray, bounds: np.ndarray, chips: np.ndarray
