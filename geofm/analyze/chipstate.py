@@ -108,7 +108,8 @@ class ChipState:
     def save(self, path: str | Path, chip_ids: np.ndarray, update: int) -> None:
         """Write the state of ``chip_ids`` (``[C]``) after analysis ``update`` (``.npz``).
 
-        Ids are stored UTF-8 encoded, confirming scenes as codes into their list.
+        The ids are stored as one UTF-8 text (NUL-separated), the confirming scenes as
+        codes into their list.
         """
         arrays = {f.name: getattr(self, f.name) for f in fields(self)}
         scenes = arrays.pop("confirm_scene")
@@ -117,13 +118,25 @@ class ChipState:
         scene_code = np.full(scenes.size, -1, dtype=np.int32)
         scene_code[named] = codes
         with open(path, "wb") as fh:
-            np.savez(fh, chip_ids=np.char.encode(np.asarray(chip_ids).astype(str), "utf-8"),
-                     update=np.int64(update), scene_names=np.char.encode(names, "utf-8"),
-                     scene_code=scene_code, **arrays)
+            np.savez(fh, chip_ids=_id_text(chip_ids), update=np.int64(update),
+                     scene_names=np.char.encode(names, "utf-8"), scene_code=scene_code,
+                     **arrays)
 
 
-def load_state(path: Path, *, update: int) -> tuple[np.ndarray, ChipState] | None:
-    """``(chip_ids, state)`` saved after analysis ``update``; None if missing or other."""
+def _id_text(chip_ids: np.ndarray) -> np.ndarray:
+    """uint8 ``[n]``: the ids as one UTF-8 text, NUL-separated."""
+    return np.frombuffer("\0".join(np.asarray(chip_ids).astype(str).tolist()).encode(),
+                         dtype=np.uint8)
+
+
+def load_state(path: Path, *, update: int, chip_ids: np.ndarray
+               ) -> tuple[ChipState, np.ndarray] | None:
+    """The state saved after analysis ``update``, for ``chip_ids`` (object ``[C]``, sorted).
+
+    Returns ``(state, known)``: ``[C]`` states (the empty one for a chip the file does
+    not have) and bool ``[C]`` the chips it has; None if the file is missing,
+    unreadable, of another analysis, or has a chip that ``chip_ids`` lacks.
+    """
     if not path.is_file():
         return None
     try:
@@ -132,13 +145,26 @@ def load_state(path: Path, *, update: int) -> tuple[np.ndarray, ChipState] | Non
                 return None
             arrays = {f.name: data[f.name] for f in fields(ChipState)
                       if f.name != "confirm_scene"}
-            ids = np.char.decode(data["chip_ids"], "utf-8").astype(object)
+            text = data["chip_ids"]
             names = np.char.decode(data["scene_names"], "utf-8").astype(object)
             code = data["scene_code"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # unreadable: every chip is walked again
     arrays["confirm_scene"] = np.asarray([*names, None], dtype=object)[code]  # -1: none
-    return ids, ChipState(**arrays)
+    saved = ChipState(**arrays)
+    if np.array_equal(text, _id_text(chip_ids)):  # the same chips: no mapping
+        return saved, np.ones(chip_ids.size, dtype=bool)
+    ids = np.asarray(text.tobytes().decode().split("\0") if text.size else [], dtype=object)
+    if ids.size != len(saved):
+        return None
+    at = np.searchsorted(chip_ids.astype(str), ids.astype(str))
+    if ids.size and (at.max() >= chip_ids.size or (chip_ids[at].astype(str) != ids).any()):
+        return None
+    idx = np.full(chip_ids.size, ids.size, dtype=np.int64)  # the empty state's row
+    idx[at] = np.arange(ids.size)
+    known = np.zeros(chip_ids.size, dtype=bool)
+    known[at] = True
+    return ChipState.concat([saved, ChipState.empty(1)]).take(idx), known
 
 
 def _ragged_take(values: np.ndarray, bounds: np.ndarray, chips: np.ndarray

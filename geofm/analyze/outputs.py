@@ -81,7 +81,8 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
         assert carried is not None
         on = assess_chips(ChipRows(Obs.empty(0).core(), new, n_chips), going, work.fit,
                           anomaly[n_prior:], carried.state.take(going), **rule)
-        walked = Assessed.concat([walked, on]).take(np.argsort(np.concatenate([full, going])))
+        walked = on if not full.size else \
+            Assessed.concat([walked, on]).take(np.argsort(np.concatenate([full, going])))
     assessed = walked
     local = np.full(n_chips, -1, dtype=np.int64)  # each chip's position in `todo`
     local[todo] = np.arange(todo.size)
@@ -364,31 +365,33 @@ def write_changes(path: Path, geojson_path: Path, fp: Footprints, chips: pd.Data
         {**(table.schema.metadata or {}), b"geo": fp.geo}), path)
 
     magnitude = out["magnitude"]
-    # One f-string per feature (json.dumps of a dict per chip is most of the cost).
-    day = np.datetime_as_string(np.where(change, change_ns, 0).astype("datetime64[ns]"),
-                                unit="D")
-    dates = np.where(change, np.char.add(np.char.add('"', day), '"'), "null")
+    text = pa.large_string()
+    day = pc.strftime(pa.array(np.where(change, change_ns, 0), pa.timestamp("ns", tz="UTC")),
+                      format="%Y-%m-%d")
+    dates = pc.if_else(pa.array(change), pc.binary_join_element_wise('"', day, '"', ""),
+                       "null").cast(text)
     finite = np.isfinite(magnitude).tolist()
     # rounded from the float32 value changes.parquet keeps (an update takes the
     # magnitudes of chips it does not assess from there: the same digits either way)
     mags = [repr(round(m, 4)) if ok else "null" for m, ok in zip(
         magnitude.astype(np.float32).astype(np.float64).tolist(), finite, strict=True)]
-    ids = [str(c) for c in chip_ids.tolist()]
-    joined = "".join(ids)
-    plain = joined.isascii() and joined.isprintable() and '"' not in joined \
-        and "\\" not in joined  # then json.dumps(id) is '"' + id + '"'
+    ids = fp.table.column("chip_id").cast(text)
+    # printable ASCII without '"' or '\\': then json.dumps(id) is '"' + id + '"'
+    plain = not pc.any(pc.match_substring_regex(ids, r'[^ -~]|["\\]')).as_py()
     dups = ["null" if d is None else json.dumps(d) for d in duplicate.tolist()]
-    text = pa.large_string()
+    statuses = np.asarray(sorted({CHANGE, NO_CHANGE, INSUFFICIENT}), dtype=object)
+    status_code = np.searchsorted(statuses, out["status"].astype(object))
     # one feature per chip, joined element-wise by Arrow (a Python f-string per chip
     # was most of the cost); the bytes are those of json.dumps with default separators
     pieces: list[Any] = [
         '{"type": "Feature", "geometry": ', fp.table.column("geojson").cast(text),
         ', "properties": {"chip_id": ',
-        *(('"', pa.array(ids, text), '"') if plain
-          else (pa.array([json.dumps(c) for c in ids], text),)),
-        ', "status": "', pa.array(out["status"].astype(str).tolist(), text),
-        '", "change": ', pa.array(np.where(change, "true", "false").tolist(), text),
-        ', "change_date": ', pa.array(dates.tolist(), text),
+        *(('"', ids, '"') if plain
+          else (pa.array([json.dumps(c) for c in ids.to_pylist()], text),)),
+        ', "status": "', pa.array(statuses.tolist(), text).take(pa.array(status_code)),
+        '", "change": ', pa.array(["false", "true"], text).take(
+            pa.array(change.astype(np.int8))),
+        ', "change_date": ', dates,
         ', "intensity": ', pa.array(mags, text),
         ', "n_observations": ', pc.cast(pa.array(out["n_observations"].astype(np.int64)),
                                         text),

@@ -283,18 +283,8 @@ def carried_state(rr: RunRoot, state: dict[str, Any], chip_ids: np.ndarray, *,
     """
     if rescored:
         return None
-    got = load_state(rr.assessment_path, update=len(state["updates"]))
-    if got is None:
-        return None
-    ids, saved = got
-    at = np.searchsorted(chip_ids.astype(str), ids.astype(str))
-    if ids.size and (at.max() >= chip_ids.size or (chip_ids[at].astype(str) != ids).any()):
-        return None
-    idx = np.full(chip_ids.size, ids.size, dtype=np.int64)  # the empty state's row
-    idx[at] = np.arange(ids.size)
-    known = np.zeros(chip_ids.size, dtype=bool)
-    known[at] = True
-    return Carried(state=ChipState.concat([saved, ChipState.empty(1)]).take(idx), known=known)
+    got = load_state(rr.assessment_path, update=len(state["updates"]), chip_ids=chip_ids)
+    return None if got is None else Carried(state=got[0], known=got[1])
 
 
 @dataclass

@@ -123,8 +123,8 @@ def test_walking_on_from_a_state_equals_the_whole_series(seed, cuts, tmp_path):
             out["anomaly"][redo] = again["anomaly"][:, lo:hi]
         anomaly.append(out["anomaly"])
         state.save(tmp_path / "state.npz", ids, update=i)  # and back: what an update reads
-        got_ids, state = load_state(tmp_path / "state.npz", update=i)
-        assert (got_ids == ids).all()
+        state, known = load_state(tmp_path / "state.npz", update=i, chip_ids=ids)
+        assert known.all()
     for key in KEYS:
         np.testing.assert_array_equal(out[key], expected[key], err_msg=key)
     np.testing.assert_array_equal(np.concatenate(anomaly, axis=1), expected["anomaly"])
@@ -132,7 +132,13 @@ def test_walking_on_from_a_state_equals_the_whole_series(seed, cuts, tmp_path):
     col = expected["confirm_index"][changed]
     assert (state.confirm_scene[changed] == scene[0, col]).all()
     assert (state.change_ns[changed] == ns[changed, expected["change_index"][changed]]).all()
-    assert load_state(tmp_path / "state.npz", update=99) is None  # another analysis' state
+    assert load_state(tmp_path / "state.npz", update=99, chip_ids=ids) is None  # another's
+    # a chip added since: the empty state (known False); a chip gone: unusable
+    grown = np.sort(np.append(ids, "c0000a"))
+    mapped, known = load_state(tmp_path / "state.npz", update=i, chip_ids=grown)
+    assert (~known).sum() == 1 and not known[1] and mapped.n_seen[1] == 0
+    assert mapped.n_seen[2] == state.n_seen[1] and mapped.run[0] == state.run[0]
+    assert load_state(tmp_path / "state.npz", update=i, chip_ids=ids[1:]) is None
     assert flips > 0  # the case is exercised
 
 
