@@ -58,12 +58,14 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
         pos = pd.Index(published["chip_id"].astype(str)).get_indexer(work.chip_ids.astype(str))
         prev[pos >= 0] = published["status"].to_numpy(dtype=object)[pos[pos >= 0]]
     carried = work.carried
-    # without the chips' states (a reference, a rescored scene), every chip is walked
+    # without the chips' states (a reference, or none saved), every chip is walked
     touched = None if carried is None else touched_chips(work, published, pos, plot_chips)
     todo = np.arange(n_chips) if touched is None else np.flatnonzero(touched)
     resume = np.zeros(todo.size, dtype=bool) if carried is None else \
         resumable(carried, new, todo, work.fit, consecutive=o.consecutive,
                   monitor_start_ns=work.reference.monitor_start_ns)
+    if work.prior is not None and work.prior.lost.size:  # their states count rows that go
+        resume &= ~np.isin(todo, work.prior.lost)
     if work.kind == "update" and not resume.all():
         work.load_prior(rr)  # some chips are walked from their first observation
     old = work.prior.core if work.prior is not None else Obs.empty(0).core()

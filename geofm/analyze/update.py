@@ -274,15 +274,13 @@ class Carried:
     known: np.ndarray
 
 
-def carried_state(rr: RunRoot, state: dict[str, Any], chip_ids: np.ndarray, *,
-                  rescored: bool) -> Carried | None:
+def carried_state(rr: RunRoot, state: dict[str, Any], chip_ids: np.ndarray
+                  ) -> Carried | None:
     """The chip states saved by the last analysis, for ``chip_ids`` (None: none usable).
 
-    None when the file is missing or from another analysis, or when published rows are
-    ``rescored`` (re-embedded or removed scenes: every chip is walked again).
+    None when the file is missing, unreadable or from another analysis (then every chip
+    is walked again from its published rows).
     """
-    if rescored:
-        return None
     got = load_state(rr.assessment_path, update=len(state["updates"]), chip_ids=chip_ids)
     return None if got is None else Carried(state=got[0], known=got[1])
 
@@ -402,10 +400,13 @@ def update(rr: RunRoot, record: StageRecord, state: dict[str, Any], todo: list[s
     _check_plot_chips(plot_chips, chip_ids, rr)
     fit, ref_pos = reference.extend(chip_ids)
     drop = frozenset(todo) | frozenset(gone)
-    # the published rows are read only where the rule cannot go on from a chip's state
-    carried = carried_state(rr, state, chip_ids,
-                            rescored=bool(gone) or bool(drop & set(state["scenes"])))
-    prior = None if carried is not None else read_prior(rr, chip_ids, drop_scenes=set(drop))
+    # the published rows are read only where the rule cannot go on from a chip's state:
+    # no state, or rows that go (a re-embedded or removed scene: their chips are walked
+    # again, from the rows that stay)
+    carried = carried_state(rr, state, chip_ids)
+    rescored = bool(gone) or bool(drop & set(state["scenes"]))
+    prior = read_prior(rr, chip_ids, drop_scenes=set(drop)) \
+        if carried is None or rescored else None
     n_rows = 0
     if index is not None:
         if pca_model.dim != index.dim:

@@ -277,6 +277,21 @@ def test_rewritten_and_removed_files_are_rescored_and_dropped(grown):
     assert dropped.counts["observations"] == len(ts)
 
 
+def test_a_removed_scene_leaves_results_equal_to_an_analysis_without_it(grown, tmp_path):
+    rr, _ = grown
+    analyze(rr.path, **OPTS)  # every chip has a state; then the last date goes
+    rr.embeddings_path(_scene(N_DATES - 1)).unlink()
+    analyze(rr.path, **OPTS)
+    scratch = _scratch(tmp_path, rr, dates=range(N_DATES - 1))
+    pd.testing.assert_frame_equal(_changes(rr), _changes(scratch))
+    pd.testing.assert_frame_equal(_timeseries(rr), _timeseries(scratch))
+    # and the states saved then carry on: one more date equals from scratch too
+    write_dates(rr.path, [N_DATES])
+    analyze(rr.path, **OPTS)
+    again = _scratch(tmp_path / "again", rr, dates=[*range(N_DATES - 1), N_DATES])
+    pd.testing.assert_frame_equal(_changes(rr), _changes(again))
+
+
 def test_since_prints_a_table_by_default(grown, capsys):
     rr, _ = grown
     assert main(["--root", str(rr.path), "--n-components", "3", "--max-plots", "0",
