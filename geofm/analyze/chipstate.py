@@ -99,8 +99,7 @@ class ChipState:
             if f.name.endswith("_bounds"):
                 continue
             out[f.name] = np.concatenate([getattr(p, f.name) for p in parts])
-        for name in ("after", "run"):
-            key = "after_bounds" if name == "after" else "run_bounds"
+        for key in ("after_bounds", "run_bounds"):
             sizes = np.concatenate([np.diff(getattr(p, key)) for p in parts])
             out[key] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         return cls(**out)

@@ -68,7 +68,7 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
         resume &= ~np.isin(todo, work.prior.lost)
     if work.kind == "update" and not resume.all():
         work.load_prior(rr)  # some chips are walked from their first observation
-    old = work.prior.core if work.prior is not None else Obs.empty(0).core()
+    old = work.prior.core if work.prior is not None else Core.empty()
     n_prior = old.chip.size
     # every row's anomaly flag: the published ones stay unless their chip is walked
     anomaly = np.zeros(n_prior + new.chip.size, dtype=bool)
@@ -81,7 +81,7 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
                           ChipState.empty(full.size), **rule)
     if going.size:  # the others go on from their state with their new rows only
         assert carried is not None
-        on = assess_chips(ChipRows(Obs.empty(0).core(), new, n_chips), going, work.fit,
+        on = assess_chips(ChipRows(Core.empty(), new, n_chips), going, work.fit,
                           anomaly[n_prior:], carried.state.take(going), **rule)
         walked = on if not full.size else \
             Assessed.concat([walked, on]).take(np.argsort(np.concatenate([full, going])))
@@ -105,8 +105,7 @@ def publish(rr: RunRoot, record: StageRecord, staged: StagedFiles, work: Work,
     overlaps = read_overlaps(rr.overlaps_path) if fp.stored else None
     fresh_overlaps = overlaps is None
     if overlaps is None:
-        overlaps = find_overlaps(chips if chips["tile"].nunique() < 2
-                                 else chips.assign(geometry=fp.geometry()))
+        overlaps = find_overlaps(chips.assign(geometry=fp.geometry()))
     duplicate = duplicate_changes(work.chip_ids, out["change"], change_ns, chips,
                                   overlaps=overlaps)
     idx = np.flatnonzero(alert)  # alerts are touched changes: confirm_index >= 0
@@ -188,11 +187,11 @@ def plot_chosen(rr: RunRoot, work: Work, new: Core, anomaly: np.ndarray, plot: n
     if not chips.size or (max_plots == 0 and not plot_chips):
         return 0
     if work.prior is not None or work.kind == "reference":
-        old = work.prior.core if work.prior is not None else Obs.empty(0).core()
+        old = work.prior.core if work.prior is not None else Core.empty()
         rows = ChipRows(old, new, work.chip_ids.size)
     else:  # the rows were not read: those published now hold the new ones too
         everything = read_prior(rr, work.chip_ids, drop_scenes=set())
-        rows = ChipRows(everything.core, Obs.empty(0).core(), work.chip_ids.size)
+        rows = ChipRows(everything.core, Core.empty(), work.chip_ids.size)
         anomaly = everything.published.anomaly
     row, obs = rows.take(chips)
     grid = Padded(obs.chip, chips.size, np.ones(obs.chip.size, dtype=bool))

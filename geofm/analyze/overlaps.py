@@ -32,7 +32,7 @@ def find_overlaps(meta: pd.DataFrame, *, min_share: float = MIN_SHARE) -> pd.Dat
 
     Args:
         meta: a row per chip with ``chip_id``, ``tile`` and ``geometry`` (WGS84 shapely
-            polygons; None where unknown; not read when there is one tile).
+            polygons; None where unknown).
         min_share: least intersection area over the smaller footprint's area (areas in
             degrees², fine for a ratio at chip scale).
 
@@ -48,8 +48,6 @@ def find_overlaps(meta: pd.DataFrame, *, min_share: float = MIN_SHARE) -> pd.Dat
                           "other_tile": pd.Series([], dtype=str),
                           "share": pd.Series([], dtype=np.float32)})
     tiles = meta["tile"].to_numpy(dtype=object)
-    if meta["tile"].nunique() < 2:  # one tile: no pairs (``geometry`` is not needed)
-        return empty
     geoms = np.asarray(list(meta["geometry"]), dtype=object)
     known = np.array([g is not None and t is not None and not pd.isna(t)
                       for g, t in zip(geoms, tiles, strict=True)], dtype=bool)

@@ -143,12 +143,6 @@ class Obs:
     resid: np.ndarray   # float32 [M] scaled residual / combined score
     base: np.ndarray    # bool [M] used in the baseline fit
 
-    _FIELDS = ("chip", "ns", "scene", "pcs", "cos", "sig", "pred", "resid", "base")
-
-    def take(self, idx: np.ndarray) -> Obs:
-        """The observations at ``idx``."""
-        return Obs(scenes=self.scenes, **{f: getattr(self, f)[idx] for f in self._FIELDS})
-
     def core(self) -> Core:
         """The fields assessment needs."""
         return Core(chip=self.chip, ns=self.ns, scene=self.scene, scenes=self.scenes,
@@ -186,22 +180,17 @@ class Core:
 
     _FIELDS = ("chip", "ns", "scene", "resid", "sig", "base")
 
-    def take(self, idx: np.ndarray) -> Core:
-        """The observations at ``idx``."""
-        return Core(scenes=self.scenes, **{f: getattr(self, f)[idx] for f in self._FIELDS})
-
     @classmethod
-    def concat(cls, a: Core, b: Core) -> Core:
-        """``a`` then ``b`` (scene codes remapped onto the union of their scene lists)."""
-        scenes, remap_a, remap_b = _scene_union(a.scenes, b.scenes)
-        parts = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in cls._FIELDS
-                 if f != "scene"}
-        parts["scene"] = np.concatenate([remap_a[a.scene], remap_b[b.scene]])
-        return cls(scenes=scenes, **parts)
+    def empty(cls) -> Core:
+        """No observations."""
+        return Obs.empty(0).core()
 
     @classmethod
     def take_pair(cls, a: Core, b: Core, idx: np.ndarray, *, chip: np.ndarray) -> Core:
-        """``concat(a, b).take(idx)`` with ``chip`` as its chips, without the concatenation."""
+        """The rows ``idx`` of ``a`` then ``b`` (``chip``: their chips), not concatenated.
+
+        Scene codes are remapped onto the union of the two scene lists.
+        """
         scenes, remap_a, remap_b = _scene_union(a.scenes, b.scenes)
         parts = {f: take_two(getattr(a, f), getattr(b, f), idx) for f in cls._FIELDS
                  if f not in ("chip", "scene")}
